@@ -1,0 +1,132 @@
+//! Careful file output: write under a temporary name beside the final path,
+//! flush and fsync, then rename into place and fsync the directory, so a
+//! reader never sees a half-written file at a final path.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Prefix of every temporary file this tool writes; used to find leftovers.
+pub const TEMP_PREFIX: &str = ".expense-sync-";
+
+/// The temporary name used for `final_path` during run `run_id` (same directory, hidden).
+pub fn temp_path_for(final_path: &Path, run_id: &str) -> PathBuf {
+    let name = final_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "output".into());
+    final_path.with_file_name(format!("{TEMP_PREFIX}{run_id}-{name}.tmp"))
+}
+
+/// A file being written under its temporary name.
+#[derive(Debug)]
+pub struct StagedFile {
+    /// Where the bytes are being written now.
+    pub temp_path: PathBuf,
+    /// Where they will appear on commit.
+    pub final_path: PathBuf,
+}
+
+impl StagedFile {
+    /// Creates the temporary file (and missing parent directories) for `final_path`.
+    pub fn create(final_path: &Path, run_id: &str) -> io::Result<(Self, File)> {
+        if let Some(parent) = final_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).map_err(|e| annotate(e, parent, "create directory"))?;
+        }
+        let temp_path = temp_path_for(final_path, run_id);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp_path)
+            .map_err(|e| annotate(e, &temp_path, "create"))?;
+        Ok((
+            Self {
+                temp_path,
+                final_path: final_path.to_path_buf(),
+            },
+            file,
+        ))
+    }
+
+    /// Moves the finished, fsynced temporary file into place and makes the rename durable.
+    pub fn commit(&self) -> io::Result<()> {
+        fs::rename(&self.temp_path, &self.final_path)
+            .map_err(|e| annotate(e, &self.final_path, "rename into place"))?;
+        sync_parent_dir(&self.final_path)
+    }
+
+    /// Removes the temporary file (used when a run fails before commit).
+    pub fn discard(&self) {
+        let _ = fs::remove_file(&self.temp_path);
+    }
+}
+
+/// Flushes a file's data and metadata to disk.
+pub fn sync_file(file: &File, path: &Path) -> io::Result<()> {
+    file.sync_all().map_err(|e| annotate(e, path, "fsync"))
+}
+
+/// fsyncs the directory holding `path`, so a rename in it survives a crash.
+pub fn sync_parent_dir(path: &Path) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    #[cfg(unix)]
+    {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| annotate(e, dir, "fsync directory"))?;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` atomically (temp file, fsync, rename, fsync dir).
+pub fn write_atomic(path: &Path, bytes: &[u8], run_id: &str) -> io::Result<()> {
+    use std::io::Write;
+    let (staged, mut file) = StagedFile::create(path, run_id)?;
+    let result = file
+        .write_all(bytes)
+        .map_err(|e| annotate(e, &staged.temp_path, "write"))
+        .and_then(|_| sync_file(&file, &staged.temp_path))
+        .and_then(|_| staged.commit());
+    if result.is_err() {
+        staged.discard();
+    }
+    result
+}
+
+/// Adds the path and the operation to an I/O error so the user knows where it happened.
+pub fn annotate(err: io::Error, path: &Path, what: &str) -> io::Error {
+    io::Error::new(err.kind(), format!("cannot {what} {}: {err}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staged_file_is_invisible_until_commit() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let final_path = dir.path().join("sub/out.csv");
+        let (staged, mut f) = StagedFile::create(&final_path, "r1").unwrap();
+        f.write_all(b"a,b\n").unwrap();
+        sync_file(&f, &staged.temp_path).unwrap();
+        assert!(!final_path.exists());
+        staged.commit().unwrap();
+        assert_eq!(fs::read(&final_path).unwrap(), b"a,b\n");
+        assert!(!staged.temp_path.exists());
+    }
+
+    #[test]
+    fn write_atomic_replaces_existing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.json");
+        write_atomic(&p, b"one", "a").unwrap();
+        write_atomic(&p, b"two", "b").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1);
+    }
+}

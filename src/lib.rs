@@ -1,0 +1,21 @@
+//! expense-sync: export expense data from the Fyle platform into CSV, Parquet
+//! and other systems — incremental, exact to the cent, and polite to the API.
+//!
+//! Data flows `config` → `auth` → `sources` → `transforms` → `sinks`, wired by
+//! `pipeline`; every outbound request goes through `http`.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod fsutil;
+pub mod http;
+pub mod pipeline;
+pub mod record;
+pub mod row;
+pub mod simulator;
+pub mod sinks;
+pub mod sources;
+pub mod transforms;
+
+pub use error::{Error, ExitCode};

@@ -1,0 +1,76 @@
+//! The typed row model shared by transforms and sinks.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+
+/// The type of an output column; sinks map it to their own types
+/// (Parquet: `Utf8`, `Decimal128(precision, scale)`, `Timestamp(µs, UTC)`, `Date32`, `Boolean`, `Int64`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    /// UTF-8 text.
+    String,
+    /// An exact decimal with a fixed number of digits after the point.
+    Decimal {
+        /// Total significant digits (1..=38).
+        precision: u8,
+        /// Digits after the decimal point.
+        scale: u8,
+    },
+    /// An instant, stored in UTC with microsecond precision.
+    Timestamp,
+    /// A calendar date.
+    Date,
+    /// true/false.
+    Bool,
+    /// A 64-bit signed integer.
+    Integer,
+}
+
+/// One output column: its name and type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    /// Column name as written in headers and schemas.
+    pub name: String,
+    /// Column type.
+    pub ty: ColumnType,
+}
+
+/// The ordered columns every row of a run carries.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Schema {
+    /// Columns in output order.
+    pub columns: Vec<Column>,
+}
+
+/// One typed value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    /// Missing or null in the source.
+    Null,
+    /// Text.
+    Str(String),
+    /// Exact decimal, already at the column's scale.
+    Decimal(Decimal),
+    /// Integer.
+    Int(i64),
+    /// Boolean.
+    Bool(bool),
+    /// UTC instant.
+    Timestamp(DateTime<Utc>),
+    /// Calendar date.
+    Date(NaiveDate),
+}
+
+/// One output row; `cells[i]` belongs to `schema.columns[i]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// Cells in column order.
+    pub cells: Vec<Cell>,
+}
+
+/// A batch of rows handed to every sink (shared, never copied per sink).
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    /// Rows in source order.
+    pub rows: Vec<Row>,
+}

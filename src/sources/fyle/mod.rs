@@ -1,0 +1,1 @@
+//! Fyle platform source.

@@ -1,0 +1,3 @@
+//! Sources: where records come from. Each source streams pages of records.
+
+pub mod fyle;
