@@ -1,1 +1,386 @@
-//! Command line.
+//! Command line: `run`, `check`, `demo`, `simulate`.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use secrecy::SecretString;
+
+use crate::auth::{FyleCredentials, FyleSession};
+use crate::config::{self, Pipeline};
+use crate::error::{Error, ExitCode};
+use crate::http::HttpClient;
+use crate::pipeline::{self, RunOptions, RunOutcome};
+use crate::simulator::{Faults, SimConfig, Simulator};
+use crate::sources::SourceConfig;
+use crate::sources::fyle::FyleClient;
+
+/// The demo pipeline, built in so `demo` works from any directory.
+pub const DEMO_PIPELINE: &str = include_str!("../pipelines/demo.toml");
+
+/// expense-sync: export Fyle expense data to CSV, Parquet and other systems.
+#[derive(Debug, Parser)]
+#[command(name = "expense-sync", version, about, long_about = None)]
+pub struct Cli {
+    /// Log detail for expense-sync's own messages (error, warn, info, debug, trace).
+    /// EXPENSE_SYNC_LOG, if set, is used instead as a full tracing filter.
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log formats.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a pipeline once: export, write outputs atomically, print a JSON summary on stdout.
+    Run {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// Write outputs under this directory instead of the file's pipeline.output_dir.
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
+        /// Also write the JSON run summary to this file.
+        #[arg(long)]
+        summary: Option<PathBuf>,
+    },
+    /// Validate a pipeline file, then check credentials, cluster, roles and the resource.
+    Check {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// Only validate the file; make no network calls.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Export from the built-in simulator with pipelines/demo.toml: no credentials, no network.
+    Demo {
+        /// Folder for the CSV and Parquet files.
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+        /// Number of simulated expenses.
+        #[arg(long, default_value_t = 500)]
+        expenses: usize,
+        /// Seed for the simulated data.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Use this pipeline file instead of the built-in demo pipeline.
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
+    },
+    /// Serve a local, faithful Fyle platform simulator until Ctrl-C.
+    Simulate {
+        /// Port of the accounts server (`/oauth/token`, `/oauth/cluster`).
+        #[arg(long, default_value_t = 8600)]
+        port: u16,
+        /// Port of the data cluster (`/platform/v1/…`); default port + 1.
+        #[arg(long)]
+        cluster_port: Option<u16>,
+        /// Seed for the simulated data.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Number of simulated expenses.
+        #[arg(long, default_value_t = 500)]
+        expenses: usize,
+        /// Requests per second per client before 429; 0 turns the limit off.
+        #[arg(long, default_value_t = 10)]
+        rate_limit: u32,
+        /// Access-token lifetime, e.g. "1h" or "30s".
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        token_ttl: Duration,
+        /// Probability (0–1) that a data request answers 5xx.
+        #[arg(long, default_value_t = 0.0)]
+        error_rate: f64,
+        /// Delay added to every response, e.g. "150ms".
+        #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+        latency: Duration,
+    },
+}
+
+/// Parses the command line, runs the command and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::Internal.code();
+        }
+    };
+    let result = runtime.block_on(dispatch(cli.command));
+    match result {
+        Ok(code) => code.code(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code().code()
+        }
+    }
+}
+
+fn init_logging(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    // Other crates stay at warn unless the user asks for them explicitly:
+    // their trace output is not written with secrets in mind.
+    let filter = std::env::var("EXPENSE_SYNC_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| {
+            EnvFilter::try_new(format!("warn,expense_sync={}", cli.log_level))
+                .unwrap_or_else(|_| EnvFilter::new("warn,expense_sync=info"))
+        });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = match cli.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+async fn dispatch(command: Command) -> Result<ExitCode, Error> {
+    match command {
+        Command::Run {
+            pipeline,
+            output_dir,
+            summary,
+        } => {
+            let p = config::load(&pipeline)?;
+            let http = HttpClient::new(&p.spec.http).map_err(|e| Error::Internal(e.to_string()))?;
+            let opts = RunOptions {
+                output_dir,
+                credentials: None,
+            };
+            let outcome = pipeline::run(&p, &http, &opts).await;
+            report_run(&outcome, summary.as_deref())
+        }
+        Command::Check { pipeline, offline } => check(&pipeline, offline).await,
+        Command::Demo {
+            out,
+            expenses,
+            seed,
+            pipeline,
+        } => demo(out, expenses, seed, pipeline).await,
+        Command::Simulate {
+            port,
+            cluster_port,
+            seed,
+            expenses,
+            rate_limit,
+            token_ttl,
+            error_rate,
+            latency,
+        } => {
+            let cfg = SimConfig {
+                seed,
+                expenses,
+                rate_limit: (rate_limit > 0).then_some(rate_limit),
+                token_ttl,
+                faults: Faults {
+                    error_rate,
+                    latency,
+                    ..Faults::default()
+                },
+                ..SimConfig::default()
+            };
+            let cluster_port = cluster_port.unwrap_or(port.saturating_add(1));
+            crate::simulator::run_until_ctrl_c(cfg, port, cluster_port)
+                .await
+                .map_err(|e| Error::Internal(format!("simulator: {e}")))?;
+            Ok(ExitCode::Ok)
+        }
+    }
+}
+
+/// Prints the JSON summary on stdout (and to `summary_file`), the error on stderr.
+fn report_run(outcome: &RunOutcome, summary_file: Option<&Path>) -> Result<ExitCode, Error> {
+    let json = serde_json::to_string_pretty(&outcome.summary)
+        .map_err(|e| Error::Internal(format!("cannot render the summary: {e}")))?;
+    println!("{json}");
+    if let Some(path) = summary_file {
+        crate::fsutil::write_atomic(path, json.as_bytes(), &outcome.summary.run_id)
+            .map_err(|e| Error::Sink(format!("cannot write the run summary: {e}")))?;
+    }
+    if let Some(e) = &outcome.error {
+        eprintln!("error: {e}");
+    } else if let Some(q) = &outcome.summary.quarantine_file {
+        eprintln!(
+            "warning: {} record(s) could not be exported and were quarantined with their reasons in {}",
+            outcome.summary.quarantined,
+            q.display()
+        );
+    }
+    Ok(outcome.exit_code())
+}
+
+async fn check(path: &Path, offline: bool) -> Result<ExitCode, Error> {
+    let p = config::load(path)?;
+    println!("ok   pipeline file {} is valid", path.display());
+    if offline {
+        return Ok(ExitCode::Ok);
+    }
+    let creds = p
+        .spec
+        .connection
+        .resolve("connection")
+        .map_err(|problems| config::ConfigError {
+            file: path.to_path_buf(),
+            problems,
+        })?;
+    println!("ok   secrets resolved (client_id {})", creds.client_id);
+    check_connection(&p, creds).await
+}
+
+async fn check_connection(p: &Pipeline, creds: FyleCredentials) -> Result<ExitCode, Error> {
+    let http = HttpClient::new(&p.spec.http).map_err(|e| Error::Internal(e.to_string()))?;
+    let accounts = creds.accounts_url.clone();
+    let session = std::sync::Arc::new(FyleSession::new(http, creds));
+    let token = session
+        .token()
+        .await
+        .map_err(|e| Error::Auth(e.to_string()))?;
+    println!("ok   access token granted by {accounts}");
+    println!("ok   cluster is {}", token.cluster);
+    let client = FyleClient::new(session);
+    let profile = client
+        .my_profile()
+        .await
+        .map_err(|e| Error::Auth(format!("GET /spender/my_profile failed: {e}")))?;
+    let data = profile.get("data").unwrap_or(&profile);
+    let email = data
+        .pointer("/user/email")
+        .and_then(|v| v.as_str())
+        .unwrap_or("(unknown user)");
+    let org = data
+        .pointer("/org/name")
+        .and_then(|v| v.as_str())
+        .unwrap_or("(unknown org)");
+    let roles: Vec<String> = data
+        .get("roles")
+        .and_then(|r| r.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    println!(
+        "ok   signed in as {email} in {org}; roles: {}",
+        roles.join(", ")
+    );
+    let SourceConfig::Fyle(src) = &p.spec.source;
+    let needed = src.role.to_uppercase();
+    let has_role = roles
+        .iter()
+        .any(|r| *r == needed || (needed == "SPENDER" && r == "FYLER"));
+    if !has_role {
+        eprintln!(
+            "FAIL source.role is `{}` but {email} has roles [{}]; use a user with that role or change source.role",
+            src.role,
+            roles.join(", ")
+        );
+        return Ok(ExitCode::Auth);
+    }
+    println!("ok   role `{}` is present", src.role);
+    let mut query = src.filter_pairs();
+    query.push(("limit".into(), "1".into()));
+    let body = client
+        .get(&format!("{}/{}", src.role, src.resource), &query)
+        .await
+        .map_err(|e| Error::Source(format!("reading {}/{} failed: {e}", src.role, src.resource)))?;
+    let count = body
+        .get("count")
+        .map(|c| c.to_string())
+        .unwrap_or_else(|| "?".into());
+    println!(
+        "ok   {}/{} answers; {count} record(s) match the filters",
+        src.role, src.resource
+    );
+    Ok(ExitCode::Ok)
+}
+
+async fn demo(
+    out: PathBuf,
+    expenses: usize,
+    seed: u64,
+    pipeline: Option<PathBuf>,
+) -> Result<ExitCode, Error> {
+    let p = match &pipeline {
+        Some(path) => config::load(path)?,
+        None => config::load_str(DEMO_PIPELINE, Path::new("pipelines/demo.toml (built in)"))?,
+    };
+    let sim = Simulator::start(SimConfig {
+        seed,
+        expenses,
+        ..SimConfig::default()
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("cannot start the simulator: {e}")))?;
+    eprintln!(
+        "simulator: {expenses} expenses (seed {seed}) at {} — local only, no credentials, no network",
+        sim.accounts_url()
+    );
+    let c = sim.credentials();
+    let creds = FyleCredentials {
+        accounts_url: url::Url::parse(&sim.accounts_url())
+            .map_err(|e| Error::Internal(e.to_string()))?,
+        client_id: c.client_id.clone(),
+        client_secret: SecretString::from(c.client_secret.clone()),
+        refresh_token: SecretString::from(c.refresh_token.clone()),
+    };
+    let http = HttpClient::new(&p.spec.http).map_err(|e| Error::Internal(e.to_string()))?;
+    let opts = RunOptions {
+        output_dir: Some(out),
+        credentials: Some(creds),
+    };
+    let outcome = pipeline::run(&p, &http, &opts).await;
+    sim.shutdown().await;
+    if let Some(e) = outcome.error {
+        return Err(e);
+    }
+    let s = &outcome.summary;
+    eprintln!(
+        "\nexported {} of {} records in {:.1}s ({} requests, {} retries, {} throttled)",
+        s.records_out,
+        s.records_in,
+        s.duration_ms as f64 / 1000.0,
+        s.http.requests,
+        s.http.retries,
+        s.http.throttled_429
+    );
+    for o in &s.outputs {
+        eprintln!(
+            "  {:<8} {} ({} rows, {} bytes)",
+            o.kind,
+            o.path.display(),
+            o.rows,
+            o.bytes
+        );
+    }
+    if let Some(q) = &s.quarantine_file {
+        eprintln!("  quarantined {} record(s): {}", s.quarantined, q.display());
+    }
+    Ok(outcome_code(s.quarantined))
+}
+
+fn outcome_code(quarantined: u64) -> ExitCode {
+    if quarantined > 0 {
+        ExitCode::Partial
+    } else {
+        ExitCode::Ok
+    }
+}

@@ -98,7 +98,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8], run_id: &str) -> io::Result<()> {
 
 /// Adds the path and the operation to an I/O error so the user knows where it happened.
 pub fn annotate(err: io::Error, path: &Path, what: &str) -> io::Error {
-    io::Error::new(err.kind(), format!("cannot {what} {}: {err}", path.display()))
+    io::Error::new(
+        err.kind(),
+        format!("cannot {what} {}: {err}", path.display()),
+    )
 }
 
 #[cfg(test)]

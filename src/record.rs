@@ -45,10 +45,9 @@ impl FieldPath {
                         }
                         digits.push(d);
                     }
-                    let index = digits
-                        .trim()
-                        .parse()
-                        .map_err(|_| format!("`[{digits}]` in path `{text}` is not an array index"))?;
+                    let index = digits.trim().parse().map_err(|_| {
+                        format!("`[{digits}]` in path `{text}` is not an array index")
+                    })?;
                     segments.push(Segment::Index(index));
                     expect_key = false;
                 }
@@ -90,7 +89,10 @@ impl FieldPath {
         if expect_key {
             return Err(format!("path `{text}` ends with a dot"));
         }
-        Ok(Self { text: text.to_string(), segments })
+        Ok(Self {
+            text: text.to_string(),
+            segments,
+        })
     }
 
     /// The path as written.
@@ -142,7 +144,10 @@ mod tests {
             FieldPath::parse("locations[0].city").unwrap().lookup(&r),
             Some(&json!("Pune"))
         );
-        assert_eq!(FieldPath::parse("locations[3].city").unwrap().lookup(&r), None);
+        assert_eq!(
+            FieldPath::parse("locations[3].city").unwrap().lookup(&r),
+            None
+        );
     }
 
     #[test]
@@ -169,7 +174,11 @@ mod tests {
 
     #[test]
     fn numbers_keep_their_exact_text() {
-        let v: Value = serde_json::from_str(r#"{"amount": 0.1000000000000000055511151231257827}"#).unwrap();
-        assert_eq!(v["amount"].to_string(), "0.1000000000000000055511151231257827");
+        let v: Value =
+            serde_json::from_str(r#"{"amount": 0.1000000000000000055511151231257827}"#).unwrap();
+        assert_eq!(
+            v["amount"].to_string(),
+            "0.1000000000000000055511151231257827"
+        );
     }
 }

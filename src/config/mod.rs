@@ -1,6 +1,25 @@
-//! Pipeline file model, loading and validation.
+//! Pipeline files: the model, loading (TOML through the `config` crate, with
+//! environment overrides), and validation that names the file, the key and
+//! what was expected.
 
-use std::path::PathBuf;
+pub mod duration;
+mod secret;
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use secret::SecretRef;
+
+use crate::auth::FyleConnectionConfig;
+use crate::http::HttpConfig;
+use crate::sinks::SinkConfig;
+use crate::sources::SourceConfig;
+use crate::transforms::{ColumnSpec, default_columns};
+
+/// Prefix of environment variables that override pipeline keys:
+/// `EXPENSE_SYNC__SOURCE__PAGE_SIZE=100` sets `source.page_size`.
+pub const ENV_PREFIX: &str = "EXPENSE_SYNC";
 
 /// One thing wrong in a pipeline file: the key and what was expected.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,7 +33,10 @@ pub struct Problem {
 impl Problem {
     /// A problem at `key`.
     pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { key: key.into(), message: message.into() }
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -22,16 +44,218 @@ impl Problem {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{}", render(.file, .problems))]
 pub struct ConfigError {
-    /// The file that was read (or `<command line>`).
+    /// The file that was read.
     pub file: PathBuf,
     /// What is wrong, key by key.
     pub problems: Vec<Problem>,
 }
 
-fn render(file: &std::path::Path, problems: &[Problem]) -> String {
+impl ConfigError {
+    /// An error with a single problem.
+    pub fn single(file: &Path, key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            file: file.to_path_buf(),
+            problems: vec![Problem::new(key, message)],
+        }
+    }
+}
+
+fn render(file: &Path, problems: &[Problem]) -> String {
     let mut s = format!("invalid pipeline file {}:", file.display());
     for p in problems {
         s.push_str(&format!("\n  - key `{}`: {}", p.key, p.message));
     }
     s
+}
+
+/// `[pipeline]`: the pipeline's name and where its outputs go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSection {
+    /// Name used in file names, state and logs (letters, digits, `-`, `_`, `.`).
+    pub name: String,
+    /// Free text for people.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Directory that relative sink paths are resolved against.
+    #[serde(default = "default_output_dir")]
+    pub output_dir: PathBuf,
+}
+
+fn default_output_dir() -> PathBuf {
+    PathBuf::from("out")
+}
+
+/// A pipeline file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineFile {
+    /// `[pipeline]`.
+    pub pipeline: PipelineSection,
+    /// `[connection]`.
+    pub connection: FyleConnectionConfig,
+    /// `[http]`.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// `[source]`.
+    pub source: SourceConfig,
+    /// `[[columns]]`; empty means the resource's default columns.
+    #[serde(default)]
+    pub columns: Vec<ColumnSpec>,
+    /// `[[sinks]]`.
+    pub sinks: Vec<SinkConfig>,
+}
+
+/// A loaded and validated pipeline.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// Where it was read from.
+    pub file: PathBuf,
+    /// The sections, with default columns filled in.
+    pub spec: PipelineFile,
+}
+
+impl Pipeline {
+    /// The pipeline's name.
+    pub fn name(&self) -> &str {
+        &self.spec.pipeline.name
+    }
+}
+
+/// Reads, overrides from the environment, and validates a pipeline file.
+pub fn load(path: &Path) -> Result<Pipeline, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::single(path, "(file)", format!("cannot read the file: {e}")))?;
+    load_str(&text, path)
+}
+
+/// Like [`load`], for text already in memory; `origin` names it in errors.
+pub fn load_str(text: &str, origin: &Path) -> Result<Pipeline, ConfigError> {
+    let built = config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        )
+        .build()
+        .map_err(|e| {
+            ConfigError::single(origin, "(syntax)", clean_config_message(&e.to_string()))
+        })?;
+    let spec: PipelineFile = serde_path_to_error::deserialize(built).map_err(|e| {
+        let (key, message) = locate(e.path().to_string(), &e.inner().to_string());
+        ConfigError::single(origin, key, message)
+    })?;
+    validate(spec, origin)
+}
+
+fn validate(mut spec: PipelineFile, origin: &Path) -> Result<Pipeline, ConfigError> {
+    let mut problems = Vec::new();
+    let name = &spec.pipeline.name;
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        problems.push(Problem::new(
+            "pipeline.name",
+            format!("`{name}` must be non-empty and use only letters, digits, `-`, `_` and `.` (it is used in file names)"),
+        ));
+    }
+    problems.extend(spec.connection.validate("connection"));
+    problems.extend(spec.http.validate("http"));
+    problems.extend(spec.source.validate("source"));
+    if spec.columns.is_empty() {
+        match default_columns(spec.source.resource()) {
+            Some(cols) => spec.columns = cols,
+            None => problems.push(Problem::new(
+                "columns",
+                format!(
+                    "resource `{}` has no default column set; list the columns with [[columns]] name = \"…\", path = \"…\"",
+                    spec.source.resource()
+                ),
+            )),
+        }
+    }
+    if !spec.columns.is_empty()
+        && let Err(ps) = crate::transforms::Projector::new(&spec.columns)
+    {
+        problems.extend(ps);
+    }
+    if spec.sinks.is_empty() {
+        problems.push(Problem::new(
+            "sinks",
+            "at least one [[sinks]] is needed, e.g. type = \"csv\", path = \"expenses.csv\"",
+        ));
+    }
+    let mut paths = std::collections::HashMap::new();
+    for (i, sink) in spec.sinks.iter().enumerate() {
+        problems.extend(sink.validate(&format!("sinks[{i}]")));
+        if let Some(prev) = paths.insert(sink.path_template().to_string(), i) {
+            problems.push(Problem::new(
+                format!("sinks[{i}].path"),
+                format!("the same path as sinks[{prev}]; two sinks cannot write one file"),
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(Pipeline {
+            file: origin.to_path_buf(),
+            spec,
+        })
+    } else {
+        Err(ConfigError {
+            file: origin.to_path_buf(),
+            problems,
+        })
+    }
+}
+
+/// Turns serde's path and message into (key, message), pointing unknown-field
+/// errors at the unknown key itself.
+fn locate(path: String, message: &str) -> (String, String) {
+    let path = if path == "." { String::new() } else { path };
+    let message = clean_config_message(message);
+    if let Some(rest) = message.strip_prefix("unknown field `")
+        && let Some(end) = rest.find('`')
+    {
+        let field = &rest[..end];
+        let key = if path.is_empty() {
+            field.to_string()
+        } else {
+            format!("{path}.{field}")
+        };
+        return (
+            key,
+            format!(
+                "unknown key; {}",
+                &message["unknown field `".len() + end + 1..].trim_start_matches(", ")
+            ),
+        );
+    }
+    if let Some(rest) = message.strip_prefix("missing field `")
+        && let Some(end) = rest.find('`')
+    {
+        let field = &rest[..end];
+        let key = if path.is_empty() {
+            field.to_string()
+        } else {
+            format!("{path}.{field}")
+        };
+        return (key, "is required but missing".to_string());
+    }
+    (
+        if path.is_empty() {
+            "(top level)".into()
+        } else {
+            path
+        },
+        message,
+    )
+}
+
+/// The `config` crate appends its own location text; ours is clearer.
+fn clean_config_message(message: &str) -> String {
+    message.to_string()
 }

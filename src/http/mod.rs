@@ -1,1 +1,11 @@
-//! placeholder
+//! The one HTTP stack: every outbound request goes through [`HttpClient`],
+//! which applies the process-wide rate limiter, timeouts, the retry policy
+//! and error classification. Nothing else in the crate builds requests.
+
+mod client;
+mod config;
+mod error;
+
+pub use client::{HttpClient, HttpStats, Request, Response, StatsSnapshot};
+pub use config::HttpConfig;
+pub use error::HttpError;

@@ -1,1 +1,10 @@
-//! Fyle platform source.
+//! The Fyle platform source: authorised API calls, resources and filters,
+//! and the keyset pager.
+
+mod client;
+mod config;
+mod pager;
+
+pub use client::{FyleClient, FyleError};
+pub use config::{ADMIN_RESOURCES, FilterValue, FyleSourceConfig};
+pub use pager::{Page, PagerStats, Window, fetch_window};

@@ -1,0 +1,115 @@
+//! Secret references: pipeline files name where a secret lives (an
+//! environment variable or a file), never the secret itself.
+
+use std::path::PathBuf;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use super::Problem;
+
+/// Where to read a secret from: `{ env = "FYLE_CLIENT_SECRET" }` or `{ file = "/run/secrets/fyle" }`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum SecretRef {
+    /// `{ env = "NAME" }` or `{ file = "path" }`.
+    Ref {
+        /// Environment variable holding the secret.
+        #[serde(default)]
+        env: Option<String>,
+        /// File holding the secret (trailing newline trimmed).
+        #[serde(default)]
+        file: Option<PathBuf>,
+    },
+    /// A value written inline; refused for secrets, allowed for plain values like a client id.
+    Inline(String),
+}
+
+impl SecretRef {
+    /// Reads the secret. `allow_inline` is true only for values that are not secret.
+    pub fn resolve(&self, key: &str, allow_inline: bool) -> Result<SecretString, Problem> {
+        match self {
+            SecretRef::Inline(v) if allow_inline => Ok(SecretString::from(v.clone())),
+            SecretRef::Inline(_) => Err(Problem::new(
+                key,
+                "secrets must not be written in pipeline files; use { env = \"VARIABLE\" } or { file = \"/path/to/secret\" }",
+            )),
+            SecretRef::Ref {
+                env: Some(var),
+                file: None,
+            } => match std::env::var(var) {
+                Ok(v) if !v.trim().is_empty() => Ok(SecretString::from(v.trim().to_string())),
+                Ok(_) => Err(Problem::new(
+                    key,
+                    format!("environment variable {var} is empty"),
+                )),
+                Err(_) => Err(Problem::new(
+                    key,
+                    format!("environment variable {var} is not set; export it before running"),
+                )),
+            },
+            SecretRef::Ref {
+                env: None,
+                file: Some(path),
+            } => match std::fs::read_to_string(path) {
+                Ok(v) if !v.trim().is_empty() => Ok(SecretString::from(v.trim().to_string())),
+                Ok(_) => Err(Problem::new(
+                    key,
+                    format!("secret file {} is empty", path.display()),
+                )),
+                Err(e) => Err(Problem::new(
+                    key,
+                    format!("cannot read secret file {}: {e}", path.display()),
+                )),
+            },
+            SecretRef::Ref { .. } => Err(Problem::new(
+                key,
+                "give exactly one of `env` or `file`, e.g. { env = \"FYLE_CLIENT_SECRET\" }",
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn inline_secrets_are_refused_with_advice() {
+        let p = SecretRef::Inline("hunter2".into())
+            .resolve("connection.client_secret", false)
+            .unwrap_err();
+        assert_eq!(p.key, "connection.client_secret");
+        assert!(p.message.contains("{ env ="));
+        assert!(!p.message.contains("hunter2"));
+    }
+
+    #[test]
+    fn file_secrets_are_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("s");
+        std::fs::write(&f, "abc\n").unwrap();
+        let s = SecretRef::Ref {
+            env: None,
+            file: Some(f),
+        }
+        .resolve("k", false)
+        .unwrap();
+        assert_eq!(s.expose_secret(), "abc");
+    }
+
+    #[test]
+    fn missing_variable_is_named() {
+        let p = SecretRef::Ref {
+            env: Some("EXPENSE_SYNC_TEST_SURELY_UNSET".into()),
+            file: None,
+        }
+        .resolve("k", false)
+        .unwrap_err();
+        assert!(
+            p.message
+                .contains("EXPENSE_SYNC_TEST_SURELY_UNSET is not set")
+        );
+    }
+}

@@ -1,0 +1,462 @@
+//! The shared client: rate limiter → request with timeout → classify → retry.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::Method;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use tracing::{debug, warn};
+use url::Url;
+
+use super::{HttpConfig, HttpError};
+
+/// One request to make; the client adds rate limiting, timeouts and retries.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// HTTP method.
+    pub method: Method,
+    /// Absolute URL.
+    pub url: Url,
+    /// Query pairs, appended in order (a key may repeat).
+    pub query: Vec<(String, String)>,
+    /// JSON body, if any.
+    pub json: Option<Value>,
+    /// Form body, if any (exclusive with `json`).
+    pub form: Option<Vec<(String, String)>>,
+    /// Bearer token, sent as `Authorization: Bearer …` and marked sensitive.
+    pub bearer: Option<SecretString>,
+}
+
+impl Request {
+    /// A GET of `url`.
+    pub fn get(url: Url) -> Self {
+        Self {
+            method: Method::GET,
+            url,
+            query: Vec::new(),
+            json: None,
+            form: None,
+            bearer: None,
+        }
+    }
+
+    /// A POST of `json` to `url`.
+    pub fn post_json(url: Url, json: Value) -> Self {
+        Self {
+            method: Method::POST,
+            url,
+            query: Vec::new(),
+            json: Some(json),
+            form: None,
+            bearer: None,
+        }
+    }
+
+    /// Adds a bearer token.
+    pub fn with_bearer(mut self, token: SecretString) -> Self {
+        self.bearer = Some(token);
+        self
+    }
+
+    /// Adds query pairs.
+    pub fn with_query(mut self, query: Vec<(String, String)>) -> Self {
+        self.query = query;
+        self
+    }
+
+    /// The URL with its query, for messages (query values never carry secrets).
+    pub fn display_url(&self) -> String {
+        let mut u = self.url.clone();
+        if !self.query.is_empty() {
+            u.query_pairs_mut().extend_pairs(self.query.iter());
+        }
+        u.to_string()
+    }
+}
+
+/// A successful (2xx) response with its body parsed as JSON (`Null` when empty).
+#[derive(Debug)]
+pub struct Response {
+    /// HTTP status.
+    pub status: u16,
+    /// Response headers.
+    pub headers: HeaderMap,
+    /// Parsed body.
+    pub json: Value,
+}
+
+/// Counters kept by the client, shared by everything that uses it.
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    requests: AtomicU64,
+    retries: AtomicU64,
+    throttled: AtomicU64,
+    server_errors: AtomicU64,
+    transport_errors: AtomicU64,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StatsSnapshot {
+    /// Requests sent (every attempt counts).
+    pub requests: u64,
+    /// Attempts that were retries.
+    pub retries: u64,
+    /// 429 answers.
+    pub throttled_429: u64,
+    /// 5xx answers.
+    pub server_errors: u64,
+    /// Timeouts, resets, truncated or unreadable bodies.
+    pub transport_errors: u64,
+}
+
+impl StatsSnapshot {
+    /// Counts since `earlier`.
+    pub fn since(&self, earlier: &StatsSnapshot) -> StatsSnapshot {
+        StatsSnapshot {
+            requests: self.requests - earlier.requests,
+            retries: self.retries - earlier.retries,
+            throttled_429: self.throttled_429 - earlier.throttled_429,
+            server_errors: self.server_errors - earlier.server_errors,
+            transport_errors: self.transport_errors - earlier.transport_errors,
+        }
+    }
+}
+
+struct Inner {
+    client: reqwest::Client,
+    limiter: DefaultDirectRateLimiter,
+    config: HttpConfig,
+    stats: HttpStats,
+}
+
+/// The process-wide HTTP client. Cheap to clone; clones share the limiter and counters.
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpClient")
+            .field(
+                "requests_per_second",
+                &self.inner.config.requests_per_second,
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why one attempt failed, and whether another may succeed.
+enum Attempt {
+    Done(Response),
+    Fatal(HttpError),
+    Retry {
+        reason: String,
+        wait: Option<Duration>,
+    },
+}
+
+impl HttpClient {
+    /// Builds the client; call once per process and share it.
+    pub fn new(config: &HttpConfig) -> Result<Self, HttpError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout)
+            .user_agent(concat!("expense-sync/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| HttpError::Invalid {
+                url: String::new(),
+                message: format!("cannot start the HTTP client: {e}"),
+            })?;
+        // Burst of one: requests are spaced evenly, so no one-second window
+        // ever holds more than the configured rate.
+        let period = Duration::from_secs_f64(1.0 / config.requests_per_second.max(0.001));
+        let quota = Quota::with_period(period)
+            .expect("period is positive")
+            .allow_burst(NonZeroU32::MIN);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                limiter: RateLimiter::direct(quota),
+                config: config.clone(),
+                stats: HttpStats::default(),
+            }),
+        })
+    }
+
+    /// The configuration this client was built with.
+    pub fn config(&self) -> &HttpConfig {
+        &self.inner.config
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> StatsSnapshot {
+        let s = &self.inner.stats;
+        StatsSnapshot {
+            requests: s.requests.load(Ordering::Relaxed),
+            retries: s.retries.load(Ordering::Relaxed),
+            throttled_429: s.throttled.load(Ordering::Relaxed),
+            server_errors: s.server_errors.load(Ordering::Relaxed),
+            transport_errors: s.transport_errors.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Sends `req`, retrying 429 (honouring `Retry-After`), 5xx, timeouts and
+    /// connection failures with exponential backoff and jitter.
+    pub async fn execute(&self, req: &Request) -> Result<Response, HttpError> {
+        let cfg = &self.inner.config;
+        let mut backoff = ExponentialBuilder::default()
+            .with_min_delay(cfg.initial_backoff)
+            .with_max_delay(cfg.max_backoff)
+            .with_jitter()
+            .with_max_times(cfg.max_retries as usize)
+            .build();
+        let started = Instant::now();
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            if attempts > 1 {
+                self.inner.stats.retries.fetch_add(1, Ordering::Relaxed);
+            }
+            match self.attempt(req, attempts).await {
+                Attempt::Done(resp) => return Ok(resp),
+                Attempt::Fatal(err) => return Err(err),
+                Attempt::Retry { reason, wait } => {
+                    let Some(delay) = backoff.next() else {
+                        return Err(HttpError::RetriesExhausted {
+                            method: req.method.to_string(),
+                            url: req.display_url(),
+                            attempts,
+                            elapsed: started.elapsed(),
+                            last: reason,
+                        });
+                    };
+                    // Retry-After is the server's word; honour it, but never wait
+                    // longer than max_backoff for one retry.
+                    let delay = wait.map_or(delay, |w| w.min(cfg.max_backoff));
+                    warn!(
+                        method = %req.method, url = %req.url, attempt = attempts,
+                        retry_in_ms = delay.as_millis() as u64, "{reason}; retrying"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    async fn attempt(&self, req: &Request, attempt: u32) -> Attempt {
+        self.inner.limiter.until_ready().await;
+        self.inner.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let mut builder = self
+            .inner
+            .client
+            .request(req.method.clone(), req.url.clone());
+        if !req.query.is_empty() {
+            builder = builder.query(&req.query);
+        }
+        if let Some(json) = &req.json {
+            builder = builder.json(json);
+        } else if let Some(form) = &req.form {
+            builder = builder.form(form);
+        }
+        if let Some(token) = &req.bearer {
+            // reqwest marks bearer headers sensitive, keeping them out of debug output.
+            builder = builder.bearer_auth(token.expose_secret());
+        }
+        let sent = Instant::now();
+        let result = builder.send().await;
+        let resp = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.inner
+                    .stats
+                    .transport_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                return Attempt::Retry {
+                    reason: describe_transport(&e),
+                    wait: None,
+                };
+            }
+        };
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) => {
+                self.inner
+                    .stats
+                    .transport_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                return Attempt::Retry {
+                    reason: format!(
+                        "HTTP {status} but the body could not be read ({})",
+                        describe_transport(&e)
+                    ),
+                    wait: None,
+                };
+            }
+        };
+        debug!(
+            method = %req.method, url = %req.url, status, attempt,
+            bytes = body.len(), elapsed_ms = sent.elapsed().as_millis() as u64, "response"
+        );
+        match status {
+            200..=299 => {
+                if body.iter().all(u8::is_ascii_whitespace) {
+                    return Attempt::Done(Response {
+                        status,
+                        headers,
+                        json: Value::Null,
+                    });
+                }
+                match serde_json::from_slice(&body) {
+                    Ok(json) => Attempt::Done(Response {
+                        status,
+                        headers,
+                        json,
+                    }),
+                    Err(e) => {
+                        // A cut-off body parses as invalid JSON: worth another try.
+                        self.inner
+                            .stats
+                            .transport_errors
+                            .fetch_add(1, Ordering::Relaxed);
+                        Attempt::Retry {
+                            reason: format!(
+                                "HTTP {status} with a body that is not valid JSON ({e}); it may have been cut off"
+                            ),
+                            wait: None,
+                        }
+                    }
+                }
+            }
+            429 => {
+                self.inner.stats.throttled.fetch_add(1, Ordering::Relaxed);
+                Attempt::Retry {
+                    reason: "HTTP 429 Too Many Requests".into(),
+                    wait: Some(retry_after(&headers).unwrap_or(Duration::from_secs(1))),
+                }
+            }
+            500..=599 => {
+                self.inner
+                    .stats
+                    .server_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                Attempt::Retry {
+                    reason: format!("HTTP {status}: {}", server_message(&body).1),
+                    wait: retry_after(&headers),
+                }
+            }
+            401 | 498 => Attempt::Fatal(HttpError::Unauthorized {
+                method: req.method.to_string(),
+                url: req.url.to_string(),
+                status,
+                message: server_message(&body).1,
+            }),
+            _ => {
+                let (error_kind, message) = server_message(&body);
+                Attempt::Fatal(HttpError::Rejected {
+                    method: req.method.to_string(),
+                    url: req.display_url(),
+                    status,
+                    error_kind,
+                    message,
+                })
+            }
+        }
+    }
+}
+
+fn describe_transport(e: &reqwest::Error) -> String {
+    // reqwest's Display includes the URL; keep the cause chain, which says
+    // "connection reset", "operation timed out" and the like.
+    let mut s = if e.is_timeout() {
+        "request timed out".to_string()
+    } else if e.is_connect() {
+        "could not connect".to_string()
+    } else {
+        "transport error".to_string()
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+/// Parses `Retry-After` as seconds or an HTTP date.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    let delta = when.signed_duration_since(chrono::Utc::now());
+    Some(delta.to_std().unwrap_or(Duration::ZERO))
+}
+
+/// Fyle's `error` and `message` fields, or the start of a non-JSON body.
+fn server_message(body: &[u8]) -> (Option<String>, String) {
+    if let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) {
+        let text = |k: &str| map.get(k).and_then(Value::as_str).map(str::to_string);
+        let kind = text("error");
+        let message = text("message")
+            .or_else(|| text("error_description"))
+            .or_else(|| kind.clone())
+            .unwrap_or_else(|| truncate(&String::from_utf8_lossy(body)));
+        return (kind, message);
+    }
+    let text = String::from_utf8_lossy(body);
+    if text.trim().is_empty() {
+        (None, "(empty body)".into())
+    } else {
+        (None, truncate(&text))
+    }
+}
+
+fn truncate(s: &str) -> String {
+    let s = s.trim();
+    match s.char_indices().nth(300) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_accepts_seconds_and_dates() {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, "3".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
+        h.insert(
+            RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h), Some(Duration::ZERO));
+        h.insert(RETRY_AFTER, "soon".parse().unwrap());
+        assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn server_message_prefers_fyle_fields() {
+        let (k, m) =
+            server_message(br#"{"data":null,"error":"ValidationError","message":"limit too big"}"#);
+        assert_eq!(k.as_deref(), Some("ValidationError"));
+        assert_eq!(m, "limit too big");
+        let (k, m) = server_message(b"<html>Bad gateway</html>");
+        assert_eq!(k, None);
+        assert_eq!(m, "<html>Bad gateway</html>");
+    }
+}

@@ -1,0 +1,82 @@
+//! `[http]` section of a pipeline file.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::Problem;
+
+/// Limits, timeouts and retry policy for every request a pipeline makes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Requests per second for the whole process (Fyle allows 10 per IP).
+    pub requests_per_second: f64,
+    /// How long to wait for a TCP/TLS connection.
+    #[serde(with = "crate::config::duration")]
+    pub connect_timeout: Duration,
+    /// How long one request may take, body included.
+    #[serde(with = "crate::config::duration")]
+    pub request_timeout: Duration,
+    /// Retries after the first attempt, for 429, 5xx, timeouts and resets.
+    pub max_retries: u32,
+    /// First backoff delay; doubles each retry, with jitter.
+    #[serde(with = "crate::config::duration")]
+    pub initial_backoff: Duration,
+    /// Longest backoff delay, and the longest `Retry-After` honoured.
+    #[serde(with = "crate::config::duration")]
+    pub max_backoff: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            requests_per_second: 10.0,
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            max_retries: 8,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// Checks values a request could not work with.
+    pub fn validate(&self, prefix: &str) -> Vec<Problem> {
+        let mut p = Vec::new();
+        if !(self.requests_per_second.is_finite() && self.requests_per_second > 0.0) {
+            p.push(Problem::new(
+                format!("{prefix}.requests_per_second"),
+                format!(
+                    "must be a number greater than 0 (requests per second), got {}",
+                    self.requests_per_second
+                ),
+            ));
+        } else if self.requests_per_second > 1000.0 {
+            p.push(Problem::new(
+                format!("{prefix}.requests_per_second"),
+                "must be at most 1000",
+            ));
+        }
+        for (key, d) in [
+            ("connect_timeout", self.connect_timeout),
+            ("request_timeout", self.request_timeout),
+            ("max_backoff", self.max_backoff),
+        ] {
+            if d.is_zero() {
+                p.push(Problem::new(
+                    format!("{prefix}.{key}"),
+                    "must be longer than zero, e.g. \"30s\"",
+                ));
+            }
+        }
+        if self.initial_backoff > self.max_backoff {
+            p.push(Problem::new(
+                format!("{prefix}.initial_backoff"),
+                "must not be longer than max_backoff",
+            ));
+        }
+        p
+    }
+}

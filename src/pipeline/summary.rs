@@ -1,0 +1,109 @@
+//! The machine-readable run summary.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::http::StatsSnapshot;
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Still running (never seen in a finished summary).
+    Running,
+    /// Every record exported and committed.
+    Ok,
+    /// Committed, but some records were quarantined.
+    Partial,
+    /// Nothing was committed.
+    Failed,
+}
+
+/// One committed output file.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputSummary {
+    /// Sink kind (`csv`, `parquet`).
+    pub kind: String,
+    /// Final path.
+    pub path: PathBuf,
+    /// Data rows written.
+    pub rows: u64,
+    /// File size.
+    pub bytes: u64,
+}
+
+/// What a run did, printed as JSON at the end of `run`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Unique id of this run (also in temporary file names).
+    pub run_id: String,
+    /// Outcome.
+    pub status: RunStatus,
+    /// Process exit code for this outcome.
+    pub exit_code: i32,
+    /// Start time.
+    pub started_at: DateTime<Utc>,
+    /// Wall time.
+    pub duration_ms: u64,
+    /// Lower bound of the cursor window (inclusive), if any.
+    pub window_from: Option<DateTime<Utc>>,
+    /// Upper bound of the cursor window (exclusive).
+    pub window_to: Option<DateTime<Utc>>,
+    /// Records received from the source.
+    pub records_in: u64,
+    /// Rows written to each sink.
+    pub records_out: u64,
+    /// Records that could not be transformed.
+    pub quarantined: u64,
+    /// Where quarantined records went.
+    pub quarantine_file: Option<PathBuf>,
+    /// Boundary records the source sent twice and we dropped.
+    pub duplicates_skipped: u64,
+    /// Pages fetched.
+    pub pages: u64,
+    /// Request counters for this run.
+    pub http: StatsSnapshot,
+    /// Access tokens granted during the run.
+    pub token_grants: u64,
+    /// Committed outputs.
+    pub outputs: Vec<OutputSummary>,
+    /// Why the run failed.
+    pub error: Option<String>,
+}
+
+impl RunSummary {
+    /// A summary for a run that is starting.
+    pub fn new(pipeline: &str, run_id: &str, started_at: DateTime<Utc>) -> Self {
+        Self {
+            pipeline: pipeline.to_string(),
+            run_id: run_id.to_string(),
+            status: RunStatus::Running,
+            exit_code: 0,
+            started_at,
+            duration_ms: 0,
+            window_from: None,
+            window_to: None,
+            records_in: 0,
+            records_out: 0,
+            quarantined: 0,
+            quarantine_file: None,
+            duplicates_skipped: 0,
+            pages: 0,
+            http: StatsSnapshot::default(),
+            token_grants: 0,
+            outputs: Vec::new(),
+            error: None,
+        }
+    }
+
+    pub(crate) fn finish(&mut self, elapsed: Duration, http: StatsSnapshot, grants: u64) {
+        self.duration_ms = elapsed.as_millis() as u64;
+        self.http = http;
+        self.token_grants = grants;
+    }
+}

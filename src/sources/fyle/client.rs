@@ -1,0 +1,96 @@
+//! Authorised calls to the Fyle platform API: bearer token, cluster URL, and
+//! one refresh-and-retry on 401.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use url::Url;
+
+use crate::auth::{AuthError, FyleSession};
+use crate::http::{HttpError, Request};
+
+/// Why a Fyle API call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FyleError {
+    /// Authentication failed (token grant refused, or still 401 after a refresh).
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The API refused the request or could not be reached.
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    /// The API answered something we cannot use.
+    #[error("{0}")]
+    Protocol(String),
+}
+
+/// A client for `{cluster}/platform/v1/…`.
+#[derive(Debug, Clone)]
+pub struct FyleClient {
+    session: Arc<FyleSession>,
+}
+
+impl FyleClient {
+    /// Wraps a session.
+    pub fn new(session: Arc<FyleSession>) -> Self {
+        Self { session }
+    }
+
+    /// The session (token and cluster).
+    pub fn session(&self) -> &Arc<FyleSession> {
+        &self.session
+    }
+
+    /// GET `platform/v1/{path}` with `query`, e.g. `path = "admin/expenses"`.
+    pub async fn get(&self, path: &str, query: &[(String, String)]) -> Result<Value, FyleError> {
+        self.call(path, |url| Request::get(url).with_query(query.to_vec()))
+            .await
+    }
+
+    /// POST `body` to `platform/v1/{path}`.
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value, FyleError> {
+        self.call(path, |url| Request::post_json(url, body.clone()))
+            .await
+    }
+
+    /// `GET /spender/my_profile`: who the credentials belong to and their roles.
+    pub async fn my_profile(&self) -> Result<Value, FyleError> {
+        self.get("spender/my_profile", &[]).await
+    }
+
+    async fn call(&self, path: &str, build: impl Fn(Url) -> Request) -> Result<Value, FyleError> {
+        let mut token = self.session.token().await?;
+        let mut refreshed = false;
+        loop {
+            let url = platform_url(&token.cluster, path)?;
+            let req = build(url).with_bearer(token.access.clone());
+            match self.session.http().execute(&req).await {
+                Ok(resp) => return Ok(resp.json),
+                Err(HttpError::Unauthorized {
+                    status, message, ..
+                }) if !refreshed => {
+                    tracing::info!(status, %message, "API rejected the access token");
+                    token = self.session.refresh_after_rejection(&token).await?;
+                    refreshed = true;
+                }
+                Err(HttpError::Unauthorized {
+                    status,
+                    message,
+                    url,
+                    ..
+                }) => {
+                    return Err(FyleError::Auth(AuthError::Protocol(format!(
+                        "{url} answered HTTP {status} ({message}) even with a freshly issued access token; \
+                         the credentials may lack the role this resource needs"
+                    ))));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+fn platform_url(cluster: &Url, path: &str) -> Result<Url, FyleError> {
+    cluster
+        .join(&format!("platform/v1/{}", path.trim_start_matches('/')))
+        .map_err(|e| FyleError::Protocol(format!("cannot build URL for {path} on {cluster}: {e}")))
+}

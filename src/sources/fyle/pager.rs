@@ -1,0 +1,290 @@
+//! Keyset (seek) paging on (cursor, id) inside a fixed time window.
+//!
+//! Offset paging over data that changes skips records: when a record on an
+//! earlier page moves, every later record shifts one place and one is never
+//! seen. Seeking from the last (cursor, id) seen cannot skip, and the fixed
+//! upper bound keeps records that change mid-run out of this run (they are
+//! in the next window) instead of chasing them.
+
+use std::cmp::Ordering;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use super::{FyleClient, FyleError, FyleSourceConfig};
+use crate::record::{Record, record_id};
+
+/// The half-open time range `[from, to)` of the cursor field a run covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Inclusive lower bound; `None` means from the beginning.
+    pub from: Option<DateTime<Utc>>,
+    /// Exclusive upper bound; `None` means no bound.
+    pub to: Option<DateTime<Utc>>,
+}
+
+/// One page of records, in (cursor, id) order.
+#[derive(Debug)]
+pub struct Page {
+    /// Records of the page, duplicates from earlier pages removed.
+    pub records: Vec<Record>,
+    /// Matching records in the whole window, as the server counted them on the first page.
+    pub total: Option<u64>,
+}
+
+/// What the pager did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PagerStats {
+    /// Requests that returned a page.
+    pub pages: u64,
+    /// Records passed on.
+    pub records: u64,
+    /// Records seen twice at page boundaries and dropped.
+    pub duplicates: u64,
+}
+
+#[derive(Debug, Clone)]
+enum IdKey {
+    Num(rust_decimal::Decimal),
+    Text(String),
+}
+
+impl IdKey {
+    fn cmp(&self, other: &IdKey) -> Ordering {
+        match (self, other) {
+            (IdKey::Num(a), IdKey::Num(b)) => a.cmp(b),
+            (IdKey::Text(a), IdKey::Text(b)) => a.cmp(b),
+            (IdKey::Num(_), IdKey::Text(_)) => Ordering::Less,
+            (IdKey::Text(_), IdKey::Num(_)) => Ordering::Greater,
+        }
+    }
+
+    fn literal(&self) -> String {
+        match self {
+            IdKey::Num(n) => n.to_string(),
+            IdKey::Text(s) => quote(s),
+        }
+    }
+}
+
+/// The position of a record in (cursor, id) order.
+#[derive(Debug, Clone)]
+struct Key {
+    at: DateTime<Utc>,
+    /// The cursor exactly as the server wrote it, so the seek condition matches it exactly.
+    text: String,
+    id: IdKey,
+}
+
+impl Key {
+    fn of(record: &Record, cursor_field: &str) -> Result<Key, FyleError> {
+        let rid = record_id(record);
+        let text = record
+            .get(cursor_field)
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                FyleError::Protocol(format!(
+                    "record {rid} has no `{cursor_field}` timestamp to page by; \
+                     set source.cursor_field to a timestamp every record has"
+                ))
+            })?
+            .to_string();
+        let at = DateTime::parse_from_rfc3339(&text)
+            .map_err(|e| {
+                FyleError::Protocol(format!(
+                    "record {rid}: `{cursor_field}` = `{text}` is not an RFC 3339 timestamp ({e})"
+                ))
+            })?
+            .with_timezone(&Utc);
+        let id = match record.get("id") {
+            Some(Value::String(s)) => IdKey::Text(s.clone()),
+            Some(Value::Number(n)) => IdKey::Num(n.to_string().parse().map_err(|_| {
+                FyleError::Protocol(format!("record id {n} is not a usable number"))
+            })?),
+            _ => {
+                return Err(FyleError::Protocol(format!(
+                    "a record without an `id` was returned (cursor {text}); cannot page past it"
+                )));
+            }
+        };
+        Ok(Key { at, text, id })
+    }
+
+    fn cmp(&self, other: &Key) -> Ordering {
+        self.at.cmp(&other.at).then_with(|| self.id.cmp(&other.id))
+    }
+}
+
+/// Formats an instant the way Fyle writes timestamps.
+pub fn fyle_timestamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, false)
+}
+
+fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// Pages through `window` of the configured resource, sending each page to `tx`.
+///
+/// Returns when the window is exhausted, or early (without error) if the
+/// receiver has gone away because the run is stopping.
+pub async fn fetch_window(
+    client: &FyleClient,
+    cfg: &FyleSourceConfig,
+    window: Window,
+    tx: &mpsc::Sender<Page>,
+) -> Result<PagerStats, FyleError> {
+    let path = format!("{}/{}", cfg.role, cfg.resource);
+    let cursor = cfg.cursor_field.as_str();
+    let mut base = cfg.filter_pairs();
+    if let Some(from) = window.from {
+        base.push((cursor.to_string(), format!("gte.{}", fyle_timestamp(from))));
+    }
+    if let Some(to) = window.to {
+        base.push((cursor.to_string(), format!("lt.{}", fyle_timestamp(to))));
+    }
+    base.push(("order".into(), format!("{cursor}.asc,id.asc")));
+    base.push(("limit".into(), cfg.page_size.to_string()));
+    base.push(("offset".into(), "0".into()));
+
+    let mut stats = PagerStats::default();
+    let mut last: Option<Key> = None;
+    loop {
+        let mut query = base.clone();
+        if let Some(k) = &last {
+            query.push((
+                "and".into(),
+                format!(
+                    "(or({cursor}.gt.{t},and({cursor}.eq.{t},id.gt.{id})))",
+                    t = quote(&k.text),
+                    id = k.id.literal()
+                ),
+            ));
+        }
+        let body = client.get(&path, &query).await?;
+        let total = body
+            .get("count")
+            .and_then(|c| c.to_string().parse::<u64>().ok());
+        let data = match body.get("data") {
+            Some(Value::Array(a)) => a.clone(),
+            _ => {
+                return Err(FyleError::Protocol(format!(
+                    "GET {path} answered without a `data` list"
+                )));
+            }
+        };
+        stats.pages += 1;
+        let full_page = data.len() >= cfg.page_size as usize;
+        let mut records = Vec::with_capacity(data.len());
+        let mut page_last = last.clone();
+        for record in data {
+            let key = Key::of(&record, cursor)?;
+            // A record at or before the last key was delivered already (the
+            // server re-sent a boundary record); delivering it again would double it.
+            if page_last
+                .as_ref()
+                .is_some_and(|l| key.cmp(l) != Ordering::Greater)
+            {
+                stats.duplicates += 1;
+                continue;
+            }
+            page_last = Some(key);
+            records.push(record);
+        }
+        let advanced = match (&page_last, &last) {
+            (Some(p), Some(l)) => p.cmp(l) == Ordering::Greater,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        stats.records += records.len() as u64;
+        debug!(
+            path,
+            page = stats.pages,
+            records = records.len(),
+            total,
+            "page"
+        );
+        if !records.is_empty()
+            && tx
+                .send(Page {
+                    records,
+                    total: (stats.pages == 1).then_some(total).flatten(),
+                })
+                .await
+                .is_err()
+        {
+            return Ok(stats);
+        }
+        if !full_page {
+            return Ok(stats);
+        }
+        if !advanced {
+            return Err(FyleError::Protocol(format!(
+                "GET {path} returned a full page that does not move past ({cursor}, id) = {:?}; \
+                 the server is not honouring the seek filter",
+                last.map(|k| k.text)
+            )));
+        }
+        last = page_last;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn keys_order_by_instant_then_id() {
+        let a = Key::of(
+            &json!({"id": "txA", "updated_at": "2024-01-01T00:00:00.000000+00:00"}),
+            "updated_at",
+        )
+        .unwrap();
+        let b = Key::of(
+            &json!({"id": "txB", "updated_at": "2024-01-01T00:00:00Z"}),
+            "updated_at",
+        )
+        .unwrap();
+        let c = Key::of(
+            &json!({"id": "txA", "updated_at": "2024-01-01T00:00:00.000001+00:00"}),
+            "updated_at",
+        )
+        .unwrap();
+        assert_eq!(a.cmp(&b), Ordering::Less);
+        assert_eq!(b.cmp(&c), Ordering::Less);
+        assert_eq!(a.cmp(&a.clone()), Ordering::Equal);
+    }
+
+    #[test]
+    fn numeric_ids_compare_as_numbers() {
+        let a = Key::of(
+            &json!({"id": 9, "updated_at": "2024-01-01T00:00:00Z"}),
+            "updated_at",
+        )
+        .unwrap();
+        let b = Key::of(
+            &json!({"id": 10, "updated_at": "2024-01-01T00:00:00Z"}),
+            "updated_at",
+        )
+        .unwrap();
+        assert_eq!(a.cmp(&b), Ordering::Less);
+        assert_eq!(b.id.literal(), "10");
+    }
+
+    #[test]
+    fn missing_cursor_is_explained() {
+        let e = Key::of(&json!({"id": "tx1"}), "updated_at").unwrap_err();
+        assert!(e.to_string().contains("record tx1 has no `updated_at`"));
+    }
+
+    #[test]
+    fn timestamps_are_written_like_fyle() {
+        let t = DateTime::parse_from_rfc3339("2024-03-05T10:22:33.5Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(fyle_timestamp(t), "2024-03-05T10:22:33.500000+00:00");
+    }
+}
