@@ -72,6 +72,8 @@ pub struct RunSummary {
     pub token_grants: u64,
     /// Committed outputs.
     pub outputs: Vec<OutputSummary>,
+    /// Peak resident memory of the process so far (Linux only).
+    pub peak_rss_bytes: Option<u64>,
     /// Why the run failed.
     pub error: Option<String>,
 }
@@ -97,6 +99,7 @@ impl RunSummary {
             http: StatsSnapshot::default(),
             token_grants: 0,
             outputs: Vec::new(),
+            peak_rss_bytes: None,
             error: None,
         }
     }
@@ -105,5 +108,14 @@ impl RunSummary {
         self.duration_ms = elapsed.as_millis() as u64;
         self.http = http;
         self.token_grants = grants;
+        self.peak_rss_bytes = peak_rss_bytes();
     }
+}
+
+/// `VmHWM` from /proc/self/status: the most memory the process has held.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
