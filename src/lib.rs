@@ -16,6 +16,7 @@ pub mod row;
 pub mod simulator;
 pub mod sinks;
 pub mod sources;
+pub mod state;
 pub mod transforms;
 
 pub use error::{Error, ExitCode};

@@ -12,7 +12,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_expense-sync");
 
 async fn run_bin(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Output {
     let mut cmd = tokio::process::Command::new(BIN);
-    cmd.args(args).current_dir(cwd).env_remove("EXPENSE_SYNC_LOG");
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_remove("EXPENSE_SYNC_LOG");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -20,7 +22,11 @@ async fn run_bin(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn sim_env(sim: &expense_sync::simulator::Simulator) -> Vec<(&'static str, String)> {
@@ -35,7 +41,13 @@ fn sim_env(sim: &expense_sync::simulator::Simulator) -> Vec<(&'static str, Strin
 #[tokio::test]
 async fn every_command_has_help() {
     let dir = tempfile::tempdir().unwrap();
-    for cmd in [vec!["--help"], vec!["run", "--help"], vec!["check", "--help"], vec!["demo", "--help"], vec!["simulate", "--help"]] {
+    for cmd in [
+        vec!["--help"],
+        vec!["run", "--help"],
+        vec!["check", "--help"],
+        vec!["demo", "--help"],
+        vec!["simulate", "--help"],
+    ] {
         let o = run_bin(&cmd, dir.path(), &[]).await;
         assert!(o.status.success(), "{cmd:?}: {}", text(&o));
         assert!(text(&o).contains("Usage"), "{cmd:?}");
@@ -45,18 +57,34 @@ async fn every_command_has_help() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_writes_real_csv_and_parquet() {
     let dir = tempfile::tempdir().unwrap();
-    let o = run_bin(&["demo", "--out", "demo-out", "--expenses", "300"], dir.path(), &[]).await;
+    let o = run_bin(
+        &["demo", "--out", "demo-out", "--expenses", "300"],
+        dir.path(),
+        &[],
+    )
+    .await;
     assert!(o.status.success(), "{}", text(&o));
     let csv_path = dir.path().join("demo-out/demo-expenses.csv");
     let parquet_path = dir.path().join("demo-out/demo-expenses.parquet");
     let (header, rows) = read_csv(&csv_path);
     assert!(header.len() > 10, "default columns: {header:?}");
     assert!(!rows.is_empty());
-    assert!(std::fs::read(&csv_path).unwrap().starts_with(b"\xEF\xBB\xBF"), "demo CSV has a BOM for Excel");
+    assert!(
+        std::fs::read(&csv_path)
+            .unwrap()
+            .starts_with(b"\xEF\xBB\xBF"),
+        "demo CSV has a BOM for Excel"
+    );
     let f = std::fs::File::open(&parquet_path).unwrap();
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).unwrap();
-    assert_eq!(reader.metadata().file_metadata().num_rows() as usize, rows.len());
-    assert!(text(&o).contains("demo-expenses.csv"), "demo says where the files are");
+    assert_eq!(
+        reader.metadata().file_metadata().num_rows() as usize,
+        rows.len()
+    );
+    assert!(
+        text(&o).contains("demo-expenses.csv"),
+        "demo says where the files are"
+    );
 }
 
 #[tokio::test]
@@ -95,7 +123,10 @@ SINK
         let o = run_bin(&["run", file.to_str().unwrap()], dir.path(), &[]).await;
         let t = text(&o);
         assert_eq!(o.status.code(), Some(2), "case {i}: {t}");
-        assert!(t.contains(&format!("bad{i}.toml")), "case {i} names the file: {t}");
+        assert!(
+            t.contains(&format!("bad{i}.toml")),
+            "case {i} names the file: {t}"
+        );
         assert!(t.contains(key), "case {i} names key {key}: {t}");
         assert!(t.contains(words), "case {i} says `{words}`: {t}");
     }
@@ -103,15 +134,23 @@ SINK
     let file = dir.path().join("multi.toml");
     std::fs::write(
         &file,
-        base.replace("PAGE", "").replace("SINK", "").replace("resource = \"expenses\"", "resource = \"expense\"")
+        base.replace("PAGE", "")
+            .replace("SINK", "")
+            .replace("resource = \"expenses\"", "resource = \"expense\"")
             + "\n[http]\nrequests_per_second = 0\n",
     )
     .unwrap();
     let o = run_bin(&["run", file.to_str().unwrap()], dir.path(), &[]).await;
     let t = text(&o);
     assert_eq!(o.status.code(), Some(2), "{t}");
-    assert!(t.contains("source.resource") && t.contains("http.requests_per_second"), "{t}");
-    assert!(!dir.path().join("out").exists(), "nothing may be written for a bad file");
+    assert!(
+        t.contains("source.resource") && t.contains("http.requests_per_second"),
+        "{t}"
+    );
+    assert!(
+        !dir.path().join("out").exists(),
+        "nothing may be written for a bad file"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,10 +165,18 @@ async fn inline_secret_in_pipeline_file_is_refused() {
     std::fs::write(&file, text_in).unwrap();
     let env = sim_env(&sim);
     let env: Vec<_> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let o = run_bin(&["run", file.to_str().unwrap(), "--output-dir", "o"], dir.path(), &env).await;
+    let o = run_bin(
+        &["run", file.to_str().unwrap(), "--output-dir", "o"],
+        dir.path(),
+        &env,
+    )
+    .await;
     let t = text(&o);
     assert_eq!(o.status.code(), Some(2), "{t}");
-    assert!(t.contains("connection.client_secret") && t.contains("env ="), "{t}");
+    assert!(
+        t.contains("connection.client_secret") && t.contains("env ="),
+        "{t}"
+    );
     assert!(!t.contains("do-not-put-me-here"));
     sim.shutdown().await;
 }
@@ -146,27 +193,48 @@ async fn trace_logs_summary_and_errors_never_contain_secrets() {
     env.push(("EXPENSE_SYNC_LOG", "trace"));
     let summary = dir.path().join("summary.json");
     let o = run_bin(
-        &["run", file.to_str().unwrap(), "--output-dir", "o", "--summary", summary.to_str().unwrap()],
+        &[
+            "run",
+            file.to_str().unwrap(),
+            "--output-dir",
+            "o",
+            "--summary",
+            summary.to_str().unwrap(),
+        ],
         dir.path(),
         &env,
     )
     .await;
     let mut all = text(&o);
     assert!(o.status.success(), "{all}");
-    assert!(all.contains("TRACE") || all.contains("DEBUG"), "trace logging was on");
+    assert!(
+        all.contains("TRACE") || all.contains("DEBUG"),
+        "trace logging was on"
+    );
     all.push_str(&std::fs::read_to_string(&summary).unwrap());
     let creds = sim.credentials();
     for secret in [&creds.client_secret, &creds.refresh_token] {
-        assert!(!all.contains(secret.as_str()), "a secret leaked into the output");
+        assert!(
+            !all.contains(secret.as_str()),
+            "a secret leaked into the output"
+        );
     }
     // Access tokens are JWTs: base64url of `{"` starts every one of them.
-    assert!(!all.contains("eyJ"), "an access token leaked into the output");
+    assert!(
+        !all.contains("eyJ"),
+        "an access token leaked into the output"
+    );
 
     // A failing run (bad refresh token) at trace level leaks nothing either.
     let mut bad_env = env.clone();
     bad_env.retain(|(k, _)| *k != "FYLE_REFRESH_TOKEN");
     bad_env.push(("FYLE_REFRESH_TOKEN", "refresh-token-that-is-wrong-1234"));
-    let o = run_bin(&["run", file.to_str().unwrap(), "--output-dir", "o2"], dir.path(), &bad_env).await;
+    let o = run_bin(
+        &["run", file.to_str().unwrap(), "--output-dir", "o2"],
+        dir.path(),
+        &bad_env,
+    )
+    .await;
     let t = text(&o);
     assert_eq!(o.status.code(), Some(3), "{t}");
     assert!(!t.contains("refresh-token-that-is-wrong-1234"));
@@ -185,11 +253,23 @@ async fn check_reports_credentials_cluster_roles_and_resource() {
     let o = run_bin(&["check", file.to_str().unwrap()], dir.path(), &env).await;
     let t = text(&o);
     assert!(o.status.success(), "{t}");
-    assert!(t.contains("cluster is") && t.contains("roles:") && t.contains("admin/expenses answers"), "{t}");
+    assert!(
+        t.contains("cluster is") && t.contains("roles:") && t.contains("admin/expenses answers"),
+        "{t}"
+    );
 
-    let o = run_bin(&["check", file.to_str().unwrap()], dir.path(), &[("FYLE_CLIENT_ID", "x")]).await;
+    let o = run_bin(
+        &["check", file.to_str().unwrap()],
+        dir.path(),
+        &[("FYLE_CLIENT_ID", "x")],
+    )
+    .await;
     let t = text(&o);
-    assert_eq!(o.status.code(), Some(2), "unset secrets are a config error: {t}");
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "unset secrets are a config error: {t}"
+    );
     assert!(t.contains("FYLE_CLIENT_SECRET is not set"), "{t}");
     sim.shutdown().await;
 }

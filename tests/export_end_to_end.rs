@@ -7,7 +7,10 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::time::Duration;
 
-use arrow::array::{Array, BooleanArray, Date32Array, Decimal128Array, Int64Array, StringArray, TimestampMicrosecondArray};
+use arrow::array::{
+    Array, BooleanArray, Date32Array, Decimal128Array, Int64Array, StringArray,
+    TimestampMicrosecondArray,
+};
 use arrow::datatypes::{DataType, TimeUnit};
 use common::*;
 use expense_sync::simulator::Faults;
@@ -35,7 +38,8 @@ async fn full_export_equals_ground_truth_to_the_cent() {
     let mut truth_total = Decimal::ZERO;
     for (id, row) in &rows {
         let expected = json_decimal(&truth[id]["amount"]);
-        let got = (!row[amount_col].is_empty()).then(|| row[amount_col].parse::<Decimal>().unwrap());
+        let got =
+            (!row[amount_col].is_empty()).then(|| row[amount_col].parse::<Decimal>().unwrap());
         assert_eq!(got, expected, "amount of {id}");
         csv_total += got.unwrap_or_default();
         truth_total += expected.unwrap_or_default();
@@ -64,7 +68,10 @@ async fn csv_keeps_hostile_strings_intact() {
             }
         }
     }
-    assert!(hostile > 10, "the simulator should produce awkward strings; saw {hostile}");
+    assert!(
+        hostile > 10,
+        "the simulator should produce awkward strings; saw {hostile}"
+    );
     sim.shutdown().await;
 }
 
@@ -82,7 +89,10 @@ async fn parquet_reads_back_with_declared_types_and_exact_values() {
     let ty = |n: &str| schema.field_with_name(n).unwrap().data_type().clone();
     assert_eq!(ty("id"), DataType::Utf8);
     assert_eq!(ty("amount"), DataType::Decimal128(18, 2));
-    assert_eq!(ty("spent_at"), DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())));
+    assert_eq!(
+        ty("spent_at"),
+        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+    );
     assert_eq!(ty("spent_on"), DataType::Date32);
     assert_eq!(ty("is_reimbursable"), DataType::Boolean);
     assert_eq!(ty("category_id"), DataType::Int64);
@@ -96,7 +106,10 @@ async fn parquet_reads_back_with_declared_types_and_exact_values() {
         let amounts = col("amount");
         let amounts = amounts.as_any().downcast_ref::<Decimal128Array>().unwrap();
         let spent = col("spent_at");
-        let spent = spent.as_any().downcast_ref::<TimestampMicrosecondArray>().unwrap();
+        let spent = spent
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .unwrap();
         let reimb = col("is_reimbursable");
         let reimb = reimb.as_any().downcast_ref::<BooleanArray>().unwrap();
         let cat = col("category_id");
@@ -107,11 +120,14 @@ async fn parquet_reads_back_with_declared_types_and_exact_values() {
             let id = ids.value(i).to_string();
             let t = &truth[&id];
             let expected = json_decimal(&t["amount"]);
-            let got = (!amounts.is_null(i)).then(|| Decimal::from_i128_with_scale(amounts.value(i), 2));
+            let got =
+                (!amounts.is_null(i)).then(|| Decimal::from_i128_with_scale(amounts.value(i), 2));
             assert_eq!(got, expected, "amount of {id}");
             match t["spent_at"].as_str() {
                 Some(s) => {
-                    let want = chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp_micros();
+                    let want = chrono::DateTime::parse_from_rfc3339(s)
+                        .unwrap()
+                        .timestamp_micros();
                     assert_eq!(spent.value(i), want, "spent_at of {id}");
                 }
                 None => assert!(spent.is_null(i)),
@@ -131,7 +147,11 @@ async fn parquet_reads_back_with_declared_types_and_exact_values() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bursts_of_429_and_5xx_lose_nothing_and_the_rate_is_never_exceeded() {
     let sim = simulator(3000, 5, Some(10)).await;
-    sim.set_faults(Faults { error_rate: 0.25, burst_429: 4, ..Faults::default() });
+    sim.set_faults(Faults {
+        error_rate: 0.25,
+        burst_429: 4,
+        ..Faults::default()
+    });
     let out = tempfile::tempdir().unwrap();
     let text = pipeline_text(
         &sim,
@@ -142,11 +162,18 @@ async fn bursts_of_429_and_5xx_lose_nothing_and_the_rate_is_never_exceeded() {
     let (_, outcome) = run_text(&sim, &text, out.path()).await;
     assert!(outcome.error.is_none(), "{:?}", outcome.error);
     let s = &outcome.summary;
-    assert!(s.http.retries > 0 && s.http.server_errors > 0 && s.http.throttled_429 >= 4, "{:?}", s.http);
+    assert!(
+        s.http.retries > 0 && s.http.server_errors > 0 && s.http.throttled_429 >= 4,
+        "{:?}",
+        s.http
+    );
 
     let (_, rows) = csv_by_id(&out.path().join("faults.csv"));
     let truth = truth_by_id(&sim);
-    assert_eq!(rows.keys().collect::<Vec<_>>(), truth.keys().collect::<Vec<_>>());
+    assert_eq!(
+        rows.keys().collect::<Vec<_>>(),
+        truth.keys().collect::<Vec<_>>()
+    );
 
     let log = sim.request_log();
     for r in &log {
@@ -160,10 +187,16 @@ async fn bursts_of_429_and_5xx_lose_nothing_and_the_rate_is_never_exceeded() {
     let times: Vec<_> = log.iter().map(|r| r.at).collect();
     let mut worst = 0;
     for (i, t) in times.iter().enumerate() {
-        let n = times[i..].iter().take_while(|u| u.duration_since(*t) < Duration::from_secs(1)).count();
+        let n = times[i..]
+            .iter()
+            .take_while(|u| u.duration_since(*t) < Duration::from_secs(1))
+            .count();
         worst = worst.max(n);
     }
-    assert!(worst <= 11, "client sent {worst} requests within one second");
+    assert!(
+        worst <= 11,
+        "client sent {worst} requests within one second"
+    );
     sim.shutdown().await;
 }
 
@@ -171,7 +204,12 @@ async fn bursts_of_429_and_5xx_lose_nothing_and_the_rate_is_never_exceeded() {
 async fn token_expiry_in_the_middle_of_a_run_is_survived() {
     let sim = simulator(4000, 9, Some(10)).await;
     let out = tempfile::tempdir().unwrap();
-    let text = pipeline_text(&sim, "expiry", "page_size = 100", "requests_per_second = 10");
+    let text = pipeline_text(
+        &sim,
+        "expiry",
+        "page_size = 100",
+        "requests_per_second = 10",
+    );
     let sim_ref = &sim;
     let expire = async {
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -179,11 +217,18 @@ async fn token_expiry_in_the_middle_of_a_run_is_survived() {
     };
     let ((_, outcome), ()) = tokio::join!(run_text(&sim, &text, out.path()), expire);
     assert!(outcome.error.is_none(), "{:?}", outcome.error);
-    assert!(outcome.summary.token_grants >= 2, "expected a refresh, got {}", outcome.summary.token_grants);
+    assert!(
+        outcome.summary.token_grants >= 2,
+        "expected a refresh, got {}",
+        outcome.summary.token_grants
+    );
     let (_, rows) = csv_by_id(&out.path().join("expiry.csv"));
     assert_eq!(rows.len(), 4000);
     let unauthorized = sim.request_log().iter().filter(|r| r.status == 401).count();
-    assert!(unauthorized >= 1, "the run should have met an expired token");
+    assert!(
+        unauthorized >= 1,
+        "the run should have met an expired token"
+    );
     sim.shutdown().await;
 }
 
@@ -192,7 +237,12 @@ async fn filters_from_the_pipeline_file_select_matching_records_only() {
     let sim = simulator(900, 21, None).await;
     let out = tempfile::tempdir().unwrap();
     let extra = "[source.filters]\nstate = \"in.(APPROVED,PAID)\"\n\"source_account->type\" = \"eq.PERSONAL_CASH_ACCOUNT\"";
-    let (_, outcome) = run_text(&sim, &pipeline_text(&sim, "filtered", extra, ""), out.path()).await;
+    let (_, outcome) = run_text(
+        &sim,
+        &pipeline_text(&sim, "filtered", extra, ""),
+        out.path(),
+    )
+    .await;
     assert!(outcome.error.is_none(), "{:?}", outcome.error);
     let expected: BTreeSet<String> = sim
         .ground_truth("expenses")
@@ -211,15 +261,25 @@ async fn filters_from_the_pipeline_file_select_matching_records_only() {
 async fn wrong_client_secret_is_an_auth_error_and_writes_nothing() {
     let sim = simulator(50, 1, None).await;
     let out = tempfile::tempdir().unwrap();
-    let p = expense_sync::config::load_str(&pipeline_text(&sim, "badauth", "", ""), std::path::Path::new("t.toml")).unwrap();
+    let p = expense_sync::config::load_str(
+        &pipeline_text(&sim, "badauth", "", ""),
+        std::path::Path::new("t.toml"),
+    )
+    .unwrap();
     let http = expense_sync::http::HttpClient::new(&p.spec.http).unwrap();
     let mut creds = credentials(&sim);
     creds.client_secret = secrecy::SecretString::from("wrong-secret".to_string());
-    let opts = expense_sync::pipeline::RunOptions { output_dir: Some(out.path().to_path_buf()), credentials: Some(creds) };
+    let opts = expense_sync::pipeline::RunOptions {
+        output_dir: Some(out.path().to_path_buf()),
+        credentials: Some(creds),
+    };
     let outcome = expense_sync::pipeline::run(&p, &http, &opts).await;
     assert_eq!(outcome.exit_code(), expense_sync::ExitCode::Auth);
     let msg = outcome.error.unwrap().to_string();
-    assert!(msg.contains("refused the credentials") && msg.contains("401"), "{msg}");
+    assert!(
+        msg.contains("refused the credentials") && msg.contains("401"),
+        "{msg}"
+    );
     assert!(!msg.contains("wrong-secret"));
     assert!(files_in(out.path()).is_empty());
     sim.shutdown().await;

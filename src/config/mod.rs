@@ -72,7 +72,7 @@ fn render(file: &Path, problems: &[Problem]) -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineSection {
-    /// Name used in file names, state and logs (letters, digits, `-`, `_`, `.`).
+    /// Name used in file names, state and logs (letters, digits, `-`, `_`).
     pub name: String,
     /// Free text for people.
     #[serde(default)]
@@ -156,11 +156,11 @@ fn validate(mut spec: PipelineFile, origin: &Path) -> Result<Pipeline, ConfigErr
     if name.is_empty()
         || !name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
     {
         problems.push(Problem::new(
             "pipeline.name",
-            format!("`{name}` must be non-empty and use only letters, digits, `-`, `_` and `.` (it is used in file names)"),
+            format!("`{name}` must be non-empty and use only letters, digits, `-` and `_` (it is used in file names)"),
         ));
     }
     problems.extend(spec.connection.validate("connection"));

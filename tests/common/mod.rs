@@ -111,16 +111,24 @@ pub fn credentials(sim: &Simulator) -> FyleCredentials {
 
 /// Starts a simulator with `expenses` records and no rate limit unless given.
 pub async fn simulator(expenses: usize, seed: u64, rate_limit: Option<u32>) -> Simulator {
-    Simulator::start(SimConfig { seed, expenses, rate_limit, ..SimConfig::default() })
-        .await
-        .expect("simulator starts")
+    Simulator::start(SimConfig {
+        seed,
+        expenses,
+        rate_limit,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("simulator starts")
 }
 
 /// Loads pipeline text and runs it in-process against `sim`.
 pub async fn run_text(sim: &Simulator, text: &str, out: &Path) -> (Pipeline, RunOutcome) {
     let p = config::load_str(text, Path::new("test.toml")).expect("pipeline is valid");
     let http = HttpClient::new(&p.spec.http).unwrap();
-    let opts = RunOptions { output_dir: Some(out.to_path_buf()), credentials: Some(credentials(sim)) };
+    let opts = RunOptions {
+        output_dir: Some(out.to_path_buf()),
+        credentials: Some(credentials(sim)),
+    };
     let outcome = pipeline::run(&p, &http, &opts).await;
     (p, outcome)
 }
@@ -128,8 +136,13 @@ pub async fn run_text(sim: &Simulator, text: &str, out: &Path) -> (Pipeline, Run
 /// Reads a CSV with the csv crate into header + rows.
 pub fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
     let bytes = std::fs::read(path).unwrap();
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes).to_vec();
-    let mut r = csv::ReaderBuilder::new().has_headers(true).from_reader(bytes.as_slice());
+    let bytes = bytes
+        .strip_prefix(b"\xEF\xBB\xBF")
+        .unwrap_or(&bytes)
+        .to_vec();
+    let mut r = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(bytes.as_slice());
     let header = r.headers().unwrap().iter().map(str::to_string).collect();
     let rows = r
         .records()
@@ -144,7 +157,11 @@ pub fn csv_by_id(path: &Path) -> (Vec<String>, BTreeMap<String, Vec<String>>) {
     let mut map = BTreeMap::new();
     for row in rows {
         let id = row[0].clone();
-        assert!(map.insert(id.clone(), row).is_none(), "id {id} appears twice in {}", path.display());
+        assert!(
+            map.insert(id.clone(), row).is_none(),
+            "id {id} appears twice in {}",
+            path.display()
+        );
     }
     (header, map)
 }

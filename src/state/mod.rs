@@ -1,0 +1,216 @@
+//! Incremental state, the per-pipeline lock, and the commit protocol.
+//!
+//! The state file is JSON a person can read: the committed watermark, the
+//! record versions delivered near it (to de-duplicate the lookback overlap),
+//! a pending commit while one is in flight, and a short history of runs.
+
+mod commit;
+mod lock;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub use commit::{CommitPlan, PlannedFile, commit, recover};
+pub use lock::{PipelineLock, acquire};
+
+/// Version of the state file format.
+pub const STATE_VERSION: u32 = 1;
+/// Runs kept in the history.
+const HISTORY: usize = 50;
+
+/// A record version: its id and the exact cursor text it had.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Hash)]
+pub struct Version {
+    /// Record id.
+    pub id: String,
+    /// Cursor value as the API wrote it.
+    pub cursor: String,
+}
+
+/// One committed run, kept for people to inspect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Run id.
+    pub run_id: String,
+    /// `incremental`, `full_refresh` or `backfill`.
+    pub kind: String,
+    /// Window start (inclusive).
+    pub window_from: Option<DateTime<Utc>>,
+    /// Window end (exclusive).
+    pub window_to: Option<DateTime<Utc>>,
+    /// When the outputs were made final.
+    pub committed_at: DateTime<Utc>,
+    /// Rows written per sink.
+    pub rows: u64,
+    /// Final paths of the files written.
+    pub files: Vec<PathBuf>,
+}
+
+/// The state of one pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    /// File format version.
+    pub version: u32,
+    /// Pipeline name (a state file belongs to one pipeline).
+    pub pipeline: String,
+    /// Cursor field the watermark refers to.
+    pub cursor_field: String,
+    /// Upper bound (exclusive) of the last committed incremental window.
+    pub watermark: Option<DateTime<Utc>>,
+    /// Versions delivered with a cursor inside the next run's lookback.
+    #[serde(default)]
+    pub boundary: BTreeSet<Version>,
+    /// A commit that was decided but may not have finished (crash recovery rolls it forward).
+    #[serde(default)]
+    pub pending: Option<CommitPlan>,
+    /// Recent committed runs, newest last.
+    #[serde(default)]
+    pub runs: Vec<RunRecord>,
+}
+
+impl State {
+    /// A fresh state for `pipeline`.
+    pub fn new(pipeline: &str, cursor_field: &str) -> Self {
+        Self {
+            version: STATE_VERSION,
+            pipeline: pipeline.to_string(),
+            cursor_field: cursor_field.to_string(),
+            watermark: None,
+            boundary: BTreeSet::new(),
+            pending: None,
+            runs: Vec::new(),
+        }
+    }
+
+    /// Applies a finished commit: advance the watermark (if the plan says so) and log the run.
+    pub fn apply(&mut self, plan: &CommitPlan) {
+        if let Some(advance) = &plan.advance {
+            self.watermark = Some(advance.watermark);
+            self.boundary = advance.boundary.clone();
+        }
+        self.runs.push(plan.run.clone());
+        if self.runs.len() > HISTORY {
+            let excess = self.runs.len() - HISTORY;
+            self.runs.drain(..excess);
+        }
+        self.pending = None;
+    }
+}
+
+/// A state file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("state file {}: {message}", path.display())]
+pub struct StateError {
+    /// The state file.
+    pub path: PathBuf,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+/// Reads the state file; a missing file is a fresh state, anything unreadable is an error.
+pub fn load(path: &Path, pipeline: &str, cursor_field: &str) -> Result<State, StateError> {
+    let err = |message: String| StateError {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(State::new(pipeline, cursor_field));
+        }
+        Err(e) => return Err(err(format!("cannot be read: {e}"))),
+    };
+    let state: State = serde_json::from_str(&text).map_err(|e| {
+        err(format!(
+            "is not a valid state file ({e}). It was left untouched; fix it, or move it aside \
+             to start over (the next run then exports everything from incremental.start)"
+        ))
+    })?;
+    if state.version != STATE_VERSION {
+        return Err(err(format!(
+            "has format version {}, this expense-sync reads version {STATE_VERSION}",
+            state.version
+        )));
+    }
+    if state.pipeline != pipeline {
+        return Err(err(format!(
+            "belongs to pipeline `{}`, not `{pipeline}`; give each pipeline its own state file",
+            state.pipeline
+        )));
+    }
+    if state.cursor_field != cursor_field {
+        return Err(err(format!(
+            "tracks cursor `{}` but the pipeline now pages by `{cursor_field}`; \
+             a watermark of one field means nothing for another: move the file aside to start over",
+            state.cursor_field
+        )));
+    }
+    Ok(state)
+}
+
+/// Writes the state file atomically (temp, fsync, rename, fsync directory).
+pub fn save(path: &Path, state: &State) -> Result<(), StateError> {
+    let mut text = serde_json::to_string_pretty(state).map_err(|e| StateError {
+        path: path.to_path_buf(),
+        message: format!("cannot be serialised: {e}"),
+    })?;
+    text.push('\n');
+    crate::fsutil::write_atomic(path, text.as_bytes(), &format!("{}.state", state.pipeline))
+        .map_err(|e| StateError {
+            path: path.to_path_buf(),
+            message: format!("cannot be written: {e}"),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_state_is_fresh_and_roundtrips() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.json");
+        let mut s = load(&p, "p", "updated_at").unwrap();
+        assert_eq!(s.watermark, None);
+        s.boundary.insert(Version {
+            id: "tx1".into(),
+            cursor: "2024-01-01T00:00:00+00:00".into(),
+        });
+        save(&p, &s).unwrap();
+        assert_eq!(load(&p, "p", "updated_at").unwrap(), s);
+    }
+
+    #[test]
+    fn corrupt_state_is_an_error_naming_the_file_and_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.json");
+        std::fs::write(&p, "{ not json").unwrap();
+        let e = load(&p, "p", "updated_at").unwrap_err();
+        assert!(e.to_string().contains("s.json"), "{e}");
+        assert!(e.to_string().contains("not a valid state file"), "{e}");
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "{ not json");
+    }
+
+    #[test]
+    fn state_of_another_pipeline_or_cursor_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.json");
+        save(&p, &State::new("a", "updated_at")).unwrap();
+        assert!(
+            load(&p, "b", "updated_at")
+                .unwrap_err()
+                .message
+                .contains("belongs to pipeline `a`")
+        );
+        assert!(
+            load(&p, "a", "last_settled_at")
+                .unwrap_err()
+                .message
+                .contains("tracks cursor")
+        );
+    }
+}
