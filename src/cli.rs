@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Parser, Subcommand, ValueEnum};
 use secrecy::SecretString;
 
@@ -11,7 +12,7 @@ use crate::auth::{FyleCredentials, FyleSession};
 use crate::config::{self, Pipeline};
 use crate::error::{Error, ExitCode};
 use crate::http::HttpClient;
-use crate::pipeline::{self, RunOptions, RunOutcome};
+use crate::pipeline::{self, RunMode, RunOptions, RunOutcome};
 use crate::simulator::{Faults, SimConfig, Simulator};
 use crate::sources::SourceConfig;
 use crate::sources::fyle::FyleClient;
@@ -57,6 +58,23 @@ pub enum Command {
         /// Also write the JSON run summary to this file.
         #[arg(long)]
         summary: Option<PathBuf>,
+        /// Export everything from incremental.start and reset the watermark to now.
+        #[arg(long, conflicts_with_all = ["since", "until"])]
+        full_refresh: bool,
+        /// Backfill from this instant (RFC 3339 or YYYY-MM-DD, UTC); leaves the incremental state alone.
+        #[arg(long, value_parser = parse_instant)]
+        since: Option<DateTime<Utc>>,
+        /// Backfill up to this instant (exclusive); default now minus the safety lag.
+        #[arg(long, value_parser = parse_instant)]
+        until: Option<DateTime<Utc>>,
+    },
+    /// Show a pipeline's incremental state (watermark, pending commit, recent runs).
+    State {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// The output directory the pipeline runs with, if overridden with --output-dir.
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
     },
     /// Validate a pipeline file, then check credentials, cluster, roles and the resource.
     Check {
@@ -158,17 +176,45 @@ async fn dispatch(command: Command) -> Result<ExitCode, Error> {
             pipeline,
             output_dir,
             summary,
+            full_refresh,
+            since,
+            until,
         } => {
+            let mode = if full_refresh {
+                RunMode::FullRefresh
+            } else if since.is_some() || until.is_some() {
+                RunMode::Backfill { since, until }
+            } else {
+                RunMode::Auto
+            };
             let p = config::load(&pipeline)?;
             let http = HttpClient::new(&p.spec.http).map_err(|e| Error::Internal(e.to_string()))?;
             let opts = RunOptions {
                 output_dir,
                 credentials: None,
+                mode,
             };
             let outcome = pipeline::run(&p, &http, &opts).await;
             report_run(&outcome, summary.as_deref())
         }
         Command::Check { pipeline, offline } => check(&pipeline, offline).await,
+        Command::State {
+            pipeline,
+            output_dir,
+        } => {
+            let p = config::load(&pipeline)?;
+            let dir = output_dir.unwrap_or_else(|| p.spec.pipeline.output_dir.clone());
+            let path = p.state_path(&dir);
+            let SourceConfig::Fyle(src) = &p.spec.source;
+            let st = crate::state::load(&path, p.name(), &src.cursor_field)
+                .map_err(|e| Error::State(e.to_string()))?;
+            eprintln!("state file: {}", path.display());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&st).map_err(|e| Error::Internal(e.to_string()))?
+            );
+            Ok(ExitCode::Ok)
+        }
         Command::Demo {
             out,
             expenses,
@@ -346,6 +392,7 @@ async fn demo(
     let opts = RunOptions {
         output_dir: Some(out),
         credentials: Some(creds),
+        mode: RunMode::Auto,
     };
     let outcome = pipeline::run(&p, &http, &opts).await;
     sim.shutdown().await;
@@ -383,4 +430,14 @@ fn outcome_code(quarantined: u64) -> ExitCode {
     } else {
         ExitCode::Ok
     }
+}
+
+/// Parses `2024-03-01T00:00:00Z`, `2024-03-01T05:30:00+05:30` or `2024-03-01` (midnight UTC).
+fn parse_instant(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc())
+        .map_err(|_| format!("`{s}` is not a time; write 2024-03-01T00:00:00Z or 2024-03-01"))
 }

@@ -22,6 +22,8 @@ pub enum ExitCode {
     Partial = 6,
     /// Another run of the same pipeline holds the lock.
     Locked = 7,
+    /// The state file is unreadable or inconsistent; it was left untouched.
+    State = 8,
 }
 
 impl ExitCode {
@@ -49,6 +51,9 @@ pub enum Error {
     /// Another run holds the lock.
     #[error("{0}")]
     Locked(String),
+    /// The state file cannot be used.
+    #[error("{0}")]
+    State(String),
     /// An internal failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -63,6 +68,7 @@ impl Error {
             Error::Source(_) => ExitCode::Source,
             Error::Sink(_) => ExitCode::Sink,
             Error::Locked(_) => ExitCode::Locked,
+            Error::State(_) => ExitCode::State,
             Error::Internal(_) => ExitCode::Internal,
         }
     }

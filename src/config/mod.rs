@@ -80,6 +80,27 @@ pub struct PipelineSection {
     /// Directory that relative sink paths are resolved against.
     #[serde(default = "default_output_dir")]
     pub output_dir: PathBuf,
+    /// State file; default `{output_dir}/{name}.state.json`.
+    #[serde(default)]
+    pub state_path: Option<PathBuf>,
+}
+
+/// `[incremental]`: export only what changed since the last committed run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncrementalConfig {
+    /// Each run starts this long before the previous run's upper bound, to
+    /// catch changes committed late with older timestamps; versions already
+    /// delivered are de-duplicated.
+    #[serde(default = "default_lookback", with = "duration")]
+    pub lookback: std::time::Duration,
+    /// Where the first run starts (RFC 3339); default: the beginning.
+    #[serde(default)]
+    pub start: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+fn default_lookback() -> std::time::Duration {
+    std::time::Duration::from_secs(600)
 }
 
 fn default_output_dir() -> PathBuf {
@@ -99,6 +120,9 @@ pub struct PipelineFile {
     pub http: HttpConfig,
     /// `[source]`.
     pub source: SourceConfig,
+    /// `[incremental]`; absent means every run exports the whole selection.
+    #[serde(default)]
+    pub incremental: Option<IncrementalConfig>,
     /// `[[columns]]`; empty means the resource's default columns.
     #[serde(default)]
     pub columns: Vec<ColumnSpec>,
@@ -119,6 +143,15 @@ impl Pipeline {
     /// The pipeline's name.
     pub fn name(&self) -> &str {
         &self.spec.pipeline.name
+    }
+
+    /// The state file, given the output directory in force.
+    pub fn state_path(&self, output_dir: &Path) -> PathBuf {
+        self.spec
+            .pipeline
+            .state_path
+            .clone()
+            .unwrap_or_else(|| output_dir.join(format!("{}.state.json", self.name())))
     }
 }
 
@@ -192,6 +225,18 @@ fn validate(mut spec: PipelineFile, origin: &Path) -> Result<Pipeline, ConfigErr
     let mut paths = std::collections::HashMap::new();
     for (i, sink) in spec.sinks.iter().enumerate() {
         problems.extend(sink.validate(&format!("sinks[{i}]")));
+        if spec.incremental.is_some()
+            && !["{run_id}", "{run_time}", "{window_start}", "{window_end}"]
+                .iter()
+                .any(|ph| sink.path_template().contains(ph))
+        {
+            problems.push(Problem::new(
+                format!("sinks[{i}].path"),
+                "an incremental pipeline writes new files every run, so the path needs a per-run \
+                 placeholder: {run_id}, {run_time}, {window_start} or {window_end} \
+                 (e.g. \"expenses-{window_end}.csv\")",
+            ));
+        }
         if let Some(prev) = paths.insert(sink.path_template().to_string(), i) {
             problems.push(Problem::new(
                 format!("sinks[{i}].path"),

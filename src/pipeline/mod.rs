@@ -1,8 +1,11 @@
-//! The runner: wires source → transform → sinks with bounded channels,
-//! commits outputs together, and reports what happened.
+//! The runner: takes the pipeline lock, recovers from any interrupted run,
+//! wires source → transform → sinks with bounded channels, and commits the
+//! outputs and the state together.
 
 mod summary;
+mod window;
 
+use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,6 +15,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 pub use summary::{OutputSummary, RunStatus, RunSummary};
+pub use window::{Plan, RunMode, plan_window};
 
 use crate::auth::{FyleCredentials, FyleSession};
 use crate::config::{ConfigError, Pipeline};
@@ -21,11 +25,12 @@ use crate::http::HttpClient;
 use crate::row::Batch;
 use crate::sinks::{Sink, SinkContext, SinkError, SinkOutput};
 use crate::sources::SourceConfig;
-use crate::sources::fyle::{FyleClient, FyleError, Page, PagerStats, Window, fetch_window};
+use crate::sources::fyle::{FyleClient, FyleError, Page, PagerStats, fetch_window};
+use crate::state::{self, CommitPlan, PlannedFile, RunRecord, Version};
 use crate::transforms::Projector;
 
 /// Pages in flight between the source and the transform stage.
-const PAGE_BUFFER: usize = 4;
+const PAGE_BUFFER: usize = 8;
 /// Batches in flight to each sink.
 const BATCH_BUFFER: usize = 2;
 
@@ -36,6 +41,8 @@ pub struct RunOptions {
     pub output_dir: Option<PathBuf>,
     /// Use these credentials instead of resolving `[connection]` (demo, tests, embedding).
     pub credentials: Option<FyleCredentials>,
+    /// Incremental, full refresh, or a backfill of a given window.
+    pub mode: RunMode,
 }
 
 /// How a run ended: its summary, and the error if it failed.
@@ -58,15 +65,14 @@ impl RunOutcome {
     }
 }
 
-/// Runs `pipeline` once: authenticate, page the source, transform, write
-/// every sink to temporary files, then make them final together.
+/// Runs `pipeline` once.
 pub async fn run(pipeline: &Pipeline, http: &HttpClient, opts: &RunOptions) -> RunOutcome {
     let started_at = Utc::now();
     let clock = Instant::now();
     let stats_before = http.stats();
     let run_id = new_run_id(started_at);
     let mut summary = RunSummary::new(pipeline.name(), &run_id, started_at);
-    let mut session_grants = 0;
+    let mut grants = 0;
     let result = execute(
         pipeline,
         http,
@@ -74,14 +80,10 @@ pub async fn run(pipeline: &Pipeline, http: &HttpClient, opts: &RunOptions) -> R
         &run_id,
         started_at,
         &mut summary,
-        &mut session_grants,
+        &mut grants,
     )
     .await;
-    summary.finish(
-        clock.elapsed(),
-        http.stats().since(&stats_before),
-        session_grants,
-    );
+    summary.finish(clock.elapsed(), http.stats().since(&stats_before), grants);
     let error = result.err();
     summary.status = match (&error, summary.quarantined) {
         (Some(_), _) => RunStatus::Failed,
@@ -89,13 +91,8 @@ pub async fn run(pipeline: &Pipeline, http: &HttpClient, opts: &RunOptions) -> R
         (None, _) => RunStatus::Partial,
     };
     summary.error = error.as_ref().map(|e| e.to_string());
-    let outcome = RunOutcome { summary, error };
-    let code = outcome.exit_code();
-    outcome_summary_code(outcome, code)
-}
-
-fn outcome_summary_code(mut outcome: RunOutcome, code: crate::ExitCode) -> RunOutcome {
-    outcome.summary.exit_code = code.code();
+    let mut outcome = RunOutcome { summary, error };
+    outcome.summary.exit_code = outcome.exit_code().code();
     outcome
 }
 
@@ -105,6 +102,49 @@ fn new_run_id(at: DateTime<Utc>) -> String {
         at.format("%Y%m%dT%H%M%SZ"),
         rand::random::<u16>()
     )
+}
+
+/// Everything the transform stage needs to know about de-duplication.
+struct Dedup {
+    cursor_field: String,
+    /// Versions delivered by earlier runs inside this run's lookback.
+    seen: HashSet<Version>,
+    /// Versions at or after this instant are remembered for the next run.
+    keep_from: Option<DateTime<Utc>>,
+    kept: BTreeSet<Version>,
+}
+
+impl Dedup {
+    fn is_delivered(&self, record: &serde_json::Value) -> bool {
+        if self.seen.is_empty() {
+            return false;
+        }
+        match version_of(record, &self.cursor_field) {
+            Some((v, _)) => self.seen.contains(&v),
+            None => false,
+        }
+    }
+
+    fn remember(&mut self, record: &serde_json::Value) {
+        let Some(from) = self.keep_from else { return };
+        if let Some((v, at)) = version_of(record, &self.cursor_field)
+            && at >= from
+        {
+            self.kept.insert(v);
+        }
+    }
+}
+
+fn version_of(record: &serde_json::Value, cursor: &str) -> Option<(Version, DateTime<Utc>)> {
+    let text = record.get(cursor)?.as_str()?;
+    let at = DateTime::parse_from_rfc3339(text).ok()?.with_timezone(&Utc);
+    Some((
+        Version {
+            id: crate::record::record_id(record),
+            cursor: text.to_string(),
+        },
+        at,
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -133,6 +173,71 @@ async fn execute(
         file: pipeline.file.clone(),
         problems,
     })?;
+    let output_dir = opts
+        .output_dir
+        .clone()
+        .unwrap_or_else(|| spec.pipeline.output_dir.clone());
+
+    // One run per pipeline at a time; then bring outputs and state back to a
+    // committed point if the previous run was interrupted.
+    let state_path = pipeline.state_path(&output_dir);
+    let lock_path = PathBuf::from(format!("{}.lock", state_path.display()));
+    let _lock = state::acquire(&lock_path, pipeline.name()).map_err(|e| match e {
+        state::LockError::Held { .. } => Error::Locked(e.to_string()),
+        other => Error::State(other.to_string()),
+    })?;
+    let mut st = state::load(&state_path, pipeline.name(), &source_cfg.cursor_field)
+        .map_err(|e| Error::State(e.to_string()))?;
+
+    let plan = plan_window(
+        &opts.mode,
+        spec.incremental.as_ref(),
+        &st,
+        started_at,
+        source_cfg.safety_lag,
+    )
+    .map_err(|m| Error::Config(ConfigError::single(&pipeline.file, "(command line)", m)))?;
+    let ctx = SinkContext {
+        pipeline: pipeline.name().to_string(),
+        run_id: run_id.to_string(),
+        started_at,
+        output_dir: output_dir.clone(),
+        window_start: plan.window.from,
+        window_end: plan.window.to,
+    };
+    let mut roots: Vec<PathBuf> = vec![output_dir.clone()];
+    for cfg in &spec.sinks {
+        if let Some(parent) = crate::sinks::render_path(cfg.path_template(), &ctx).parent() {
+            if !roots.iter().any(|r| r == parent) {
+                roots.push(parent.to_path_buf());
+            }
+        }
+    }
+    let recovery =
+        state::recover(&state_path, &mut st, &roots).map_err(|e| Error::State(e.to_string()))?;
+    summary.recovered_run = recovery.rolled_forward.clone();
+    summary.removed_temp_files = recovery.removed_temps.len() as u64;
+    // Recovery may have advanced the watermark: plan again from the recovered state.
+    let plan = if recovery.rolled_forward.is_some() {
+        plan_window(
+            &opts.mode,
+            spec.incremental.as_ref(),
+            &st,
+            started_at,
+            source_cfg.safety_lag,
+        )
+        .map_err(|m| Error::Config(ConfigError::single(&pipeline.file, "(command line)", m)))?
+    } else {
+        plan
+    };
+    let ctx = SinkContext {
+        window_start: plan.window.from,
+        window_end: plan.window.to,
+        ..ctx
+    };
+    summary.kind = plan.kind.to_string();
+    summary.window_from = plan.window.from;
+    summary.window_to = plan.window.to;
 
     let session = Arc::new(FyleSession::new(http.clone(), creds));
     let client = FyleClient::new(session.clone());
@@ -141,24 +246,6 @@ async fn execute(
     *grants = session.refresh_count();
     auth.map_err(|e| Error::Auth(e.to_string()))?;
 
-    let window = Window {
-        from: None,
-        to: Some(
-            started_at - chrono::Duration::from_std(source_cfg.safety_lag).unwrap_or_default(),
-        ),
-    };
-    summary.window_from = window.from;
-    summary.window_to = window.to;
-
-    let ctx = SinkContext {
-        pipeline: pipeline.name().to_string(),
-        run_id: run_id.to_string(),
-        started_at,
-        output_dir: opts
-            .output_dir
-            .clone()
-            .unwrap_or_else(|| spec.pipeline.output_dir.clone()),
-    };
     let mut sinks: Vec<Box<dyn Sink>> = Vec::with_capacity(spec.sinks.len());
     for cfg in &spec.sinks {
         match cfg.build(&ctx, projector.schema().clone()) {
@@ -175,6 +262,7 @@ async fn execute(
     let source_task = {
         let client = client.clone();
         let cfg = source_cfg.clone();
+        let window = plan.window;
         tokio::spawn(async move { fetch_window(&client, &cfg, window, &page_tx).await })
     };
 
@@ -194,9 +282,27 @@ async fn execute(
         }));
     }
 
-    // Stage 2 (here): project records to rows, quarantine the ones that cannot be.
+    // Stage 2 (here): de-duplicate, project records to rows, quarantine the ones that cannot be.
+    let mut dedup = Dedup {
+        cursor_field: source_cfg.cursor_field.clone(),
+        seen: if plan.dedup_against_state {
+            st.boundary.iter().cloned().collect()
+        } else {
+            HashSet::new()
+        },
+        keep_from: plan.advance_to.map(|w| w - plan.lookback),
+        kept: BTreeSet::new(),
+    };
     let mut quarantine = Quarantine::new(&ctx);
-    let transformed = transform(page_rx, &projector, &sink_txs, &mut quarantine, summary).await;
+    let transformed = transform(
+        page_rx,
+        &projector,
+        &sink_txs,
+        &mut quarantine,
+        &mut dedup,
+        summary,
+    )
+    .await;
     drop(sink_txs);
 
     let source_result = source_task.await;
@@ -238,7 +344,7 @@ async fn execute(
         }
     };
     summary.pages = pager_stats.pages;
-    summary.duplicates_skipped = pager_stats.duplicates;
+    summary.duplicates_skipped += pager_stats.duplicates;
     if let Err(e) = transformed {
         abort_all(sinks, quarantine);
         return Err(e);
@@ -248,7 +354,7 @@ async fn execute(
         return Err(Error::Sink(e.to_string()));
     }
 
-    // Make every output durable under its temporary name first…
+    // Make every output durable under its temporary name…
     let mut outputs: Vec<SinkOutput> = Vec::new();
     let mut iter = sinks.into_iter();
     while let Some(sink) = iter.next() {
@@ -265,15 +371,73 @@ async fn execute(
             }
         }
     }
-    let quarantine_staged = quarantine.finish().map_err(|e| {
-        outputs.iter().for_each(|o| o.staged.discard());
-        Error::Sink(format!("quarantine file: {e}"))
-    })?;
-    // …then move them all into place.
+    let quarantine_staged = match quarantine.finish() {
+        Ok(q) => q,
+        Err(e) => {
+            outputs.iter().for_each(|o| o.staged.discard());
+            return Err(Error::Sink(format!("quarantine file: {e}")));
+        }
+    };
+
+    // …then commit: write the plan into the state, move files into place,
+    // advance the state (see state::commit for why this order is crash-safe).
+    let mut files: Vec<PlannedFile> = outputs
+        .iter()
+        .map(|o| PlannedFile {
+            temp: o.staged.temp_path.clone(),
+            final_path: o.staged.final_path.clone(),
+        })
+        .collect();
+    if let Some(q) = &quarantine_staged {
+        files.push(PlannedFile {
+            temp: q.temp_path.clone(),
+            final_path: q.final_path.clone(),
+        });
+    }
+    let advance = plan.advance_to.map(|to| {
+        let watermark = st.watermark.map_or(to, |w| w.max(to));
+        let keep_from = watermark - plan.lookback;
+        let mut boundary: BTreeSet<Version> = st
+            .boundary
+            .iter()
+            .filter(|v| {
+                DateTime::parse_from_rfc3339(&v.cursor)
+                    .is_ok_and(|t| t.with_timezone(&Utc) >= keep_from)
+            })
+            .cloned()
+            .collect();
+        boundary.extend(std::mem::take(&mut dedup.kept));
+        state::Advance {
+            watermark,
+            boundary,
+        }
+    });
+    let commit_plan = CommitPlan {
+        run: RunRecord {
+            run_id: run_id.to_string(),
+            kind: plan.kind.to_string(),
+            window_from: plan.window.from,
+            window_to: plan.window.to,
+            committed_at: Utc::now(),
+            rows: summary.records_out,
+            files: files.iter().map(|f| f.final_path.clone()).collect(),
+        },
+        files,
+        advance,
+    };
+    if let Err(e) = state::commit(&state_path, &mut st, commit_plan) {
+        // Before the commit point the temps are ours to remove; after it the
+        // plan is in the state file and the next run finishes it.
+        if st.pending.is_none() {
+            outputs.iter().for_each(|o| o.staged.discard());
+            if let Some(q) = &quarantine_staged {
+                q.discard();
+            }
+        }
+        return Err(Error::State(e.to_string()));
+    }
+    summary.watermark = st.watermark;
     for out in &outputs {
-        out.staged
-            .commit()
-            .map_err(|e| Error::Sink(format!("{} sink: {e}", out.kind)))?;
         summary.outputs.push(OutputSummary {
             kind: out.kind.to_string(),
             path: out.staged.final_path.clone(),
@@ -282,8 +446,6 @@ async fn execute(
         });
     }
     if let Some(q) = quarantine_staged {
-        q.commit()
-            .map_err(|e| Error::Sink(format!("quarantine file: {e}")))?;
         warn!(
             count = summary.quarantined,
             file = %q.final_path.display(),
@@ -304,6 +466,7 @@ async fn transform(
     projector: &Projector,
     sinks: &[mpsc::Sender<Arc<Batch>>],
     quarantine: &mut Quarantine,
+    dedup: &mut Dedup,
     summary: &mut RunSummary,
 ) -> Result<(), Error> {
     let mut expected: Option<u64> = None;
@@ -318,9 +481,17 @@ async fn transform(
             rows: Vec::with_capacity(page.records.len()),
         };
         for record in &page.records {
+            if dedup.is_delivered(record) {
+                summary.duplicates_skipped += 1;
+                continue;
+            }
             match projector.project(record) {
-                Ok(row) => batch.rows.push(row),
+                Ok(row) => {
+                    dedup.remember(record);
+                    batch.rows.push(row);
+                }
                 Err(e) => {
+                    dedup.remember(record);
                     summary.quarantined += 1;
                     quarantine
                         .add(&e, record)
@@ -329,6 +500,9 @@ async fn transform(
             }
         }
         summary.records_out += batch.rows.len() as u64;
+        if batch.rows.is_empty() {
+            continue;
+        }
         let batch = Arc::new(batch);
         for tx in sinks {
             // A closed channel means that sink failed; its error is collected by the caller.
@@ -357,7 +531,7 @@ fn source_error(e: FyleError, cfg: &crate::sources::fyle::FyleSourceConfig) -> E
 /// Records that could not be transformed, kept with their reasons in a JSONL file.
 struct Quarantine {
     path: PathBuf,
-    run_id: String,
+    tag: String,
     file: Option<(StagedFile, std::io::BufWriter<std::fs::File>)>,
 }
 
@@ -367,7 +541,7 @@ impl Quarantine {
             path: ctx
                 .output_dir
                 .join(format!("{}.{}.quarantine.jsonl", ctx.pipeline, ctx.run_id)),
-            run_id: ctx.run_id.clone(),
+            tag: ctx.temp_tag(),
             file: None,
         }
     }
@@ -379,7 +553,7 @@ impl Quarantine {
     ) -> std::io::Result<()> {
         use std::io::Write;
         if self.file.is_none() {
-            let (staged, file) = StagedFile::create(&self.path, &self.run_id)?;
+            let (staged, file) = StagedFile::create(&self.path, &self.tag)?;
             self.file = Some((staged, std::io::BufWriter::new(file)));
         }
         let (_, w) = self.file.as_mut().expect("opened above");

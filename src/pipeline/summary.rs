@@ -44,6 +44,8 @@ pub struct RunSummary {
     pub run_id: String,
     /// Outcome.
     pub status: RunStatus,
+    /// `incremental`, `full_refresh`, `backfill` or `full`.
+    pub kind: String,
     /// Process exit code for this outcome.
     pub exit_code: i32,
     /// Start time.
@@ -54,6 +56,12 @@ pub struct RunSummary {
     pub window_from: Option<DateTime<Utc>>,
     /// Upper bound of the cursor window (exclusive).
     pub window_to: Option<DateTime<Utc>>,
+    /// The committed watermark after this run (incremental pipelines).
+    pub watermark: Option<DateTime<Utc>>,
+    /// An interrupted earlier run whose commit this run finished first.
+    pub recovered_run: Option<String>,
+    /// Temporary files of an interrupted earlier run that were removed.
+    pub removed_temp_files: u64,
     /// Records received from the source.
     pub records_in: u64,
     /// Rows written to each sink.
@@ -62,7 +70,7 @@ pub struct RunSummary {
     pub quarantined: u64,
     /// Where quarantined records went.
     pub quarantine_file: Option<PathBuf>,
-    /// Boundary records the source sent twice and we dropped.
+    /// Record versions seen twice (page boundaries, lookback overlap) and dropped.
     pub duplicates_skipped: u64,
     /// Pages fetched.
     pub pages: u64,
@@ -85,11 +93,15 @@ impl RunSummary {
             pipeline: pipeline.to_string(),
             run_id: run_id.to_string(),
             status: RunStatus::Running,
+            kind: String::new(),
             exit_code: 0,
             started_at,
             duration_ms: 0,
             window_from: None,
             window_to: None,
+            watermark: None,
+            recovered_run: None,
+            removed_temp_files: 0,
             records_in: 0,
             records_out: 0,
             quarantined: 0,

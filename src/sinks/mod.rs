@@ -59,6 +59,10 @@ pub struct SinkContext {
     pub started_at: chrono::DateTime<chrono::Utc>,
     /// o
     pub output_dir: std::path::PathBuf,
+    /// w
+    pub window_start: Option<chrono::DateTime<chrono::Utc>>,
+    /// w
+    pub window_end: Option<chrono::DateTime<chrono::Utc>>,
 }
 /// err
 #[derive(Debug, thiserror::Error)]
@@ -68,4 +72,14 @@ pub struct SinkError {
     pub sink: String,
     /// m
     pub message: String,
+}
+impl SinkContext {
+    /// t
+    pub fn temp_tag(&self) -> String {
+        format!("{}.{}", self.pipeline, self.run_id)
+    }
+}
+/// r
+pub fn render_path(t: &str, _c: &SinkContext) -> std::path::PathBuf {
+    t.into()
 }

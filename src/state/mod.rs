@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-pub use commit::{CommitPlan, PlannedFile, commit, recover};
-pub use lock::{PipelineLock, acquire};
+pub use commit::{Advance, CommitPlan, PlannedFile, Recovery, commit, recover};
+pub use lock::{LockError, PipelineLock, acquire};
 
 /// Version of the state file format.
 pub const STATE_VERSION: u32 = 1;

@@ -105,6 +105,14 @@ pub struct FyleSourceConfig {
     /// so late-committed changes with slightly older timestamps are not missed.
     #[serde(default = "default_safety_lag", with = "crate::config::duration")]
     pub safety_lag: Duration,
+    /// Requests in flight at once; the window is split into slices so a
+    /// backfill is bounded by the rate limit, not by round-trip latency.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+}
+
+fn default_concurrency() -> u32 {
+    4
 }
 
 fn default_role() -> String {
@@ -172,6 +180,12 @@ impl FyleSourceConfig {
                     "must be between 1 and 200 (the Fyle API refuses larger pages), got {}",
                     self.page_size
                 ),
+            ));
+        }
+        if !(1..=32).contains(&self.concurrency) {
+            p.push(Problem::new(
+                format!("{prefix}.concurrency"),
+                format!("must be between 1 and 32, got {}", self.concurrency),
             ));
         }
         if self.cursor_field.is_empty() {

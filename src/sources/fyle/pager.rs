@@ -7,10 +7,13 @@
 //! in the next window) instead of chasing them.
 
 use std::cmp::Ordering;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tracing::debug;
 
 use super::{FyleClient, FyleError, FyleSourceConfig};
@@ -126,7 +129,73 @@ fn quote(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-/// Pages through `window` of the configured resource, sending each page to `tx`.
+/// A piece of the window one worker pages through.
+#[derive(Debug, Clone)]
+struct Slice {
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+}
+
+/// Work shared by the workers of one window: a queue of slices that grows
+/// when a busy worker splits off the far half of what it has left.
+struct Shared {
+    queue: Mutex<VecDeque<Slice>>,
+    /// Slices queued or being paged; the window is done when it reaches 0.
+    outstanding: AtomicUsize,
+    idle: AtomicUsize,
+    failed: AtomicBool,
+    total_reported: AtomicBool,
+    wake: Notify,
+    stats: Mutex<PagerStats>,
+}
+
+impl Shared {
+    fn push(&self, slice: Slice) {
+        self.outstanding.fetch_add(1, AtomicOrdering::SeqCst);
+        self.queue.lock().expect("queue lock").push_back(slice);
+        self.wake.notify_waiters();
+    }
+
+    async fn next(&self) -> Option<Slice> {
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.failed.load(AtomicOrdering::SeqCst) {
+                return None;
+            }
+            if let Some(s) = self.queue.lock().expect("queue lock").pop_front() {
+                return Some(s);
+            }
+            if self.outstanding.load(AtomicOrdering::SeqCst) == 0 {
+                return None;
+            }
+            self.idle.fetch_add(1, AtomicOrdering::SeqCst);
+            notified.await;
+            self.idle.fetch_sub(1, AtomicOrdering::SeqCst);
+        }
+    }
+
+    fn done(&self) {
+        self.outstanding.fetch_sub(1, AtomicOrdering::SeqCst);
+        self.wake.notify_waiters();
+    }
+
+    fn fail(&self) {
+        self.failed.store(true, AtomicOrdering::SeqCst);
+        self.wake.notify_waiters();
+    }
+}
+
+/// Pages through `window` of the configured resource with up to
+/// `cfg.concurrency` requests in flight, sending each page to `tx`.
+///
+/// The window starts as one slice. Whenever a worker learns (from the
+/// server's `count`) that its slice still holds more than two pages while
+/// another worker sits idle, it splits the rest of its time range in half
+/// and queues the far half, so a large backfill runs at the rate limit
+/// rather than at one round trip per page. Slices never overlap, and each
+/// is paged by keyset, so splitting cannot skip or repeat a record.
 ///
 /// Returns when the window is exhausted, or early (without error) if the
 /// receiver has gone away because the run is stopping.
@@ -136,23 +205,72 @@ pub async fn fetch_window(
     window: Window,
     tx: &mpsc::Sender<Page>,
 ) -> Result<PagerStats, FyleError> {
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(VecDeque::new()),
+        outstanding: AtomicUsize::new(0),
+        idle: AtomicUsize::new(0),
+        failed: AtomicBool::new(false),
+        total_reported: AtomicBool::new(false),
+        wake: Notify::new(),
+        stats: Mutex::new(PagerStats::default()),
+    });
+    shared.push(Slice {
+        from: window.from,
+        to: window.to,
+    });
+    let workers = cfg.concurrency.max(1) as usize;
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let (client, cfg, tx, shared) = (client.clone(), cfg.clone(), tx.clone(), shared.clone());
+        set.spawn(async move {
+            while let Some(slice) = shared.next().await {
+                let result = fetch_slice(&client, &cfg, slice, &tx, &shared).await;
+                shared.done();
+                if let Err(e) = result {
+                    shared.fail();
+                    return Err(e);
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut first_error = None;
+    while let Some(joined) = set.join_next().await {
+        let result = joined.unwrap_or_else(|e| {
+            Err(FyleError::Protocol(format!(
+                "a paging task stopped unexpectedly: {e}"
+            )))
+        });
+        if let Err(e) = result {
+            first_error.get_or_insert(e);
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    let stats = *shared.stats.lock().expect("stats lock");
+    Ok(stats)
+}
+
+async fn fetch_slice(
+    client: &FyleClient,
+    cfg: &FyleSourceConfig,
+    mut slice: Slice,
+    tx: &mpsc::Sender<Page>,
+    shared: &Shared,
+) -> Result<(), FyleError> {
     let path = format!("{}/{}", cfg.role, cfg.resource);
     let cursor = cfg.cursor_field.as_str();
-    let mut base = cfg.filter_pairs();
-    if let Some(from) = window.from {
-        base.push((cursor.to_string(), format!("gte.{}", fyle_timestamp(from))));
-    }
-    if let Some(to) = window.to {
-        base.push((cursor.to_string(), format!("lt.{}", fyle_timestamp(to))));
-    }
-    base.push(("order".into(), format!("{cursor}.asc,id.asc")));
-    base.push(("limit".into(), cfg.page_size.to_string()));
-    base.push(("offset".into(), "0".into()));
-
-    let mut stats = PagerStats::default();
     let mut last: Option<Key> = None;
+    let mut first = true;
     loop {
-        let mut query = base.clone();
+        let mut query = cfg.filter_pairs();
+        if let Some(from) = slice.from {
+            query.push((cursor.to_string(), format!("gte.{}", fyle_timestamp(from))));
+        }
+        if let Some(to) = slice.to {
+            query.push((cursor.to_string(), format!("lt.{}", fyle_timestamp(to))));
+        }
         if let Some(k) = &last {
             query.push((
                 "and".into(),
@@ -163,8 +281,14 @@ pub async fn fetch_window(
                 ),
             ));
         }
+        query.push(("order".into(), format!("{cursor}.asc,id.asc")));
+        query.push(("limit".into(), cfg.page_size.to_string()));
+        query.push(("offset".into(), "0".into()));
+        if shared.failed.load(AtomicOrdering::SeqCst) {
+            return Ok(());
+        }
         let body = client.get(&path, &query).await?;
-        let total = body
+        let count = body
             .get("count")
             .and_then(|c| c.to_string().parse::<u64>().ok());
         let data = match body.get("data") {
@@ -175,10 +299,10 @@ pub async fn fetch_window(
                 )));
             }
         };
-        stats.pages += 1;
         let full_page = data.len() >= cfg.page_size as usize;
         let mut records = Vec::with_capacity(data.len());
         let mut page_last = last.clone();
+        let mut duplicates = 0;
         for record in data {
             let key = Key::of(&record, cursor)?;
             // A record at or before the last key was delivered already (the
@@ -187,7 +311,7 @@ pub async fn fetch_window(
                 .as_ref()
                 .is_some_and(|l| key.cmp(l) != Ordering::Greater)
             {
-                stats.duplicates += 1;
+                duplicates += 1;
                 continue;
             }
             page_last = Some(key);
@@ -198,27 +322,26 @@ pub async fn fetch_window(
             (Some(_), None) => true,
             _ => false,
         };
-        stats.records += records.len() as u64;
-        debug!(
-            path,
-            page = stats.pages,
-            records = records.len(),
-            total,
-            "page"
-        );
-        if !records.is_empty()
-            && tx
-                .send(Page {
-                    records,
-                    total: (stats.pages == 1).then_some(total).flatten(),
-                })
-                .await
-                .is_err()
         {
-            return Ok(stats);
+            let mut st = shared.stats.lock().expect("stats lock");
+            st.pages += 1;
+            st.records += records.len() as u64;
+            st.duplicates += duplicates;
+        }
+        debug!(path, records = records.len(), count, "page");
+        // Only one slice exists when the first response arrives: its count is the window's.
+        let total = (first && !shared.total_reported.swap(true, AtomicOrdering::SeqCst))
+            .then_some(count)
+            .flatten();
+        first = false;
+        let delivered = records.len() as u64;
+        if (!records.is_empty() || total.is_some())
+            && tx.send(Page { records, total }).await.is_err()
+        {
+            return Ok(());
         }
         if !full_page {
-            return Ok(stats);
+            return Ok(());
         }
         if !advanced {
             return Err(FyleError::Protocol(format!(
@@ -228,6 +351,23 @@ pub async fn fetch_window(
             )));
         }
         last = page_last;
+        // Split off the far half of what is left when it is worth a second worker.
+        let remaining = count.unwrap_or(0).saturating_sub(delivered);
+        if remaining > 2 * cfg.page_size as u64
+            && shared.idle.load(AtomicOrdering::SeqCst) > 0
+            && let (Some(k), Some(to)) = (&last, slice.to)
+        {
+            let span = to - k.at;
+            if span > chrono::Duration::milliseconds(2) {
+                let mid = k.at + span / 2;
+                debug!(from = %mid, to = %to, "splitting slice");
+                slice.to = Some(mid);
+                shared.push(Slice {
+                    from: Some(mid),
+                    to: Some(to),
+                });
+            }
+        }
     }
 }
 
