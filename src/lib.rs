@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod failpoint;
 pub mod fsutil;
 pub mod http;
 pub mod pipeline;

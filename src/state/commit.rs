@@ -70,8 +70,10 @@ fn state_err(path: &Path, message: String) -> StateError {
 
 /// Runs the protocol for `plan` and leaves `state` as saved.
 pub fn commit(state_path: &Path, state: &mut State, plan: CommitPlan) -> Result<(), StateError> {
+    crate::failpoint::hit("before-commit");
     state.pending = Some(plan.clone());
     save(state_path, state)?;
+    crate::failpoint::hit("after-pending");
     finish_pending(state_path, state)
 }
 
@@ -93,6 +95,7 @@ fn finish_pending(state_path: &Path, state: &mut State) -> Result<(), StateError
                 )
             })?;
             sync_parent_dir(&f.final_path).map_err(|e| state_err(state_path, e.to_string()))?;
+            crate::failpoint::hit("after-rename");
         } else if !f.final_path.exists() {
             return Err(state_err(
                 state_path,
@@ -110,7 +113,9 @@ fn finish_pending(state_path: &Path, state: &mut State) -> Result<(), StateError
         }
     }
     state.apply(&plan);
-    save(state_path, state)
+    save(state_path, state)?;
+    crate::failpoint::hit("after-commit");
+    Ok(())
 }
 
 /// Brings the outputs and state back to a committed point after a crash:
