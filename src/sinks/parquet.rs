@@ -401,3 +401,29 @@ impl Drop for ParquetSink {
         self.discard();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ::parquet::schema::types::ColumnPath;
+
+    #[test]
+    fn writer_properties_carry_codec_level_and_row_group_size() {
+        let mut config = ParquetSinkConfig::new("x.parquet");
+        config.zstd_level = Some(9);
+        config.row_group_rows = 123;
+        let props = config.writer_properties().unwrap();
+        assert_eq!(
+            props.compression(&ColumnPath::from("amount")),
+            PqCompression::ZSTD(ZstdLevel::try_new(9).unwrap())
+        );
+        assert_eq!(props.max_row_group_row_count(), Some(123));
+        let default = ParquetSinkConfig::new("x.parquet")
+            .writer_properties()
+            .unwrap();
+        assert_eq!(
+            default.compression(&ColumnPath::from("amount")),
+            PqCompression::ZSTD(ZstdLevel::try_new(DEFAULT_ZSTD_LEVEL).unwrap())
+        );
+    }
+}
