@@ -556,3 +556,24 @@ fn fyle_expense_reaches_csv_and_parquet_to_the_cent() {
     assert_eq!(amount.precision(), 18);
     assert_eq!(amount.scale(), 2);
 }
+
+#[test]
+fn csv_single_column_null_rows_are_not_lost_as_blank_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = Arc::new(Schema {
+        columns: vec![Column {
+            name: "memo".into(),
+            ty: ColumnType::String,
+        }],
+    });
+    let (mut sink, path) = csv_sink(dir.path(), CsvSinkConfig::new("one.csv"), schema);
+    let rows = [Cell::Null, Cell::Str("x".into()), Cell::Str(String::new())]
+        .into_iter()
+        .map(|c| Row { cells: vec![c] })
+        .collect();
+    sink.write(&Batch { rows }).unwrap();
+    let out = finish_and_commit(sink, &path);
+    assert_eq!(out.rows, 3);
+    let (_, rows) = read_csv(&path);
+    assert_eq!(rows, [vec![""], vec!["x"], vec![""]]);
+}

@@ -6,6 +6,7 @@
 //! changing an accountant's data is worse than the risk it would hide; open
 //! untrusted exports with formulas disabled.
 
+use std::fmt::Write as _;
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
@@ -193,23 +194,20 @@ impl Sink for CsvSink {
                     ),
                 ));
             }
-            self.record.clear();
-            for (cell, column) in row.cells.iter().zip(columns) {
-                let text = match (cell, column.ty) {
+            // Field buffers are reused across rows to keep allocation out of the hot loop.
+            self.record.resize_with(columns.len(), String::new);
+            for ((cell, column), buf) in row.cells.iter().zip(columns).zip(&mut self.record) {
+                buf.clear();
+                match (cell, column.ty) {
                     // Printed at the column's scale so every value in the column lines up (`5` → `5.00`).
                     (Cell::Decimal(d), ColumnType::Decimal { precision, scale }) => {
-                        fit_decimal_for_column(*d, precision, scale)
-                            .map_err(|m| {
-                                SinkError::new(
-                                    &self.label,
-                                    format!("column `{}`: {m}", column.name),
-                                )
-                            })?
-                            .to_string()
+                        let d = fit_decimal_for_column(*d, precision, scale).map_err(|m| {
+                            SinkError::new(&self.label, format!("column `{}`: {m}", column.name))
+                        })?;
+                        write!(buf, "{d}").expect("writing to a String cannot fail");
                     }
-                    _ => cell_text(cell).into_owned(),
-                };
-                self.record.push(text);
+                    _ => buf.push_str(&cell_text(cell)),
+                }
             }
             let writer = self.writer.as_mut().ok_or_else(|| {
                 SinkError::new(

@@ -42,8 +42,12 @@ pub struct SinkOutput {
 }
 
 /// `[[sinks]]` in a pipeline file, chosen by `type`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
+///
+/// Deserialized like `#[serde(tag = "type", rename_all = "lowercase")]`, but
+/// by hand: a derived internally tagged enum buffers the table and loses the
+/// key of a type error inside it (`bom = "yes"` would only point at
+/// `sinks[0]`), so errors here name the inner key themselves.
+#[derive(Debug, Clone)]
 pub enum SinkConfig {
     /// `type = "csv"`.
     Csv(csv::CsvSinkConfig),
@@ -92,6 +96,51 @@ impl SinkConfig {
             )?)),
         }
     }
+}
+
+/// Sink types accepted in `type`.
+pub const SINK_TYPES: [&str; 2] = ["csv", "parquet"];
+
+impl<'de> Deserialize<'de> for SinkConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        use toml::Value;
+        // A TOML table holds everything a pipeline file can say, and its numbers give precise errors.
+        let mut table = toml::Table::deserialize(deserializer)?;
+        let kind = match table.remove("type") {
+            Some(Value::String(s)) => s,
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "`type`: expected a string (\"csv\" or \"parquet\"), found {other}"
+                )));
+            }
+            None => return Err(D::Error::missing_field("type")),
+        };
+        match kind.as_str() {
+            "csv" => inner_table(table).map(SinkConfig::Csv),
+            "parquet" => inner_table(table).map(SinkConfig::Parquet),
+            other => Err(D::Error::unknown_variant(other, &SINK_TYPES)),
+        }
+    }
+}
+
+/// Deserializes a sink's own settings, putting the inner key into the message of any error.
+fn inner_table<T: serde::de::DeserializeOwned, E: serde::de::Error>(
+    table: toml::Table,
+) -> Result<T, E> {
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.into_inner().to_string();
+        // Unknown and missing fields already name their key, in the form config loaders look for.
+        if path == "."
+            || message.starts_with("unknown field")
+            || message.starts_with("missing field")
+        {
+            E::custom(message)
+        } else {
+            E::custom(format!("`{path}`: {message}"))
+        }
+    })
 }
 
 /// What a sink needs to know about the run it writes for.

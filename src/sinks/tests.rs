@@ -251,3 +251,29 @@ fn decimals_are_fitted_to_the_column_without_rounding() {
         99_999
     );
 }
+
+#[test]
+fn type_errors_inside_a_sink_table_name_the_inner_key() {
+    let text = "[[sinks]]\ntype = \"csv\"\npath = \"x.csv\"\nbom = \"yes\"\n";
+    let err = from_toml(text).unwrap_err();
+    assert!(
+        err.contains("`bom`: invalid type: string \"yes\", expected a boolean"),
+        "{err}"
+    );
+    let (path, message) = from_config_crate(text).unwrap_err();
+    assert_eq!(path, "sinks[0]");
+    assert!(message.starts_with("`bom`: invalid type"), "{message}");
+
+    let text = "[[sinks]]\ntype = \"parquet\"\npath = \"x.parquet\"\nrow_group_rows = -5\n";
+    let (_, message) = from_config_crate(text).unwrap_err();
+    assert!(
+        message.starts_with("`row_group_rows`: invalid value"),
+        "{message}"
+    );
+    let text = "[[sinks]]\ntype = 3\npath = \"x.parquet\"\n";
+    assert!(
+        from_toml(text)
+            .unwrap_err()
+            .contains("`type`: expected a string")
+    );
+}
