@@ -36,6 +36,8 @@ fn ctx(dir: &Path) -> SinkContext {
         run_id: "run7".into(),
         started_at: Utc.with_ymd_and_hms(2024, 3, 5, 6, 7, 8).unwrap(),
         output_dir: dir.to_path_buf(),
+        window_start: None,
+        window_end: Some(Utc.with_ymd_and_hms(2024, 3, 5, 6, 0, 0).unwrap()),
     }
 }
 
@@ -112,6 +114,19 @@ fn finish_and_commit(sink: Box<dyn Sink>, final_path: &Path) -> SinkOutput {
     let out = sink.finish().unwrap();
     assert_eq!(out.staged.final_path, final_path);
     assert!(out.staged.temp_path.exists());
+    // Recovery after a crash sweeps `.expense-sync-{pipeline}.` files, so the name must start that way.
+    let temp_name = out
+        .staged
+        .temp_path
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        temp_name.starts_with(".expense-sync-daily.run7-"),
+        "{temp_name}"
+    );
+    assert_eq!(out.staged.temp_path.parent(), final_path.parent());
     assert!(!final_path.exists(), "final path visible before commit");
     assert_eq!(
         fs::metadata(&out.staged.temp_path).unwrap().len(),

@@ -148,16 +148,37 @@ fn inner_table<T: serde::de::DeserializeOwned, E: serde::de::Error>(
 pub struct SinkContext {
     /// Pipeline name (`{pipeline}`).
     pub pipeline: String,
-    /// Run id (`{run_id}`); also names temporary files.
+    /// Run id (`{run_id}`); with the pipeline, it names temporary files.
     pub run_id: String,
     /// When the run started (`{run_date}`, `{run_time}`).
     pub started_at: DateTime<Utc>,
     /// Directory relative sink paths are resolved against.
     pub output_dir: PathBuf,
+    /// Inclusive start of the cursor window this run exports (`{window_start}`); `None` = from the beginning.
+    pub window_start: Option<DateTime<Utc>>,
+    /// Exclusive end of the cursor window (`{window_end}`); `None` = open-ended.
+    pub window_end: Option<DateTime<Utc>>,
+}
+
+impl SinkContext {
+    /// The tag in this run's temporary file names, `{pipeline}.{run_id}`, so recovery can find one pipeline's leftovers.
+    pub fn temp_tag(&self) -> String {
+        format!("{}.{}", self.pipeline, self.run_id)
+    }
 }
 
 /// Placeholders a sink path may use.
-pub const PLACEHOLDERS: [&str; 4] = ["pipeline", "run_id", "run_date", "run_time"];
+pub const PLACEHOLDERS: [&str; 6] = [
+    "pipeline",
+    "run_id",
+    "run_date",
+    "run_time",
+    "window_start",
+    "window_end",
+];
+
+/// Instants in file names: compact, sortable and free of `:` (not allowed in Windows names).
+const FILE_TIME_FORMAT: &str = "%Y%m%dT%H%M%SZ";
 
 /// A failure in one sink: which sink, what failed, and what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -241,8 +262,10 @@ fn validate_path_template(template: &str, key_prefix: &str) -> Vec<Problem> {
     }
 }
 
-/// Expands `{pipeline}`, `{run_id}`, `{run_date}` and `{run_time}`; a relative result is joined onto `output_dir`.
+/// Expands `{pipeline}`, `{run_id}`, `{run_date}` (`YYYY-MM-DD`), `{run_time}`, `{window_start}` and
+/// `{window_end}` (`YYYYMMDDTHHMMSSZ`); a relative result is joined onto `output_dir`.
 ///
+/// An absent window start renders as `beginning`, an absent end as `open`.
 /// Unknown or malformed placeholders are left as written (`validate` reports them).
 pub fn render_path(template: &str, ctx: &SinkContext) -> PathBuf {
     let rendered = match template_parts(template) {
@@ -254,7 +277,15 @@ pub fn render_path(template: &str, ctx: &SinkContext) -> PathBuf {
                 (true, "pipeline") => ctx.pipeline.clone(),
                 (true, "run_id") => ctx.run_id.clone(),
                 (true, "run_date") => ctx.started_at.format("%Y-%m-%d").to_string(),
-                (true, "run_time") => ctx.started_at.format("%Y%m%dT%H%M%SZ").to_string(),
+                (true, "run_time") => ctx.started_at.format(FILE_TIME_FORMAT).to_string(),
+                (true, "window_start") => ctx.window_start.map_or_else(
+                    || "beginning".to_string(),
+                    |t| t.format(FILE_TIME_FORMAT).to_string(),
+                ),
+                (true, "window_end") => ctx.window_end.map_or_else(
+                    || "open".to_string(),
+                    |t| t.format(FILE_TIME_FORMAT).to_string(),
+                ),
                 (true, other) => format!("{{{other}}}"),
             })
             .collect(),
@@ -279,7 +310,7 @@ fn stage(
     ctx: &SinkContext,
 ) -> Result<(StagedFile, std::fs::File), SinkError> {
     let label = label(kind, path);
-    StagedFile::create(path, &ctx.run_id)
+    StagedFile::create(path, &ctx.temp_tag())
         .map_err(|e| SinkError::io(&label, "cannot start the output file", &e))
 }
 

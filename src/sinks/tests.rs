@@ -36,6 +36,8 @@ fn ctx() -> SinkContext {
         run_id: "r42".into(),
         started_at: Utc.with_ymd_and_hms(2024, 3, 5, 6, 7, 8).unwrap(),
         output_dir: PathBuf::from("/data/out"),
+        window_start: None,
+        window_end: Some(Utc.with_ymd_and_hms(2024, 3, 5, 6, 0, 0).unwrap()),
     }
 }
 
@@ -185,6 +187,7 @@ fn validate_keys_problems_under_the_prefix() {
         ("x-{run_id.csv", false),
         ("x}.csv", false),
         ("{pipeline}/{run_date}/{run_time}-{run_id}.csv", true),
+        ("{window_start}-{window_end}.csv", true),
     ] {
         let problems = SinkConfig::Csv(CsvSinkConfig::new(path)).validate("k");
         assert_eq!(problems.is_empty(), ok, "{path}: {problems:?}");
@@ -205,6 +208,20 @@ fn render_path_expands_placeholders_and_resolves_relative_paths() {
         render_path("/abs/{pipeline}.parquet", &c),
         PathBuf::from("/abs/daily.parquet")
     );
+    assert_eq!(
+        render_path("exp-{window_start}-{window_end}.csv", &c),
+        PathBuf::from("/data/out/exp-beginning-20240305T060000Z.csv")
+    );
+    let windowed = SinkContext {
+        window_start: Some(Utc.with_ymd_and_hms(2024, 3, 4, 0, 0, 0).unwrap()),
+        window_end: None,
+        ..ctx()
+    };
+    assert_eq!(
+        render_path("{window_start}_{window_end}.csv", &windowed),
+        PathBuf::from("/data/out/20240304T000000Z_open.csv")
+    );
+    assert_eq!(ctx().temp_tag(), "daily.r42");
     assert_eq!(
         render_path("x-{nope}.csv", &c),
         PathBuf::from("/data/out/x-{nope}.csv")
