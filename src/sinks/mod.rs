@@ -130,7 +130,8 @@ fn inner_table<T: serde::de::DeserializeOwned, E: serde::de::Error>(
 ) -> Result<T, E> {
     serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
         let path = e.path().to_string();
-        let message = e.into_inner().to_string();
+        // `message()` leaves out the key suffix toml adds itself; the key is added below, once.
+        let message = e.into_inner().message().to_string();
         // Unknown and missing fields already name their key, in the form config loaders look for.
         if path == "."
             || message.starts_with("unknown field")

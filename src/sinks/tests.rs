@@ -280,6 +280,7 @@ fn type_errors_inside_a_sink_table_name_the_inner_key() {
     let (path, message) = from_config_crate(text).unwrap_err();
     assert_eq!(path, "sinks[0]");
     assert!(message.starts_with("`bom`: invalid type"), "{message}");
+    assert_eq!(message.matches("bom").count(), 1, "{message}");
 
     let text = "[[sinks]]\ntype = \"parquet\"\npath = \"x.parquet\"\nrow_group_rows = -5\n";
     let (_, message) = from_config_crate(text).unwrap_err();
