@@ -592,3 +592,38 @@ fn csv_single_column_null_rows_are_not_lost_as_blank_lines() {
     let (_, rows) = read_csv(&path);
     assert_eq!(rows, [vec![""], vec!["x"], vec![""]]);
 }
+
+#[test]
+fn csv_with_lf_endings_still_quotes_carriage_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = Arc::new(Schema {
+        columns: vec![Column {
+            name: "memo".into(),
+            ty: ColumnType::String,
+        }],
+    });
+    let mut config = CsvSinkConfig::new("lf.csv");
+    config.line_ending = LineEnding::Lf;
+    config.delimiter = '\t';
+    let (mut sink, path) = csv_sink(dir.path(), config, schema);
+    let rows = HOSTILE
+        .iter()
+        .chain(&["tab\there", "bare\rcr"])
+        .map(|s| Row {
+            cells: vec![Cell::Str(s.to_string())],
+        })
+        .collect();
+    sink.write(&Batch { rows }).unwrap();
+    finish_and_commit(sink, &path);
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(b'\t')
+        .from_path(&path)
+        .unwrap();
+    let got: Vec<String> = reader
+        .records()
+        .map(|r| r.unwrap()[0].to_string())
+        .collect();
+    let mut want: Vec<&str> = HOSTILE.to_vec();
+    want.extend(["tab\there", "bare\rcr"]);
+    assert_eq!(got, want);
+}
