@@ -1,85 +1,367 @@
-//! TEMPORARY interface stub in main; the real module lands from branch `sinks`.
-use crate::config::Problem;
-use crate::row::{Batch, Schema};
-use serde::Deserialize;
+//! Sinks: where rows go. Each sink writes to a temporary file beside its
+//! final path ([`StagedFile`]); `finish` makes the bytes durable but does not
+//! rename, because the runner commits every sink of a run together and only
+//! then advances state.
+//!
+//! Sinks know nothing of Fyle: they see a [`Schema`] and [`Batch`]es.
+
+pub mod csv;
+pub mod parquet;
+
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-/// Sink.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Deserialize;
+
+use crate::config::Problem;
+use crate::fsutil::StagedFile;
+use crate::row::{Batch, Cell, Schema};
+
+/// A destination for rows that writes to a temporary output until the runner commits it.
 pub trait Sink: Send {
-    /// write
+    /// Appends rows to the temporary output (blocking I/O; call from a blocking thread).
     fn write(&mut self, batch: &Batch) -> Result<(), SinkError>;
-    /// finish
+    /// Flushes and fsyncs the temporary output, leaving the rename to the runner.
     fn finish(self: Box<Self>) -> Result<SinkOutput, SinkError>;
-    /// abort
+    /// Removes the temporary output.
     fn abort(self: Box<Self>);
 }
-/// out
+
+/// A finished, durable temporary output, ready to be committed.
 #[derive(Debug)]
 pub struct SinkOutput {
-    /// k
+    /// Sink type, e.g. `csv`.
     pub kind: &'static str,
-    /// s
-    pub staged: crate::fsutil::StagedFile,
-    /// r
+    /// The temporary file and where it goes on commit.
+    pub staged: StagedFile,
+    /// Data rows written (not counting a header).
     pub rows: u64,
-    /// b
+    /// Size of the finished file in bytes.
     pub bytes: u64,
 }
-/// cfg
-#[derive(Debug, Clone, Deserialize)]
-pub struct SinkConfig {
-    /// p
-    pub path: String,
+
+/// `[[sinks]]` in a pipeline file, chosen by `type`.
+///
+/// Deserialized like `#[serde(tag = "type", rename_all = "lowercase")]`, but
+/// by hand: a derived internally tagged enum buffers the table and loses the
+/// key of a type error inside it (`bom = "yes"` would only point at
+/// `sinks[0]`), so errors here name the inner key themselves.
+#[derive(Debug, Clone)]
+pub enum SinkConfig {
+    /// `type = "csv"`.
+    Csv(csv::CsvSinkConfig),
+    /// `type = "parquet"`.
+    Parquet(parquet::ParquetSinkConfig),
 }
+
 impl SinkConfig {
-    /// k
+    /// The sink type as written in pipeline files.
     pub fn kind(&self) -> &'static str {
-        "x"
+        match self {
+            SinkConfig::Csv(_) => "csv",
+            SinkConfig::Parquet(_) => "parquet",
+        }
     }
-    /// p
+
+    /// The output path as written, placeholders unexpanded.
     pub fn path_template(&self) -> &str {
-        &self.path
+        match self {
+            SinkConfig::Csv(c) => &c.path,
+            SinkConfig::Parquet(c) => &c.path,
+        }
     }
-    /// v
-    pub fn validate(&self, _p: &str) -> Vec<Problem> {
-        vec![]
+
+    /// Every problem with this sink's settings, keyed under `key_prefix` (e.g. `sinks[1].delimiter`).
+    pub fn validate(&self, key_prefix: &str) -> Vec<Problem> {
+        let mut problems = validate_path_template(self.path_template(), key_prefix);
+        match self {
+            SinkConfig::Csv(c) => problems.extend(c.validate(key_prefix)),
+            SinkConfig::Parquet(c) => problems.extend(c.validate(key_prefix)),
+        }
+        problems
     }
-    /// b
-    pub fn build(&self, _ctx: &SinkContext, _s: Arc<Schema>) -> Result<Box<dyn Sink>, SinkError> {
-        unimplemented!()
+
+    /// Opens the sink's temporary output for a run.
+    pub fn build(
+        &self,
+        ctx: &SinkContext,
+        schema: Arc<Schema>,
+    ) -> Result<Box<dyn Sink>, SinkError> {
+        let path = render_path(self.path_template(), ctx);
+        match self {
+            SinkConfig::Csv(c) => Ok(Box::new(csv::CsvSink::create(c, &path, ctx, schema)?)),
+            SinkConfig::Parquet(c) => Ok(Box::new(parquet::ParquetSink::create(
+                c, &path, ctx, schema,
+            )?)),
+        }
     }
 }
-/// ctx
+
+/// Sink types accepted in `type`.
+pub const SINK_TYPES: [&str; 2] = ["csv", "parquet"];
+
+impl<'de> Deserialize<'de> for SinkConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        use toml::Value;
+        // A TOML table holds everything a pipeline file can say, and its numbers give precise errors.
+        let mut table = toml::Table::deserialize(deserializer)?;
+        let kind = match table.remove("type") {
+            Some(Value::String(s)) => s,
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "`type`: expected a string (\"csv\" or \"parquet\"), found {other}"
+                )));
+            }
+            None => return Err(D::Error::missing_field("type")),
+        };
+        match kind.as_str() {
+            "csv" => inner_table(table).map(SinkConfig::Csv),
+            "parquet" => inner_table(table).map(SinkConfig::Parquet),
+            other => Err(D::Error::unknown_variant(other, &SINK_TYPES)),
+        }
+    }
+}
+
+/// Deserializes a sink's own settings, putting the inner key into the message of any error.
+fn inner_table<T: serde::de::DeserializeOwned, E: serde::de::Error>(
+    table: toml::Table,
+) -> Result<T, E> {
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let path = e.path().to_string();
+        // `message()` leaves out the key suffix toml adds itself; the key is added below, once.
+        let message = e.into_inner().message().to_string();
+        // Unknown and missing fields already name their key, in the form config loaders look for.
+        if path == "."
+            || message.starts_with("unknown field")
+            || message.starts_with("missing field")
+        {
+            E::custom(message)
+        } else {
+            E::custom(format!("`{path}`: {message}"))
+        }
+    })
+}
+
+/// What a sink needs to know about the run it writes for.
 #[derive(Debug, Clone)]
 pub struct SinkContext {
-    /// p
+    /// Pipeline name (`{pipeline}`).
     pub pipeline: String,
-    /// r
+    /// Run id (`{run_id}`); with the pipeline, it names temporary files.
     pub run_id: String,
-    /// s
-    pub started_at: chrono::DateTime<chrono::Utc>,
-    /// o
-    pub output_dir: std::path::PathBuf,
-    /// w
-    pub window_start: Option<chrono::DateTime<chrono::Utc>>,
-    /// w
-    pub window_end: Option<chrono::DateTime<chrono::Utc>>,
+    /// When the run started (`{run_date}`, `{run_time}`).
+    pub started_at: DateTime<Utc>,
+    /// Directory relative sink paths are resolved against.
+    pub output_dir: PathBuf,
+    /// Inclusive start of the cursor window this run exports (`{window_start}`); `None` = from the beginning.
+    pub window_start: Option<DateTime<Utc>>,
+    /// Exclusive end of the cursor window (`{window_end}`); `None` = open-ended.
+    pub window_end: Option<DateTime<Utc>>,
 }
-/// err
-#[derive(Debug, thiserror::Error)]
-#[error("{sink}: {message}")]
-pub struct SinkError {
-    /// s
-    pub sink: String,
-    /// m
-    pub message: String,
-}
+
 impl SinkContext {
-    /// t
+    /// The tag in this run's temporary file names, `{pipeline}.{run_id}`, so recovery can find one pipeline's leftovers.
     pub fn temp_tag(&self) -> String {
         format!("{}.{}", self.pipeline, self.run_id)
     }
 }
-/// r
-pub fn render_path(t: &str, _c: &SinkContext) -> std::path::PathBuf {
-    t.into()
+
+/// Placeholders a sink path may use.
+pub const PLACEHOLDERS: [&str; 6] = [
+    "pipeline",
+    "run_id",
+    "run_date",
+    "run_time",
+    "window_start",
+    "window_end",
+];
+
+/// Instants in file names: compact, sortable and free of `:` (not allowed in Windows names).
+const FILE_TIME_FORMAT: &str = "%Y%m%dT%H%M%SZ";
+
+/// A failure in one sink: which sink, what failed, and what to do about it.
+#[derive(Debug, thiserror::Error)]
+#[error("{sink}: {message}")]
+pub struct SinkError {
+    /// The sink, e.g. `csv sink out/x.csv`.
+    pub sink: String,
+    /// What failed (with path and OS error) and what to do.
+    pub message: String,
 }
+
+impl SinkError {
+    /// An error for the sink labelled `sink`.
+    pub fn new(sink: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            sink: sink.into(),
+            message: message.into(),
+        }
+    }
+
+    /// An I/O failure, with a hint at the usual causes.
+    pub(crate) fn io(sink: &str, what: &str, err: &std::io::Error) -> Self {
+        Self::new(
+            sink,
+            format!(
+                "{what}: {err}; check that the directory exists and is writable and the disk is not full"
+            ),
+        )
+    }
+}
+
+/// Splits a template into literal text and `{placeholder}` names.
+fn template_parts(template: &str) -> Result<Vec<(bool, &str)>, String> {
+    let mut parts = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find(['{', '}']) {
+        if rest.as_bytes()[open] == b'}' {
+            return Err(format!("`}}` without a matching `{{` in `{template}`"));
+        }
+        parts.push((false, &rest[..open]));
+        let after = &rest[open + 1..];
+        let close = after
+            .find('}')
+            .ok_or_else(|| format!("unclosed `{{` in `{template}`"))?;
+        parts.push((true, &after[..close]));
+        rest = &after[close + 1..];
+    }
+    parts.push((false, rest));
+    Ok(parts)
+}
+
+fn validate_path_template(template: &str, key_prefix: &str) -> Vec<Problem> {
+    let key = format!("{key_prefix}.path");
+    if template.trim().is_empty() {
+        return vec![Problem::new(
+            key,
+            "must not be empty; e.g. \"{pipeline}-{run_date}.csv\"",
+        )];
+    }
+    if template.ends_with(['/', '\\']) {
+        return vec![Problem::new(
+            key,
+            format!("`{template}` names a directory; it must end with a file name"),
+        )];
+    }
+    match template_parts(template) {
+        Err(e) => vec![Problem::new(key, e)],
+        Ok(parts) => parts
+            .into_iter()
+            .filter(|(is_ph, name)| *is_ph && !PLACEHOLDERS.contains(name))
+            .map(|(_, name)| {
+                Problem::new(
+                    key.clone(),
+                    format!(
+                        "unknown placeholder `{{{name}}}`; use {}",
+                        PLACEHOLDERS.map(|p| format!("{{{p}}}")).join(", ")
+                    ),
+                )
+            })
+            .collect(),
+    }
+}
+
+/// Expands `{pipeline}`, `{run_id}`, `{run_date}` (`YYYY-MM-DD`), `{run_time}`, `{window_start}` and
+/// `{window_end}` (`YYYYMMDDTHHMMSSZ`); a relative result is joined onto `output_dir`.
+///
+/// An absent window start renders as `beginning`, an absent end as `open`.
+/// Unknown or malformed placeholders are left as written (`validate` reports them).
+pub fn render_path(template: &str, ctx: &SinkContext) -> PathBuf {
+    let rendered = match template_parts(template) {
+        Err(_) => template.to_string(),
+        Ok(parts) => parts
+            .into_iter()
+            .map(|(is_ph, text)| match (is_ph, text) {
+                (false, t) => t.to_string(),
+                (true, "pipeline") => ctx.pipeline.clone(),
+                (true, "run_id") => ctx.run_id.clone(),
+                (true, "run_date") => ctx.started_at.format("%Y-%m-%d").to_string(),
+                (true, "run_time") => ctx.started_at.format(FILE_TIME_FORMAT).to_string(),
+                (true, "window_start") => ctx.window_start.map_or_else(
+                    || "beginning".to_string(),
+                    |t| t.format(FILE_TIME_FORMAT).to_string(),
+                ),
+                (true, "window_end") => ctx.window_end.map_or_else(
+                    || "open".to_string(),
+                    |t| t.format(FILE_TIME_FORMAT).to_string(),
+                ),
+                (true, other) => format!("{{{other}}}"),
+            })
+            .collect(),
+    };
+    let path = Path::new(&rendered);
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        ctx.output_dir.join(path)
+    }
+}
+
+/// The label used in errors, e.g. `csv sink out/x.csv`.
+fn label(kind: &str, path: &Path) -> String {
+    format!("{kind} sink {}", path.display())
+}
+
+/// Creates the staged temporary file for `path`, as a sink error on failure.
+fn stage(
+    kind: &str,
+    path: &Path,
+    ctx: &SinkContext,
+) -> Result<(StagedFile, std::fs::File), SinkError> {
+    let label = label(kind, path);
+    StagedFile::create(path, &ctx.temp_tag())
+        .map_err(|e| SinkError::io(&label, "cannot start the output file", &e))
+}
+
+/// `d` at exactly `scale` decimal places within `precision` digits; never rounds.
+pub(crate) fn fit_decimal_for_column(
+    mut d: rust_decimal::Decimal,
+    precision: u8,
+    scale: u8,
+) -> Result<rust_decimal::Decimal, String> {
+    let original = d;
+    d.rescale(u32::from(scale));
+    if d != original || d.scale() != u32::from(scale) {
+        return Err(format!(
+            "{original} cannot be written with exactly {scale} decimal places without rounding"
+        ));
+    }
+    if d.mantissa().unsigned_abs() >= 10u128.pow(u32::from(precision)) {
+        return Err(format!(
+            "{original} has more than {precision} digits (precision {precision}, scale {scale})"
+        ));
+    }
+    Ok(d)
+}
+
+/// A cell as text for text formats.
+///
+/// Decimals print at their column scale (`12.30`, `-5.00`); timestamps as
+/// RFC 3339 in UTC with `Z`, with microseconds only when non-zero
+/// (`2024-03-05T10:22:33Z`, `2024-03-05T10:22:33.123456Z`), which every
+/// RFC 3339 parser reads and keeps whole-second values short; dates as
+/// `YYYY-MM-DD`; bools as `true`/`false`; null as empty.
+pub fn cell_text(cell: &Cell) -> std::borrow::Cow<'_, str> {
+    use std::borrow::Cow;
+    match cell {
+        Cell::Null => Cow::Borrowed(""),
+        Cell::Str(s) => Cow::Borrowed(s),
+        Cell::Decimal(d) => Cow::Owned(d.to_string()),
+        Cell::Int(i) => Cow::Owned(i.to_string()),
+        Cell::Bool(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
+        Cell::Timestamp(t) => {
+            let format = if t.timestamp_subsec_nanos() == 0 {
+                SecondsFormat::Secs
+            } else {
+                SecondsFormat::Micros
+            };
+            Cow::Owned(t.to_rfc3339_opts(format, true))
+        }
+        Cell::Date(d) => Cow::Owned(d.format("%Y-%m-%d").to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,49 +1,369 @@
-//! TEMPORARY interface stub in main; the real module lands from branch `sinks`.
-use crate::config::Problem;
-use crate::record::Record;
-use crate::row::{Row, Schema};
-use serde::Deserialize;
+//! Record → row transforms: a list of column specs compiled once into a
+//! [`Projector`] that turns each JSON record into a typed [`Row`].
+//!
+//! A value that cannot be converted exactly is a [`RecordError`] for that
+//! record (the runner quarantines it); it is never guessed, rounded or
+//! dropped silently.
+
+mod convert;
+mod defaults;
+
+use std::collections::HashMap;
+use std::fmt;
 use std::sync::Arc;
 
-/// Column spec.
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::config::Problem;
+use crate::record::{FieldPath, Record, record_id};
+use crate::row::{Cell, Column, ColumnType, Row, Schema};
+
+pub use defaults::default_columns;
+
+/// Default digits after the point for decimal columns (cents).
+pub const DEFAULT_SCALE: u8 = 2;
+/// Default total digits for decimal columns.
+pub const DEFAULT_PRECISION: u8 = 18;
+/// Largest precision a decimal column may declare (Parquet `Decimal128`).
+pub const MAX_PRECISION: u8 = 38;
+/// Largest scale a decimal column may declare (what `rust_decimal` holds exactly).
+pub const MAX_SCALE: u8 = 28;
+
+/// One output column as written in a pipeline file (`[[columns]]`).
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ColumnSpec {
-    /// name
+    /// Output column name.
     pub name: String,
-    /// path
+    /// Field path into the record, e.g. `employee.user.email`.
+    #[serde(default)]
     pub path: Option<String>,
+    /// Or: a Fyle custom field by name (from the record's `custom_fields` list).
+    #[serde(default)]
+    pub custom_field: Option<String>,
+    /// Output type; `string` when omitted.
+    #[serde(rename = "type", default)]
+    pub ty: TypeName,
+    /// Decimal only: digits after the point (default 2).
+    #[serde(default)]
+    pub scale: Option<u8>,
+    /// Decimal only: total digits (default 18, at most 38).
+    #[serde(default)]
+    pub precision: Option<u8>,
+    /// Decimal only: what to do with extra decimal places (default `error`).
+    #[serde(default)]
+    pub rounding: Option<Rounding>,
 }
-/// Projector.
+
+impl ColumnSpec {
+    /// A string column read from `path`.
+    pub fn path(name: &str, path: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            path: Some(path.to_string()),
+            custom_field: None,
+            ty: TypeName::String,
+            scale: None,
+            precision: None,
+            rounding: None,
+        }
+    }
+
+    /// A string column read from the custom field named `field`.
+    pub fn custom_field(name: &str, field: &str) -> Self {
+        Self {
+            path: None,
+            custom_field: Some(field.to_string()),
+            ..Self::path(name, "")
+        }
+    }
+
+    /// The same column with type `ty`.
+    pub fn typed(mut self, ty: TypeName) -> Self {
+        self.ty = ty;
+        self
+    }
+
+    /// The same column as a decimal with `scale` digits after the point.
+    pub fn decimal(mut self, scale: u8) -> Self {
+        self.ty = TypeName::Decimal;
+        self.scale = Some(scale);
+        self
+    }
+}
+
+/// Column type names accepted in pipeline files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TypeName {
+    /// Text (the default).
+    #[default]
+    String,
+    /// Exact decimal with fixed scale.
+    Decimal,
+    /// RFC 3339 instant, stored in UTC.
+    Timestamp,
+    /// Calendar date.
+    Date,
+    /// true/false.
+    Bool,
+    /// 64-bit integer.
+    Integer,
+}
+
+impl TypeName {
+    fn as_str(self) -> &'static str {
+        match self {
+            TypeName::String => "string",
+            TypeName::Decimal => "decimal",
+            TypeName::Timestamp => "timestamp",
+            TypeName::Date => "date",
+            TypeName::Bool => "bool",
+            TypeName::Integer => "integer",
+        }
+    }
+}
+
+/// What a decimal column does with more decimal places than its scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rounding {
+    /// Reject the record: money is never silently rounded (the default).
+    #[default]
+    Error,
+    /// Round half to even (banker's rounding).
+    HalfEven,
+    /// Round half away from zero (`2.345` → `2.35`, `-2.345` → `-2.35`).
+    HalfUp,
+}
+
+/// Where a column's value comes from.
+#[derive(Debug, Clone)]
+enum Source {
+    Path(FieldPath),
+    CustomField(String),
+}
+
+#[derive(Debug, Clone)]
+struct Compiled {
+    name: String,
+    source: Source,
+    ty: ColumnType,
+    rounding: Rounding,
+}
+
+/// Column specs compiled for fast, repeated projection of records into rows.
+#[derive(Debug, Clone)]
 pub struct Projector {
+    columns: Vec<Compiled>,
     schema: Arc<Schema>,
 }
-impl Projector {
-    /// new
-    pub fn new(_specs: &[ColumnSpec]) -> Result<Projector, Vec<Problem>> {
-        Ok(Projector {
-            schema: Arc::new(Schema::default()),
-        })
+
+/// Why one record could not be turned into a row.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct RecordError {
+    /// The record's `id` (or `<no id>`).
+    pub record_id: String,
+    /// The output column whose value was bad.
+    pub column: String,
+    /// What was wrong with the value.
+    pub reason: String,
+}
+
+impl fmt::Display for RecordError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "record {}: column `{}`: {}",
+            self.record_id, self.column, self.reason
+        )
     }
-    /// schema
+}
+
+impl Projector {
+    /// Checks and compiles the column specs; every problem is reported, keyed `columns[i].<field>`.
+    pub fn new(specs: &[ColumnSpec]) -> Result<Projector, Vec<Problem>> {
+        let mut problems = Vec::new();
+        if specs.is_empty() {
+            problems.push(Problem::new(
+                "columns",
+                "at least one column is needed, e.g. [[columns]] name = \"amount\", path = \"amount\", type = \"decimal\"",
+            ));
+        }
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        let mut columns = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.iter().enumerate() {
+            let key = |field: &str| format!("columns[{i}].{field}");
+            let before = problems.len();
+
+            let name = spec.name.trim();
+            if name.is_empty() {
+                problems.push(Problem::new(key("name"), "must not be empty"));
+            } else if name != spec.name {
+                problems.push(Problem::new(
+                    key("name"),
+                    format!("`{}` has leading or trailing spaces", spec.name),
+                ));
+            } else if let Some(first) = seen.insert(name, i) {
+                problems.push(Problem::new(
+                    key("name"),
+                    format!(
+                        "`{name}` is already used by columns[{first}]; column names must be unique"
+                    ),
+                ));
+            }
+
+            let source = match (&spec.path, &spec.custom_field) {
+                (Some(_), Some(_)) => {
+                    problems.push(Problem::new(
+                        key("custom_field"),
+                        "set either `path` or `custom_field`, not both",
+                    ));
+                    None
+                }
+                (None, None) => {
+                    problems.push(Problem::new(
+                        key("path"),
+                        "is required: set `path` (e.g. \"employee.user.email\") or `custom_field` (a custom field's name)",
+                    ));
+                    None
+                }
+                (Some(p), None) => match FieldPath::parse(p) {
+                    Ok(fp) => Some(Source::Path(fp)),
+                    Err(e) => {
+                        problems.push(Problem::new(key("path"), e));
+                        None
+                    }
+                },
+                (None, Some(cf)) if cf.trim().is_empty() => {
+                    problems.push(Problem::new(key("custom_field"), "must not be empty"));
+                    None
+                }
+                (None, Some(cf)) => Some(Source::CustomField(cf.clone())),
+            };
+
+            let ty = if spec.ty == TypeName::Decimal {
+                let precision = spec.precision.unwrap_or(DEFAULT_PRECISION);
+                let scale = spec.scale.unwrap_or(DEFAULT_SCALE);
+                if !(1..=MAX_PRECISION).contains(&precision) {
+                    problems.push(Problem::new(
+                        key("precision"),
+                        format!("{precision} is out of range; expected 1 to {MAX_PRECISION}"),
+                    ));
+                } else if scale > precision {
+                    problems.push(Problem::new(
+                        key("scale"),
+                        format!("{scale} is larger than the precision {precision}; scale must be at most the precision"),
+                    ));
+                }
+                if scale > MAX_SCALE {
+                    problems.push(Problem::new(
+                        key("scale"),
+                        format!("{scale} is out of range; at most {MAX_SCALE} decimal places are supported"),
+                    ));
+                }
+                ColumnType::Decimal { precision, scale }
+            } else {
+                for (field, set) in [
+                    ("scale", spec.scale.is_some()),
+                    ("precision", spec.precision.is_some()),
+                    ("rounding", spec.rounding.is_some()),
+                ] {
+                    if set {
+                        problems.push(Problem::new(
+                            key(field),
+                            format!(
+                                "only applies to decimal columns; this column is type `{}` (set type = \"decimal\" or remove `{field}`)",
+                                spec.ty.as_str()
+                            ),
+                        ));
+                    }
+                }
+                match spec.ty {
+                    TypeName::String => ColumnType::String,
+                    TypeName::Timestamp => ColumnType::Timestamp,
+                    TypeName::Date => ColumnType::Date,
+                    TypeName::Bool => ColumnType::Bool,
+                    TypeName::Integer => ColumnType::Integer,
+                    TypeName::Decimal => unreachable!("handled above"),
+                }
+            };
+
+            if let (Some(source), true) = (source, problems.len() == before) {
+                columns.push(Compiled {
+                    name: spec.name.clone(),
+                    source,
+                    ty,
+                    rounding: spec.rounding.unwrap_or_default(),
+                });
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let schema = Arc::new(Schema {
+            columns: columns
+                .iter()
+                .map(|c| Column {
+                    name: c.name.clone(),
+                    ty: c.ty,
+                })
+                .collect(),
+        });
+        Ok(Projector { columns, schema })
+    }
+
+    /// The schema of every row this projector produces.
     pub fn schema(&self) -> &Arc<Schema> {
         &self.schema
     }
-    /// project
-    pub fn project(&self, _r: &Record) -> Result<Row, RecordError> {
-        Ok(Row { cells: vec![] })
+
+    /// Turns one record into a row, or says which column's value is unusable and why.
+    pub fn project(&self, record: &Record) -> Result<Row, RecordError> {
+        let mut cells = Vec::with_capacity(self.columns.len());
+        for col in &self.columns {
+            let value = match &col.source {
+                Source::Path(p) => p.lookup(record),
+                Source::CustomField(name) => custom_field(record, name),
+            };
+            let cell = match value {
+                None => Cell::Null,
+                Some(v) => convert(v, col.ty, col.rounding).map_err(|reason| RecordError {
+                    record_id: record_id(record),
+                    column: col.name.clone(),
+                    reason,
+                })?,
+            };
+            cells.push(cell);
+        }
+        Ok(Row { cells })
     }
 }
-/// RecordError.
-#[derive(Debug, Clone)]
-pub struct RecordError {
-    /// id
-    pub record_id: String,
-    /// col
-    pub column: String,
-    /// reason
-    pub reason: String,
+
+/// The value of the custom field named `name` in the record's `custom_fields` list.
+fn custom_field<'a>(record: &'a Value, name: &str) -> Option<&'a Value> {
+    record
+        .get("custom_fields")?
+        .as_array()?
+        .iter()
+        .find(|f| f.get("name").and_then(Value::as_str) == Some(name))?
+        .get("value")
+        .filter(|v| !v.is_null())
 }
-/// defaults
-pub fn default_columns(_r: &str) -> Option<Vec<ColumnSpec>> {
-    None
+
+fn convert(value: &Value, ty: ColumnType, rounding: Rounding) -> Result<Cell, String> {
+    match ty {
+        ColumnType::String => Ok(convert::to_string_cell(value)),
+        ColumnType::Decimal { precision, scale } => {
+            convert::to_decimal(value, precision, scale, rounding)
+        }
+        ColumnType::Timestamp => convert::to_timestamp(value),
+        ColumnType::Date => convert::to_date(value),
+        ColumnType::Bool => convert::to_bool(value),
+        ColumnType::Integer => convert::to_integer(value),
+    }
 }
+
+#[cfg(test)]
+mod tests;
