@@ -69,7 +69,10 @@ fn committed_versions(dir: &Path) -> BTreeMap<(String, String), usize> {
         if !name.ends_with(".csv") {
             continue;
         }
-        assert!(!name.starts_with('.'), "a temporary file sits at a final path: {name}");
+        assert!(
+            !name.starts_with('.'),
+            "a temporary file sits at a final path: {name}"
+        );
         let (_, rows) = read_csv(&f);
         for r in rows {
             *seen.entry((r[0].clone(), r[1].clone())).or_insert(0) += 1;
@@ -81,7 +84,12 @@ fn committed_versions(dir: &Path) -> BTreeMap<(String, String), usize> {
 fn truth_versions(sim: &Simulator) -> BTreeSet<(String, String)> {
     sim.ground_truth("expenses")
         .into_iter()
-        .map(|r| (r["id"].as_str().unwrap().to_string(), r["updated_at"].as_str().unwrap().to_string()))
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_string(),
+                r["updated_at"].as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 
@@ -90,15 +98,36 @@ fn assert_exactly_once(dir: &Path, sim: &Simulator) {
     let doubled: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
     assert!(doubled.is_empty(), "versions delivered twice: {doubled:?}");
     let delivered: BTreeSet<_> = seen.into_keys().collect();
-    let missing: Vec<_> = truth_versions(sim).difference(&delivered).cloned().collect();
-    assert!(missing.is_empty(), "{} current versions never delivered, e.g. {:?}", missing.len(), &missing[..missing.len().min(3)]);
+    let missing: Vec<_> = truth_versions(sim)
+        .difference(&delivered)
+        .cloned()
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} current versions never delivered, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(3)]
+    );
 }
 
-async fn run_bin(pipeline: &Path, sim: &Simulator, extra_args: &[&str], env: &[(&str, &str)]) -> Output {
-    spawn_bin(pipeline, sim, extra_args, env).wait_with_output().await.unwrap()
+async fn run_bin(
+    pipeline: &Path,
+    sim: &Simulator,
+    extra_args: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
+    spawn_bin(pipeline, sim, extra_args, env)
+        .wait_with_output()
+        .await
+        .unwrap()
 }
 
-fn spawn_bin(pipeline: &Path, sim: &Simulator, extra_args: &[&str], env: &[(&str, &str)]) -> tokio::process::Child {
+fn spawn_bin(
+    pipeline: &Path,
+    sim: &Simulator,
+    extra_args: &[&str],
+    env: &[(&str, &str)],
+) -> tokio::process::Child {
     let c = sim.credentials();
     let mut cmd = tokio::process::Command::new(BIN);
     cmd.arg("run")
@@ -128,7 +157,11 @@ fn setup(sim: &Simulator, name: &str, extra: &str) -> (tempfile::TempDir, PathBu
 
 fn summary(o: &Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!("no JSON summary ({e}): {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+        panic!(
+            "no JSON summary ({e}): {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
     })
 }
 
@@ -158,7 +191,10 @@ async fn back_to_back_runs_export_only_what_changed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutations_while_paging_lose_and_double_nothing_across_two_runs() {
     let sim = simulator(3000, 32, None).await;
-    sim.set_faults(Faults { latency: Duration::from_millis(15), ..Faults::default() });
+    sim.set_faults(Faults {
+        latency: Duration::from_millis(15),
+        ..Faults::default()
+    });
     let (dir, file) = setup(&sim, "churn", "page_size = 50\nconcurrency = 3");
     let sim_ref = &sim;
     let stop = std::sync::atomic::AtomicBool::new(false);
@@ -186,14 +222,20 @@ async fn mutations_while_paging_lose_and_double_nothing_across_two_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_run_while_one_is_in_progress_is_refused() {
     let sim = simulator(2000, 33, None).await;
-    sim.set_faults(Faults { latency: Duration::from_millis(200), ..Faults::default() });
+    sim.set_faults(Faults {
+        latency: Duration::from_millis(200),
+        ..Faults::default()
+    });
     let (_dir, file) = setup(&sim, "overlap", "page_size = 50\nconcurrency = 1");
     let mut first = spawn_bin(&file, &sim, &[], &[]);
     tokio::time::sleep(Duration::from_millis(600)).await;
     let o = run_bin(&file, &sim, &[], &[]).await;
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(7), "{err}");
-    assert!(err.contains("another run of pipeline `overlap` is in progress"), "{err}");
+    assert!(
+        err.contains("another run of pipeline `overlap` is in progress"),
+        "{err}"
+    );
     first.kill().await.unwrap();
     sim.shutdown().await;
 }
@@ -204,16 +246,26 @@ async fn a_corrupt_state_file_is_an_error_and_nothing_is_touched() {
     let (dir, file) = setup(&sim, "corrupt", "");
     let state = dir.path().join("out/corrupt.state.json");
     std::fs::create_dir_all(state.parent().unwrap()).unwrap();
-    std::fs::write(&state, "{\"version\": 1, \"pipeline\": \"corrupt\", \"watermark\": \"yesterday-ish\"").unwrap();
+    std::fs::write(
+        &state,
+        "{\"version\": 1, \"pipeline\": \"corrupt\", \"watermark\": \"yesterday-ish\"",
+    )
+    .unwrap();
     let o = run_bin(&file, &sim, &[], &[]).await;
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(8), "{err}");
-    assert!(err.contains("corrupt.state.json") && err.contains("not a valid state file"), "{err}");
+    assert!(
+        err.contains("corrupt.state.json") && err.contains("not a valid state file"),
+        "{err}"
+    );
     assert_eq!(
         std::fs::read_to_string(&state).unwrap(),
         "{\"version\": 1, \"pipeline\": \"corrupt\", \"watermark\": \"yesterday-ish\""
     );
-    let others: Vec<_> = files_in(&dir.path().join("out")).into_iter().filter(|p| p != &state && !p.to_string_lossy().ends_with(".lock")).collect();
+    let others: Vec<_> = files_in(&dir.path().join("out"))
+        .into_iter()
+        .filter(|p| p != &state && !p.to_string_lossy().ends_with(".lock"))
+        .collect();
     assert!(others.is_empty(), "{others:?}");
     sim.shutdown().await;
 }
@@ -225,23 +277,33 @@ async fn a_backfill_leaves_the_incremental_state_alone() {
     let o = run_bin(&file, &sim, &[], &[]).await;
     assert!(o.status.success());
     let state_path = dir.path().join("out/backfill.state.json");
-    let before: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
+    let before: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
 
     let truth = sim.ground_truth("expenses");
-    let mut times: Vec<_> = truth.iter().map(|r| r["updated_at"].as_str().unwrap().to_string()).collect();
+    let mut times: Vec<_> = truth
+        .iter()
+        .map(|r| r["updated_at"].as_str().unwrap().to_string())
+        .collect();
     times.sort();
     let (since, until) = (&times[100], &times[300]);
     let o = run_bin(&file, &sim, &["--since", since, "--until", until], &[]).await;
     let s = summary(&o);
     assert!(o.status.success(), "{s}");
     assert_eq!(s["kind"], "backfill");
-    let expected = truth.iter().filter(|r| {
-        let t = chrono::DateTime::parse_from_rfc3339(r["updated_at"].as_str().unwrap()).unwrap();
-        t >= chrono::DateTime::parse_from_rfc3339(since).unwrap() && t < chrono::DateTime::parse_from_rfc3339(until).unwrap()
-    }).count();
+    let expected = truth
+        .iter()
+        .filter(|r| {
+            let t =
+                chrono::DateTime::parse_from_rfc3339(r["updated_at"].as_str().unwrap()).unwrap();
+            t >= chrono::DateTime::parse_from_rfc3339(since).unwrap()
+                && t < chrono::DateTime::parse_from_rfc3339(until).unwrap()
+        })
+        .count();
     assert_eq!(s["records_out"].as_u64().unwrap() as usize, expected);
 
-    let after: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
+    let after: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
     assert_eq!(before["watermark"], after["watermark"]);
     assert_eq!(before["boundary"], after["boundary"]);
     sim.shutdown().await;
@@ -249,7 +311,12 @@ async fn a_backfill_leaves_the_incremental_state_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_at_each_step_of_the_commit_is_recovered_exactly_once() {
-    for point in ["before-commit", "after-pending", "after-rename", "after-commit"] {
+    for point in [
+        "before-commit",
+        "after-pending",
+        "after-rename",
+        "after-commit",
+    ] {
         let sim = simulator(300, 36, None).await;
         let (dir, file) = setup(&sim, "failpoint", "page_size = 40");
         let o = run_bin(&file, &sim, &[], &[("EXPENSE_SYNC_FAILPOINT", point)]).await;
@@ -257,10 +324,17 @@ async fn a_crash_at_each_step_of_the_commit_is_recovered_exactly_once() {
         sim.mutate(10);
         tokio::time::sleep(Duration::from_millis(20)).await;
         let o = run_bin(&file, &sim, &[], &[]).await;
-        assert!(o.status.success(), "{point}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{point}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         let s = summary(&o);
         if matches!(point, "after-pending" | "after-rename") {
-            assert!(s["recovered_run"].is_string(), "{point}: the pending commit is rolled forward: {s}");
+            assert!(
+                s["recovered_run"].is_string(),
+                "{point}: the pending commit is rolled forward: {s}"
+            );
         }
         assert_exactly_once(dir.path(), &sim);
         sim.shutdown().await;
@@ -270,7 +344,10 @@ async fn a_crash_at_each_step_of_the_commit_is_recovered_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_then_rerun_is_exactly_once() {
     let sim = simulator(1500, 37, None).await;
-    sim.set_faults(Faults { latency: Duration::from_millis(5), ..Faults::default() });
+    sim.set_faults(Faults {
+        latency: Duration::from_millis(5),
+        ..Faults::default()
+    });
     let (dir, file) = setup(&sim, "killed", "page_size = 25\nconcurrency = 2");
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
     for i in 0..20 {
@@ -294,7 +371,13 @@ async fn sigkill_at_random_moments_then_rerun_is_exactly_once() {
     let o = run_bin(&file, &sim, &[], &[]).await;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_exactly_once(dir.path(), &sim);
-    let leftovers: Vec<_> = files_in(dir.path()).into_iter().filter(|p| p.to_string_lossy().ends_with(".tmp")).collect();
-    assert!(leftovers.is_empty(), "temporary files left behind: {leftovers:?}");
+    let leftovers: Vec<_> = files_in(dir.path())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "temporary files left behind: {leftovers:?}"
+    );
     sim.shutdown().await;
 }

@@ -176,8 +176,14 @@ pub fn load_str(text: &str, origin: &Path) -> Result<Pipeline, ConfigError> {
         .map_err(|e| {
             ConfigError::single(origin, "(syntax)", clean_config_message(&e.to_string()))
         })?;
-    let spec: PipelineFile = serde_path_to_error::deserialize(built).map_err(|e| {
-        let (key, message) = locate(e.path().to_string(), &e.inner().to_string());
+    // `config` layers the file and the environment; its own deserializer
+    // blurs which key was wrong, so the merged tree is handed to TOML's,
+    // whose errors name the exact key.
+    let tree: toml::Value = built.try_deserialize().map_err(|e| {
+        ConfigError::single(origin, "(top level)", clean_config_message(&e.to_string()))
+    })?;
+    let spec: PipelineFile = serde_path_to_error::deserialize(tree).map_err(|e| {
+        let (key, message) = locate(e.path().to_string(), e.inner().message());
         ConfigError::single(origin, key, message)
     })?;
     validate(spec, origin)
@@ -257,38 +263,67 @@ fn validate(mut spec: PipelineFile, origin: &Path) -> Result<Pipeline, ConfigErr
     }
 }
 
+/// Deserializes the settings of a section chosen by `type` (`[source]`,
+/// `[[sinks]]`) from its table with `type` removed. A derived internally
+/// tagged enum would buffer the table and lose the key of any error inside
+/// it, so the inner key is carried in the message as "`key`: …", which
+/// [`load`] turns back into a full key.
+pub fn inner_table<T: serde::de::DeserializeOwned, E: serde::de::Error>(
+    table: toml::Table,
+) -> Result<T, E> {
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.into_inner().message().to_string();
+        // Unknown and missing fields name their key already.
+        if path == "."
+            || message.starts_with("unknown field")
+            || message.starts_with("missing field")
+        {
+            E::custom(message)
+        } else {
+            E::custom(format!("`{path}`: {message}"))
+        }
+    })
+}
+
 /// Turns serde's path and message into (key, message), pointing unknown-field
 /// errors at the unknown key itself.
 fn locate(path: String, message: &str) -> (String, String) {
     let path = if path == "." { String::new() } else { path };
     let message = clean_config_message(message);
-    if let Some(rest) = message.strip_prefix("unknown field `")
-        && let Some(end) = rest.find('`')
-    {
-        let field = &rest[..end];
-        let key = if path.is_empty() {
+    let join = |field: &str| {
+        if path.is_empty() {
             field.to_string()
         } else {
             format!("{path}.{field}")
-        };
-        return (
-            key,
-            format!(
-                "unknown key; {}",
-                &message["unknown field `".len() + end + 1..].trim_start_matches(", ")
-            ),
-        );
+        }
+    };
+    if let Some(rest) = message.strip_prefix('`')
+        && let Some(end) = rest.find("`: ")
+    {
+        return (join(&rest[..end]), rest[end + 3..].to_string());
+    }
+    // serde_path_to_error's path may already end with the unknown key.
+    let join_once = |field: &str| {
+        if path == field || path.ends_with(&format!(".{field}")) {
+            path.clone()
+        } else {
+            join(field)
+        }
+    };
+    if let Some(rest) = message.strip_prefix("unknown field `")
+        && let Some(end) = rest.find('`')
+    {
+        let expected = rest[end + 1..].trim_start_matches(", ");
+        return (join_once(&rest[..end]), format!("unknown key; {expected}"));
     }
     if let Some(rest) = message.strip_prefix("missing field `")
         && let Some(end) = rest.find('`')
     {
-        let field = &rest[..end];
-        let key = if path.is_empty() {
-            field.to_string()
-        } else {
-            format!("{path}.{field}")
-        };
-        return (key, "is required but missing".to_string());
+        return (
+            join_once(&rest[..end]),
+            "is required but missing".to_string(),
+        );
     }
     (
         if path.is_empty() {
@@ -302,5 +337,79 @@ fn locate(path: String, message: &str) -> (String, String) {
 
 /// The `config` crate appends its own location text; ours is clearer.
 fn clean_config_message(message: &str) -> String {
-    message.to_string()
+    match message.rfind(" for key `") {
+        Some(i) if message.ends_with('`') => message[..i].to_string(),
+        _ => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[pipeline]
+name = "t"
+
+[connection]
+client_id = "id"
+client_secret = { env = "S" }
+refresh_token = { env = "R" }
+
+[source]
+type = "fyle"
+resource = "expenses"
+
+[[sinks]]
+type = "csv"
+path = "x.csv"
+"#;
+
+    fn problems(text: &str) -> Vec<Problem> {
+        load_str(text, Path::new("p.toml")).unwrap_err().problems
+    }
+
+    #[test]
+    fn a_good_file_loads_with_default_columns() {
+        let p = load_str(GOOD, Path::new("p.toml")).unwrap();
+        assert!(p.spec.columns.len() > 10);
+        assert_eq!(p.spec.http.requests_per_second, 10.0);
+    }
+
+    #[test]
+    fn unknown_keys_are_named_once() {
+        let p = problems(&format!(
+            "{GOOD}\n[[columns]]\nname = \"a\"\npath = \"id\"\nscael = 2\n"
+        ));
+        assert_eq!(p[0].key, "columns[0].scael", "{p:?}");
+        let p = problems(&GOOD.replace(
+            "resource = \"expenses\"",
+            "resource = \"expenses\"\nresourse = 1",
+        ));
+        assert_eq!(p[0].key, "source.resourse", "{p:?}");
+        let p = problems(&format!("{GOOD}\n[extra]\na = 1\n"));
+        assert_eq!(p[0].key, "extra", "{p:?}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_key_and_the_expectation() {
+        let p = problems(&GOOD.replace(
+            "resource = \"expenses\"",
+            "resource = \"expenses\"\npage_size = \"many\"",
+        ));
+        assert_eq!(p[0].key, "source.page_size", "{p:?}");
+        assert!(!p[0].message.contains("for key"), "{p:?}");
+        let p = problems(&GOOD.replace("path = \"x.csv\"", "path = \"x.csv\"\nbom = \"yes\""));
+        assert!(
+            p[0].key.starts_with("sinks[0]") && format!("{p:?}").contains("bom"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn missing_sections_are_named() {
+        let p = problems(&GOOD.replace("[source]\ntype = \"fyle\"\nresource = \"expenses\"\n", ""));
+        assert_eq!(p[0].key, "source", "{p:?}");
+        assert!(p[0].message.contains("missing"), "{p:?}");
+    }
 }

@@ -117,31 +117,11 @@ impl<'de> Deserialize<'de> for SinkConfig {
             None => return Err(D::Error::missing_field("type")),
         };
         match kind.as_str() {
-            "csv" => inner_table(table).map(SinkConfig::Csv),
-            "parquet" => inner_table(table).map(SinkConfig::Parquet),
+            "csv" => crate::config::inner_table(table).map(SinkConfig::Csv),
+            "parquet" => crate::config::inner_table(table).map(SinkConfig::Parquet),
             other => Err(D::Error::unknown_variant(other, &SINK_TYPES)),
         }
     }
-}
-
-/// Deserializes a sink's own settings, putting the inner key into the message of any error.
-fn inner_table<T: serde::de::DeserializeOwned, E: serde::de::Error>(
-    table: toml::Table,
-) -> Result<T, E> {
-    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-        let path = e.path().to_string();
-        // `message()` leaves out the key suffix toml adds itself; the key is added below, once.
-        let message = e.into_inner().message().to_string();
-        // Unknown and missing fields already name their key, in the form config loaders look for.
-        if path == "."
-            || message.starts_with("unknown field")
-            || message.starts_with("missing field")
-        {
-            E::custom(message)
-        } else {
-            E::custom(format!("`{path}`: {message}"))
-        }
-    })
 }
 
 /// What a sink needs to know about the run it writes for.

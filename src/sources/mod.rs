@@ -7,12 +7,33 @@ use serde::Deserialize;
 
 use crate::config::Problem;
 
-/// `[source]`: which system to read and what to select.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
+/// Source types a pipeline file may name.
+pub const SOURCE_TYPES: [&str; 1] = ["fyle"];
+
+/// `[source]`: which system to read and what to select, chosen by `type`.
+#[derive(Debug, Clone)]
 pub enum SourceConfig {
-    /// The Fyle platform API.
+    /// `type = "fyle"`: the Fyle platform API.
     Fyle(fyle::FyleSourceConfig),
+}
+
+impl<'de> Deserialize<'de> for SourceConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let mut table = toml::Table::deserialize(deserializer)?;
+        match table.remove("type") {
+            Some(toml::Value::String(kind)) if kind == "fyle" => {
+                crate::config::inner_table(table).map(SourceConfig::Fyle)
+            }
+            Some(toml::Value::String(other)) => {
+                Err(D::Error::unknown_variant(&other, &SOURCE_TYPES))
+            }
+            Some(other) => Err(D::Error::custom(format!(
+                "`type`: expected a string such as \"fyle\", found {other}"
+            ))),
+            None => Err(D::Error::missing_field("type")),
+        }
+    }
 }
 
 impl SourceConfig {
