@@ -207,10 +207,10 @@ async fn execute(
     };
     let mut roots: Vec<PathBuf> = vec![output_dir.clone()];
     for cfg in &spec.sinks {
-        if let Some(parent) = crate::sinks::render_path(cfg.path_template(), &ctx).parent() {
-            if !roots.iter().any(|r| r == parent) {
-                roots.push(parent.to_path_buf());
-            }
+        if let Some(parent) = crate::sinks::render_path(cfg.path_template(), &ctx).parent()
+            && !roots.iter().any(|r| r == parent)
+        {
+            roots.push(parent.to_path_buf());
         }
     }
     let recovery =

@@ -158,10 +158,13 @@ fn sweep(dir: &Path, prefix: &str, removed: &mut Vec<PathBuf>) {
         let name = e.file_name().to_string_lossy().into_owned();
         match e.file_type() {
             Ok(t) if t.is_dir() => sweep(&path, prefix, removed),
-            Ok(t) if t.is_file() && name.starts_with(prefix) && name.ends_with(".tmp") => {
-                if std::fs::remove_file(&path).is_ok() {
-                    removed.push(path);
-                }
+            Ok(t)
+                if t.is_file()
+                    && name.starts_with(prefix)
+                    && name.ends_with(".tmp")
+                    && std::fs::remove_file(&path).is_ok() =>
+            {
+                removed.push(path);
             }
             _ => {}
         }
