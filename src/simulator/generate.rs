@@ -97,7 +97,14 @@ const AWKWARD_PURPOSES: &[&str] = &[
     "Réunion à Paris — budget approuvé",
     "出張 大阪",
 ];
-const CLIENT_CODES: &[&str] = &["ACME-01", "GLOBEX-7", "INITECH", "UMBRELLA, Inc.", "=1+1", "Ünïcode-Ω"];
+const CLIENT_CODES: &[&str] = &[
+    "ACME-01",
+    "GLOBEX-7",
+    "INITECH",
+    "UMBRELLA, Inc.",
+    "=1+1",
+    "Ünïcode-Ω",
+];
 const COST_CODES: &[&str] = &["GL-6100", "GL-6200", "GL-6300", "GL-7100"];
 const APPROVER_COMMENTS: &[&str] = &[
     "Approved, thanks",
@@ -116,12 +123,30 @@ const REPORT_TITLES: &[&str] = &[
 ];
 
 const FIRST_NAMES: &[&str] = &[
-    "John", "Maria", "Wei", "Aarav", "Sofia", "Liam", "Chloé", "José", "Yuki", "Olu", "Siobhán", "Mateo",
-    "Anna", "Zoë", "Björn", "Priya", "Ahmed", "Emma", "Noah", "Hana",
+    "John", "Maria", "Wei", "Aarav", "Sofia", "Liam", "Chloé", "José", "Yuki", "Olu", "Siobhán",
+    "Mateo", "Anna", "Zoë", "Björn", "Priya", "Ahmed", "Emma", "Noah", "Hana",
 ];
 const LAST_NAMES: &[&str] = &[
-    "Doe", "García", "Chen", "Sharma", "Rossi", "O'Brien", "Müller", "Núñez", "山田", "Okafor", "Smith",
-    "Kowalski", "Dubois", "Nguyen", "Andersson", "Patel", "Haddad", "Brown", "Jones", "Kim",
+    "Doe",
+    "García",
+    "Chen",
+    "Sharma",
+    "Rossi",
+    "O'Brien",
+    "Müller",
+    "Núñez",
+    "山田",
+    "Okafor",
+    "Smith",
+    "Kowalski",
+    "Dubois",
+    "Nguyen",
+    "Andersson",
+    "Patel",
+    "Haddad",
+    "Brown",
+    "Jones",
+    "Kim",
 ];
 const DEPARTMENTS: &[(&str, Option<&str>)] = &[
     ("Sales", Some("Outbound Sales")),
@@ -131,8 +156,19 @@ const DEPARTMENTS: &[(&str, Option<&str>)] = &[
     ("Operations", Some("EMEA")),
 ];
 const LEVELS: [&str; 3] = ["Associate I", "Senior", "Principal"];
-const TITLES: &[&str] = &["Account Executive", "Software Engineer", "Accountant", "Branch Manager", "Analyst"];
-const LOCATIONS: &[&str] = &["San Francisco HQ", "London Office", "Bangalore Ofc", "Remote"];
+const TITLES: &[&str] = &[
+    "Account Executive",
+    "Software Engineer",
+    "Accountant",
+    "Branch Manager",
+    "Analyst",
+];
+const LOCATIONS: &[&str] = &[
+    "San Francisco HQ",
+    "London Office",
+    "Bangalore Ofc",
+    "Remote",
+];
 
 /// (name, sub category, system category, kind)
 const CATEGORIES: &[(&str, Option<&str>, &str, CatKind)] = &[
@@ -144,7 +180,12 @@ const CATEGORIES: &[(&str, Option<&str>, &str, CatKind)] = &[
     ("Mileage", None, "Mileage", CatKind::Mileage),
     ("Office Supplies", None, "Office Supplies", CatKind::Plain),
     ("Software", Some("SaaS"), "Software", CatKind::Plain),
-    ("Meals & Entertainment", None, "Entertainment", CatKind::Plain),
+    (
+        "Meals & Entertainment",
+        None,
+        "Entertainment",
+        CatKind::Plain,
+    ),
     ("Internet", None, "Internet", CatKind::Plain),
     ("Phone", None, "Phone", CatKind::Plain),
     ("Training", None, "Training", CatKind::Plain),
@@ -228,7 +269,9 @@ fn random_id_int(rng: &mut Rng, base: i64, i: usize) -> i64 {
 
 pub(crate) fn generate(seed: u64, n_expenses: usize) -> Generated {
     let mut root = Rng::new(seed);
-    let mut ids = Ids { seen: HashSet::with_capacity(n_expenses * 2 + 1000) };
+    let mut ids = Ids {
+        seen: HashSet::with_capacity(n_expenses * 2 + 1000),
+    };
     let mut rng = root.fork(1);
     let org_id = ids.make(&mut rng, "or");
 
@@ -270,7 +313,11 @@ pub(crate) fn generate(seed: u64, n_expenses: usize) -> Generated {
             Some(s) => format!("{name} / {s}"),
             None => (*name).to_owned(),
         };
-        let code = if i % 4 == 3 { None } else { Some(format!("CAT-{:02}", i + 1)) };
+        let code = if i % 4 == 3 {
+            None
+        } else {
+            Some(format!("CAT-{:02}", i + 1))
+        };
         let embed = json!({
             "id": id, "system_category": system, "name": name, "sub_category": sub,
             "code": code, "display_name": display,
@@ -290,7 +337,12 @@ pub(crate) fn generate(seed: u64, n_expenses: usize) -> Generated {
             "restricted_project_ids": null,
             "restricted_spender_user_ids": null,
         }));
-        categories.push(Category { id, name: (*name).to_owned(), kind: *kind, embed });
+        categories.push(Category {
+            id,
+            name: (*name).to_owned(),
+            kind: *kind,
+            embed,
+        });
     }
     let mut projects = Vec::new();
     let mut project_values = Vec::new();
@@ -300,7 +352,11 @@ pub(crate) fn generate(seed: u64, n_expenses: usize) -> Generated {
             Some(s) => format!("{name} / {s}"),
             None => (*name).to_owned(),
         };
-        let code = if i % 5 == 4 { None } else { Some(format!("PRJ-{:03}", i + 1)) };
+        let code = if i % 5 == 4 {
+            None
+        } else {
+            Some(format!("PRJ-{:03}", i + 1))
+        };
         let created = created_base + rng.range(0, 60 * DAY);
         project_values.push(json!({
             "created_at": fmt_ts(created),
@@ -340,7 +396,10 @@ pub(crate) fn generate(seed: u64, n_expenses: usize) -> Generated {
             "description": if i % 2 == 0 { Some(format!("{name} cost center")) } else { None },
             "restricted_spender_user_ids": null,
         }));
-        cost_centers.push(Embedded { id, embed: json!({"id": id, "name": name, "code": code}) });
+        cost_centers.push(Embedded {
+            id,
+            embed: json!({"id": id, "name": name, "code": code}),
+        });
     }
 
     // ---- employees
@@ -371,13 +430,25 @@ pub(crate) fn generate(seed: u64, n_expenses: usize) -> Generated {
         ];
         let card_id = ids.make(&mut erng, "bacc");
         let card_number = format!("xxxx-{:04}", erng.range(0, 10_000));
-        let code = if erng.chance(0.9) { Some(format!("E{:05}", 10_000 + i)) } else { None };
+        let code = if erng.chance(0.9) {
+            Some(format!("E{:05}", 10_000 + i))
+        } else {
+            None
+        };
         let dept = erng.below(departments.len() as u64) as usize;
         let title = *erng.pick(TITLES);
         let location = *erng.pick(LOCATIONS);
-        let business_unit = if erng.chance(0.7) { Some("Finance ops") } else { None };
+        let business_unit = if erng.chance(0.7) {
+            Some("Finance ops")
+        } else {
+            None
+        };
         // Team leads approve their team of eight; the first lead approves themself-free by pointing at the admin.
-        let manager = if i % 8 == 0 { if i == 0 { 1.min(n_emp - 1) } else { 0 } } else { i - i % 8 };
+        let manager = if i % 8 == 0 {
+            if i == 0 { 1.min(n_emp - 1) } else { 0 }
+        } else {
+            i - i % 8
+        };
         let joined = WINDOW_START - erng.range(30 * DAY, 1500 * DAY);
         let region = *erng.pick(&["EMEA", "AMER", "APAC"]);
         let user_embed = json!({"id": user_id, "email": email, "full_name": full_name});
@@ -421,7 +492,14 @@ pub(crate) fn generate(seed: u64, n_expenses: usize) -> Generated {
             json!({"id": account_ids[2], "type": Account::Advance.type_name()}),
         ];
         let roles: Vec<&str> = if i == 0 {
-            vec!["FYLER", "APPROVER", "ADMIN", "ACCOUNTANT", "PAYMENT_PROCESSOR", "OWNER"]
+            vec![
+                "FYLER",
+                "APPROVER",
+                "ADMIN",
+                "ACCOUNTANT",
+                "PAYMENT_PROCESSOR",
+                "OWNER",
+            ]
         } else if i % 8 == 0 {
             vec!["FYLER", "APPROVER"]
         } else {
@@ -561,7 +639,11 @@ pub(crate) fn generate(seed: u64, n_expenses: usize) -> Generated {
                     ctx.reports.push(ReportInfo {
                         id,
                         seq_num,
-                        title: if r.chance(0.9) { Some(*r.pick(REPORT_TITLES)) } else { None },
+                        title: if r.chance(0.9) {
+                            Some(*r.pick(REPORT_TITLES))
+                        } else {
+                            None
+                        },
                         emp,
                         created_at: t0,
                         reimbursement_id: reim,
@@ -569,7 +651,10 @@ pub(crate) fn generate(seed: u64, n_expenses: usize) -> Generated {
                     });
                     report_state.push(st);
                     report_times.push([submitted, approved, pending, settled, paid]);
-                    (rep, 1 + r.weighted(&[5, 10, 15, 20, 20, 12, 8, 6, 4]) as u32)
+                    (
+                        rep,
+                        1 + r.weighted(&[5, 10, 15, 20, 20, 12, 8, 6, 4]) as u32,
+                    )
                 }
             };
             open[emp as usize] = Some((rep, left - 1));
@@ -587,8 +672,14 @@ pub(crate) fn generate(seed: u64, n_expenses: usize) -> Generated {
             let t0 = ctx.reports[rep as usize].created_at;
             t0.max(created_at) + r.range(0, 60 * US)
         });
-        let (mut submitted_at, mut approved_at, mut settled_at, mut paid_at) = (None, None, None, None);
-        let mut updated_at = created_at + if r.chance(0.5) { 0 } else { r.range(US, 3 * DAY) };
+        let (mut submitted_at, mut approved_at, mut settled_at, mut paid_at) =
+            (None, None, None, None);
+        let mut updated_at = created_at
+            + if r.chance(0.5) {
+                0
+            } else {
+                r.range(US, 3 * DAY)
+            };
         if report.is_some() {
             updated_at = added_to_report_at.unwrap_or(updated_at).max(updated_at);
             // Expenses change with their report, so siblings share updated_at exactly.
@@ -622,7 +713,11 @@ pub(crate) fn generate(seed: u64, n_expenses: usize) -> Generated {
         updated_at = updated_at.min(BULK_UPDATED_AT);
 
         // category and amount
-        let category = if r.chance(0.97) { Some(r.below(ctx.categories.len() as u64) as u16) } else { None };
+        let category = if r.chance(0.97) {
+            Some(r.below(ctx.categories.len() as u64) as u16)
+        } else {
+            None
+        };
         let kind = category.map_or(CatKind::Plain, |c| ctx.categories[c as usize].kind);
         let mut foreign = None;
         let mut distance_tenths = None;
@@ -633,11 +728,20 @@ pub(crate) fn generate(seed: u64, n_expenses: usize) -> Generated {
         } else if r.chance(0.12) {
             let c = r.below(ctx.currencies.len() as u64) as u8;
             let cu = &ctx.currencies[c as usize];
-            let units = if cu.decimals == 0 { r.range(300, 90_000) } else { r.range(100, 200_000) };
+            let units = if cu.decimals == 0 {
+                r.range(300, 90_000)
+            } else {
+                r.range(100, 200_000)
+            };
             let fa = Decimal::new(units, cu.decimals);
-            let home = (fa * cu.rate).round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero);
+            let home =
+                (fa * cu.rate).round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero);
             foreign = Some((c, fa));
-            (home * Decimal::from(100)).trunc().to_i64().unwrap_or(0).max(1)
+            (home * Decimal::from(100))
+                .trunc()
+                .to_i64()
+                .unwrap_or(0)
+                .max(1)
         } else {
             match r.weighted(&[60, 20, 8, 4, 1, 3]) {
                 0 => r.range(500, 15_000),
@@ -670,16 +774,40 @@ pub(crate) fn generate(seed: u64, n_expenses: usize) -> Generated {
             1 => Some(*r.pick(AWKWARD_PURPOSES)),
             _ => None,
         };
-        let project = if r.chance(0.8) { Some(r.below(ctx.projects.len() as u64) as u16) } else { None };
-        let cost_center = if r.chance(0.75) { Some(r.below(ctx.cost_centers.len() as u64) as u16) } else { None };
+        let project = if r.chance(0.8) {
+            Some(r.below(ctx.projects.len() as u64) as u16)
+        } else {
+            None
+        };
+        let cost_center = if r.chance(0.75) {
+            Some(r.below(ctx.cost_centers.len() as u64) as u16)
+        } else {
+            None
+        };
         let custom = if r.chance(0.7) {
             Some(Custom {
-                client_code: if r.chance(0.6) { Some(*r.pick(CLIENT_CODES)) } else { None },
-                cost_code: if state == State::Draft || r.chance(0.2) { None } else { Some(*r.pick(COST_CODES)) },
-                attendees: if r.chance(0.5) { Some(r.range(1, 12)) } else { None },
+                client_code: if r.chance(0.6) {
+                    Some(*r.pick(CLIENT_CODES))
+                } else {
+                    None
+                },
+                cost_code: if state == State::Draft || r.chance(0.2) {
+                    None
+                } else {
+                    Some(*r.pick(COST_CODES))
+                },
+                attendees: if r.chance(0.5) {
+                    Some(r.range(1, 12))
+                } else {
+                    None
+                },
                 travel_types: (r.below(1 << TRAVEL_TYPES.len())) as u8,
                 invoice_date: if r.chance(0.4) { Some(spent_at) } else { None },
-                billable_to_client: if r.chance(0.8) { Some(r.chance(0.3)) } else { None },
+                billable_to_client: if r.chance(0.8) {
+                    Some(r.chance(0.3))
+                } else {
+                    None
+                },
             })
         } else {
             None
@@ -695,8 +823,16 @@ pub(crate) fn generate(seed: u64, n_expenses: usize) -> Generated {
         set(flag::PDF, 0.4, r);
         set(flag::MANUALLY_FLAGGED, 0.03, r);
         set(flag::POLICY_FLAGGED, 0.06, r);
-        set(flag::VERIFIED, if state.is_approved() { 0.5 } else { 0.0 }, r);
-        set(flag::RECONCILED, if account == Account::Card { 0.6 } else { 0.0 }, r);
+        set(
+            flag::VERIFIED,
+            if state.is_approved() { 0.5 } else { 0.0 },
+            r,
+        );
+        set(
+            flag::RECONCILED,
+            if account == Account::Card { 0.6 } else { 0.0 },
+            r,
+        );
         set(flag::RECEIPT_MANDATORY, 0.5, r);
         set(flag::EXTRACTED, 0.4, r);
         set(flag::DUPLICATE, 0.01, r);
@@ -745,9 +881,17 @@ pub(crate) fn generate(seed: u64, n_expenses: usize) -> Generated {
             is_split: false,
             custom,
             flags,
-            source: *r.pick(SOURCES),
-            approver_comment: if state.is_approved() && r.chance(0.2) { Some(*r.pick(APPROVER_COMMENTS)) } else { None },
-            invoice_number: if r.chance(0.15) { Some(r.range(1, 100_000) as u32) } else { None },
+            source: SOURCES[r.below(SOURCES.len() as u64) as usize],
+            approver_comment: if state.is_approved() && r.chance(0.2) {
+                Some(*r.pick(APPROVER_COMMENTS))
+            } else {
+                None
+            },
+            invoice_number: if r.chance(0.15) {
+                Some(r.range(1, 100_000) as u32)
+            } else {
+                None
+            },
             cities: (r.below(8) as u8, r.below(8) as u8),
         });
     }
@@ -801,7 +945,9 @@ pub(crate) fn generate(seed: u64, n_expenses: usize) -> Generated {
     }
     // Categories of split parts may be mileage while the amount no longer is.
     for e in &mut expenses {
-        let kind = e.category.map_or(CatKind::Plain, |c| ctx.categories[c as usize].kind);
+        let kind = e
+            .category
+            .map_or(CatKind::Plain, |c| ctx.categories[c as usize].kind);
         if kind == CatKind::Mileage && e.distance_tenths.is_none() {
             e.category = Some(0);
         }
@@ -835,7 +981,11 @@ pub(crate) fn generate(seed: u64, n_expenses: usize) -> Generated {
 }
 
 fn cur(code: &'static str, rate: &str, decimals: u32) -> Currency {
-    Currency { code, rate: rate.parse().expect("rate literal"), decimals }
+    Currency {
+        code,
+        rate: rate.parse().expect("rate literal"),
+        decimals,
+    }
 }
 
 /// An ASCII e-mail local part for a display name ("Chloé Núñez" → "chloe.nunez").
@@ -867,15 +1017,35 @@ fn ascii_local(name: &str) -> String {
 pub(crate) fn report_value(ctx: &Ctx, r: usize, members: &[&Expense], updated_at: i64) -> Value {
     let info = &ctx.reports[r];
     let emp = &ctx.employees[info.emp as usize];
-    let state = members.iter().map(|e| e.state).min().unwrap_or(State::Complete);
-    let state = if state < State::ApproverPending { State::Complete } else { state };
+    let state = members
+        .iter()
+        .map(|e| e.state)
+        .min()
+        .unwrap_or(State::Complete);
+    let state = if state < State::ApproverPending {
+        State::Complete
+    } else {
+        state
+    };
     let amount: i64 = members.iter().map(|e| e.amount).sum();
     let tax: i64 = members.iter().filter_map(|e| e.tax).sum();
     let has_tax = members.iter().any(|e| e.tax.is_some());
     let max_of = |f: fn(&Expense) -> Option<i64>| members.iter().filter_map(|e| f(e)).max();
-    let submitted = if state >= State::ApproverPending { max_of(|e| e.submitted_at) } else { None };
-    let approved = if state.is_approved() { max_of(|e| e.approved_at) } else { None };
-    let paid = if state == State::Paid { max_of(|e| e.paid_at) } else { None };
+    let submitted = if state >= State::ApproverPending {
+        max_of(|e| e.submitted_at)
+    } else {
+        None
+    };
+    let approved = if state.is_approved() {
+        max_of(|e| e.approved_at)
+    } else {
+        None
+    };
+    let paid = if state == State::Paid {
+        max_of(|e| e.paid_at)
+    } else {
+        None
+    };
     let reimbursed = state.is_settled();
     let mut m = Map::new();
     let mut put = |k: &str, v: Value| {
@@ -890,15 +1060,38 @@ pub(crate) fn report_value(ctx: &Ctx, r: usize, members: &[&Expense], updated_at
     put("purpose", json!(info.title));
     put("currency", json!(ctx.currency));
     put("amount", money_value(amount));
-    put("tax", if has_tax { money_value(tax) } else { Value::Null });
+    put(
+        "tax",
+        if has_tax {
+            money_value(tax)
+        } else {
+            Value::Null
+        },
+    );
     put("state", json!(state.report_state()));
     put("num_expenses", json!(members.len()));
-    put("is_verified", json!(members.iter().any(|e| e.flags & flag::VERIFIED != 0)));
+    put(
+        "is_verified",
+        json!(members.iter().any(|e| e.flags & flag::VERIFIED != 0)),
+    );
     put("is_physical_bill_submitted", json!(false));
     put("physical_bill_submitted_at", Value::Null);
-    put("is_manually_flagged", json!(members.iter().any(|e| e.flags & flag::MANUALLY_FLAGGED != 0)));
-    put("is_policy_flagged", json!(members.iter().any(|e| e.flags & flag::POLICY_FLAGGED != 0)));
-    put("is_exported", json!(members.iter().any(|e| e.exported_at.is_some())));
+    put(
+        "is_manually_flagged",
+        json!(
+            members
+                .iter()
+                .any(|e| e.flags & flag::MANUALLY_FLAGGED != 0)
+        ),
+    );
+    put(
+        "is_policy_flagged",
+        json!(members.iter().any(|e| e.flags & flag::POLICY_FLAGGED != 0)),
+    );
+    put(
+        "is_exported",
+        json!(members.iter().any(|e| e.exported_at.is_some())),
+    );
     put("last_paid_at", json!(paid.map(fmt_ts)));
     put("last_approved_at", json!(approved.map(fmt_ts)));
     put("last_submitted_at", json!(submitted.map(fmt_ts)));
@@ -911,9 +1104,20 @@ pub(crate) fn report_value(ctx: &Ctx, r: usize, members: &[&Expense], updated_at
     let mgr = &ctx.employees[emp.manager];
     put(
         "next_approver_user_ids",
-        if state == State::ApproverPending { json!([mgr.user_id]) } else { json!([]) },
+        if state == State::ApproverPending {
+            json!([mgr.user_id])
+        } else {
+            json!([])
+        },
     );
-    put("reimbursement_id", if reimbursed { json!(info.reimbursement_id) } else { Value::Null });
+    put(
+        "reimbursement_id",
+        if reimbursed {
+            json!(info.reimbursement_id)
+        } else {
+            Value::Null
+        },
+    );
     put(
         "reimbursement",
         if reimbursed {
@@ -930,7 +1134,11 @@ pub(crate) fn report_value(ctx: &Ctx, r: usize, members: &[&Expense], updated_at
     put("creator_type", json!("USER"));
     put(
         "auto_approval_state",
-        if state >= State::ApproverPending { json!("NOT_ELIGIBLE") } else { Value::Null },
+        if state >= State::ApproverPending {
+            json!("NOT_ELIGIBLE")
+        } else {
+            Value::Null
+        },
     );
     Value::Object(m)
 }
@@ -939,7 +1147,15 @@ pub(crate) fn report_value(ctx: &Ctx, r: usize, members: &[&Expense], updated_at
 pub(crate) fn report_updated_at(info_created: i64, members: &[&Expense]) -> i64 {
     members
         .iter()
-        .flat_map(|e| [e.added_to_report_at, e.submitted_at, e.approved_at, e.settled_at, e.paid_at])
+        .flat_map(|e| {
+            [
+                e.added_to_report_at,
+                e.submitted_at,
+                e.approved_at,
+                e.settled_at,
+                e.paid_at,
+            ]
+        })
         .flatten()
         .max()
         .unwrap_or(info_created)

@@ -175,7 +175,11 @@ impl Simulator {
     }
 
     /// Starts both servers on the given ports of 127.0.0.1 (0 = any free port).
-    pub async fn start_on(cfg: SimConfig, accounts_port: u16, cluster_port: u16) -> std::io::Result<Simulator> {
+    pub async fn start_on(
+        cfg: SimConfig,
+        accounts_port: u16,
+        cluster_port: u16,
+    ) -> std::io::Result<Simulator> {
         let accounts = TcpListener::bind(("127.0.0.1", accounts_port)).await?;
         let cluster = TcpListener::bind(("127.0.0.1", cluster_port)).await?;
         let accounts_url = format!("http://127.0.0.1:{}", accounts.local_addr()?.port());
@@ -197,11 +201,27 @@ impl Simulator {
         });
         let (tx, rx) = watch::channel(false);
         let tasks = vec![
-            tokio::spawn(server::serve(accounts, Arc::clone(&shared), Server::Accounts, rx.clone())),
-            tokio::spawn(server::serve(cluster, Arc::clone(&shared), Server::Cluster, rx)),
+            tokio::spawn(server::serve(
+                accounts,
+                Arc::clone(&shared),
+                Server::Accounts,
+                rx.clone(),
+            )),
+            tokio::spawn(server::serve(
+                cluster,
+                Arc::clone(&shared),
+                Server::Cluster,
+                rx,
+            )),
         ];
         Ok(Simulator {
-            inner: Arc::new(Inner { shared, accounts_url, cluster_url, shutdown: tx, tasks: Mutex::new(tasks) }),
+            inner: Arc::new(Inner {
+                shared,
+                accounts_url,
+                cluster_url,
+                shutdown: tx,
+                tasks: Mutex::new(tasks),
+            }),
         })
     }
 
@@ -222,7 +242,12 @@ impl Simulator {
 
     /// Current records of an admin resource (`"expenses"`, `"reports"`, …), sorted by id; empty if unknown.
     pub fn ground_truth(&self, resource: &str) -> Vec<serde_json::Value> {
-        self.inner.shared.store.read().expect("store").ground_truth(resource)
+        self.inner
+            .shared
+            .store
+            .read()
+            .expect("store")
+            .ground_truth(resource)
     }
 
     /// Every request both servers have answered (or dropped) so far, in order.
@@ -242,7 +267,12 @@ impl Simulator {
 
     /// Revokes every access token issued so far; later requests with them get 401 "invalid token".
     pub fn expire_tokens(&self) {
-        self.inner.shared.tokens.lock().expect("tokens").expire_all();
+        self.inner
+            .shared
+            .tokens
+            .lock()
+            .expect("tokens")
+            .expire_all();
     }
 
     /// Changes `n` random expenses: each gets a new `updated_at` (now, strictly
@@ -268,7 +298,11 @@ impl Simulator {
 
 /// Runs a simulator for `expense-sync simulate` until Ctrl-C, printing its
 /// URLs and the demo credentials (they only open this local simulator).
-pub async fn run_until_ctrl_c(cfg: SimConfig, accounts_port: u16, cluster_port: u16) -> std::io::Result<()> {
+pub async fn run_until_ctrl_c(
+    cfg: SimConfig,
+    accounts_port: u16,
+    cluster_port: u16,
+) -> std::io::Result<()> {
     let expenses = cfg.expenses;
     let seed = cfg.seed;
     let sim = Simulator::start_on(cfg, accounts_port, cluster_port).await?;

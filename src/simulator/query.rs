@@ -103,12 +103,13 @@ pub(crate) fn parse_query<T: Table>(raw: &str, t: &T) -> Result<Query, String> {
                     .map_err(|_| format!("offset must be a non-negative integer, got \"{v}\""))?;
             }
             "limit" => {
-                let n: i64 = v
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("limit must be an integer from 1 to {MAX_LIMIT}, got \"{v}\""))?;
+                let n: i64 = v.trim().parse().map_err(|_| {
+                    format!("limit must be an integer from 1 to {MAX_LIMIT}, got \"{v}\"")
+                })?;
                 if !(1..=MAX_LIMIT as i64).contains(&n) {
-                    return Err(format!("limit must be an integer from 1 to {MAX_LIMIT}, got {n}"));
+                    return Err(format!(
+                        "limit must be an integer from 1 to {MAX_LIMIT}, got {n}"
+                    ));
                 }
                 limit = n as usize;
             }
@@ -168,7 +169,8 @@ fn parse_order<T: Table>(v: &str, t: &T) -> Result<Vec<OrderTerm>, String> {
             return Err(format!("invalid order \"{v}\": empty term"));
         }
         let mut pieces = item.split('.');
-        let col = parse_col(pieces.next().unwrap_or_default(), t).map_err(|m| format!("invalid order \"{v}\": {m}"))?;
+        let col = parse_col(pieces.next().unwrap_or_default(), t)
+            .map_err(|m| format!("invalid order \"{v}\": {m}"))?;
         let mut desc = false;
         let mut nulls: Option<bool> = None;
         for p in pieces {
@@ -186,7 +188,11 @@ fn parse_order<T: Table>(v: &str, t: &T) -> Result<Vec<OrderTerm>, String> {
         }
         // PostgreSQL's default: NULLs sort as if larger than every value.
         let nulls_first = nulls.unwrap_or(desc);
-        terms.push(OrderTerm { col, desc, nulls_first });
+        terms.push(OrderTerm {
+            col,
+            desc,
+            nulls_first,
+        });
     }
     Ok(terms)
 }
@@ -200,7 +206,13 @@ fn parse_op_value(col: ColRef, v: &str, in_logic: bool) -> Result<Expr, String> 
     let (op, value) = rest
         .split_once('.')
         .ok_or_else(|| "expected operator.value, e.g. eq.PAID or in.(A,B)".to_owned())?;
-    let scalar = |value: &str| -> String { if in_logic { unquote(value) } else { value.to_owned() } };
+    let scalar = |value: &str| -> String {
+        if in_logic {
+            unquote(value)
+        } else {
+            value.to_owned()
+        }
+    };
     let e = match op {
         "eq" | "neq" | "lt" | "lte" | "gt" | "gte" => {
             let cmp = match op {
@@ -217,11 +229,22 @@ fn parse_op_value(col: ColRef, v: &str, in_logic: bool) -> Result<Expr, String> 
         "in" | "not_in" => {
             let items = list_items(value, '(', ')')?;
             let leaf = Expr::Leaf(col, Op::In(items.into_iter().map(Lit::new).collect()));
-            if op == "not_in" { Expr::Not(Box::new(leaf)) } else { leaf }
+            if op == "not_in" {
+                Expr::Not(Box::new(leaf))
+            } else {
+                leaf
+            }
         }
         "cs" | "ov" => {
             let items = list_items(value, '{', '}')?;
-            Expr::Leaf(col, if op == "cs" { Op::Contains(items) } else { Op::Overlaps(items) })
+            Expr::Leaf(
+                col,
+                if op == "cs" {
+                    Op::Contains(items)
+                } else {
+                    Op::Overlaps(items)
+                },
+            )
         }
         "is" => match value.to_ascii_lowercase().as_str() {
             "null" => Expr::Leaf(col, Op::IsNull),
@@ -248,7 +271,10 @@ fn list_items(value: &str, open: char, close: char) -> Result<Vec<String>, Strin
     if inner.trim().is_empty() {
         return Ok(Vec::new());
     }
-    Ok(split_top(inner)?.into_iter().map(|s| unquote(s.trim())).collect())
+    Ok(split_top(inner)?
+        .into_iter()
+        .map(|s| unquote(s.trim()))
+        .collect())
 }
 
 /// Removes PostgREST double quotes (`"a,b"` → `a,b`, `\"` → `"`).
@@ -322,7 +348,11 @@ fn parse_logic<T: Table>(kind: &str, inner: &str, t: &T) -> Result<Expr, String>
         }
         items.push(parse_condition(cond, t)?);
     }
-    Ok(if kind == "or" { Expr::Or(items) } else { Expr::And(items) })
+    Ok(if kind == "or" {
+        Expr::Or(items)
+    } else {
+        Expr::And(items)
+    })
 }
 
 fn parse_condition<T: Table>(cond: &str, t: &T) -> Result<Expr, String> {
@@ -437,7 +467,8 @@ fn eval_op(cell: &Cell<'_>, op: &Op) -> Result<Option<bool>, String> {
             None => return Err("like and ilike need a text column".to_owned()),
         },
         Op::Contains(items) | Op::Overlaps(items) => {
-            let arr = cell_array(cell).ok_or_else(|| "cs and ov need an array column".to_owned())?;
+            let arr =
+                cell_array(cell).ok_or_else(|| "cs and ov need an array column".to_owned())?;
             let texts: Vec<String> = arr.iter().map(element_text).collect();
             match op {
                 Op::Contains(_) => items.iter().all(|i| texts.contains(i)),
@@ -495,15 +526,30 @@ pub(crate) fn sort_perm<T: Table>(t: &T, order: &[OrderTerm]) -> Vec<u32> {
 
 /// Counts every matching row and collects the requested page.
 pub(crate) fn run<T: Table>(t: &T, q: &Query, perm: &[u32]) -> Result<(usize, Vec<u32>), String> {
+    // Filter in storage order (sequential memory, several times faster over
+    // 100k rows than hopping through the sort permutation), then walk the
+    // permutation only to cut the page.
+    let mut matched = vec![false; t.len()];
     let mut count = 0usize;
-    let mut page = Vec::with_capacity(q.limit.min(perm.len()));
-    let end = q.offset.saturating_add(q.limit);
-    for &row in perm {
-        if eval(&q.filter, t, row as usize)? == Some(true) {
-            if count >= q.offset && count < end {
-                page.push(row);
-            }
+    for (row, m) in matched.iter_mut().enumerate() {
+        if eval(&q.filter, t, row)? == Some(true) {
+            *m = true;
             count += 1;
+        }
+    }
+    let mut page = Vec::with_capacity(q.limit.min(count));
+    if q.offset < count {
+        let mut seen = 0usize;
+        for &row in perm {
+            if matched[row as usize] {
+                if seen >= q.offset {
+                    page.push(row);
+                    if page.len() == q.limit {
+                        break;
+                    }
+                }
+                seen += 1;
+            }
         }
     }
     Ok((count, page))
@@ -580,8 +626,16 @@ mod tests {
     #[test]
     fn ordering_and_paging() {
         assert_eq!(ids("order=n.desc").unwrap(), ["c", "b", "a"]);
-        assert_eq!(ids("order=s.asc").unwrap(), ["a", "c", "b"], "NULLs last ascending");
-        assert_eq!(ids("order=s.desc").unwrap(), ["b", "c", "a"], "NULLs first descending");
+        assert_eq!(
+            ids("order=s.asc").unwrap(),
+            ["a", "c", "b"],
+            "NULLs last ascending"
+        );
+        assert_eq!(
+            ids("order=s.desc").unwrap(),
+            ["b", "c", "a"],
+            "NULLs first descending"
+        );
         assert_eq!(ids("order=s.asc.nullsfirst").unwrap(), ["b", "a", "c"]);
         assert_eq!(ids("order=t.desc,id.desc&limit=2").unwrap(), ["c", "b"]);
         assert_eq!(ids("order=t.desc,id.desc&limit=2&offset=2").unwrap(), ["a"]);

@@ -25,8 +25,8 @@ use tokio::sync::{Notify, watch};
 use super::rng::Rng;
 use super::store::{Listed, Store};
 use super::{
-    DEMO_AUTHORIZATION_CODE, Faults, LoggedRequest, MSG_INVALID_CLIENT, MSG_INVALID_TOKEN, MSG_RATE_LIMITED,
-    SimCredentials,
+    DEMO_AUTHORIZATION_CODE, Faults, LoggedRequest, MSG_INVALID_CLIENT, MSG_INVALID_TOKEN,
+    MSG_RATE_LIMITED, SimCredentials,
 };
 
 type Body = BoxBody<Bytes, std::io::Error>;
@@ -55,7 +55,12 @@ pub(crate) struct TokenBook {
 
 impl TokenBook {
     pub(crate) fn new(seed: u64) -> Self {
-        TokenBook { issued: HashMap::new(), epoch: 0, rng: Rng::new(seed ^ 0x70CE_4B00), counter: 0 }
+        TokenBook {
+            issued: HashMap::new(),
+            epoch: 0,
+            rng: Rng::new(seed ^ 0x70CE_4B00),
+            counter: 0,
+        }
     }
 
     fn issue(&mut self, ttl: Duration, subject: &str, org_id: &str) -> String {
@@ -73,7 +78,9 @@ impl TokenBook {
             "jti": self.counter,
         });
         let payload = URL_SAFE_NO_PAD.encode(payload.to_string());
-        let sig: Vec<u8> = (0..4).flat_map(|_| self.rng.next_u64().to_le_bytes()).collect();
+        let sig: Vec<u8> = (0..4)
+            .flat_map(|_| self.rng.next_u64().to_le_bytes())
+            .collect();
         let token = format!("{header}.{payload}.{}", URL_SAFE_NO_PAD.encode(sig));
         // Expired entries are useless; drop them so long runs stay small.
         self.issued.retain(|_, (until, _)| *until > now);
@@ -99,7 +106,10 @@ pub(crate) struct Limiter {
 
 impl Limiter {
     pub(crate) fn new(rate: Option<u32>) -> Self {
-        Limiter { rate, buckets: HashMap::new() }
+        Limiter {
+            rate,
+            buckets: HashMap::new(),
+        }
     }
 
     fn allow(&mut self, ip: IpAddr) -> bool {
@@ -143,13 +153,16 @@ enum Outcome {
 }
 
 fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never: Infallible| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
 }
 
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
@@ -170,7 +183,8 @@ fn validation_error(msg: &str) -> Response<Body> {
 
 fn too_many(msg: &str) -> Response<Body> {
     let mut r = message(StatusCode::TOO_MANY_REQUESTS, msg);
-    r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    r.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
     r
 }
 
@@ -185,7 +199,8 @@ fn method_not_allowed() -> Response<Body> {
 fn html(status: StatusCode, text: &'static str) -> Response<Body> {
     let mut r = Response::new(full(text));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html"));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/html"));
     r
 }
 
@@ -193,22 +208,32 @@ fn html(status: StatusCode, text: &'static str) -> Response<Body> {
 /// its body, then fails the stream so the connection is cut mid-body.
 async fn truncate(resp: Response<Body>) -> Response<Body> {
     let (parts, body) = resp.into_parts();
-    let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let bytes = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     let half = bytes.slice(..bytes.len() / 2);
     let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
         Ok(Frame::data(half)),
-        Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "simulated truncated body")),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "simulated truncated body",
+        )),
     ];
     let body = StreamBody::new(futures::stream::iter(frames)).boxed();
     let mut r = Response::from_parts(parts, body);
-    r.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    r.headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
     r
 }
 
 fn bearer(req: &Request<Incoming>) -> Option<String> {
     let h = req.headers().get(AUTHORIZATION)?.to_str().ok()?.trim();
     let (scheme, token) = h.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
 }
 
 impl Shared {
@@ -219,7 +244,12 @@ impl Shared {
         }
     }
 
-    async fn handle(self: &Arc<Self>, server: Server, peer: IpAddr, req: Request<Incoming>) -> Outcome {
+    async fn handle(
+        self: &Arc<Self>,
+        server: Server,
+        peer: IpAddr,
+        req: Request<Incoming>,
+    ) -> Outcome {
         let method = req.method().to_string();
         let path = req.uri().path().to_owned();
         let query = req.uri().query().unwrap_or("").to_owned();
@@ -299,11 +329,16 @@ impl Shared {
 
     async fn accounts(self: &Arc<Self>, req: Request<Incoming>, path: &str) -> Response<Body> {
         match path {
-            "/oauth/token" | "/oauth/cluster" if req.method() != Method::POST => method_not_allowed(),
+            "/oauth/token" | "/oauth/cluster" if req.method() != Method::POST => {
+                method_not_allowed()
+            }
             "/oauth/token" => self.token(req).await,
             "/oauth/cluster" => {
                 if self.authorized(&req) {
-                    json_value(StatusCode::OK, &json!({ "cluster_domain": self.cluster_url }))
+                    json_value(
+                        StatusCode::OK,
+                        &json!({ "cluster_domain": self.cluster_url }),
+                    )
                 } else {
                     message(StatusCode::UNAUTHORIZED, MSG_INVALID_TOKEN)
                 }
@@ -315,29 +350,55 @@ impl Shared {
     async fn token(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
             Ok(c) => c.to_bytes(),
-            Err(_) => return message(StatusCode::BAD_REQUEST, "request body is too large or unreadable"),
+            Err(_) => {
+                return message(
+                    StatusCode::BAD_REQUEST,
+                    "request body is too large or unreadable",
+                );
+            }
         };
         let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(&body) else {
-            return message(StatusCode::BAD_REQUEST, "request body must be a JSON object");
+            return message(
+                StatusCode::BAD_REQUEST,
+                "request body must be a JSON object",
+            );
         };
-        const ALLOWED: [&str; 5] = ["grant_type", "refresh_token", "code", "client_id", "client_secret"];
+        const ALLOWED: [&str; 5] = [
+            "grant_type",
+            "refresh_token",
+            "code",
+            "client_id",
+            "client_secret",
+        ];
         if let Some(k) = fields.keys().find(|k| !ALLOWED.contains(&k.as_str())) {
-            return message(StatusCode::BAD_REQUEST, &format!("unexpected field \"{k}\" in request body"));
+            return message(
+                StatusCode::BAD_REQUEST,
+                &format!("unexpected field \"{k}\" in request body"),
+            );
         }
         let field = |k: &str| fields.get(k).and_then(Value::as_str);
         for k in ["grant_type", "client_id", "client_secret"] {
             if field(k).is_none() {
-                return message(StatusCode::BAD_REQUEST, &format!("\"{k}\" is required and must be a string"));
+                return message(
+                    StatusCode::BAD_REQUEST,
+                    &format!("\"{k}\" is required and must be a string"),
+                );
             }
         }
         let grant = field("grant_type").unwrap_or_default();
         if grant != "refresh_token" && grant != "authorization_code" {
             return message(
                 StatusCode::BAD_REQUEST,
-                &format!("unsupported grant_type \"{grant}\"; use refresh_token or authorization_code"),
+                &format!(
+                    "unsupported grant_type \"{grant}\"; use refresh_token or authorization_code"
+                ),
             );
         }
-        let secret_field = if grant == "refresh_token" { "refresh_token" } else { "code" };
+        let secret_field = if grant == "refresh_token" {
+            "refresh_token"
+        } else {
+            "code"
+        };
         let Some(presented) = field(secret_field) else {
             return message(
                 StatusCode::BAD_REQUEST,
@@ -345,11 +406,16 @@ impl Shared {
             );
         };
         let c = &self.credentials;
-        if field("client_id") != Some(c.client_id.as_str()) || field("client_secret") != Some(c.client_secret.as_str())
+        if field("client_id") != Some(c.client_id.as_str())
+            || field("client_secret") != Some(c.client_secret.as_str())
         {
             return message(StatusCode::UNAUTHORIZED, MSG_INVALID_CLIENT);
         }
-        let expected = if grant == "refresh_token" { c.refresh_token.as_str() } else { DEMO_AUTHORIZATION_CODE };
+        let expected = if grant == "refresh_token" {
+            c.refresh_token.as_str()
+        } else {
+            DEMO_AUTHORIZATION_CODE
+        };
         if presented != expected {
             return message(StatusCode::UNAUTHORIZED, MSG_INVALID_TOKEN);
         }
@@ -361,15 +427,27 @@ impl Shared {
                 p["org_id"].as_str().unwrap_or_default().to_owned(),
             )
         };
-        let token = self.tokens.lock().expect("tokens").issue(self.token_ttl, &subject, &org);
+        let token = self
+            .tokens
+            .lock()
+            .expect("tokens")
+            .issue(self.token_ttl, &subject, &org);
         if grant == "authorization_code" {
-            json_value(StatusCode::OK, &json!({"access_token": token, "refresh_token": c.refresh_token}))
+            json_value(
+                StatusCode::OK,
+                &json!({"access_token": token, "refresh_token": c.refresh_token}),
+            )
         } else {
             json_value(StatusCode::OK, &json!({ "access_token": token }))
         }
     }
 
-    async fn cluster(self: &Arc<Self>, req: Request<Incoming>, path: &str, query: &str) -> Response<Body> {
+    async fn cluster(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        path: &str,
+        query: &str,
+    ) -> Response<Body> {
         let Some(rest) = path.strip_prefix("/platform/v1/") else {
             return not_found();
         };
@@ -396,9 +474,11 @@ impl Shared {
         let shared = Arc::clone(self);
         let (resource, query) = (resource.to_owned(), query.to_owned());
         // Filtering 100k rows is CPU work; keep it off the async workers.
-        let listed = tokio::task::spawn_blocking(move || shared.store.read().expect("store").list(&resource, &query))
-            .await
-            .unwrap_or_else(|_| Listed::Invalid("internal error".into()));
+        let listed = tokio::task::spawn_blocking(move || {
+            shared.store.read().expect("store").list(&resource, &query)
+        })
+        .await
+        .unwrap_or_else(|_| Listed::Invalid("internal error".into()));
         match listed {
             Listed::Body(b) => json_response(StatusCode::OK, b),
             Listed::UnknownResource => not_found(),

@@ -15,7 +15,14 @@ use super::rng::Rng;
 use super::values::{Cell, nav};
 
 /// Admin resources the simulator serves, in the order they are documented.
-pub const RESOURCES: [&str; 6] = ["expenses", "reports", "employees", "categories", "projects", "cost_centers"];
+pub const RESOURCES: [&str; 6] = [
+    "expenses",
+    "reports",
+    "employees",
+    "categories",
+    "projects",
+    "cost_centers",
+];
 
 /// Rows kept as JSON values: fine for the small resources (and reports,
 /// which are a fifth of the expenses).
@@ -32,7 +39,11 @@ impl ValueTable {
             .and_then(Value::as_object)
             .map(|m| m.keys().cloned().collect())
             .unwrap_or_default();
-        let index = cols.iter().enumerate().map(|(i, c)| (c.clone(), i)).collect();
+        let index = cols
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.clone(), i))
+            .collect();
         ValueTable { rows, cols, index }
     }
 
@@ -142,7 +153,11 @@ impl Store {
         reports.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
         let profile = generate::my_profile(&ctx, admin);
         Store {
-            expense_names: EXPENSE_COLUMNS.iter().enumerate().map(|(i, (n, _))| (*n, i)).collect(),
+            expense_names: EXPENSE_COLUMNS
+                .iter()
+                .enumerate()
+                .map(|(i, (n, _))| (*n, i))
+                .collect(),
             expenses,
             reports: ValueTable::new(reports),
             employees: ValueTable::new(employees),
@@ -153,7 +168,7 @@ impl Store {
             generation: 0,
             sort_cache: Mutex::new(HashMap::new()),
             last_stamp: BULK_UPDATED_AT,
-            rng: Rng::new(seed ^ 0x5EED_0F_4D17),
+            rng: Rng::new(seed ^ 0x005E_ED0F_4D17),
             ctx,
         }
     }
@@ -163,7 +178,11 @@ impl Store {
     }
 
     fn expense_table(&self) -> ExpenseTable<'_> {
-        ExpenseTable { ctx: &self.ctx, rows: &self.expenses, names: &self.expense_names }
+        ExpenseTable {
+            ctx: &self.ctx,
+            rows: &self.expenses,
+            names: &self.expense_names,
+        }
     }
 
     fn value_table(&self, resource: &str) -> Option<(&'static str, &ValueTable)> {
@@ -197,7 +216,9 @@ impl Store {
         let perm = self.sorted(key, t, &q);
         let (count, page) = query::run(t, &q, &perm)?;
         let mut out = Vec::with_capacity(64 + page.len() * 4096);
-        out.extend_from_slice(format!("{{\"count\":{count},\"offset\":{},\"data\":[", q.offset).as_bytes());
+        out.extend_from_slice(
+            format!("{{\"count\":{count},\"offset\":{},\"data\":[", q.offset).as_bytes(),
+        );
         for (i, row) in page.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
@@ -210,7 +231,9 @@ impl Store {
 
     fn sorted<T: Table>(&self, key: &'static str, t: &T, q: &query::Query) -> Arc<Vec<u32>> {
         let cache_key = (key, q.order_key.clone());
-        if let Some((generation, perm)) = self.sort_cache.lock().expect("sort cache").get(&cache_key) {
+        if let Some((generation, perm)) =
+            self.sort_cache.lock().expect("sort cache").get(&cache_key)
+        {
             if *generation == self.generation {
                 return perm.clone();
             }
@@ -325,7 +348,11 @@ impl Store {
             *slot = (*slot).max(at);
         }
         for (r, at) in latest {
-            let members: Vec<&Expense> = self.expenses.iter().filter(|e| e.report == Some(r)).collect();
+            let members: Vec<&Expense> = self
+                .expenses
+                .iter()
+                .filter(|e| e.report == Some(r))
+                .collect();
             let value = generate::report_value(&self.ctx, r as usize, &members, at);
             if let Some(pos) = self.reports.position(&self.ctx.reports[r as usize].id) {
                 self.reports.rows[pos] = value;
@@ -363,7 +390,9 @@ fn advance_state(e: &mut Expense, now: i64) -> bool {
 }
 
 fn change_amount(ctx: &Ctx, e: &mut Expense, units: i64) {
-    let kind = e.category.map_or(CatKind::Plain, |c| ctx.categories[c as usize].kind);
+    let kind = e
+        .category
+        .map_or(CatKind::Plain, |c| ctx.categories[c as usize].kind);
     let old = e.amount;
     if kind == CatKind::Mileage && e.distance_tenths.is_some() {
         let d = units / 20 + 1;
@@ -374,7 +403,11 @@ fn change_amount(ctx: &Ctx, e: &mut Expense, units: i64) {
         let fa = Decimal::new(units, cu.decimals);
         let home = (fa * cu.rate).round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero);
         e.foreign = Some((c, fa));
-        e.amount = (home * Decimal::from(100)).trunc().to_i64().unwrap_or(0).max(1);
+        e.amount = (home * Decimal::from(100))
+            .trunc()
+            .to_i64()
+            .unwrap_or(0)
+            .max(1);
     } else {
         e.amount = if old < 0 { -units } else { units };
     }
@@ -438,7 +471,10 @@ mod tests {
             let id = r["id"].as_str().unwrap();
             let members: Vec<&Value> = expenses.iter().filter(|e| e["report_id"] == id).collect();
             assert_eq!(r["num_expenses"], members.len());
-            let sum: Decimal = members.iter().map(|e| e["amount"].to_string().parse::<Decimal>().unwrap()).sum();
+            let sum: Decimal = members
+                .iter()
+                .map(|e| e["amount"].to_string().parse::<Decimal>().unwrap())
+                .sum();
             let amount: Decimal = r["amount"].to_string().parse().unwrap();
             assert_eq!(amount, sum, "report {id}");
         }
@@ -448,21 +484,33 @@ mod tests {
     fn mutate_stamps_strictly_increasing_updated_at_and_changes_something() {
         let mut store = Store::new(9, 200);
         let before = store.ground_truth("expenses");
-        let max_before = before.iter().map(|e| e["updated_at"].as_str().unwrap().to_owned()).max().unwrap();
+        let max_before = before
+            .iter()
+            .map(|e| e["updated_at"].as_str().unwrap().to_owned())
+            .max()
+            .unwrap();
         store.mutate(10);
         let after = store.ground_truth("expenses");
-        let changed: Vec<(&Value, &Value)> = before.iter().zip(&after).filter(|(a, b)| a != b).collect();
+        let changed: Vec<(&Value, &Value)> =
+            before.iter().zip(&after).filter(|(a, b)| a != b).collect();
         assert_eq!(changed.len(), 10);
         let mut stamps: Vec<String> = Vec::new();
         for (old, new) in changed {
             assert!(old["amount"] != new["amount"] || old["state"] != new["state"]);
             let ts = new["updated_at"].as_str().unwrap().to_owned();
-            assert!(ts > max_before, "{ts} must be after every earlier updated_at");
+            assert!(
+                ts > max_before,
+                "{ts} must be after every earlier updated_at"
+            );
             stamps.push(ts);
         }
         stamps.sort();
         stamps.dedup();
-        assert_eq!(stamps.len(), 10, "every mutated expense gets its own instant");
+        assert_eq!(
+            stamps.len(),
+            10,
+            "every mutated expense gets its own instant"
+        );
     }
 
     #[test]
@@ -472,7 +520,10 @@ mod tests {
         assert_eq!(gone.len(), 7);
         let left = store.ground_truth("expenses");
         assert_eq!(left.len(), 93);
-        assert!(left.iter().all(|e| !gone.contains(&e["id"].as_str().unwrap().to_owned())));
+        assert!(
+            left.iter()
+                .all(|e| !gone.contains(&e["id"].as_str().unwrap().to_owned()))
+        );
         let page = body(&store, "expenses", "limit=200");
         assert_eq!(page["count"], 93);
     }
@@ -482,9 +533,43 @@ mod tests {
         let mut store = Store::new(13, 100);
         let q = "order=updated_at.desc,id.desc&limit=1";
         let before = body(&store, "expenses", q)["data"][0]["updated_at"].clone();
-        assert_eq!(before.as_str().unwrap(), super::super::values::fmt_ts(BULK_UPDATED_AT));
+        assert_eq!(
+            before.as_str().unwrap(),
+            super::super::values::fmt_ts(BULK_UPDATED_AT)
+        );
         store.mutate(1);
         let newest = body(&store, "expenses", q)["data"][0]["updated_at"].clone();
         assert!(newest.as_str().unwrap() > before.as_str().unwrap());
+    }
+}
+
+#[cfg(test)]
+mod bench {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    #[ignore = "manual timing"]
+    fn time_list_pieces() {
+        let store = Store::new(1, 100_000);
+        let t = store.expense_table();
+        let q0 = "order=updated_at.asc,id.asc&limit=200&state=in.(APPROVED,PAYMENT_PENDING,PAYMENT_PROCESSING,PAID)";
+        let _ = store.list("expenses", q0);
+        let q = format!(
+            "{q0}&or=(updated_at.gt.%222024-10-01T00:00:00.123456%2B00:00%22,and(updated_at.eq.%222024-10-01T00:00:00.123456%2B00:00%22,id.gt.txAAA))"
+        );
+        let s = Instant::now();
+        let parsed = query::parse_query(&q, &t).unwrap();
+        let perm = store.sorted("expenses", &t, &parsed);
+        println!("parse+perm {:?}", s.elapsed());
+        let s = Instant::now();
+        let (count, page) = query::run(&t, &parsed, &perm).unwrap();
+        println!("run {:?} count {count}", s.elapsed());
+        let s = Instant::now();
+        let mut out = Vec::new();
+        for r in &page {
+            t.write_row(*r as usize, &mut out);
+        }
+        println!("render {:?} {} bytes", s.elapsed(), out.len());
     }
 }

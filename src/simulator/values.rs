@@ -135,12 +135,27 @@ fn step<'v>(v: &'v Value, key: &str) -> Option<&'v Value> {
 /// Formats like Fyle (Python `isoformat()`): microseconds are omitted when
 /// they are zero, e.g. `2024-03-05T00:00:00+00:00`.
 pub(crate) fn fmt_ts(us: i64) -> String {
+    use chrono::{Datelike, Timelike};
+    use std::fmt::Write;
+    // Hand-rolled: chrono's strftime path dominated page rendering.
     let dt = DateTime::<Utc>::from_timestamp_micros(us).expect("timestamp in range");
-    if us.rem_euclid(1_000_000) == 0 {
-        dt.format("%Y-%m-%dT%H:%M:%S+00:00").to_string()
-    } else {
-        dt.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()
+    let mut s = String::with_capacity(32);
+    let _ = write!(
+        s,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        dt.year(),
+        dt.month(),
+        dt.day(),
+        dt.hour(),
+        dt.minute(),
+        dt.second()
+    );
+    let micros = us.rem_euclid(1_000_000);
+    if micros != 0 {
+        let _ = write!(s, ".{micros:06}");
     }
+    s.push_str("+00:00");
+    s
 }
 
 /// Nanoseconds since the epoch of a filter literal or stored timestamp
@@ -151,7 +166,9 @@ pub(crate) fn parse_instant(s: &str) -> Option<i128> {
     if s.len() < 10 || !s.as_bytes()[0].is_ascii_digit() {
         return None;
     }
-    let to_nanos = |dt: DateTime<Utc>| dt.timestamp() as i128 * 1_000_000_000 + dt.timestamp_subsec_nanos() as i128;
+    let to_nanos = |dt: DateTime<Utc>| {
+        dt.timestamp() as i128 * 1_000_000_000 + dt.timestamp_subsec_nanos() as i128
+    };
     if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
         return Some(to_nanos(dt.with_timezone(&Utc)));
     }
@@ -160,7 +177,11 @@ pub(crate) fn parse_instant(s: &str) -> Option<i128> {
             return Some(to_nanos(dt.with_timezone(&Utc)));
         }
     }
-    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
+    for fmt in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+    ] {
         if let Ok(ndt) = NaiveDateTime::parse_from_str(s, fmt) {
             return Some(to_nanos(ndt.and_utc()));
         }
@@ -186,12 +207,16 @@ pub(crate) fn money_value(cents: i64) -> Value {
 }
 
 pub(crate) fn decimal_value(d: Decimal) -> Value {
-    Value::Number(serde_json::Number::from_str(&py_float_text(d)).expect("decimal text is a JSON number"))
+    Value::Number(
+        serde_json::Number::from_str(&py_float_text(d)).expect("decimal text is a JSON number"),
+    )
 }
 
 fn number_decimal(n: &serde_json::Number) -> Option<Decimal> {
     let s = n.as_str();
-    Decimal::from_str(s).ok().or_else(|| Decimal::from_scientific(s).ok())
+    Decimal::from_str(s)
+        .ok()
+        .or_else(|| Decimal::from_scientific(s).ok())
 }
 
 // ---------------------------------------------------------------- literals
@@ -209,16 +234,25 @@ pub(crate) struct Lit {
 impl Lit {
     pub(crate) fn new(raw: String) -> Self {
         let t = raw.trim();
-        let dec = Decimal::from_str(t)
-            .ok()
-            .or_else(|| if t.contains(['e', 'E']) { Decimal::from_scientific(t).ok() } else { None });
+        let dec = Decimal::from_str(t).ok().or_else(|| {
+            if t.contains(['e', 'E']) {
+                Decimal::from_scientific(t).ok()
+            } else {
+                None
+            }
+        });
         let ts = parse_instant(t);
         let boolean = match t.to_ascii_lowercase().as_str() {
             "true" | "t" => Some(true),
             "false" | "f" => Some(false),
             _ => None,
         };
-        Lit { raw, dec, ts, boolean }
+        Lit {
+            raw,
+            dec,
+            ts,
+            boolean,
+        }
     }
 
     fn need_dec(&self, ty: &str) -> Result<Decimal, String> {
@@ -233,7 +267,10 @@ impl Lit {
             } else {
                 ""
             };
-            format!("invalid input syntax for type timestamp with time zone: \"{}\"{hint}", self.raw)
+            format!(
+                "invalid input syntax for type timestamp with time zone: \"{}\"{hint}",
+                self.raw
+            )
         })
     }
 }
@@ -245,7 +282,12 @@ pub(crate) fn cmp_lit(cell: &Cell<'_>, lit: &Lit) -> Result<Option<Ordering>, St
         Cell::Null => return Ok(None),
         Cell::Bool(b) => match lit.boolean {
             Some(l) => b.cmp(&l),
-            None => return Err(format!("invalid input syntax for type boolean: \"{}\"", lit.raw)),
+            None => {
+                return Err(format!(
+                    "invalid input syntax for type boolean: \"{}\"",
+                    lit.raw
+                ));
+            }
         },
         Cell::Int(i) => Decimal::from(*i).cmp(&lit.need_dec("integer")?),
         Cell::Money(c) => Decimal::new(*c, 2).cmp(&lit.need_dec("numeric")?),
@@ -278,7 +320,12 @@ fn cmp_value(v: &Value, lit: &Lit) -> Result<Option<Ordering>, String> {
         Value::Null => return Ok(None),
         Value::Bool(b) => match lit.boolean {
             Some(l) => b.cmp(&l),
-            None => return Err(format!("invalid input syntax for type boolean: \"{}\"", lit.raw)),
+            None => {
+                return Err(format!(
+                    "invalid input syntax for type boolean: \"{}\"",
+                    lit.raw
+                ));
+            }
         },
         Value::Number(n) => match number_decimal(n) {
             Some(d) => d.cmp(&lit.need_dec("numeric")?),
@@ -375,7 +422,11 @@ enum Tok {
 
 impl Pattern {
     pub(crate) fn new(pat: &str, case_insensitive: bool) -> Self {
-        let src = if case_insensitive { pat.to_lowercase() } else { pat.to_owned() };
+        let src = if case_insensitive {
+            pat.to_lowercase()
+        } else {
+            pat.to_owned()
+        };
         let tokens = src
             .chars()
             .map(|c| match c {
@@ -384,7 +435,10 @@ impl Pattern {
                 c => Tok::Ch(c),
             })
             .collect();
-        Pattern { tokens, case_insensitive }
+        Pattern {
+            tokens,
+            case_insensitive,
+        }
     }
 
     pub(crate) fn matches(&self, s: &str) -> bool {
@@ -425,9 +479,15 @@ mod tests {
 
     #[test]
     fn timestamps_format_like_python_isoformat() {
-        assert_eq!(fmt_ts(1_709_634_153_123_456), "2024-03-05T10:22:33.123456+00:00");
+        assert_eq!(
+            fmt_ts(1_709_634_153_123_456),
+            "2024-03-05T10:22:33.123456+00:00"
+        );
         assert_eq!(fmt_ts(1_709_596_800_000_000), "2024-03-05T00:00:00+00:00");
-        assert_eq!(fmt_ts(1_709_634_153_000_010), "2024-03-05T10:22:33.000010+00:00");
+        assert_eq!(
+            fmt_ts(1_709_634_153_000_010),
+            "2024-03-05T10:22:33.000010+00:00"
+        );
     }
 
     #[test]
@@ -456,14 +516,23 @@ mod tests {
     #[test]
     fn comparisons_are_typed() {
         let lit = Lit::new("19.990".into());
-        assert_eq!(cmp_lit(&Cell::Money(1999), &lit).unwrap(), Some(Ordering::Equal));
+        assert_eq!(
+            cmp_lit(&Cell::Money(1999), &lit).unwrap(),
+            Some(Ordering::Equal)
+        );
         let ts = Lit::new("2024-03-05T10:22:33.123456Z".into());
-        assert_eq!(cmp_lit(&Cell::Ts(1_709_634_153_123_456), &ts).unwrap(), Some(Ordering::Equal));
+        assert_eq!(
+            cmp_lit(&Cell::Ts(1_709_634_153_123_456), &ts).unwrap(),
+            Some(Ordering::Equal)
+        );
         let v = Value::String("2024-03-05T10:22:33.123456+00:00".into());
         assert_eq!(cmp_lit(&Cell::Val(&v), &ts).unwrap(), Some(Ordering::Equal));
         assert!(cmp_lit(&Cell::Ts(0), &Lit::new("yesterday".into())).is_err());
         assert_eq!(cmp_lit(&Cell::Null, &lit).unwrap(), None);
-        assert_eq!(cmp_lit(&Cell::Str("b"), &Lit::new("a".into())).unwrap(), Some(Ordering::Greater));
+        assert_eq!(
+            cmp_lit(&Cell::Str("b"), &Lit::new("a".into())).unwrap(),
+            Some(Ordering::Greater)
+        );
     }
 
     #[test]
