@@ -5,14 +5,14 @@ use std::collections::HashSet;
 
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::{Decimal, RoundingStrategy};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::model::{
     Account, CatKind, Category, Ctx, Currency, Custom, Embedded, Employee, Expense, ReportInfo,
     State, TRAVEL_TYPES, flag,
 };
 use super::rng::Rng;
-use super::values::{fmt_ts, money_value};
+use super::values::fmt_ts;
 
 const US: i64 = 1_000_000;
 const HOUR: i64 = 3600 * US;
@@ -966,6 +966,27 @@ pub(crate) fn generate(seed: u64, n_expenses: usize) -> Generated {
         }
     }
 
+    // Reports are served sorted by id; renumber so index order is id order.
+    let mut order: Vec<usize> = (0..ctx.reports.len()).collect();
+    order.sort_by(|&a, &b| ctx.reports[a].id.cmp(&ctx.reports[b].id));
+    let mut new_index = vec![0u32; order.len()];
+    for (new, &old) in order.iter().enumerate() {
+        new_index[old] = new as u32;
+    }
+    let mut infos: Vec<Option<ReportInfo>> = std::mem::take(&mut ctx.reports)
+        .into_iter()
+        .map(Some)
+        .collect();
+    ctx.reports = order
+        .iter()
+        .map(|&old| infos[old].take().expect("each report once"))
+        .collect();
+    for e in &mut expenses {
+        if let Some(r) = e.report.as_mut() {
+            *r = new_index[*r as usize];
+        }
+    }
+
     expenses.sort_unstable_by(|a, b| a.id.cmp(&b.id));
     let mut employee_values = employee_values;
     employee_values.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
@@ -1011,155 +1032,6 @@ fn ascii_local(name: &str) -> String {
         out.push_str(mapped);
     }
     out
-}
-
-/// `admin_report_out` for one report given its current member expenses.
-pub(crate) fn report_value(ctx: &Ctx, r: usize, members: &[&Expense], updated_at: i64) -> Value {
-    let info = &ctx.reports[r];
-    let emp = &ctx.employees[info.emp as usize];
-    let state = members
-        .iter()
-        .map(|e| e.state)
-        .min()
-        .unwrap_or(State::Complete);
-    let state = if state < State::ApproverPending {
-        State::Complete
-    } else {
-        state
-    };
-    let amount: i64 = members.iter().map(|e| e.amount).sum();
-    let tax: i64 = members.iter().filter_map(|e| e.tax).sum();
-    let has_tax = members.iter().any(|e| e.tax.is_some());
-    let max_of = |f: fn(&Expense) -> Option<i64>| members.iter().filter_map(|e| f(e)).max();
-    let submitted = if state >= State::ApproverPending {
-        max_of(|e| e.submitted_at)
-    } else {
-        None
-    };
-    let approved = if state.is_approved() {
-        max_of(|e| e.approved_at)
-    } else {
-        None
-    };
-    let paid = if state == State::Paid {
-        max_of(|e| e.paid_at)
-    } else {
-        None
-    };
-    let reimbursed = state.is_settled();
-    let mut m = Map::new();
-    let mut put = |k: &str, v: Value| {
-        m.insert(k.to_owned(), v);
-    };
-    put("id", json!(info.id));
-    put("org_id", json!(ctx.org_id));
-    put("created_at", json!(fmt_ts(info.created_at)));
-    put("updated_at", json!(fmt_ts(updated_at)));
-    put("user_id", json!(emp.user_id));
-    put("user", emp.user_embed.clone());
-    put("purpose", json!(info.title));
-    put("currency", json!(ctx.currency));
-    put("amount", money_value(amount));
-    put(
-        "tax",
-        if has_tax {
-            money_value(tax)
-        } else {
-            Value::Null
-        },
-    );
-    put("state", json!(state.report_state()));
-    put("num_expenses", json!(members.len()));
-    put(
-        "is_verified",
-        json!(members.iter().any(|e| e.flags & flag::VERIFIED != 0)),
-    );
-    put("is_physical_bill_submitted", json!(false));
-    put("physical_bill_submitted_at", Value::Null);
-    put(
-        "is_manually_flagged",
-        json!(
-            members
-                .iter()
-                .any(|e| e.flags & flag::MANUALLY_FLAGGED != 0)
-        ),
-    );
-    put(
-        "is_policy_flagged",
-        json!(members.iter().any(|e| e.flags & flag::POLICY_FLAGGED != 0)),
-    );
-    put(
-        "is_exported",
-        json!(members.iter().any(|e| e.exported_at.is_some())),
-    );
-    put("last_paid_at", json!(paid.map(fmt_ts)));
-    put("last_approved_at", json!(approved.map(fmt_ts)));
-    put("last_submitted_at", json!(submitted.map(fmt_ts)));
-    put("last_resubmitted_at", Value::Null);
-    put("seq_num", json!(info.seq_num));
-    put("source", json!("WEBAPP"));
-    put("approvals", ctx.approvals_for(info.emp, state));
-    put("employee_id", json!(emp.id));
-    put("employee", emp.report_embed.clone());
-    let mgr = &ctx.employees[emp.manager];
-    put(
-        "next_approver_user_ids",
-        if state == State::ApproverPending {
-            json!([mgr.user_id])
-        } else {
-            json!([])
-        },
-    );
-    put(
-        "reimbursement_id",
-        if reimbursed {
-            json!(info.reimbursement_id)
-        } else {
-            Value::Null
-        },
-    );
-    put(
-        "reimbursement",
-        if reimbursed {
-            json!({"id": info.reimbursement_id, "currency": ctx.currency, "amount": money_value(amount), "mode": "OFFLINE", "ach_transfer": {}})
-        } else {
-            Value::Null
-        },
-    );
-    put("state_display_name", json!(state.report_display_name()));
-    put("comments", json!([]));
-    put("accounting_export_summary", json!({}));
-    put("applied_advance_wallets", json!([]));
-    put("can_apply_advances", json!(false));
-    put("creator_type", json!("USER"));
-    put(
-        "auto_approval_state",
-        if state >= State::ApproverPending {
-            json!("NOT_ELIGIBLE")
-        } else {
-            Value::Null
-        },
-    );
-    Value::Object(m)
-}
-
-/// The time a report last changed, as generated.
-pub(crate) fn report_updated_at(info_created: i64, members: &[&Expense]) -> i64 {
-    members
-        .iter()
-        .flat_map(|e| {
-            [
-                e.added_to_report_at,
-                e.submitted_at,
-                e.approved_at,
-                e.settled_at,
-                e.paid_at,
-            ]
-        })
-        .flatten()
-        .max()
-        .unwrap_or(info_created)
-        .max(info_created)
 }
 
 /// The `/spender/my_profile` body for the admin user.

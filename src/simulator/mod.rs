@@ -16,6 +16,7 @@
 mod generate;
 mod model;
 mod query;
+mod reports;
 mod rng;
 mod server;
 mod store;
