@@ -973,3 +973,81 @@ async fn shutdown_stops_both_servers() {
         );
     }
 }
+
+#[tokio::test]
+async fn accounting_export_summary_bulk_records_export_state() {
+    let sim = start(cfg(50)).await;
+    let tok = token(&sim).await;
+    let url = format!(
+        "{}/platform/v1/admin/expenses/accounting_export_summary/bulk",
+        sim.cluster_url()
+    );
+    let truth = sim.ground_truth("expenses");
+    let (a, b) = (
+        truth[0]["id"].as_str().unwrap(),
+        truth[1]["id"].as_str().unwrap(),
+    );
+    let ok = json!({"data": [
+        {"id": a, "state": "COMPLETE", "error_type": null, "url": "https://erp.example/a"},
+        {"id": b, "state": "ERROR", "error_type": "MAPPING", "url": "https://erp.example/b"},
+    ]});
+    let r = http()
+        .post(&url)
+        .bearer_auth(&tok)
+        .json(&ok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let after = sim.ground_truth("expenses");
+    assert_eq!(after[0]["accounting_export_summary"]["state"], "COMPLETE");
+    assert_eq!(after[0]["is_exported"], true);
+    assert!(after[0]["last_exported_at"].is_string());
+    assert_eq!(
+        after[1]["accounting_export_summary"]["error_type"],
+        "MAPPING"
+    );
+    assert_eq!(
+        after[0]["updated_at"], truth[0]["updated_at"],
+        "write-back leaves updated_at alone"
+    );
+
+    // One bad row rejects the whole batch with Fyle's BulkError shape.
+    let bad = json!({"data": [
+        {"id": a, "state": "SKIPPED", "error_type": null, "url": "u"},
+        {"id": "txDoesNotExist", "state": "DONE", "error_type": null, "url": "u"},
+    ]});
+    let r = http()
+        .post(&url)
+        .bearer_auth(&tok)
+        .json(&bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "BulkError");
+    let rows: Vec<(i64, &str)> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["row"].as_i64().unwrap(), p["key"].as_str().unwrap()))
+        .collect();
+    assert_eq!(rows, [(1, "id"), (1, "state")]);
+    assert_eq!(
+        sim.ground_truth("expenses")[0]["accounting_export_summary"]["state"],
+        "COMPLETE"
+    );
+
+    let r = http()
+        .post(&url)
+        .bearer_auth(&tok)
+        .json(&json!({"items": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "ValidationError");
+    let r = http().post(&url).json(&ok).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}

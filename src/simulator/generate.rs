@@ -893,6 +893,7 @@ pub(crate) fn generate(seed: u64, n_expenses: usize) -> Generated {
                 None
             },
             cities: (r.below(8) as u8, r.below(8) as u8),
+            export_summary: None,
         });
     }
 

@@ -259,7 +259,23 @@ pub(crate) struct Expense {
     pub(crate) approver_comment: Option<&'static str>,
     pub(crate) invoice_number: Option<u32>,
     pub(crate) cities: (u8, u8),
+    /// Set by the write-back endpoint; overrides the generated summary.
+    pub(crate) export_summary: Option<Box<ExportSummary>>,
 }
+
+/// What an integration reported back through `accounting_export_summary/bulk`.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct ExportSummary {
+    pub(crate) state: &'static str,
+    pub(crate) error_type: Option<&'static str>,
+    pub(crate) url: String,
+}
+
+/// Allowed `accounting_export_summary_in.state` values.
+pub(crate) const EXPORT_STATES: [&str; 5] =
+    ["COMPLETE", "ERROR", "IN_PROGRESS", "SKIPPED", "INITIATED"];
+/// Allowed `accounting_export_summary_in.error_type` values (besides null).
+pub(crate) const EXPORT_ERROR_TYPES: [&str; 2] = ["ACCOUNTING_INTEGRATION_ERROR", "MAPPING"];
 
 impl Expense {
     fn has(&self, f: u16) -> bool {
@@ -635,15 +651,23 @@ impl Ctx {
                     json!([])
                 },
             })),
-            Col::accounting_export_summary => Cell::Owned(match e.exported_at {
-                Some(_) => json!({
-                    "state": "COMPLETE",
-                    "error_type": null,
-                    "url": format!("https://erp.sim.example/expenses/{}", e.id),
-                    "tpa_id": self.tpa_id,
-                }),
-                None => Value::Object(Map::new()),
-            }),
+            Col::accounting_export_summary => {
+                Cell::Owned(match (&e.export_summary, e.exported_at) {
+                    (Some(s), _) => json!({
+                        "state": s.state,
+                        "error_type": s.error_type,
+                        "url": s.url,
+                        "tpa_id": self.tpa_id,
+                    }),
+                    (None, Some(_)) => json!({
+                        "state": "COMPLETE",
+                        "error_type": null,
+                        "url": format!("https://erp.sim.example/expenses/{}", e.id),
+                        "tpa_id": self.tpa_id,
+                    }),
+                    (None, None) => Value::Object(Map::new()),
+                })
+            }
             Col::report_last_paid_at => opt_ts(e.paid_at),
             Col::report_last_approved_at => opt_ts(e.approved_at),
             Col::invoice_number => e.invoice_number.map_or(Cell::Null, |n| {

@@ -15,6 +15,8 @@ pub(crate) trait Table {
     fn len(&self) -> usize;
     /// Index of a top-level column, `None` if the resource has no such column.
     fn resolve(&self, name: &str) -> Option<usize>;
+    /// All top-level column names, for "did you mean" hints.
+    fn column_names(&self) -> Vec<&str>;
     fn cell(&self, row: usize, col: usize, path: &[String]) -> Cell<'_>;
     fn write_row(&self, row: usize, out: &mut Vec<u8>);
 }
@@ -155,10 +157,29 @@ fn parse_col<T: Table>(text: &str, t: &T) -> Result<ColRef, String> {
     if top.is_empty() || path.iter().any(String::is_empty) {
         return Err(format!("invalid column reference \"{text}\""));
     }
-    let col = t
-        .resolve(top)
-        .ok_or_else(|| format!("column \"{top}\" does not exist on this resource"))?;
+    let col = t.resolve(top).ok_or_else(|| unknown_column(top, t))?;
     Ok(ColRef { col, path })
+}
+
+fn unknown_column<T: Table>(name: &str, t: &T) -> String {
+    let lower = name.to_ascii_lowercase();
+    let stem: String = lower.chars().take(4).collect();
+    let near: Vec<&str> = t
+        .column_names()
+        .into_iter()
+        .filter(|c| {
+            c.contains(lower.as_str()) || lower.contains(*c) || c.starts_with(stem.as_str())
+        })
+        .take(6)
+        .collect();
+    if near.is_empty() {
+        format!("column \"{name}\" does not exist on this resource")
+    } else {
+        format!(
+            "column \"{name}\" does not exist on this resource; similar columns: {}",
+            near.join(", ")
+        )
+    }
 }
 
 fn parse_order<T: Table>(v: &str, t: &T) -> Result<Vec<OrderTerm>, String> {
@@ -569,6 +590,9 @@ mod tests {
         fn resolve(&self, name: &str) -> Option<usize> {
             self.1.iter().position(|c| *c == name)
         }
+        fn column_names(&self) -> Vec<&str> {
+            self.1.clone()
+        }
         fn cell(&self, row: usize, col: usize, path: &[String]) -> Cell<'_> {
             let v = self.0[row].get(self.1[col]).unwrap_or(&Value::Null);
             super::super::values::nav(Cell::Val(v), path)
@@ -649,6 +673,7 @@ mod tests {
             ("limit=abc", "limit"),
             ("offset=-1", "offset"),
             ("nope=eq.1", "does not exist"),
+            ("idd=eq.1", "similar columns: id"),
             ("n=1", "operator.value"),
             ("n=foo.1", "unknown operator"),
             ("n=eq.abc", "numeric"),

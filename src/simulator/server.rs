@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use super::rng::Rng;
-use super::store::{Listed, Store};
+use super::store::{Listed, Store, WriteBackError};
 use super::{
     DEMO_AUTHORIZATION_CODE, Faults, LoggedRequest, MSG_INVALID_CLIENT, MSG_INVALID_TOKEN,
     MSG_RATE_LIMITED, SimCredentials,
@@ -465,6 +465,12 @@ impl Shared {
         let Some(resource) = rest.strip_prefix("admin/") else {
             return not_found();
         };
+        if resource == "expenses/accounting_export_summary/bulk" {
+            if req.method() != Method::POST {
+                return method_not_allowed();
+            }
+            return self.export_summary_bulk(req).await;
+        }
         if resource.contains('/') {
             return not_found();
         }
@@ -483,6 +489,31 @@ impl Shared {
             Listed::Body(b) => json_response(StatusCode::OK, b),
             Listed::UnknownResource => not_found(),
             Listed::Invalid(m) => validation_error(&m),
+        }
+    }
+}
+
+impl Shared {
+    async fn export_summary_bulk(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let body = match Limited::new(req.into_body(), 16 * 1024 * 1024)
+            .collect()
+            .await
+        {
+            Ok(c) => c.to_bytes(),
+            Err(_) => return validation_error("request body is too large or unreadable"),
+        };
+        let Ok(value) = serde_json::from_slice::<Value>(&body) else {
+            return validation_error("request body must be JSON");
+        };
+        let result = self
+            .store
+            .write()
+            .expect("store")
+            .export_summary_bulk(&value);
+        match result {
+            Ok(()) => json_value(StatusCode::OK, &json!({})),
+            Err(WriteBackError::Invalid(m)) => validation_error(&m),
+            Err(WriteBackError::Bulk(v)) => json_value(StatusCode::BAD_REQUEST, &v),
         }
     }
 }

@@ -9,7 +9,10 @@ use rust_decimal::{Decimal, RoundingStrategy};
 use serde_json::Value;
 
 use super::generate::{self, BULK_UPDATED_AT, Generated};
-use super::model::{CatKind, Ctx, EXPENSE_COLUMNS, Expense, State};
+use super::model::{
+    CatKind, Ctx, EXPENSE_COLUMNS, EXPORT_ERROR_TYPES, EXPORT_STATES, Expense, ExportSummary,
+    State, flag,
+};
 use super::query::{self, Table};
 use super::reports::{self, REPORT_COLUMNS, Report};
 use super::rng::Rng;
@@ -56,6 +59,9 @@ impl Table for ValueTable {
     fn resolve(&self, name: &str) -> Option<usize> {
         self.index.get(name).copied()
     }
+    fn column_names(&self) -> Vec<&str> {
+        self.cols.iter().map(String::as_str).collect()
+    }
     fn cell(&self, row: usize, col: usize, path: &[String]) -> Cell<'_> {
         match self.rows[row].get(&self.cols[col]) {
             Some(v) => nav(Cell::Val(v), path),
@@ -80,6 +86,9 @@ impl Table for ExpenseTable<'_> {
     }
     fn resolve(&self, name: &str) -> Option<usize> {
         self.names.get(name).copied()
+    }
+    fn column_names(&self) -> Vec<&str> {
+        EXPENSE_COLUMNS.iter().map(|c| c.0).collect()
     }
     fn cell(&self, row: usize, col: usize, path: &[String]) -> Cell<'_> {
         let e = &self.rows[row];
@@ -109,6 +118,9 @@ impl Table for ReportTable<'_> {
     }
     fn resolve(&self, name: &str) -> Option<usize> {
         self.names.get(name).copied()
+    }
+    fn column_names(&self) -> Vec<&str> {
+        REPORT_COLUMNS.iter().map(|c| c.0).collect()
     }
     fn cell(&self, row: usize, col: usize, path: &[String]) -> Cell<'_> {
         nav(
@@ -399,6 +411,116 @@ impl Store {
                 .collect();
             self.reports[r as usize] = reports::summarize(&members, at);
         }
+    }
+}
+
+/// Why a write-back was refused: a plain validation message, or per-row
+/// problems reported as Fyle's `BulkError`.
+pub(crate) enum WriteBackError {
+    Invalid(String),
+    Bulk(Value),
+}
+
+impl Store {
+    /// `POST /admin/expenses/accounting_export_summary/bulk`: records each
+    /// item's export state on its expense. All-or-nothing, and `updated_at`
+    /// is left alone so an exporter's own write-back does not re-trigger it.
+    pub(crate) fn export_summary_bulk(&mut self, body: &Value) -> Result<(), WriteBackError> {
+        let invalid = |m: String| WriteBackError::Invalid(m);
+        let obj = body.as_object().ok_or_else(|| {
+            invalid("request body must be a JSON object like {\"data\": [...]}".into())
+        })?;
+        if let Some(k) = obj.keys().find(|k| k.as_str() != "data") {
+            return Err(invalid(format!("unexpected field \"{k}\" in request body")));
+        }
+        let items = obj
+            .get("data")
+            .and_then(Value::as_array)
+            .ok_or_else(|| invalid("\"data\" is required and must be a list".into()))?;
+        let mut updates = Vec::with_capacity(items.len());
+        let mut problems = Vec::new();
+        for (row, item) in items.iter().enumerate() {
+            let mut bad = |key: &str, message: String| {
+                problems.push(serde_json::json!({"row": row, "key": key, "message": message}));
+            };
+            let Some(item) = item.as_object() else {
+                bad("data", "each item must be an object".into());
+                continue;
+            };
+            let id = item.get("id").and_then(Value::as_str);
+            let state = item
+                .get("state")
+                .and_then(Value::as_str)
+                .and_then(|s| EXPORT_STATES.iter().find(|x| **x == s).copied());
+            let error_type = match item.get("error_type") {
+                Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => EXPORT_ERROR_TYPES
+                    .iter()
+                    .find(|x| **x == s.as_str())
+                    .map(|x| Some(*x))
+                    .ok_or(()),
+                _ => Err(()),
+            };
+            let url = item.get("url").and_then(Value::as_str);
+            let pos = id.and_then(|id| {
+                self.expenses
+                    .binary_search_by(|e| e.id.as_str().cmp(id))
+                    .ok()
+            });
+            match (id, pos) {
+                (None, _) => bad("id", "id is required and must be a string".into()),
+                (Some(id), None) => bad("id", format!("expense {id} does not exist")),
+                _ => {}
+            }
+            if state.is_none() {
+                bad(
+                    "state",
+                    format!("state must be one of {}", EXPORT_STATES.join(", ")),
+                );
+            }
+            if error_type.is_err() {
+                bad(
+                    "error_type",
+                    format!(
+                        "error_type must be null or one of {}",
+                        EXPORT_ERROR_TYPES.join(", ")
+                    ),
+                );
+            }
+            if url.is_none() {
+                bad("url", "url is required and must be a string".into());
+            }
+            if let (Some(pos), Some(state), Ok(error_type), Some(url)) =
+                (pos, state, error_type, url)
+            {
+                updates.push((
+                    pos,
+                    ExportSummary {
+                        state,
+                        error_type,
+                        url: url.to_owned(),
+                    },
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(WriteBackError::Bulk(serde_json::json!({
+                "error": "BulkError",
+                "message": format!("{} of {} items are invalid; nothing was saved", problems.len(), items.len()),
+                "data": problems,
+            })));
+        }
+        let now = chrono::Utc::now().timestamp_micros();
+        for (pos, summary) in updates {
+            let e = &mut self.expenses[pos];
+            if summary.state == "COMPLETE" {
+                e.flags |= flag::EXPORTED;
+                e.exported_at = Some(now);
+            }
+            e.export_summary = Some(Box::new(summary));
+        }
+        self.generation += 1;
+        Ok(())
     }
 }
 
