@@ -1,45 +1,325 @@
-//! TEMPORARY interface stub in main; the real module lands from branch `sim`.
-#![allow(missing_docs)]
-use std::time::Duration;
+//! A local, faithful stand-in for the Fyle platform, for demos and tests.
+//!
+//! Two HTTP servers on 127.0.0.1: the *accounts* server (`/oauth/token`,
+//! `/oauth/cluster`) and the *cluster* (data) server
+//! (`/platform/v1/spender/my_profile`, `/platform/v1/admin/{resource}`).
+//! Data is generated deterministically from a seed and conforms to the
+//! OpenAPI reference (`expense_out` and friends); list endpoints implement
+//! `offset`/`limit`/`order` and PostgREST filters. Faults (429 bursts, 5xx,
+//! latency, dropped or truncated responses), token expiry and concurrent
+//! data changes can be injected while a client runs.
+//!
+//! Quirks kept on purpose because the real API has them: timestamps are
+//! Python `isoformat()` (no fraction when microseconds are zero), money is
+//! printed like a Python float (`12.5`, `100.0`), and 502/503 bodies are HTML.
+
+mod generate;
+mod model;
+mod query;
+mod reports;
+mod rng;
+mod server;
+mod store;
+mod values;
+
+use std::fmt;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use server::{Limiter, Server, Shared, TokenBook};
+use store::Store;
+
+pub use query::{DEFAULT_LIMIT, MAX_LIMIT};
+pub use store::RESOURCES;
+
+/// 401 body message for a missing, unknown, expired or revoked token (and a wrong refresh token).
+pub const MSG_INVALID_TOKEN: &str = "invalid token";
+/// 401 body message when `client_id`/`client_secret` do not match.
+pub const MSG_INVALID_CLIENT: &str = "invalid client credentials";
+/// 429 body message for rate limiting and injected 429 bursts.
+pub const MSG_RATE_LIMITED: &str = "Too many requests, please retry after some time";
+/// The one authorization code the accounts server accepts for `grant_type=authorization_code`.
+pub const DEMO_AUTHORIZATION_CODE: &str = "sim-auth-code-7b1e";
+
+/// How to build and run a simulator.
+#[derive(Clone, Debug)]
 pub struct SimConfig {
+    /// All generated data is a pure function of this seed (and `expenses`).
     pub seed: u64,
+    /// Number of expenses to generate; other resources scale with it.
     pub expenses: usize,
+    /// Requests per second per client IP (token bucket, capacity = rate); `None` disables limiting.
     pub rate_limit: Option<u32>,
+    /// Lifetime of issued access tokens.
     pub token_ttl: Duration,
+    /// Faults active from the start; change them later with [`Simulator::set_faults`].
     pub faults: Faults,
+    /// The only credentials the accounts server accepts.
     pub credentials: SimCredentials,
 }
+
 impl Default for SimConfig {
     fn default() -> Self {
-        unimplemented!()
+        SimConfig {
+            seed: 42,
+            expenses: 500,
+            rate_limit: Some(10),
+            token_ttl: Duration::from_secs(3600),
+            faults: Faults::default(),
+            credentials: SimCredentials::default(),
+        }
     }
 }
+
+/// Injected failures, applied to data (`/platform/...`) requests unless noted.
 #[derive(Clone, Debug, Default)]
 pub struct Faults {
+    /// Probability that a data request answers 500, 502 or 503 (seeded).
     pub error_rate: f64,
+    /// The next N data requests answer 429 with `Retry-After: 1`.
     pub burst_429: u32,
+    /// Delay added before every response of both servers.
     pub latency: Duration,
+    /// Probability that a data request gets no response (connection closed)
+    /// or a truncated body (half the bytes of the promised Content-Length), 50/50.
     pub drop_rate: f64,
 }
-#[derive(Clone)]
+
+/// Client credentials of the simulated internal app.
+#[derive(Clone, PartialEq, Eq)]
 pub struct SimCredentials {
+    /// OAuth client id (not secret).
     pub client_id: String,
+    /// OAuth client secret.
     pub client_secret: String,
+    /// Long-lived refresh token.
     pub refresh_token: String,
 }
-pub struct Simulator;
-impl Simulator {
-    pub async fn start(_c: SimConfig) -> std::io::Result<Simulator> {
-        unimplemented!()
+
+impl Default for SimCredentials {
+    fn default() -> Self {
+        SimCredentials {
+            client_id: "sim-client-id".into(),
+            client_secret: "sim-client-secret-5f2c".into(),
+            refresh_token: "sim-refresh-token-9d41".into(),
+        }
     }
-    pub fn accounts_url(&self) -> String {
-        unimplemented!()
-    }
-    pub fn credentials(&self) -> &SimCredentials {
-        unimplemented!()
-    }
-    pub async fn shutdown(self) {}
 }
-pub async fn run_until_ctrl_c(_c: SimConfig, _a: u16, _b: u16) -> std::io::Result<()> {
-    unimplemented!()
+
+impl fmt::Debug for SimCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimCredentials")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[redacted]")
+            .field("refresh_token", &"[redacted]")
+            .finish()
+    }
+}
+
+/// One request as the simulator saw it (never the token itself).
+#[derive(Clone, Debug)]
+pub struct LoggedRequest {
+    /// When the response was sent (after any injected latency).
+    pub at: Instant,
+    /// HTTP method, e.g. `GET`.
+    pub method: String,
+    /// Path without the query, e.g. `/platform/v1/admin/expenses`.
+    pub path: String,
+    /// Raw (still percent-encoded) query string, empty if none.
+    pub query: String,
+    /// Status sent; 0 when the connection was dropped without a response.
+    pub status: u16,
+    /// `"accounts"` or `"cluster"`.
+    pub server: &'static str,
+    /// Whether an `Authorization` header was sent.
+    pub authorization_present: bool,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    accounts_url: String,
+    cluster_url: String,
+    shutdown: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Servers stop when the last handle goes away, even without shutdown().
+        let _ = self.shutdown.send(true);
+    }
+}
+
+/// Handle to a running simulator; clones share the same servers and data.
+#[derive(Clone)]
+pub struct Simulator {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Simulator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Simulator")
+            .field("accounts_url", &self.inner.accounts_url)
+            .field("cluster_url", &self.inner.cluster_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Simulator {
+    /// Starts both servers on free ports of 127.0.0.1.
+    pub async fn start(cfg: SimConfig) -> std::io::Result<Simulator> {
+        Self::start_on(cfg, 0, 0).await
+    }
+
+    /// Starts both servers on the given ports of 127.0.0.1 (0 = any free port).
+    pub async fn start_on(
+        cfg: SimConfig,
+        accounts_port: u16,
+        cluster_port: u16,
+    ) -> std::io::Result<Simulator> {
+        let accounts = TcpListener::bind(("127.0.0.1", accounts_port)).await?;
+        let cluster = TcpListener::bind(("127.0.0.1", cluster_port)).await?;
+        let accounts_url = format!("http://127.0.0.1:{}", accounts.local_addr()?.port());
+        let cluster_url = format!("http://127.0.0.1:{}", cluster.local_addr()?.port());
+        let (seed, n) = (cfg.seed, cfg.expenses);
+        let store = tokio::task::spawn_blocking(move || Store::new(seed, n))
+            .await
+            .map_err(std::io::Error::other)?;
+        let shared = Arc::new(Shared {
+            store: RwLock::new(store),
+            credentials: cfg.credentials,
+            token_ttl: cfg.token_ttl,
+            faults: Mutex::new(cfg.faults),
+            fault_rng: Mutex::new(rng::Rng::new(cfg.seed ^ 0xFA17)),
+            tokens: Mutex::new(TokenBook::new(cfg.seed)),
+            limiter: Mutex::new(Limiter::new(cfg.rate_limit)),
+            log: Mutex::new(Vec::new()),
+            cluster_url: cluster_url.clone(),
+        });
+        let (tx, rx) = watch::channel(false);
+        let tasks = vec![
+            tokio::spawn(server::serve(
+                accounts,
+                Arc::clone(&shared),
+                Server::Accounts,
+                rx.clone(),
+            )),
+            tokio::spawn(server::serve(
+                cluster,
+                Arc::clone(&shared),
+                Server::Cluster,
+                rx,
+            )),
+        ];
+        Ok(Simulator {
+            inner: Arc::new(Inner {
+                shared,
+                accounts_url,
+                cluster_url,
+                shutdown: tx,
+                tasks: Mutex::new(tasks),
+            }),
+        })
+    }
+
+    /// Base URL of the accounts server, e.g. `http://127.0.0.1:41234`.
+    pub fn accounts_url(&self) -> String {
+        self.inner.accounts_url.clone()
+    }
+
+    /// Base URL of the data server; what `POST /oauth/cluster` returns as `cluster_domain`.
+    pub fn cluster_url(&self) -> String {
+        self.inner.cluster_url.clone()
+    }
+
+    /// The credentials the accounts server accepts.
+    pub fn credentials(&self) -> &SimCredentials {
+        &self.inner.shared.credentials
+    }
+
+    /// Current records of an admin resource (`"expenses"`, `"reports"`, …), sorted by id; empty if unknown.
+    pub fn ground_truth(&self, resource: &str) -> Vec<serde_json::Value> {
+        self.inner
+            .shared
+            .store
+            .read()
+            .expect("store")
+            .ground_truth(resource)
+    }
+
+    /// Every request both servers have answered (or dropped) so far, in order.
+    pub fn request_log(&self) -> Vec<LoggedRequest> {
+        self.inner.shared.log.lock().expect("log").clone()
+    }
+
+    /// Replaces the active faults (a new `burst_429` restarts the burst count).
+    pub fn set_faults(&self, faults: Faults) {
+        *self.inner.shared.faults.lock().expect("faults") = faults;
+    }
+
+    /// Changes the per-IP rate limit at runtime (`None` = off).
+    pub fn set_rate_limit(&self, rate_limit: Option<u32>) {
+        *self.inner.shared.limiter.lock().expect("limiter") = Limiter::new(rate_limit);
+    }
+
+    /// Revokes every access token issued so far; later requests with them get 401 "invalid token".
+    pub fn expire_tokens(&self) {
+        self.inner
+            .shared
+            .tokens
+            .lock()
+            .expect("tokens")
+            .expire_all();
+    }
+
+    /// Changes `n` random expenses: each gets a new `updated_at` (now, strictly
+    /// increasing) and either a new amount or the next workflow state.
+    pub fn mutate(&self, n: usize) {
+        self.inner.shared.store.write().expect("store").mutate(n);
+    }
+
+    /// Deletes `n` random expenses and returns their ids (sorted).
+    pub fn delete(&self, n: usize) -> Vec<String> {
+        self.inner.shared.store.write().expect("store").delete(n)
+    }
+
+    /// Stops both servers and closes open connections.
+    pub async fn shutdown(self) {
+        let _ = self.inner.shutdown.send(true);
+        let tasks = std::mem::take(&mut *self.inner.tasks.lock().expect("tasks"));
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Runs a simulator for `expense-sync simulate` until Ctrl-C, printing its
+/// URLs and the demo credentials (they only open this local simulator).
+pub async fn run_until_ctrl_c(
+    cfg: SimConfig,
+    accounts_port: u16,
+    cluster_port: u16,
+) -> std::io::Result<()> {
+    let expenses = cfg.expenses;
+    let seed = cfg.seed;
+    let sim = Simulator::start_on(cfg, accounts_port, cluster_port).await?;
+    let c = sim.credentials();
+    println!("Fyle simulator running ({expenses} expenses, seed {seed})");
+    println!("  accounts server: {}", sim.accounts_url());
+    println!("  cluster server:  {}", sim.cluster_url());
+    println!();
+    println!("Demo credentials for this local simulator:");
+    println!("FYLE_ACCOUNTS_URL={}", sim.accounts_url());
+    println!("FYLE_CLIENT_ID={}", c.client_id);
+    println!("FYLE_CLIENT_SECRET={}", c.client_secret);
+    println!("FYLE_REFRESH_TOKEN={}", c.refresh_token);
+    println!();
+    println!("Press Ctrl-C to stop.");
+    tokio::signal::ctrl_c().await?;
+    sim.shutdown().await;
+    Ok(())
 }

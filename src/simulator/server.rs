@@ -1,0 +1,568 @@
+//! The two HTTP servers (accounts and cluster), with auth, rate limiting,
+//! fault injection and the request log.
+//!
+//! Built on bare hyper with our own accept loop so a fault can drop a
+//! connection without answering, which no router framework exposes.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+
+use super::rng::Rng;
+use super::store::{Listed, Store, WriteBackError};
+use super::{
+    DEMO_AUTHORIZATION_CODE, Faults, LoggedRequest, MSG_INVALID_CLIENT, MSG_INVALID_TOKEN,
+    MSG_RATE_LIMITED, SimCredentials,
+};
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+/// State shared by both servers and the `Simulator` handle.
+pub(crate) struct Shared {
+    pub(crate) store: RwLock<Store>,
+    pub(crate) credentials: SimCredentials,
+    pub(crate) token_ttl: Duration,
+    pub(crate) faults: Mutex<Faults>,
+    pub(crate) fault_rng: Mutex<Rng>,
+    pub(crate) tokens: Mutex<TokenBook>,
+    pub(crate) limiter: Mutex<Limiter>,
+    pub(crate) log: Mutex<Vec<LoggedRequest>>,
+    pub(crate) cluster_url: String,
+}
+
+/// Issued access tokens. Tokens are opaque to the server: validity is a
+/// lookup, so `expire_tokens` can revoke them all at once.
+pub(crate) struct TokenBook {
+    issued: HashMap<String, (Instant, u64)>,
+    epoch: u64,
+    rng: Rng,
+    counter: u64,
+}
+
+impl TokenBook {
+    pub(crate) fn new(seed: u64) -> Self {
+        TokenBook {
+            issued: HashMap::new(),
+            epoch: 0,
+            rng: Rng::new(seed ^ 0x70CE_4B00),
+            counter: 0,
+        }
+    }
+
+    fn issue(&mut self, ttl: Duration, subject: &str, org_id: &str) -> String {
+        let now = Instant::now();
+        let iat = chrono::Utc::now().timestamp();
+        let exp = iat + ttl.as_secs_f64().ceil() as i64;
+        self.counter += 1;
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let payload = json!({
+            "iat": iat,
+            "exp": exp,
+            "iss": "fyle-simulator",
+            "sub": subject,
+            "org_id": org_id,
+            "jti": self.counter,
+        });
+        let payload = URL_SAFE_NO_PAD.encode(payload.to_string());
+        let sig: Vec<u8> = (0..4)
+            .flat_map(|_| self.rng.next_u64().to_le_bytes())
+            .collect();
+        let token = format!("{header}.{payload}.{}", URL_SAFE_NO_PAD.encode(sig));
+        // Expired entries are useless; drop them so long runs stay small.
+        self.issued.retain(|_, (until, _)| *until > now);
+        self.issued.insert(token.clone(), (now + ttl, self.epoch));
+        token
+    }
+
+    fn valid(&self, token: &str) -> bool {
+        matches!(self.issued.get(token), Some((until, epoch)) if *epoch == self.epoch && Instant::now() < *until)
+    }
+
+    pub(crate) fn expire_all(&mut self) {
+        self.epoch += 1;
+        self.issued.clear();
+    }
+}
+
+/// Token bucket per client IP shared by both servers (Fyle limits per IP).
+pub(crate) struct Limiter {
+    pub(crate) rate: Option<u32>,
+    buckets: HashMap<IpAddr, (f64, Instant)>,
+}
+
+impl Limiter {
+    pub(crate) fn new(rate: Option<u32>) -> Self {
+        Limiter {
+            rate,
+            buckets: HashMap::new(),
+        }
+    }
+
+    fn allow(&mut self, ip: IpAddr) -> bool {
+        let Some(rate) = self.rate else {
+            return true;
+        };
+        let cap = rate as f64;
+        let now = Instant::now();
+        let (tokens, last) = self.buckets.entry(ip).or_insert((cap, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * cap).min(cap);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Which server a request arrived on.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Server {
+    Accounts,
+    Cluster,
+}
+
+impl Server {
+    fn name(self) -> &'static str {
+        match self {
+            Server::Accounts => "accounts",
+            Server::Cluster => "cluster",
+        }
+    }
+}
+
+enum Outcome {
+    Respond(Response<Body>),
+    /// Close the connection without answering.
+    Drop,
+}
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn json_value(status: StatusCode, v: &Value) -> Response<Body> {
+    json_response(status, v.to_string().into_bytes())
+}
+
+fn message(status: StatusCode, msg: &str) -> Response<Body> {
+    json_value(status, &json!({ "message": msg }))
+}
+
+fn validation_error(msg: &str) -> Response<Body> {
+    json_value(
+        StatusCode::BAD_REQUEST,
+        &json!({"data": null, "error": "ValidationError", "message": msg}),
+    )
+}
+
+fn too_many(msg: &str) -> Response<Body> {
+    let mut r = message(StatusCode::TOO_MANY_REQUESTS, msg);
+    r.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+fn not_found() -> Response<Body> {
+    message(StatusCode::NOT_FOUND, "Resource not found")
+}
+
+fn method_not_allowed() -> Response<Body> {
+    message(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
+}
+
+fn html(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut r = Response::new(full(text));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/html"));
+    r
+}
+
+/// Sends the headers of `resp` (with the full Content-Length) but only half
+/// its body, then fails the stream so the connection is cut mid-body.
+async fn truncate(resp: Response<Body>) -> Response<Body> {
+    let (parts, body) = resp.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let half = bytes.slice(..bytes.len() / 2);
+    let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
+        Ok(Frame::data(half)),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "simulated truncated body",
+        )),
+    ];
+    let body = StreamBody::new(futures::stream::iter(frames)).boxed();
+    let mut r = Response::from_parts(parts, body);
+    r.headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    r
+}
+
+fn bearer(req: &Request<Incoming>) -> Option<String> {
+    let h = req.headers().get(AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = h.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+impl Shared {
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        match bearer(req) {
+            Some(t) => self.tokens.lock().expect("tokens").valid(&t),
+            None => false,
+        }
+    }
+
+    async fn handle(
+        self: &Arc<Self>,
+        server: Server,
+        peer: IpAddr,
+        req: Request<Incoming>,
+    ) -> Outcome {
+        let method = req.method().to_string();
+        let path = req.uri().path().to_owned();
+        let query = req.uri().query().unwrap_or("").to_owned();
+        let authorization_present = req.headers().contains_key(AUTHORIZATION);
+        let faults = self.faults.lock().expect("faults").clone();
+
+        let outcome = self.answer(server, peer, req, &path, &query).await;
+        if !faults.latency.is_zero() {
+            tokio::time::sleep(faults.latency).await;
+        }
+        let status = match &outcome {
+            Outcome::Respond(r) => r.status().as_u16(),
+            Outcome::Drop => 0,
+        };
+        tracing::debug!(server = server.name(), %method, %path, status, "simulator request");
+        self.log.lock().expect("log").push(LoggedRequest {
+            at: Instant::now(),
+            method,
+            path,
+            query,
+            status,
+            server: server.name(),
+            authorization_present,
+        });
+        outcome
+    }
+
+    async fn answer(
+        self: &Arc<Self>,
+        server: Server,
+        peer: IpAddr,
+        req: Request<Incoming>,
+        path: &str,
+        query: &str,
+    ) -> Outcome {
+        if !self.limiter.lock().expect("limiter").allow(peer) {
+            return Outcome::Respond(too_many(MSG_RATE_LIMITED));
+        }
+        if server == Server::Accounts {
+            return Outcome::Respond(self.accounts(req, path).await);
+        }
+        let data_request = path.starts_with("/platform/");
+        let mut drop_kind = None;
+        if data_request {
+            let mut faults = self.faults.lock().expect("faults");
+            if faults.burst_429 > 0 {
+                faults.burst_429 -= 1;
+                return Outcome::Respond(too_many(MSG_RATE_LIMITED));
+            }
+            let (error_rate, drop_rate) = (faults.error_rate, faults.drop_rate);
+            drop(faults);
+            let mut rng = self.fault_rng.lock().expect("fault rng");
+            if error_rate > 0.0 && rng.chance(error_rate) {
+                return Outcome::Respond(match rng.below(3) {
+                    0 => message(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
+                    1 => html(
+                        StatusCode::BAD_GATEWAY,
+                        "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n</body>\r\n</html>\r\n",
+                    ),
+                    _ => html(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "<html><body><h1>503 Service Unavailable</h1>No server is available to handle this request.</body></html>",
+                    ),
+                });
+            }
+            if drop_rate > 0.0 && rng.chance(drop_rate) {
+                drop_kind = Some(rng.chance(0.5));
+            }
+        }
+        let resp = self.cluster(req, path, query).await;
+        match drop_kind {
+            Some(true) => Outcome::Drop,
+            Some(false) => Outcome::Respond(truncate(resp).await),
+            None => Outcome::Respond(resp),
+        }
+    }
+
+    async fn accounts(self: &Arc<Self>, req: Request<Incoming>, path: &str) -> Response<Body> {
+        match path {
+            "/oauth/token" | "/oauth/cluster" if req.method() != Method::POST => {
+                method_not_allowed()
+            }
+            "/oauth/token" => self.token(req).await,
+            "/oauth/cluster" => {
+                if self.authorized(&req) {
+                    json_value(
+                        StatusCode::OK,
+                        &json!({ "cluster_domain": self.cluster_url }),
+                    )
+                } else {
+                    message(StatusCode::UNAUTHORIZED, MSG_INVALID_TOKEN)
+                }
+            }
+            _ => not_found(),
+        }
+    }
+
+    async fn token(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(_) => {
+                return message(
+                    StatusCode::BAD_REQUEST,
+                    "request body is too large or unreadable",
+                );
+            }
+        };
+        let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(&body) else {
+            return message(
+                StatusCode::BAD_REQUEST,
+                "request body must be a JSON object",
+            );
+        };
+        const ALLOWED: [&str; 5] = [
+            "grant_type",
+            "refresh_token",
+            "code",
+            "client_id",
+            "client_secret",
+        ];
+        if let Some(k) = fields.keys().find(|k| !ALLOWED.contains(&k.as_str())) {
+            return message(
+                StatusCode::BAD_REQUEST,
+                &format!("unexpected field \"{k}\" in request body"),
+            );
+        }
+        let field = |k: &str| fields.get(k).and_then(Value::as_str);
+        for k in ["grant_type", "client_id", "client_secret"] {
+            if field(k).is_none() {
+                return message(
+                    StatusCode::BAD_REQUEST,
+                    &format!("\"{k}\" is required and must be a string"),
+                );
+            }
+        }
+        let grant = field("grant_type").unwrap_or_default();
+        if grant != "refresh_token" && grant != "authorization_code" {
+            return message(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "unsupported grant_type \"{grant}\"; use refresh_token or authorization_code"
+                ),
+            );
+        }
+        let secret_field = if grant == "refresh_token" {
+            "refresh_token"
+        } else {
+            "code"
+        };
+        let Some(presented) = field(secret_field) else {
+            return message(
+                StatusCode::BAD_REQUEST,
+                &format!("\"{secret_field}\" is required for grant_type {grant}"),
+            );
+        };
+        let c = &self.credentials;
+        if field("client_id") != Some(c.client_id.as_str())
+            || field("client_secret") != Some(c.client_secret.as_str())
+        {
+            return message(StatusCode::UNAUTHORIZED, MSG_INVALID_CLIENT);
+        }
+        let expected = if grant == "refresh_token" {
+            c.refresh_token.as_str()
+        } else {
+            DEMO_AUTHORIZATION_CODE
+        };
+        if presented != expected {
+            return message(StatusCode::UNAUTHORIZED, MSG_INVALID_TOKEN);
+        }
+        let (subject, org) = {
+            let store = self.store.read().expect("store");
+            let p = &store.profile()["data"];
+            (
+                p["user_id"].as_str().unwrap_or_default().to_owned(),
+                p["org_id"].as_str().unwrap_or_default().to_owned(),
+            )
+        };
+        let token = self
+            .tokens
+            .lock()
+            .expect("tokens")
+            .issue(self.token_ttl, &subject, &org);
+        if grant == "authorization_code" {
+            json_value(
+                StatusCode::OK,
+                &json!({"access_token": token, "refresh_token": c.refresh_token}),
+            )
+        } else {
+            json_value(StatusCode::OK, &json!({ "access_token": token }))
+        }
+    }
+
+    async fn cluster(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        path: &str,
+        query: &str,
+    ) -> Response<Body> {
+        let Some(rest) = path.strip_prefix("/platform/v1/") else {
+            return not_found();
+        };
+        if !self.authorized(&req) {
+            return message(StatusCode::UNAUTHORIZED, MSG_INVALID_TOKEN);
+        }
+        let rest = rest.trim_end_matches('/');
+        if rest == "spender/my_profile" {
+            if req.method() != Method::GET {
+                return method_not_allowed();
+            }
+            let body = self.store.read().expect("store").profile().to_string();
+            return json_response(StatusCode::OK, body.into_bytes());
+        }
+        let Some(resource) = rest.strip_prefix("admin/") else {
+            return not_found();
+        };
+        if resource == "expenses/accounting_export_summary/bulk" {
+            if req.method() != Method::POST {
+                return method_not_allowed();
+            }
+            return self.export_summary_bulk(req).await;
+        }
+        if resource.contains('/') {
+            return not_found();
+        }
+        if req.method() != Method::GET {
+            return method_not_allowed();
+        }
+        let shared = Arc::clone(self);
+        let (resource, query) = (resource.to_owned(), query.to_owned());
+        // Filtering 100k rows is CPU work; keep it off the async workers.
+        let listed = tokio::task::spawn_blocking(move || {
+            shared.store.read().expect("store").list(&resource, &query)
+        })
+        .await
+        .unwrap_or_else(|_| Listed::Invalid("internal error".into()));
+        match listed {
+            Listed::Body(b) => json_response(StatusCode::OK, b),
+            Listed::UnknownResource => not_found(),
+            Listed::Invalid(m) => validation_error(&m),
+        }
+    }
+}
+
+impl Shared {
+    async fn export_summary_bulk(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let body = match Limited::new(req.into_body(), 16 * 1024 * 1024)
+            .collect()
+            .await
+        {
+            Ok(c) => c.to_bytes(),
+            Err(_) => return validation_error("request body is too large or unreadable"),
+        };
+        let Ok(value) = serde_json::from_slice::<Value>(&body) else {
+            return validation_error("request body must be JSON");
+        };
+        let result = self
+            .store
+            .write()
+            .expect("store")
+            .export_summary_bulk(&value);
+        match result {
+            Ok(()) => json_value(StatusCode::OK, &json!({})),
+            Err(WriteBackError::Invalid(m)) => validation_error(&m),
+            Err(WriteBackError::Bulk(v)) => json_value(StatusCode::BAD_REQUEST, &v),
+        }
+    }
+}
+
+/// Accepts connections until `shutdown` flips; each connection is served
+/// by hyper and cut short when a fault asks for a dropped response.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    server: Server,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer): (_, SocketAddr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::debug!(error = %e, "simulator accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let shared = Arc::clone(&shared);
+        let mut conn_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let cut = Arc::new(Notify::new());
+            let cut_in_service = Arc::clone(&cut);
+            let service = hyper::service::service_fn(move |req| {
+                let shared = Arc::clone(&shared);
+                let cut = Arc::clone(&cut_in_service);
+                async move {
+                    match shared.handle(server, peer.ip(), req).await {
+                        Outcome::Respond(r) => Ok::<_, Infallible>(r),
+                        Outcome::Drop => {
+                            cut.notify_one();
+                            std::future::pending().await
+                        }
+                    }
+                }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::select! {
+                _ = conn => {}
+                _ = cut.notified() => {}
+                _ = conn_shutdown.changed() => {}
+            }
+        });
+    }
+}
