@@ -13,7 +13,11 @@ use secrecy::SecretString;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let sim = Simulator::start(SimConfig { expenses: 250, ..SimConfig::default() }).await?;
+    let sim = Simulator::start(SimConfig {
+        expenses: 250,
+        ..SimConfig::default()
+    })
+    .await?;
     let pipeline = expense_sync::config::load_str(
         expense_sync::cli::DEMO_PIPELINE,
         Path::new("pipelines/demo.toml"),

@@ -272,6 +272,7 @@ async fn wrong_client_secret_is_an_auth_error_and_writes_nothing() {
     let opts = expense_sync::pipeline::RunOptions {
         output_dir: Some(out.path().to_path_buf()),
         credentials: Some(creds),
+        ..Default::default()
     };
     let outcome = expense_sync::pipeline::run(&p, &http, &opts).await;
     assert_eq!(outcome.exit_code(), expense_sync::ExitCode::Auth);

@@ -350,6 +350,7 @@ async fn sigkill_at_random_moments_then_rerun_is_exactly_once() {
     });
     let (dir, file) = setup(&sim, "killed", "page_size = 25\nconcurrency = 2");
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+    let mut interrupted = 0;
     for i in 0..20 {
         // New versions every iteration, so every run has real work to interrupt.
         sim.mutate(60);
@@ -358,7 +359,10 @@ async fn sigkill_at_random_moments_then_rerun_is_exactly_once() {
         let delay = rng.random_range(0..400);
         tokio::time::sleep(Duration::from_millis(delay)).await;
         let _ = child.start_kill(); // SIGKILL
-        let _ = child.wait().await;
+        let status = child.wait().await.unwrap();
+        if status.code().is_none() {
+            interrupted += 1;
+        }
         // Every few iterations also kill the rerun, so crashes stack up.
         if i % 4 == 3 {
             let mut again = spawn_bin(&file, &sim, &[], &[]);
@@ -367,6 +371,11 @@ async fn sigkill_at_random_moments_then_rerun_is_exactly_once() {
             let _ = again.wait().await;
         }
     }
+    // Most kills must land while a run is under way, or the test proves little.
+    assert!(
+        interrupted >= 12,
+        "only {interrupted} of 20 runs were killed mid-run"
+    );
     tokio::time::sleep(Duration::from_millis(10)).await;
     let o = run_bin(&file, &sim, &[], &[]).await;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -178,6 +178,13 @@ async fn execute(
         .clone()
         .unwrap_or_else(|| spec.pipeline.output_dir.clone());
 
+    let session = Arc::new(FyleSession::new(http.clone(), creds));
+    let client = FyleClient::new(session.clone());
+    // Authenticate before touching the disk: bad credentials must leave nothing behind.
+    let auth = session.token().await;
+    *grants = session.refresh_count();
+    auth.map_err(|e| Error::Auth(e.to_string()))?;
+
     // One run per pipeline at a time; then bring outputs and state back to a
     // committed point if the previous run was interrupted.
     let state_path = pipeline.state_path(&output_dir);
@@ -238,13 +245,6 @@ async fn execute(
     summary.kind = plan.kind.to_string();
     summary.window_from = plan.window.from;
     summary.window_to = plan.window.to;
-
-    let session = Arc::new(FyleSession::new(http.clone(), creds));
-    let client = FyleClient::new(session.clone());
-    // Authenticate before touching the disk: bad credentials must leave nothing behind.
-    let auth = session.token().await;
-    *grants = session.refresh_count();
-    auth.map_err(|e| Error::Auth(e.to_string()))?;
 
     let mut sinks: Vec<Box<dyn Sink>> = Vec::with_capacity(spec.sinks.len());
     for cfg in &spec.sinks {

@@ -128,6 +128,7 @@ pub async fn run_text(sim: &Simulator, text: &str, out: &Path) -> (Pipeline, Run
     let opts = RunOptions {
         output_dir: Some(out.to_path_buf()),
         credentials: Some(credentials(sim)),
+        ..RunOptions::default()
     };
     let outcome = pipeline::run(&p, &http, &opts).await;
     (p, outcome)
