@@ -93,10 +93,10 @@ impl Table for ExpenseTable<'_> {
     fn cell(&self, row: usize, col: usize, path: &[String]) -> Cell<'_> {
         let e = &self.rows[row];
         let c = EXPENSE_COLUMNS[col].1;
-        if !path.is_empty() {
-            if let Some(cell) = self.ctx.expense_nested(e, c, path) {
-                return cell;
-            }
+        if !path.is_empty()
+            && let Some(cell) = self.ctx.expense_nested(e, c, path)
+        {
+            return cell;
         }
         nav(self.ctx.expense_cell(e, c), path)
     }
@@ -285,10 +285,9 @@ impl Store {
         let cache_key = (key, q.order_key.clone());
         if let Some((generation, perm)) =
             self.sort_cache.lock().expect("sort cache").get(&cache_key)
+            && *generation == self.generation
         {
-            if *generation == self.generation {
-                return perm.clone();
-            }
+            return perm.clone();
         }
         let perm = Arc::new(query::sort_perm(t, &q.order));
         let mut cache = self.sort_cache.lock().expect("sort cache");
@@ -387,10 +386,10 @@ impl Store {
         }
         let mut totals: HashMap<u32, i64> = touched.iter().map(|t| (t.0, 0)).collect();
         for e in &self.expenses {
-            if let Some(r) = e.report {
-                if let Some(t) = totals.get_mut(&r) {
-                    *t += e.amount;
-                }
+            if let Some(r) = e.report
+                && let Some(t) = totals.get_mut(&r)
+            {
+                *t += e.amount;
             }
         }
         for &(r, _, i) in touched {

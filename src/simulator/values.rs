@@ -302,10 +302,10 @@ pub(crate) fn cmp_lit(cell: &Cell<'_>, lit: &Lit) -> Result<Option<Ordering>, St
 fn cmp_str(s: &str, lit: &Lit) -> Result<Ordering, String> {
     // Timestamp text compares as an instant, so `Z` and `+00:00` spellings
     // agree; a literal that is no timestamp is an error, as for a timestamptz column.
-    if looks_like_date(s) {
-        if let Some(v) = parse_instant(s) {
-            return Ok(v.cmp(&lit.need_ts()?));
-        }
+    if looks_like_date(s)
+        && let Some(v) = parse_instant(s)
+    {
+        return Ok(v.cmp(&lit.need_ts()?));
     }
     Ok(s.cmp(lit.raw.as_str()))
 }
