@@ -206,7 +206,7 @@ async fn dispatch(command: Command) -> Result<ExitCode, Error> {
             let dir = output_dir.unwrap_or_else(|| p.spec.pipeline.output_dir.clone());
             let path = p.state_path(&dir);
             let SourceConfig::Fyle(src) = &p.spec.source;
-            let st = crate::state::load(&path, p.name(), &src.cursor_field)
+            let st = crate::state::load(&path, p.name(), src.cursor())
                 .map_err(|e| Error::State(e.to_string()))?;
             eprintln!("state file: {}", path.display());
             println!(

@@ -285,3 +285,34 @@ async fn wrong_client_secret_is_an_auth_error_and_writes_nothing() {
     assert!(files_in(out.path()).is_empty());
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_approved_preset_selects_what_fyles_integrations_select() {
+    let sim = simulator(1000, 23, None).await;
+    let out = tempfile::tempdir().unwrap();
+    let extra = "preset = \"approved\"\nfund_source = \"reimbursable\"";
+    let (_, outcome) = run_text(
+        &sim,
+        &pipeline_text(&sim, "approved", extra, ""),
+        out.path(),
+    )
+    .await;
+    assert!(outcome.error.is_none(), "{:?}", outcome.error);
+    let expected: BTreeSet<String> = sim
+        .ground_truth("expenses")
+        .into_iter()
+        .filter(|r| {
+            matches!(
+                r["state"].as_str(),
+                Some("APPROVED" | "PAYMENT_PROCESSING" | "PAID")
+            )
+        })
+        .filter(|r| r["source_account"]["type"] == "PERSONAL_CASH_ACCOUNT")
+        .filter(|r| r["report_last_approved_at"].is_string())
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(expected.len() > 50, "{}", expected.len());
+    let (_, rows) = csv_by_id(&out.path().join("approved.csv"));
+    assert_eq!(rows.keys().cloned().collect::<BTreeSet<_>>(), expected);
+    sim.shutdown().await;
+}

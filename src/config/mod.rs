@@ -204,6 +204,7 @@ fn validate(mut spec: PipelineFile, origin: &Path) -> Result<Pipeline, ConfigErr
     }
     problems.extend(spec.connection.validate("connection"));
     problems.extend(spec.http.validate("http"));
+    problems.extend(spec.source.apply_presets("source"));
     problems.extend(spec.source.validate("source"));
     if spec.columns.is_empty() {
         match default_columns(spec.source.resource()) {

@@ -193,7 +193,7 @@ async fn execute(
         state::LockError::Held { .. } => Error::Locked(e.to_string()),
         other => Error::State(other.to_string()),
     })?;
-    let mut st = state::load(&state_path, pipeline.name(), &source_cfg.cursor_field)
+    let mut st = state::load(&state_path, pipeline.name(), source_cfg.cursor())
         .map_err(|e| Error::State(e.to_string()))?;
 
     let plan = plan_window(
@@ -284,7 +284,7 @@ async fn execute(
 
     // Stage 2 (here): de-duplicate, project records to rows, quarantine the ones that cannot be.
     let mut dedup = Dedup {
-        cursor_field: source_cfg.cursor_field.clone(),
+        cursor_field: source_cfg.cursor().to_string(),
         seen: if plan.dedup_against_state {
             st.boundary.iter().cloned().collect()
         } else {

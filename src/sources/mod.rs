@@ -44,6 +44,13 @@ impl SourceConfig {
         }
     }
 
+    /// Expands presets into filters and cursor (part of validation).
+    pub fn apply_presets(&mut self, prefix: &str) -> Vec<Problem> {
+        match self {
+            SourceConfig::Fyle(c) => c.apply_presets(prefix),
+        }
+    }
+
     /// The resource name, used for default columns.
     pub fn resource(&self) -> &str {
         match self {

@@ -98,9 +98,16 @@ pub struct FyleSourceConfig {
     /// PostgREST-style filters: column (or `or`/`and`) → `op.value`.
     #[serde(default)]
     pub filters: BTreeMap<String, FilterValue>,
-    /// Timestamp column the pager walks (with `id` as tie-breaker).
-    #[serde(default = "default_cursor_field")]
-    pub cursor_field: String,
+    /// Timestamp column the pager walks (with `id` as tie-breaker); default
+    /// `updated_at`, or the preset's. Read it through [`FyleSourceConfig::cursor`].
+    #[serde(default)]
+    pub cursor_field: Option<String>,
+    /// A selection Fyle's accounting integrations use: `approved`, `paid` or `settled`.
+    #[serde(default)]
+    pub preset: Option<Preset>,
+    /// Restrict expenses to one fund source: `reimbursable`, `corporate_card` or `advance`.
+    #[serde(default)]
+    pub fund_source: Option<FundSource>,
     /// Records changed within this long before the run starts wait for the next run,
     /// so late-committed changes with slightly older timestamps are not missed.
     #[serde(default = "default_safety_lag", with = "crate::config::duration")]
@@ -121,8 +128,53 @@ fn default_role() -> String {
 fn default_page_size() -> u32 {
     200
 }
-fn default_cursor_field() -> String {
-    "updated_at".into()
+/// Selections Fyle's own accounting integrations export by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preset {
+    /// Approved or later, by when the report was last approved.
+    Approved,
+    /// Paid, by when the report was last paid.
+    Paid,
+    /// In payment or paid, by when the expense was last settled.
+    Settled,
+}
+
+impl Preset {
+    /// The cursor field and the state filter of the preset.
+    pub fn selection(self) -> (&'static str, &'static str) {
+        match self {
+            Preset::Approved => (
+                "report_last_approved_at",
+                "in.(APPROVED,PAYMENT_PROCESSING,PAID)",
+            ),
+            Preset::Paid => ("report_last_paid_at", "eq.PAID"),
+            Preset::Settled => ("last_settled_at", "in.(PAYMENT_PROCESSING,PAID)"),
+        }
+    }
+}
+
+/// Where the money for an expense came from (`source_account.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FundSource {
+    /// Paid by the employee, to be reimbursed.
+    Reimbursable,
+    /// Paid with a corporate card.
+    CorporateCard,
+    /// Paid from an advance.
+    Advance,
+}
+
+impl FundSource {
+    /// The `source_account->type` filter value.
+    pub fn filter(self) -> &'static str {
+        match self {
+            FundSource::Reimbursable => "eq.PERSONAL_CASH_ACCOUNT",
+            FundSource::CorporateCard => "eq.PERSONAL_CORPORATE_CREDIT_CARD_ACCOUNT",
+            FundSource::Advance => "eq.PERSONAL_ADVANCE_ACCOUNT",
+        }
+    }
 }
 fn default_safety_lag() -> Duration {
     Duration::from_secs(5)
@@ -188,7 +240,7 @@ impl FyleSourceConfig {
                 format!("must be between 1 and 32, got {}", self.concurrency),
             ));
         }
-        if self.cursor_field.is_empty() {
+        if self.cursor().is_empty() {
             p.push(Problem::new(
                 format!("{prefix}.cursor_field"),
                 "must not be empty",
@@ -215,6 +267,46 @@ impl FyleSourceConfig {
         p
     }
 
+    /// The timestamp column the pager walks.
+    pub fn cursor(&self) -> &str {
+        self.cursor_field.as_deref().unwrap_or("updated_at")
+    }
+
+    /// Expands `preset` and `fund_source` into the cursor and filters they
+    /// stand for; a filter or cursor the file also sets by hand is a conflict.
+    pub fn apply_presets(&mut self, prefix: &str) -> Vec<Problem> {
+        let mut p = Vec::new();
+        if (self.preset.is_some() || self.fund_source.is_some()) && self.resource != "expenses" {
+            p.push(Problem::new(
+                format!("{prefix}.preset"),
+                "presets and fund_source select expenses; use them with resource = \"expenses\"",
+            ));
+            return p;
+        }
+        if let Some(preset) = self.preset {
+            let (cursor, state) = preset.selection();
+            add_filter(&mut self.filters, &mut p, prefix, "preset", "state", state);
+            match &self.cursor_field {
+                Some(c) if c != cursor => p.push(Problem::new(
+                    format!("{prefix}.cursor_field"),
+                    format!("the preset pages by `{cursor}`; remove cursor_field or the preset"),
+                )),
+                _ => self.cursor_field = Some(cursor.to_string()),
+            }
+        }
+        if let Some(fund) = self.fund_source {
+            add_filter(
+                &mut self.filters,
+                &mut p,
+                prefix,
+                "fund_source",
+                "source_account->type",
+                fund.filter(),
+            );
+        }
+        p
+    }
+
     /// Filters as query pairs, in a stable order.
     pub fn filter_pairs(&self) -> Vec<(String, String)> {
         self.filters
@@ -225,6 +317,25 @@ impl FyleSourceConfig {
                     .map(move |x| (k.clone(), x.to_string()))
             })
             .collect()
+    }
+}
+
+/// Adds a filter a preset implies, unless the file sets that column itself.
+fn add_filter(
+    filters: &mut BTreeMap<String, FilterValue>,
+    problems: &mut Vec<Problem>,
+    prefix: &str,
+    by: &str,
+    column: &str,
+    value: &str,
+) {
+    if filters.contains_key(column) {
+        problems.push(Problem::new(
+            format!("{prefix}.filters.{column}"),
+            format!("is set by {prefix}.{by} already; remove one of them"),
+        ));
+    } else {
+        filters.insert(column.to_string(), FilterValue::One(value.to_string()));
     }
 }
 
@@ -306,5 +417,30 @@ mod tests {
         assert!(c.validate("source").is_empty());
         let pairs = c.filter_pairs();
         assert_eq!(pairs.iter().filter(|(k, _)| k == "spent_at").count(), 2);
+    }
+
+    #[test]
+    fn presets_expand_to_cursor_and_filters() {
+        let mut c =
+            cfg("resource = \"expenses\"\npreset = \"approved\"\nfund_source = \"corporate_card\"");
+        assert!(c.apply_presets("source").is_empty());
+        assert_eq!(c.cursor(), "report_last_approved_at");
+        let pairs = c.filter_pairs();
+        assert!(pairs.contains(&(
+            "state".into(),
+            "in.(APPROVED,PAYMENT_PROCESSING,PAID)".into()
+        )));
+        assert!(pairs.contains(&(
+            "source_account->type".into(),
+            "eq.PERSONAL_CORPORATE_CREDIT_CARD_ACCOUNT".into()
+        )));
+    }
+
+    #[test]
+    fn a_preset_and_a_hand_written_state_filter_conflict() {
+        let mut c =
+            cfg("resource = \"expenses\"\npreset = \"paid\"\n[filters]\nstate = \"eq.PAID\"");
+        let p = c.apply_presets("source");
+        assert_eq!(p[0].key, "source.filters.state");
     }
 }

@@ -6,5 +6,5 @@ mod config;
 mod pager;
 
 pub use client::{FyleClient, FyleError};
-pub use config::{ADMIN_RESOURCES, FilterValue, FyleSourceConfig};
+pub use config::{ADMIN_RESOURCES, FilterValue, FundSource, FyleSourceConfig, Preset};
 pub use pager::{Page, PagerStats, Window, fetch_window};

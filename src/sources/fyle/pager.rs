@@ -260,7 +260,7 @@ async fn fetch_slice(
     shared: &Shared,
 ) -> Result<(), FyleError> {
     let path = format!("{}/{}", cfg.role, cfg.resource);
-    let cursor = cfg.cursor_field.as_str();
+    let cursor = cfg.cursor();
     let mut last: Option<Key> = None;
     let mut first = true;
     loop {
