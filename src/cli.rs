@@ -125,6 +125,9 @@ pub enum Command {
         /// Delay added to every response, e.g. "150ms".
         #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
         latency: Duration,
+        /// Expenses changed per second in the background while clients page.
+        #[arg(long, default_value_t = 0)]
+        mutate_per_sec: u32,
     },
 }
 
@@ -230,6 +233,7 @@ async fn dispatch(command: Command) -> Result<ExitCode, Error> {
             token_ttl,
             error_rate,
             latency,
+            mutate_per_sec,
         } => {
             let cfg = SimConfig {
                 seed,
@@ -239,6 +243,7 @@ async fn dispatch(command: Command) -> Result<ExitCode, Error> {
                 faults: Faults {
                     error_rate,
                     latency,
+                    mutations_per_sec: mutate_per_sec,
                     ..Faults::default()
                 },
                 ..SimConfig::default()

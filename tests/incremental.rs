@@ -191,32 +191,54 @@ async fn back_to_back_runs_export_only_what_changed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutations_while_paging_lose_and_double_nothing_across_two_runs() {
     let sim = simulator(3000, 32, None).await;
+    // A high rate of change: 400 records a second get new versions while we page.
     sim.set_faults(Faults {
         latency: Duration::from_millis(15),
+        mutations_per_sec: 400,
         ..Faults::default()
     });
     let (dir, file) = setup(&sim, "churn", "page_size = 50\nconcurrency = 3");
-    let sim_ref = &sim;
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let churn = async {
-        // A high rate of change: dozens of records get new versions every 50 ms while we page.
-        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-            sim_ref.mutate(25);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    let first = async {
-        let o = run_bin(&file, sim_ref, &[], &[]).await;
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        o
-    };
-    let (o, ()) = tokio::join!(first, churn);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run_bin(&file, &sim, &[], &[]).await;
+    let first = summary(&o);
+    assert!(o.status.success(), "{first}");
+    sim.set_faults(Faults::default());
+
+    // Run 1 delivered versions that were current at its upper bound (records
+    // changed mid-run before the pager reached them belong to run 2).
+    let upper: chrono::DateTime<chrono::Utc> = first["window_to"].as_str().unwrap().parse().unwrap();
+    let as_of: BTreeSet<(String, String)> = sim
+        .expenses_as_of(upper)
+        .into_iter()
+        .map(|r| (r["id"].as_str().unwrap().to_string(), r["updated_at"].as_str().unwrap().to_string()))
+        .collect();
+    let run1 = committed_versions(&dir.path().join("out"));
+    let stray: Vec<_> = run1.keys().filter(|v| !as_of.contains(*v)).collect();
+    assert!(stray.is_empty(), "run 1 delivered versions that were not current at its upper bound: {stray:?}");
+    let changed_during_run = truth_versions(&sim).difference(&as_of).count();
+    assert!(changed_during_run > 50, "only {changed_during_run} records changed while paging");
+
     tokio::time::sleep(Duration::from_millis(20)).await;
     let o = run_bin(&file, &sim, &[], &[]).await;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_exactly_once(dir.path(), &sim);
     sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_records_simply_stop_appearing() {
+    let sim = simulator(500, 38, None).await;
+    let (dir, file) = setup(&sim, "deleted", "");
+    assert!(run_bin(&file, &sim, &[], &[]).await.status.success());
+    let gone = sim.delete(40);
+    sim.mutate(30);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let o = run_bin(&file, &sim, &[], &[]).await;
+    let s = summary(&o);
+    assert!(o.status.success(), "{s}");
+    assert_eq!(s["records_out"], 30);
+    assert_exactly_once(dir.path(), &sim);
+    let second: Vec<_> = committed_versions(&dir.path().join("out")).into_keys().collect();
+    assert!(gone.iter().all(|g| second.iter().filter(|(id, _)| id == g).count() <= 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

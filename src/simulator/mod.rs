@@ -87,6 +87,9 @@ pub struct Faults {
     /// Probability that a data request gets no response (connection closed)
     /// or a truncated body (half the bytes of the promised Content-Length), 50/50.
     pub drop_rate: f64,
+    /// Expenses changed per second in the background (new `updated_at`, amount
+    /// or state), as users edit data while clients page; 0 = off.
+    pub mutations_per_sec: u32,
 }
 
 /// Client credentials of the simulated internal app.
@@ -201,7 +204,9 @@ impl Simulator {
             cluster_url: cluster_url.clone(),
         });
         let (tx, rx) = watch::channel(false);
+        let mutator = tokio::spawn(mutate_in_background(Arc::clone(&shared), rx.clone()));
         let tasks = vec![
+            mutator,
             tokio::spawn(server::serve(
                 accounts,
                 Arc::clone(&shared),
@@ -282,6 +287,17 @@ impl Simulator {
         self.inner.shared.store.write().expect("store").mutate(n);
     }
 
+    /// Expenses as they were at instant `at` (what a client could have seen
+    /// then), sorted by id; other resources do not change.
+    pub fn expenses_as_of(&self, at: chrono::DateTime<chrono::Utc>) -> Vec<serde_json::Value> {
+        self.inner
+            .shared
+            .store
+            .read()
+            .expect("store")
+            .expenses_as_of(at.timestamp_micros())
+    }
+
     /// Deletes `n` random expenses and returns their ids (sorted).
     pub fn delete(&self, n: usize) -> Vec<String> {
         self.inner.shared.store.write().expect("store").delete(n)
@@ -293,6 +309,29 @@ impl Simulator {
         let tasks = std::mem::take(&mut *self.inner.tasks.lock().expect("tasks"));
         for t in tasks {
             let _ = t.await;
+        }
+    }
+}
+
+/// Applies `Faults::mutations_per_sec` in steps of 50 ms until shutdown.
+async fn mutate_in_background(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let step = Duration::from_millis(50);
+    let mut owed = 0.0f64;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(step) => {}
+            _ = stop.changed() => return,
+        }
+        let rate = shared.faults.lock().expect("faults").mutations_per_sec;
+        if rate == 0 {
+            owed = 0.0;
+            continue;
+        }
+        owed += f64::from(rate) * step.as_secs_f64();
+        let n = owed.floor() as usize;
+        if n > 0 {
+            owed -= n as f64;
+            shared.store.write().expect("store").mutate(n);
         }
     }
 }

@@ -153,7 +153,16 @@ pub(crate) struct Store {
     sort_cache: SortCache,
     last_stamp: i64,
     rng: Rng,
+    /// Replaced and deleted expense versions: (id, when replaced, the version before),
+    /// so tests can ask what the data looked like at an earlier instant.
+    past: std::collections::VecDeque<(String, i64, Vec<u8>)>,
+    /// Replacements older than this were dropped to bound memory.
+    past_complete_after: i64,
 }
+
+/// Replaced versions kept for `expenses_as_of`; a long `simulate` session with
+/// background changes would otherwise grow without bound.
+const MAX_PAST: usize = 50_000;
 
 /// Outcome of a list request.
 pub(crate) enum Listed {
@@ -212,6 +221,8 @@ impl Store {
             sort_cache: Mutex::new(HashMap::new()),
             last_stamp: BULK_UPDATED_AT,
             rng: Rng::new(seed ^ 0x005E_ED0F_4D17),
+            past: std::collections::VecDeque::new(),
+            past_complete_after: i64::MIN,
             ctx,
         }
     }
@@ -318,6 +329,47 @@ impl Store {
             .unwrap_or_default()
     }
 
+    fn remember_version(&mut self, i: usize, replaced_at: i64) {
+        let mut buf = Vec::with_capacity(4096);
+        self.expense_table().write_row(i, &mut buf);
+        let id = self.expenses[i].id.to_string();
+        self.past.push_back((id, replaced_at, buf));
+        if self.past.len() > MAX_PAST
+            && let Some((_, dropped_at, _)) = self.past.pop_front()
+        {
+            self.past_complete_after = dropped_at;
+        }
+    }
+
+    /// Expenses as they were at `at` (unix microseconds): for each id, the
+    /// version replaced first after `at`, else the current one; sorted by id.
+    pub(crate) fn expenses_as_of(&self, at: i64) -> Vec<Value> {
+        assert!(
+            at >= self.past_complete_after,
+            "the simulator no longer remembers versions that old (it keeps the last {MAX_PAST} changes)"
+        );
+        let mut by_id: std::collections::BTreeMap<String, Value> = self
+            .ground_truth("expenses")
+            .into_iter()
+            .map(|v| (v["id"].as_str().unwrap_or_default().to_string(), v))
+            .collect();
+        let mut first_after: HashMap<&str, (i64, &Vec<u8>)> = HashMap::new();
+        for (id, replaced_at, before) in &self.past {
+            if *replaced_at > at {
+                let slot = first_after.entry(id.as_str()).or_insert((*replaced_at, before));
+                if *replaced_at < slot.0 {
+                    *slot = (*replaced_at, before);
+                }
+            }
+        }
+        for (id, (_, before)) in first_after {
+            let v = serde_json::from_slice(before).expect("remembered row is valid JSON");
+            by_id.insert(id.to_string(), v);
+        }
+        // Deleted at or before `at` (and not replaced since): gone then too.
+        by_id.into_values().collect()
+    }
+
     /// A fresh `updated_at`: wall-clock now, but strictly after every
     /// timestamp handed out before, so mutated rows never tie with old ones.
     fn stamp(&mut self) -> i64 {
@@ -344,6 +396,7 @@ impl Store {
         let mut touched_reports = Vec::new();
         for i in picked {
             let now = self.stamp();
+            self.remember_version(i, now);
             let advance = self.rng.chance(0.5);
             let new_units = self.rng.range(500, 50_000);
             let e = &mut self.expenses[i];
@@ -367,6 +420,7 @@ impl Store {
         let mut ids = Vec::with_capacity(picked.len());
         let mut touched = Vec::new();
         for i in picked {
+            self.remember_version(i, now);
             let e = self.expenses.remove(i);
             if let Some(r) = e.report {
                 touched.push((r, now, usize::MAX));
