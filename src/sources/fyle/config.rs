@@ -116,6 +116,14 @@ pub struct FyleSourceConfig {
     /// backfill is bounded by the rate limit, not by round-trip latency.
     #[serde(default = "default_concurrency")]
     pub concurrency: u32,
+    /// Slices are never split below this time span (a split needs a
+    /// midpoint with records on both sides to pay off).
+    #[serde(default = "default_min_slice", with = "crate::config::duration")]
+    pub min_slice: Duration,
+}
+
+fn default_min_slice() -> Duration {
+    Duration::from_secs(1)
 }
 
 fn default_concurrency() -> u32 {

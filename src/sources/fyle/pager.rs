@@ -358,7 +358,8 @@ async fn fetch_slice(
             && let (Some(k), Some(to)) = (&last, slice.to)
         {
             let span = to - k.at;
-            if span > chrono::Duration::milliseconds(2) {
+            let min_slice = chrono::Duration::from_std(cfg.min_slice).unwrap_or_default();
+            if span >= min_slice * 2 && span > chrono::Duration::microseconds(2) {
                 let mid = k.at + span / 2;
                 debug!(from = %mid, to = %to, "splitting slice");
                 slice.to = Some(mid);
