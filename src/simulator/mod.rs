@@ -15,6 +15,7 @@
 
 mod generate;
 mod model;
+mod oauth;
 mod query;
 mod reports;
 mod rng;
@@ -33,6 +34,7 @@ use tokio::task::JoinHandle;
 use server::{Limiter, Server, Shared, TokenBook};
 use store::Store;
 
+pub use oauth::{REFRESH_TOKEN_TTL, SIM_PASSWORD, SIM_PUBLIC_CLIENT_ID, SIM_USERNAME};
 pub use query::{DEFAULT_LIMIT, MAX_LIMIT};
 pub use store::RESOURCES;
 
@@ -199,6 +201,7 @@ impl Simulator {
             limiter: Mutex::new(Limiter::new(cfg.rate_limit)),
             log: Mutex::new(Vec::new()),
             cluster_url: cluster_url.clone(),
+            oauth: Mutex::new(oauth::OAuthBook::new(cfg.seed)),
         });
         let (tx, rx) = watch::channel(false);
         let tasks = vec![
@@ -274,6 +277,58 @@ impl Simulator {
             .lock()
             .expect("tokens")
             .expire_all();
+    }
+
+    /// Mints a JWT credential for the JWT bearer grant, valid for `ttl`
+    /// (what a provider's developer console issues).
+    pub fn issue_jwt_credential(&self, ttl: Duration) -> String {
+        self.inner
+            .shared
+            .oauth
+            .lock()
+            .expect("oauth")
+            .issue_jwt(ttl)
+    }
+
+    /// Revokes a JWT credential: later JWT grants with it get `invalid_grant`.
+    pub fn revoke_jwt_credential(&self, jwt: &str) {
+        self.inner
+            .shared
+            .oauth
+            .lock()
+            .expect("oauth")
+            .revoke_jwt(jwt);
+    }
+
+    /// Invalidates every refresh token issued by the OAuth flows (and their
+    /// access tokens), as if they had expired or been revoked.
+    pub fn revoke_refresh_tokens(&self) {
+        let access = self
+            .inner
+            .shared
+            .oauth
+            .lock()
+            .expect("oauth")
+            .revoke_all_refresh();
+        let mut tokens = self.inner.shared.tokens.lock().expect("tokens");
+        for a in access {
+            tokens.revoke(&a);
+        }
+    }
+
+    /// Whether `refresh_token` (issued by an OAuth flow) would still be accepted.
+    pub fn refresh_token_is_live(&self, refresh_token: &str) -> bool {
+        self.inner
+            .shared
+            .oauth
+            .lock()
+            .expect("oauth")
+            .refresh_is_live(refresh_token)
+    }
+
+    /// How long authorization codes stay redeemable (default 60 s).
+    pub fn set_code_ttl(&self, ttl: Duration) {
+        self.inner.shared.oauth.lock().expect("oauth").code_ttl = ttl;
     }
 
     /// Changes `n` random expenses: each gets a new `updated_at` (now, strictly
