@@ -344,11 +344,20 @@ impl FyleSession {
         let c = match &self.source {
             Source::Static(c) => c,
             Source::Vault(v) => {
-                let t = v.access_token(stale.map(|t| &t.access), false).await?;
+                let mut t = v.access_token(stale.map(|t| &t.access), false).await?;
+                // A stored token may have been revoked by another process's
+                // rotation since it was saved: refresh once past it.
+                let cluster = match self.discover_cluster(&t.access).await {
+                    Err(AuthError::Refused { status: 401, .. }) => {
+                        info!("stored access token was rejected; refreshing it");
+                        t = v.access_token(Some(&t.access), false).await?;
+                        self.discover_cluster(&t.access).await?
+                    }
+                    other => other?,
+                };
                 let left = (t.expires_at - chrono::Utc::now())
                     .to_std()
                     .unwrap_or_default();
-                let cluster = self.discover_cluster(&t.access).await?;
                 debug!(cluster = %cluster, lifetime_s = left.as_secs(), generation, "access token from the vault");
                 return Ok(Token {
                     access: t.access,
