@@ -21,61 +21,7 @@ use crate::http::{HttpClient, HttpConfig};
 #[derive(Debug, Subcommand)]
 pub enum AuthCommand {
     /// Store a new connection (client and endpoints) in the vault; then run `auth login NAME`.
-    Add {
-        /// Connection name, e.g. the organisation (`acme`).
-        name: String,
-        /// Token dialect: `fyle` (JSON, client secret in the body) or `oauth2` (standard, form-encoded).
-        #[arg(long, value_enum, default_value = "fyle")]
-        profile: Profile,
-        /// How tokens are obtained.
-        #[arg(long, value_enum, default_value = "authorization-code")]
-        grant: GrantKind,
-        /// Accounts server; token, authorize and revoke URLs default beneath it.
-        #[arg(long, default_value = DEFAULT_ACCOUNTS_URL)]
-        accounts_url: String,
-        /// Token endpoint (default `{accounts_url}/oauth/token`).
-        #[arg(long)]
-        token_url: Option<String>,
-        /// Authorization endpoint.
-        #[arg(long)]
-        authorize_url: Option<String>,
-        /// Revocation endpoint (RFC 7009).
-        #[arg(long)]
-        revoke_url: Option<String>,
-        /// The app's client id.
-        #[arg(long)]
-        client_id: String,
-        /// Environment variable holding the client secret (omit for a public client).
-        #[arg(long)]
-        client_secret_env: Option<String>,
-        /// Client authentication at the token endpoint (oauth2 profile).
-        #[arg(long, value_enum)]
-        client_auth: Option<ClientAuth>,
-        /// Loopback redirect URI registered with the app (port 0: any free port).
-        #[arg(long)]
-        redirect_uri: Option<String>,
-        /// Scope to request.
-        #[arg(long)]
-        scope: Option<String>,
-        /// Do not use PKCE (oauth2 profile uses S256 by default).
-        #[arg(long)]
-        no_pkce: bool,
-        /// Environment variable holding the JWT credential (jwt-bearer grant).
-        #[arg(long)]
-        jwt_env: Option<String>,
-        /// User name (password grant).
-        #[arg(long)]
-        username: Option<String>,
-        /// Environment variable holding the password (password grant).
-        #[arg(long)]
-        password_env: Option<String>,
-        /// Environment variable holding an internal app's refresh token (refresh-token grant).
-        #[arg(long)]
-        refresh_token_env: Option<String>,
-        /// Replace an existing connection of that name.
-        #[arg(long)]
-        replace: bool,
-    },
+    Add(Box<AddArgs>),
     /// Authorise a connection and store its tokens (browser flow, or the connection's direct grant).
     Login {
         /// Connection name.
@@ -103,6 +49,64 @@ pub enum AuthCommand {
     },
 }
 
+/// `auth add` options.
+#[derive(Debug, clap::Args)]
+pub struct AddArgs {
+    /// Connection name, e.g. the organisation (`acme`).
+    name: String,
+    /// Token dialect: `fyle` (JSON, client secret in the body) or `oauth2` (standard, form-encoded).
+    #[arg(long, value_enum, default_value = "fyle")]
+    profile: Profile,
+    /// How tokens are obtained.
+    #[arg(long, value_enum, default_value = "authorization-code")]
+    grant: GrantKind,
+    /// Accounts server; token, authorize and revoke URLs default beneath it.
+    #[arg(long, default_value = DEFAULT_ACCOUNTS_URL)]
+    accounts_url: String,
+    /// Token endpoint (default `{accounts_url}/oauth/token`).
+    #[arg(long)]
+    token_url: Option<String>,
+    /// Authorization endpoint.
+    #[arg(long)]
+    authorize_url: Option<String>,
+    /// Revocation endpoint (RFC 7009).
+    #[arg(long)]
+    revoke_url: Option<String>,
+    /// The app's client id.
+    #[arg(long)]
+    client_id: String,
+    /// Environment variable holding the client secret (omit for a public client).
+    #[arg(long)]
+    client_secret_env: Option<String>,
+    /// Client authentication at the token endpoint (oauth2 profile).
+    #[arg(long, value_enum)]
+    client_auth: Option<ClientAuth>,
+    /// Loopback redirect URI registered with the app (port 0: any free port).
+    #[arg(long)]
+    redirect_uri: Option<String>,
+    /// Scope to request.
+    #[arg(long)]
+    scope: Option<String>,
+    /// Do not use PKCE (oauth2 profile uses S256 by default).
+    #[arg(long)]
+    no_pkce: bool,
+    /// Environment variable holding the JWT credential (jwt-bearer grant).
+    #[arg(long)]
+    jwt_env: Option<String>,
+    /// User name (password grant).
+    #[arg(long)]
+    username: Option<String>,
+    /// Environment variable holding the password (password grant).
+    #[arg(long)]
+    password_env: Option<String>,
+    /// Environment variable holding an internal app's refresh token (refresh-token grant).
+    #[arg(long)]
+    refresh_token_env: Option<String>,
+    /// Replace an existing connection of that name.
+    #[arg(long)]
+    replace: bool,
+}
+
 fn env_secret(var: &Option<String>, flag: &str) -> Result<Option<SecretString>, Error> {
     let Some(var) = var else { return Ok(None) };
     match std::env::var(var) {
@@ -121,26 +125,27 @@ fn http() -> Result<HttpClient, Error> {
 pub async fn run(cmd: AuthCommand, vault: Option<PathBuf>) -> Result<ExitCode, Error> {
     let vault = Vault::open(&vault_path(vault.as_deref()));
     match cmd {
-        AuthCommand::Add {
-            name,
-            profile,
-            grant,
-            accounts_url,
-            token_url,
-            authorize_url,
-            revoke_url,
-            client_id,
-            client_secret_env,
-            client_auth,
-            redirect_uri,
-            scope,
-            no_pkce,
-            jwt_env,
-            username,
-            password_env,
-            refresh_token_env,
-            replace,
-        } => {
+        AuthCommand::Add(args) => {
+            let AddArgs {
+                name,
+                profile,
+                grant,
+                accounts_url,
+                token_url,
+                authorize_url,
+                revoke_url,
+                client_id,
+                client_secret_env,
+                client_auth,
+                redirect_uri,
+                scope,
+                no_pkce,
+                jwt_env,
+                username,
+                password_env,
+                refresh_token_env,
+                replace,
+            } = *args;
             if name.is_empty()
                 || !name
                     .chars()
@@ -258,8 +263,8 @@ pub async fn run(cmd: AuthCommand, vault: Option<PathBuf>) -> Result<ExitCode, E
                 return Ok(ExitCode::Ok);
             }
             println!(
-                "{:<20} {:<7} {:<19} {:<17} {:<24} {:<21} {}",
-                "NAME", "PROFILE", "GRANT", "STATUS", "CLIENT_ID", "ACCESS_EXPIRES", "LAST_ERROR"
+                "{:<20} {:<7} {:<19} {:<17} {:<24} {:<21} LAST_ERROR",
+                "NAME", "PROFILE", "GRANT", "STATUS", "CLIENT_ID", "ACCESS_EXPIRES"
             );
             for (name, c) in &all {
                 let grant = serde_json::to_value(c.grant)

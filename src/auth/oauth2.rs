@@ -272,7 +272,10 @@ mod tests {
         );
         let (v, c) = pkce_pair();
         assert_eq!(pkce_challenge(v.expose_secret()), c);
-        assert!(v.expose_secret().len() >= 43, "RFC 7636: 43..128 characters");
+        assert!(
+            v.expose_secret().len() >= 43,
+            "RFC 7636: 43..128 characters"
+        );
     }
 
     #[test]

@@ -58,11 +58,11 @@ impl std::fmt::Debug for VaultAuth {
     }
 }
 
+type InflightMap = std::sync::Mutex<HashMap<(PathBuf, String), Arc<tokio::sync::Mutex<()>>>>;
+
 /// One async mutex per (vault, connection) in this process.
 fn inflight(vault: &Vault, name: &str) -> Arc<tokio::sync::Mutex<()>> {
-    static LOCKS: OnceLock<
-        std::sync::Mutex<HashMap<(PathBuf, String), Arc<tokio::sync::Mutex<()>>>>,
-    > = OnceLock::new();
+    static LOCKS: OnceLock<InflightMap> = OnceLock::new();
     let key = (
         std::path::absolute(vault.path()).unwrap_or_else(|_| vault.path().to_path_buf()),
         name.to_string(),

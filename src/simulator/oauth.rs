@@ -398,7 +398,7 @@ impl Shared {
         &self,
         basic: Option<Result<(String, String), ()>>,
         fields: &HashMap<String, String>,
-    ) -> Result<(Client, String), Response<Body>> {
+    ) -> Result<(Client, String), Box<Response<Body>>> {
         let invalid_client = |desc: &str, basic_used: bool| {
             let mut r = oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", desc);
             if basic_used {
@@ -407,18 +407,18 @@ impl Shared {
                     HeaderValue::from_static("Basic realm=\"simulator\""),
                 );
             }
-            r
+            Box::new(r)
         };
         let c = &self.credentials;
         match basic {
             Some(Err(())) => Err(invalid_client("malformed Basic credentials", true)),
             Some(Ok((id, secret))) => {
                 if fields.contains_key("client_secret") {
-                    return Err(oauth_error(
+                    return Err(Box::new(oauth_error(
                         StatusCode::BAD_REQUEST,
                         "invalid_request",
                         "use one client authentication method, not Basic and client_secret together",
-                    ));
+                    )));
                 }
                 if id == c.client_id && secret == c.client_secret {
                     Ok((Client::Confidential, id))
@@ -455,7 +455,7 @@ impl Shared {
         let fields: HashMap<String, String> = pairs.into_iter().collect();
         let (client, client_id) = match self.client_auth(basic, &fields) {
             Ok(c) => c,
-            Err(r) => return r,
+            Err(r) => return *r,
         };
         let get = |k: &str| fields.get(k).map(String::as_str).filter(|v| !v.is_empty());
         let grant = get("grant_type").unwrap_or_default();
@@ -616,7 +616,7 @@ impl Shared {
         };
         let fields: HashMap<String, String> = pairs.into_iter().collect();
         if let Err(r) = self.client_auth(basic, &fields) {
-            return r;
+            return *r;
         }
         let Some(token) = fields.get("token") else {
             return oauth_error(
