@@ -314,10 +314,10 @@ async fn check(path: &Path, offline: bool, vault: Option<PathBuf>) -> Result<Exi
 }
 
 async fn check_connection(p: &Pipeline, session: FyleSession) -> Result<ExitCode, Error> {
-    let accounts = format!("{session:?}");
+    let accounts = session.accounts_url().clone();
     let session = std::sync::Arc::new(session);
     let token = session.token().await?;
-    println!("ok   access token granted ({accounts})");
+    println!("ok   access token granted by {accounts}");
     println!("ok   cluster is {}", token.cluster);
     let client = FyleClient::new(session);
     let profile = client

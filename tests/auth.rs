@@ -994,3 +994,13 @@ async fn pipeline_connection_takes_vault_or_secrets_not_both() {
     let e = config::load_str(&text, Path::new("p.toml")).unwrap_err();
     assert!(e.to_string().contains("connection.client_secret"), "{e}");
 }
+
+#[tokio::test]
+async fn auth_commands_have_help() {
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["add", "login", "list", "refresh-all", "revoke", "remove"] {
+        let o = run_bin(&["auth", sub, "--help"], dir.path(), &[]).await;
+        assert!(o.status.success(), "{sub}: {}", text(&o));
+        assert!(text(&o).contains("Usage"), "{sub}");
+    }
+}

@@ -303,6 +303,11 @@ impl FyleSession {
         })
     }
 
+    /// The accounts server this session authenticates against.
+    pub fn accounts_url(&self) -> &Url {
+        &self.accounts_url
+    }
+
     /// The HTTP client every request of this session goes through.
     pub fn http(&self) -> &HttpClient {
         &self.http

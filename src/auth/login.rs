@@ -14,7 +14,7 @@ use url::Url;
 use super::AuthError;
 use super::oauth2::{Grant, TokenError, pkce_pair, request_token};
 use super::tokens::{apply_tokens, direct_grant, reconnect};
-use super::vault::{Connection, ConnectionStatus, GrantKind, Profile, Vault};
+use super::vault::{Connection, GrantKind, Profile, Vault};
 use crate::http::HttpClient;
 
 /// An authorization request waiting for its redirect.
@@ -272,9 +272,7 @@ pub async fn login_direct(vault: &Vault, http: &HttpClient, name: &str) -> Resul
             let rt = conn.refresh_token.clone().ok_or_else(|| {
                 reconnect(name, "no refresh token is stored; add it again with --refresh-token-env")
             })?;
-            let mut c = conn.clone();
-            c.status = ConnectionStatus::Ok;
-            request_token(http, &c, &Grant::RefreshToken(&rt)).await
+            request_token(http, &conn, &Grant::RefreshToken(&rt)).await
         }
         GrantKind::AuthorizationCode => {
             return Err(AuthError::Protocol(format!(
