@@ -272,7 +272,15 @@ pub async fn login_direct(vault: &Vault, http: &HttpClient, name: &str) -> Resul
             let rt = conn.refresh_token.clone().ok_or_else(|| {
                 reconnect(name, "no refresh token is stored; add it again with --refresh-token-env")
             })?;
-            request_token(http, &conn, &Grant::RefreshToken(&rt)).await
+            request_token(http, &conn, &Grant::RefreshToken(&rt))
+                .await
+                .map_err(|e| match e {
+                    TokenError::GrantRefused(reason) => TokenError::GrantRefused(format!(
+                        "{reason}; copy the app's current refresh token from Fyle (Settings → Integrations → Custom Apps) \
+                         and store it with `expense-sync auth add {name} --replace --grant refresh-token --refresh-token-env VAR …`"
+                    )),
+                    other => other,
+                })
         }
         GrantKind::AuthorizationCode => {
             return Err(AuthError::Protocol(format!(

@@ -373,6 +373,17 @@ pub async fn run_until_ctrl_c(
     println!("FYLE_CLIENT_SECRET={}", c.client_secret);
     println!("FYLE_REFRESH_TOKEN={}", c.refresh_token);
     println!();
+    println!(
+        "OAuth 2.0 apps (auth add/login): authorize at {}/app/developers/oauth/authorize",
+        sim.accounts_url()
+    );
+    println!("  public client id (PKCE): {SIM_PUBLIC_CLIENT_ID}");
+    println!("  password grant: {SIM_USERNAME} / {SIM_PASSWORD}");
+    println!(
+        "  JWT credential (24 h): SIM_JWT={}",
+        sim.issue_jwt_credential(Duration::from_secs(24 * 3600))
+    );
+    println!();
     println!("Press Ctrl-C to stop.");
     tokio::signal::ctrl_c().await?;
     sim.shutdown().await;
