@@ -1004,3 +1004,66 @@ async fn auth_commands_have_help() {
         assert!(text(&o).contains("Usage"), "{sub}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulator_token_errors_use_each_dialects_shape() {
+    let sim = simulator(10, 18, None).await;
+    let c = sim.credentials().clone();
+    let token_url = format!("{}/oauth/token", sim.accounts_url());
+    let client = reqwest::Client::new();
+
+    // Standard dialect: form body, RFC 6749 error objects.
+    let r = client
+        .post(&token_url)
+        .basic_auth(&c.client_id, Some(&c.client_secret))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", "no-such-token"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_grant", "{body}");
+    assert!(body["error_description"].is_string(), "{body}");
+
+    let r = client
+        .post(&token_url)
+        .basic_auth(&c.client_id, Some("wrong"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert!(r.headers().contains_key("www-authenticate"));
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_client", "{body}");
+
+    let r = client
+        .post(&token_url)
+        .form(&[
+            ("grant_type", "implicit"),
+            ("client_id", SIM_PUBLIC_CLIENT_ID),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "unsupported_grant_type", "{body}");
+
+    // Fyle dialect: JSON body, `{"message": …}` errors.
+    let r = client
+        .post(&token_url)
+        .json(&serde_json::json!({
+            "grant_type": "refresh_token", "refresh_token": "no-such-token",
+            "client_id": c.client_id, "client_secret": c.client_secret,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["message"], "invalid token", "{body}");
+}
