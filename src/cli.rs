@@ -31,6 +31,9 @@ pub struct Cli {
     /// Log line format on stderr.
     #[arg(long, global = true, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Credential vault file (default: $XDG_CONFIG_HOME/expense-sync/vault.json).
+    #[arg(long, global = true, env = "EXPENSE_SYNC_VAULT")]
+    pub vault: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -99,6 +102,12 @@ pub enum Command {
         #[arg(long)]
         pipeline: Option<PathBuf>,
     },
+    /// Manage stored connections in the credential vault: add, login, list, refresh-all, revoke, remove.
+    Auth {
+        /// What to do.
+        #[command(subcommand)]
+        action: crate::auth::cmd::AuthCommand,
+    },
     /// Serve a local, faithful Fyle platform simulator until Ctrl-C.
     Simulate {
         /// Port of the accounts server (`/oauth/token`, `/oauth/cluster`).
@@ -142,7 +151,7 @@ pub fn main() -> i32 {
             return ExitCode::Internal.code();
         }
     };
-    let result = runtime.block_on(dispatch(cli.command));
+    let result = runtime.block_on(dispatch(cli.command, cli.vault));
     match result {
         Ok(code) => code.code(),
         Err(e) => {
@@ -173,8 +182,9 @@ fn init_logging(cli: &Cli) {
     };
 }
 
-async fn dispatch(command: Command) -> Result<ExitCode, Error> {
+async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, Error> {
     match command {
+        Command::Auth { action } => crate::auth::cmd::run(action, vault).await,
         Command::Run {
             pipeline,
             output_dir,
@@ -196,11 +206,12 @@ async fn dispatch(command: Command) -> Result<ExitCode, Error> {
                 output_dir,
                 credentials: None,
                 mode,
+                vault,
             };
             let outcome = pipeline::run(&p, &http, &opts).await;
             report_run(&outcome, summary.as_deref())
         }
-        Command::Check { pipeline, offline } => check(&pipeline, offline).await,
+        Command::Check { pipeline, offline } => check(&pipeline, offline, vault).await,
         Command::State {
             pipeline,
             output_dir,
@@ -278,32 +289,39 @@ fn report_run(outcome: &RunOutcome, summary_file: Option<&Path>) -> Result<ExitC
     Ok(outcome.exit_code())
 }
 
-async fn check(path: &Path, offline: bool) -> Result<ExitCode, Error> {
+async fn check(path: &Path, offline: bool, vault: Option<PathBuf>) -> Result<ExitCode, Error> {
     let p = config::load(path)?;
     println!("ok   pipeline file {} is valid", path.display());
     if offline {
         return Ok(ExitCode::Ok);
     }
-    let creds = p
-        .spec
-        .connection
-        .resolve("connection")
-        .map_err(|problems| config::ConfigError {
-            file: path.to_path_buf(),
-            problems,
-        })?;
-    println!("ok   secrets resolved (client_id {})", creds.client_id);
-    check_connection(&p, creds).await
+    let http = HttpClient::new(&p.spec.http).map_err(|e| Error::Internal(e.to_string()))?;
+    let session = match &p.spec.connection.vault {
+        Some(name) => {
+            let v = crate::auth::Vault::open(&crate::auth::vault::vault_path(vault.as_deref()));
+            println!("ok   using connection `{name}` from {}", v.path().display());
+            FyleSession::from_vault(http, v, name)?
+        }
+        None => {
+            let creds = p
+                .spec
+                .connection
+                .resolve("connection")
+                .map_err(|problems| config::ConfigError {
+                    file: path.to_path_buf(),
+                    problems,
+                })?;
+            println!("ok   secrets resolved (client_id {})", creds.client_id);
+            FyleSession::new(http, creds)
+        }
+    };
+    check_connection(&p, session).await
 }
 
-async fn check_connection(p: &Pipeline, creds: FyleCredentials) -> Result<ExitCode, Error> {
-    let http = HttpClient::new(&p.spec.http).map_err(|e| Error::Internal(e.to_string()))?;
-    let accounts = creds.accounts_url.clone();
-    let session = std::sync::Arc::new(FyleSession::new(http, creds));
-    let token = session
-        .token()
-        .await
-        .map_err(|e| Error::Auth(e.to_string()))?;
+async fn check_connection(p: &Pipeline, session: FyleSession) -> Result<ExitCode, Error> {
+    let accounts = session.accounts_url().clone();
+    let session = std::sync::Arc::new(session);
+    let token = session.token().await?;
     println!("ok   access token granted by {accounts}");
     println!("ok   cluster is {}", token.cluster);
     let client = FyleClient::new(session);
@@ -398,6 +416,7 @@ async fn demo(
         output_dir: Some(out),
         credentials: Some(creds),
         mode: RunMode::Auto,
+        vault: None,
     };
     let outcome = pipeline::run(&p, &http, &opts).await;
     sim.shutdown().await;

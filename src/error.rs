@@ -24,6 +24,8 @@ pub enum ExitCode {
     Locked = 7,
     /// The state file is unreadable or inconsistent; it was left untouched.
     State = 8,
+    /// A stored connection's refresh token expired or was revoked: run `expense-sync auth login <connection>`.
+    Reconnect = 9,
 }
 
 impl ExitCode {
@@ -57,6 +59,9 @@ pub enum Error {
     /// An internal failure.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A stored connection must be authorised again by a person (`auth login`).
+    #[error("{0}")]
+    Reconnect(String),
 }
 
 impl Error {
@@ -70,6 +75,7 @@ impl Error {
             Error::Locked(_) => ExitCode::Locked,
             Error::State(_) => ExitCode::State,
             Error::Internal(_) => ExitCode::Internal,
+            Error::Reconnect(_) => ExitCode::Reconnect,
         }
     }
 }

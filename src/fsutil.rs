@@ -30,13 +30,30 @@ pub struct StagedFile {
 impl StagedFile {
     /// Creates the temporary file (and missing parent directories) for `final_path`.
     pub fn create(final_path: &Path, run_id: &str) -> io::Result<(Self, File)> {
+        Self::create_with_mode(final_path, run_id, None)
+    }
+
+    /// Like [`StagedFile::create`], creating the temporary file with Unix `mode`
+    /// (e.g. `0o600` for credentials) so it is never readable by others, not even briefly.
+    pub fn create_with_mode(
+        final_path: &Path,
+        run_id: &str,
+        mode: Option<u32>,
+    ) -> io::Result<(Self, File)> {
         if let Some(parent) = final_path.parent().filter(|p| !p.as_os_str().is_empty()) {
             fs::create_dir_all(parent).map_err(|e| annotate(e, parent, "create directory"))?;
         }
         let temp_path = temp_path_for(final_path, run_id);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
+        let mut options = OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        if let Some(mode) = mode {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(mode);
+        }
+        #[cfg(not(unix))]
+        let _ = mode;
+        let file = options
             .open(&temp_path)
             .map_err(|e| annotate(e, &temp_path, "create"))?;
         Ok((
@@ -83,8 +100,18 @@ pub fn sync_parent_dir(path: &Path) -> io::Result<()> {
 
 /// Writes `bytes` to `path` atomically (temp file, fsync, rename, fsync dir).
 pub fn write_atomic(path: &Path, bytes: &[u8], run_id: &str) -> io::Result<()> {
+    write_atomic_with_mode(path, bytes, run_id, None)
+}
+
+/// [`write_atomic`] with the file created with Unix `mode` (e.g. `0o600`).
+pub fn write_atomic_with_mode(
+    path: &Path,
+    bytes: &[u8],
+    run_id: &str,
+    mode: Option<u32>,
+) -> io::Result<()> {
     use std::io::Write;
-    let (staged, mut file) = StagedFile::create(path, run_id)?;
+    let (staged, mut file) = StagedFile::create_with_mode(path, run_id, mode)?;
     let result = file
         .write_all(bytes)
         .map_err(|e| annotate(e, &staged.temp_path, "write"))

@@ -12,6 +12,8 @@ use tokio::sync::Mutex;
 use tracing::{debug, info};
 use url::Url;
 
+use super::tokens::VaultAuth;
+use super::vault::{Vault, VaultError};
 use crate::config::{Problem, SecretRef};
 use crate::http::{HttpClient, HttpError, Request};
 
@@ -21,19 +23,27 @@ pub const DEFAULT_ACCOUNTS_URL: &str = "https://accounts.fylehq.com";
 /// Tokens whose lifetime we cannot read are assumed to live this long (Fyle: about 1 hour).
 const ASSUMED_LIFETIME: Duration = Duration::from_secs(55 * 60);
 
-/// `[connection]`: how to reach and authenticate to a Fyle organisation.
+/// `[connection]`: how to reach and authenticate to a Fyle organisation —
+/// either a stored vault connection (`vault = "acme"`) or an internal app's
+/// secrets from the environment or files.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FyleConnectionConfig {
     /// Accounts (auth) server; change it for a sandbox or the simulator.
     #[serde(default = "default_accounts_url")]
     pub accounts_url: String,
+    /// Name of a connection in the credential vault (`expense-sync auth list`).
+    #[serde(default)]
+    pub vault: Option<String>,
     /// The app's client id (not secret: may be inline).
-    pub client_id: SecretRef,
+    #[serde(default)]
+    pub client_id: Option<SecretRef>,
     /// The app's client secret.
-    pub client_secret: SecretRef,
+    #[serde(default)]
+    pub client_secret: Option<SecretRef>,
     /// The refresh token of the internal app (or from the OAuth flow).
-    pub refresh_token: SecretRef,
+    #[serde(default)]
+    pub refresh_token: Option<SecretRef>,
 }
 
 fn default_accounts_url() -> String {
@@ -54,18 +64,59 @@ impl FyleConnectionConfig {
                 ),
             )),
         }
+        let given = [
+            ("client_id", self.client_id.is_some()),
+            ("client_secret", self.client_secret.is_some()),
+            ("refresh_token", self.refresh_token.is_some()),
+        ];
+        match &self.vault {
+            Some(name) => {
+                if name.is_empty() {
+                    p.push(Problem::new(
+                        format!("{prefix}.vault"),
+                        "is empty; give the name of a stored connection (see `expense-sync auth list`)",
+                    ));
+                }
+                for (k, present) in given {
+                    if present {
+                        p.push(Problem::new(
+                            format!("{prefix}.{k}"),
+                            "cannot be combined with connection.vault: the vault connection carries its own credentials; remove one of them",
+                        ));
+                    }
+                }
+            }
+            None => {
+                for (k, present) in given {
+                    if !present {
+                        p.push(Problem::new(
+                            format!("{prefix}.{k}"),
+                            "is required but missing (or use a stored connection: vault = \"name\")",
+                        ));
+                    }
+                }
+            }
+        }
         p
     }
 
-    /// Reads the referenced secrets.
+    /// Reads the referenced secrets (internal-app form only).
     pub fn resolve(&self, prefix: &str) -> Result<FyleCredentials, Vec<Problem>> {
-        let id = self.client_id.resolve(&format!("{prefix}.client_id"), true);
-        let secret = self
-            .client_secret
-            .resolve(&format!("{prefix}.client_secret"), false);
-        let refresh = self
-            .refresh_token
-            .resolve(&format!("{prefix}.refresh_token"), false);
+        let (Some(client_id), Some(client_secret), Some(refresh_token)) =
+            (&self.client_id, &self.client_secret, &self.refresh_token)
+        else {
+            let mut problems = self.validate(prefix);
+            if problems.is_empty() {
+                problems.push(Problem::new(
+                    format!("{prefix}.vault"),
+                    "names a vault connection; it has no secrets to resolve here",
+                ));
+            }
+            return Err(problems);
+        };
+        let id = client_id.resolve(&format!("{prefix}.client_id"), true);
+        let secret = client_secret.resolve(&format!("{prefix}.client_secret"), false);
+        let refresh = refresh_token.resolve(&format!("{prefix}.refresh_token"), false);
         let url = Url::parse(&self.accounts_url);
         match (id, secret, refresh, url) {
             (Ok(id), Ok(client_secret), Ok(refresh_token), Ok(accounts_url)) => {
@@ -166,21 +217,56 @@ pub enum AuthError {
     /// The server answered something we cannot use.
     #[error("{0}")]
     Protocol(String),
+    /// A stored connection's refresh token or credential was refused (expired
+    /// or revoked): only a person can fix it, so it is never retried.
+    #[error("reconnect needed: run `expense-sync auth login {connection}` ({reason})")]
+    ReconnectNeeded {
+        /// Vault connection name.
+        connection: String,
+        /// The provider's words.
+        reason: String,
+    },
+    /// The credential vault could not be used.
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+}
+
+impl From<AuthError> for crate::error::Error {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::ReconnectNeeded { .. } => crate::error::Error::Reconnect(e.to_string()),
+            other => crate::error::Error::Auth(other.to_string()),
+        }
+    }
+}
+
+/// Where a session's access tokens come from.
+enum Source {
+    /// An internal app's refresh token from the pipeline file's references.
+    Static(FyleCredentials),
+    /// A vault connection, refreshed (and rotated) through the vault.
+    Vault(VaultAuth),
 }
 
 /// A cached Fyle session: access token + cluster, refreshed when needed.
 pub struct FyleSession {
     http: HttpClient,
-    creds: FyleCredentials,
+    accounts_url: Url,
+    client_id: String,
+    source: Source,
     current: Mutex<Option<Arc<Token>>>,
     refreshes: AtomicU64,
 }
 
 impl std::fmt::Debug for FyleSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FyleSession")
-            .field("creds", &self.creds)
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("FyleSession");
+        d.field("accounts_url", &self.accounts_url.as_str())
+            .field("client_id", &self.client_id);
+        if let Source::Vault(v) = &self.source {
+            d.field("vault_connection", &v.name());
+        }
+        d.finish_non_exhaustive()
     }
 }
 
@@ -189,10 +275,37 @@ impl FyleSession {
     pub fn new(http: HttpClient, creds: FyleCredentials) -> Self {
         Self {
             http,
-            creds,
+            accounts_url: creds.accounts_url.clone(),
+            client_id: creds.client_id.clone(),
+            source: Source::Static(creds),
             current: Mutex::new(None),
             refreshes: AtomicU64::new(0),
         }
+    }
+
+    /// A session for vault connection `name`: tokens are read from and
+    /// refreshed into the vault, shared with every other process using it.
+    pub fn from_vault(http: HttpClient, vault: Vault, name: &str) -> Result<Self, AuthError> {
+        let conn = vault.get(name)?;
+        let accounts_url = Url::parse(&conn.accounts_url).map_err(|e| {
+            AuthError::Protocol(format!(
+                "connection `{name}` has accounts_url `{}`, which is not a URL: {e}",
+                conn.accounts_url
+            ))
+        })?;
+        Ok(Self {
+            accounts_url,
+            client_id: conn.client_id,
+            source: Source::Vault(VaultAuth::new(vault, name, http.clone())),
+            http,
+            current: Mutex::new(None),
+            refreshes: AtomicU64::new(0),
+        })
+    }
+
+    /// The accounts server this session authenticates against.
+    pub fn accounts_url(&self) -> &Url {
+        &self.accounts_url
     }
 
     /// The HTTP client every request of this session goes through.
@@ -202,7 +315,10 @@ impl FyleSession {
 
     /// How many token grants this session has made.
     pub fn refresh_count(&self) -> u64 {
-        self.refreshes.load(Ordering::Relaxed)
+        match &self.source {
+            Source::Static(_) => self.refreshes.load(Ordering::Relaxed),
+            Source::Vault(v) => v.grant_count(),
+        }
     }
 
     /// A token valid for a while yet, refreshing first if it is close to expiry.
@@ -212,7 +328,7 @@ impl FyleSession {
             return Ok(t.clone());
         }
         let generation = guard.as_ref().map_or(1, |t| t.generation + 1);
-        let fresh = Arc::new(self.grant(generation).await?);
+        let fresh = Arc::new(self.grant(generation, None).await?);
         *guard = Some(fresh.clone());
         Ok(fresh)
     }
@@ -224,13 +340,38 @@ impl FyleSession {
             return Ok(t.clone());
         }
         info!("access token was rejected; refreshing it and resolving the cluster again");
-        let fresh = Arc::new(self.grant(stale.generation + 1).await?);
+        let fresh = Arc::new(self.grant(stale.generation + 1, Some(stale)).await?);
         *guard = Some(fresh.clone());
         Ok(fresh)
     }
 
-    async fn grant(&self, generation: u64) -> Result<Token, AuthError> {
-        let c = &self.creds;
+    async fn grant(&self, generation: u64, stale: Option<&Token>) -> Result<Token, AuthError> {
+        let c = match &self.source {
+            Source::Static(c) => c,
+            Source::Vault(v) => {
+                let mut t = v.access_token(stale.map(|t| &t.access), false).await?;
+                // A stored token may have been revoked by another process's
+                // rotation since it was saved: refresh once past it.
+                let cluster = match self.discover_cluster(&t.access).await {
+                    Err(AuthError::Refused { status: 401, .. }) => {
+                        info!("stored access token was rejected; refreshing it");
+                        t = v.access_token(Some(&t.access), false).await?;
+                        self.discover_cluster(&t.access).await?
+                    }
+                    other => other?,
+                };
+                let left = (t.expires_at - chrono::Utc::now())
+                    .to_std()
+                    .unwrap_or_default();
+                debug!(cluster = %cluster, lifetime_s = left.as_secs(), generation, "access token from the vault");
+                return Ok(Token {
+                    access: t.access,
+                    refresh_at: Instant::now() + left.saturating_sub(t.margin),
+                    cluster,
+                    generation,
+                });
+            }
+        };
         let token_url = c.accounts_url.join("oauth/token").map_err(|e| {
             AuthError::Protocol(format!("bad accounts_url {}: {e}", c.accounts_url))
         })?;
@@ -276,7 +417,6 @@ impl FyleSession {
 
     async fn discover_cluster(&self, access: &SecretString) -> Result<Url, AuthError> {
         let url = self
-            .creds
             .accounts_url
             .join("oauth/cluster")
             .map_err(|e| AuthError::Protocol(e.to_string()))?;
@@ -310,8 +450,8 @@ impl FyleSession {
             | HttpError::Rejected {
                 status, message, ..
             } if matches!(status, 400 | 401 | 403) => AuthError::Refused {
-                accounts_url: self.creds.accounts_url.to_string(),
-                client_id: self.creds.client_id.clone(),
+                accounts_url: self.accounts_url.to_string(),
+                client_id: self.client_id.clone(),
                 status,
                 message,
             },

@@ -17,7 +17,7 @@ use url::Url;
 use super::{HttpConfig, HttpError};
 
 /// One request to make; the client adds rate limiting, timeouts and retries.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Request {
     /// HTTP method.
     pub method: Method,
@@ -31,6 +31,33 @@ pub struct Request {
     pub form: Option<Vec<(String, String)>>,
     /// Bearer token, sent as `Authorization: Bearer …` and marked sensitive.
     pub bearer: Option<SecretString>,
+    /// HTTP Basic credentials (user, password), e.g. an OAuth client id and secret.
+    pub basic: Option<(String, SecretString)>,
+}
+
+// Bodies of token requests carry client secrets, codes and refresh tokens:
+// Debug shows only their field names.
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let json_keys: Option<Vec<&String>> = self
+            .json
+            .as_ref()
+            .and_then(Value::as_object)
+            .map(|m| m.keys().collect());
+        let form_keys: Option<Vec<&String>> = self
+            .form
+            .as_ref()
+            .map(|f| f.iter().map(|(k, _)| k).collect());
+        f.debug_struct("Request")
+            .field("method", &self.method)
+            .field("url", &self.url.as_str())
+            .field("query", &self.query)
+            .field("json_fields", &json_keys)
+            .field("form_fields", &form_keys)
+            .field("bearer", &self.bearer.as_ref().map(|_| "[REDACTED]"))
+            .field("basic_user", &self.basic.as_ref().map(|(u, _)| u))
+            .finish()
+    }
 }
 
 impl Request {
@@ -43,6 +70,20 @@ impl Request {
             json: None,
             form: None,
             bearer: None,
+            basic: None,
+        }
+    }
+
+    /// A POST of a form-encoded body (`application/x-www-form-urlencoded`) to `url`.
+    pub fn post_form(url: Url, form: Vec<(String, String)>) -> Self {
+        Self {
+            method: Method::POST,
+            url,
+            query: Vec::new(),
+            json: None,
+            form: Some(form),
+            bearer: None,
+            basic: None,
         }
     }
 
@@ -55,7 +96,14 @@ impl Request {
             json: Some(json),
             form: None,
             bearer: None,
+            basic: None,
         }
+    }
+
+    /// Adds HTTP Basic authentication (RFC 6749 §2.3.1 client authentication).
+    pub fn with_basic_auth(mut self, user: String, password: SecretString) -> Self {
+        self.basic = Some((user, password));
+        self
     }
 
     /// Adds a bearer token.
@@ -269,6 +317,12 @@ impl HttpClient {
         if let Some(token) = &req.bearer {
             // reqwest marks bearer headers sensitive, keeping them out of debug output.
             builder = builder.bearer_auth(token.expose_secret());
+        }
+        if let Some((user, password)) = &req.basic {
+            // RFC 6749 §2.3.1: both parts are form-urlencoded before base64.
+            let enc =
+                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            builder = builder.basic_auth(enc(user), Some(enc(password.expose_secret())));
         }
         let sent = Instant::now();
         let result = builder.send().await;

@@ -43,6 +43,9 @@ pub struct RunOptions {
     pub credentials: Option<FyleCredentials>,
     /// Incremental, full refresh, or a backfill of a given window.
     pub mode: RunMode,
+    /// Credential vault for `[connection] vault = "…"`; default from
+    /// `EXPENSE_SYNC_VAULT` or the user's config directory.
+    pub vault: Option<PathBuf>,
 }
 
 /// How a run ended: its summary, and the error if it failed.
@@ -159,15 +162,22 @@ async fn execute(
 ) -> Result<(), Error> {
     let spec = &pipeline.spec;
     let SourceConfig::Fyle(source_cfg) = &spec.source;
-    let creds = match &opts.credentials {
-        Some(c) => c.clone(),
-        None => spec
-            .connection
-            .resolve("connection")
-            .map_err(|problems| ConfigError {
-                file: pipeline.file.clone(),
-                problems,
-            })?,
+    let session = match (&opts.credentials, &spec.connection.vault) {
+        (Some(c), _) => FyleSession::new(http.clone(), c.clone()),
+        (None, Some(name)) => {
+            let vault =
+                crate::auth::Vault::open(&crate::auth::vault::vault_path(opts.vault.as_deref()));
+            FyleSession::from_vault(http.clone(), vault, name)?
+        }
+        (None, None) => FyleSession::new(
+            http.clone(),
+            spec.connection
+                .resolve("connection")
+                .map_err(|problems| ConfigError {
+                    file: pipeline.file.clone(),
+                    problems,
+                })?,
+        ),
     };
     let projector = Projector::new(&spec.columns).map_err(|problems| ConfigError {
         file: pipeline.file.clone(),
@@ -178,12 +188,12 @@ async fn execute(
         .clone()
         .unwrap_or_else(|| spec.pipeline.output_dir.clone());
 
-    let session = Arc::new(FyleSession::new(http.clone(), creds));
+    let session = Arc::new(session);
     let client = FyleClient::new(session.clone());
     // Authenticate before touching the disk: bad credentials must leave nothing behind.
     let auth = session.token().await;
     *grants = session.refresh_count();
-    auth.map_err(|e| Error::Auth(e.to_string()))?;
+    auth?;
 
     // One run per pipeline at a time; then bring outputs and state back to a
     // committed point if the previous run was interrupted.
@@ -520,7 +530,7 @@ async fn transform(
 
 fn source_error(e: FyleError, cfg: &crate::sources::fyle::FyleSourceConfig) -> Error {
     match e {
-        FyleError::Auth(a) => Error::Auth(a.to_string()),
+        FyleError::Auth(a) => Error::from(a),
         other => Error::Source(format!(
             "reading {}/{} from Fyle failed: {other}",
             cfg.role, cfg.resource

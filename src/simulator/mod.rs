@@ -15,6 +15,7 @@
 
 mod generate;
 mod model;
+mod oauth;
 mod query;
 mod reports;
 mod rng;
@@ -33,6 +34,7 @@ use tokio::task::JoinHandle;
 use server::{Limiter, Server, Shared, TokenBook};
 use store::Store;
 
+pub use oauth::{REFRESH_TOKEN_TTL, SIM_PASSWORD, SIM_PUBLIC_CLIENT_ID, SIM_USERNAME};
 pub use query::{DEFAULT_LIMIT, MAX_LIMIT};
 pub use store::RESOURCES;
 
@@ -202,6 +204,7 @@ impl Simulator {
             limiter: Mutex::new(Limiter::new(cfg.rate_limit)),
             log: Mutex::new(Vec::new()),
             cluster_url: cluster_url.clone(),
+            oauth: Mutex::new(oauth::OAuthBook::new(cfg.seed)),
         });
         let (tx, rx) = watch::channel(false);
         let mutator = tokio::spawn(mutate_in_background(Arc::clone(&shared), rx.clone()));
@@ -281,6 +284,58 @@ impl Simulator {
             .expire_all();
     }
 
+    /// Mints a JWT credential for the JWT bearer grant, valid for `ttl`
+    /// (what a provider's developer console issues).
+    pub fn issue_jwt_credential(&self, ttl: Duration) -> String {
+        self.inner
+            .shared
+            .oauth
+            .lock()
+            .expect("oauth")
+            .issue_jwt(ttl)
+    }
+
+    /// Revokes a JWT credential: later JWT grants with it get `invalid_grant`.
+    pub fn revoke_jwt_credential(&self, jwt: &str) {
+        self.inner
+            .shared
+            .oauth
+            .lock()
+            .expect("oauth")
+            .revoke_jwt(jwt);
+    }
+
+    /// Invalidates every refresh token issued by the OAuth flows (and their
+    /// access tokens), as if they had expired or been revoked.
+    pub fn revoke_refresh_tokens(&self) {
+        let access = self
+            .inner
+            .shared
+            .oauth
+            .lock()
+            .expect("oauth")
+            .revoke_all_refresh();
+        let mut tokens = self.inner.shared.tokens.lock().expect("tokens");
+        for a in access {
+            tokens.revoke(&a);
+        }
+    }
+
+    /// Whether `refresh_token` (issued by an OAuth flow) would still be accepted.
+    pub fn refresh_token_is_live(&self, refresh_token: &str) -> bool {
+        self.inner
+            .shared
+            .oauth
+            .lock()
+            .expect("oauth")
+            .refresh_is_live(refresh_token)
+    }
+
+    /// How long authorization codes stay redeemable (default 60 s).
+    pub fn set_code_ttl(&self, ttl: Duration) {
+        self.inner.shared.oauth.lock().expect("oauth").code_ttl = ttl;
+    }
+
     /// Changes `n` random expenses: each gets a new `updated_at` (now, strictly
     /// increasing) and either a new amount or the next workflow state.
     pub fn mutate(&self, n: usize) {
@@ -356,6 +411,17 @@ pub async fn run_until_ctrl_c(
     println!("FYLE_CLIENT_ID={}", c.client_id);
     println!("FYLE_CLIENT_SECRET={}", c.client_secret);
     println!("FYLE_REFRESH_TOKEN={}", c.refresh_token);
+    println!();
+    println!(
+        "OAuth 2.0 apps (auth add/login): authorize at {}/app/developers/oauth/authorize",
+        sim.accounts_url()
+    );
+    println!("  public client id (PKCE): {SIM_PUBLIC_CLIENT_ID}");
+    println!("  password grant: {SIM_USERNAME} / {SIM_PASSWORD}");
+    println!(
+        "  JWT credential (24 h): SIM_JWT={}",
+        sim.issue_jwt_credential(Duration::from_secs(24 * 3600))
+    );
     println!();
     println!("Press Ctrl-C to stop.");
     tokio::signal::ctrl_c().await?;

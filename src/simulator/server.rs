@@ -29,7 +29,7 @@ use super::{
     MSG_RATE_LIMITED, SimCredentials,
 };
 
-type Body = BoxBody<Bytes, std::io::Error>;
+pub(crate) type Body = BoxBody<Bytes, std::io::Error>;
 
 /// State shared by both servers and the `Simulator` handle.
 pub(crate) struct Shared {
@@ -42,6 +42,7 @@ pub(crate) struct Shared {
     pub(crate) limiter: Mutex<Limiter>,
     pub(crate) log: Mutex<Vec<LoggedRequest>>,
     pub(crate) cluster_url: String,
+    pub(crate) oauth: Mutex<super::oauth::OAuthBook>,
 }
 
 /// Issued access tokens. Tokens are opaque to the server: validity is a
@@ -63,7 +64,7 @@ impl TokenBook {
         }
     }
 
-    fn issue(&mut self, ttl: Duration, subject: &str, org_id: &str) -> String {
+    pub(crate) fn issue(&mut self, ttl: Duration, subject: &str, org_id: &str) -> String {
         let now = Instant::now();
         let iat = chrono::Utc::now().timestamp();
         let exp = iat + ttl.as_secs_f64().ceil() as i64;
@@ -90,6 +91,11 @@ impl TokenBook {
 
     fn valid(&self, token: &str) -> bool {
         matches!(self.issued.get(token), Some((until, epoch)) if *epoch == self.epoch && Instant::now() < *until)
+    }
+
+    /// Invalidates one access token (refresh-token rotation, revocation).
+    pub(crate) fn revoke(&mut self, token: &str) {
+        self.issued.remove(token);
     }
 
     pub(crate) fn expire_all(&mut self) {
@@ -166,7 +172,7 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
     r
 }
 
-fn json_value(status: StatusCode, v: &Value) -> Response<Body> {
+pub(crate) fn json_value(status: StatusCode, v: &Value) -> Response<Body> {
     json_response(status, v.to_string().into_bytes())
 }
 
@@ -291,7 +297,7 @@ impl Shared {
             return Outcome::Respond(too_many(MSG_RATE_LIMITED));
         }
         if server == Server::Accounts {
-            return Outcome::Respond(self.accounts(req, path).await);
+            return Outcome::Respond(self.accounts(req, path, query).await);
         }
         let data_request = path.starts_with("/platform/");
         let mut drop_kind = None;
@@ -329,12 +335,26 @@ impl Shared {
         }
     }
 
-    async fn accounts(self: &Arc<Self>, req: Request<Incoming>, path: &str) -> Response<Body> {
+    async fn accounts(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        path: &str,
+        query: &str,
+    ) -> Response<Body> {
         match path {
-            "/oauth/token" | "/oauth/cluster" if req.method() != Method::POST => {
+            "/oauth/token" | "/oauth/cluster" | "/oauth/revoke" if req.method() != Method::POST => {
                 method_not_allowed()
             }
+            "/app/developers/oauth/authorize" | "/oauth/authorize" => {
+                if req.method() == Method::GET {
+                    self.authorize(query)
+                } else {
+                    method_not_allowed()
+                }
+            }
+            "/oauth/token" if super::oauth::is_form(&req) => self.standard_token(req).await,
             "/oauth/token" => self.token(req).await,
+            "/oauth/revoke" => self.revoke(req).await,
             "/oauth/cluster" => {
                 if self.authorized(&req) {
                     json_value(
@@ -413,34 +433,31 @@ impl Shared {
         {
             return message(StatusCode::UNAUTHORIZED, MSG_INVALID_CLIENT);
         }
-        let expected = if grant == "refresh_token" {
-            c.refresh_token.as_str()
-        } else {
-            DEMO_AUTHORIZATION_CODE
-        };
-        if presented != expected {
-            return message(StatusCode::UNAUTHORIZED, MSG_INVALID_TOKEN);
+        let client_id = c.client_id.as_str();
+        if grant == "refresh_token" {
+            let access = if presented == c.refresh_token {
+                Some(self.issue_access())
+            } else {
+                self.fyle_refresh(presented, client_id)
+            };
+            return match access {
+                Some(token) => json_value(StatusCode::OK, &json!({ "access_token": token })),
+                None => message(StatusCode::UNAUTHORIZED, MSG_INVALID_TOKEN),
+            };
         }
-        let (subject, org) = {
-            let store = self.store.read().expect("store");
-            let p = &store.profile()["data"];
-            (
-                p["user_id"].as_str().unwrap_or_default().to_owned(),
-                p["org_id"].as_str().unwrap_or_default().to_owned(),
-            )
-        };
-        let token = self
-            .tokens
-            .lock()
-            .expect("tokens")
-            .issue(self.token_ttl, &subject, &org);
-        if grant == "authorization_code" {
-            json_value(
+        if presented == DEMO_AUTHORIZATION_CODE {
+            let token = self.issue_access();
+            return json_value(
                 StatusCode::OK,
                 &json!({"access_token": token, "refresh_token": c.refresh_token}),
-            )
-        } else {
-            json_value(StatusCode::OK, &json!({ "access_token": token }))
+            );
+        }
+        match self.fyle_code_exchange(presented, client_id) {
+            Some((access, refresh)) => json_value(
+                StatusCode::OK,
+                &json!({"access_token": access, "refresh_token": refresh}),
+            ),
+            None => message(StatusCode::UNAUTHORIZED, MSG_INVALID_TOKEN),
         }
     }
 

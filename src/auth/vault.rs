@@ -1,0 +1,689 @@
+//! The credential vault: named connections (one per organisation or tenant)
+//! with their client credentials and current tokens, in one JSON file.
+//!
+//! - The file is created mode 0600 and replaced atomically (temp file, fsync,
+//!   rename); a vault readable by group or others is refused.
+//! - Every read-modify-write holds an exclusive `flock` on `{vault}.lock`, so
+//!   `auth refresh-all` from cron and running pipelines never lose a rotated
+//!   refresh token to each other.
+//! - With `EXPENSE_SYNC_VAULT_KEY` set, the connections are sealed with
+//!   ChaCha20-Poly1305 under a key derived from that value by Argon2id with a
+//!   random per-write salt.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use argon2::Argon2;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// Environment variable naming the vault file (the `--vault` flag wins).
+pub const VAULT_ENV: &str = "EXPENSE_SYNC_VAULT";
+/// Environment variable holding the vault encryption key or passphrase.
+pub const VAULT_KEY_ENV: &str = "EXPENSE_SYNC_VAULT_KEY";
+
+/// The vault file to use: `explicit`, else `$EXPENSE_SYNC_VAULT`, else
+/// `$XDG_CONFIG_HOME/expense-sync/vault.json` (or `~/.config/…`).
+pub fn vault_path(explicit: Option<&Path>) -> PathBuf {
+    if let Some(p) = explicit {
+        return p.to_path_buf();
+    }
+    if let Some(p) = std::env::var_os(VAULT_ENV).filter(|v| !v.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".config"))
+        })
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("expense-sync").join("vault.json")
+}
+
+/// Which token-endpoint dialect a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Profile {
+    /// Fyle: JSON body with `client_id` and `client_secret`; no PKCE.
+    Fyle,
+    /// Standard OAuth 2.0 (RFC 6749, RingCentral and most SaaS APIs): form
+    /// body, HTTP Basic or body client authentication, PKCE, rotation.
+    Oauth2,
+}
+
+/// How a connection obtains its first tokens (and new ones when it has no refresh token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantKind {
+    /// A person authorises in a browser (`auth login`); the code is exchanged for tokens.
+    AuthorizationCode,
+    /// A refresh token copied from the provider (Fyle internal app).
+    RefreshToken,
+    /// `urn:ietf:params:oauth:grant-type:jwt-bearer` with a JWT credential as `assertion`.
+    JwtBearer,
+    /// Resource-owner password grant (deprecated; use the JWT grant).
+    Password,
+    /// Client credentials: the app acts for itself.
+    ClientCredentials,
+}
+
+/// How the client authenticates to the token endpoint (standard profile).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// `Authorization: Basic base64(client_id:client_secret)`.
+    Basic,
+    /// `client_id` (and `client_secret`, if any) in the form body; public clients.
+    Body,
+}
+
+/// Whether a connection can be used without a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionStatus {
+    /// Added, never authorised.
+    New,
+    /// Has working credentials as of the last refresh.
+    Ok,
+    /// The provider refused the refresh token or credential: `auth login` again.
+    ReconnectNeeded,
+    /// Tokens were revoked with `auth revoke`.
+    Revoked,
+}
+
+impl ConnectionStatus {
+    /// Lower-case name for listings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionStatus::New => "new",
+            ConnectionStatus::Ok => "ok",
+            ConnectionStatus::ReconnectNeeded => "reconnect-needed",
+            ConnectionStatus::Revoked => "revoked",
+        }
+    }
+}
+
+/// One stored connection: endpoints, client, grant, and current tokens.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Connection {
+    /// Token dialect.
+    pub profile: Profile,
+    /// How tokens are first obtained.
+    pub grant: GrantKind,
+    /// Accounts server (Fyle: also where `/oauth/cluster` lives).
+    pub accounts_url: String,
+    /// Token endpoint.
+    pub token_url: String,
+    /// Authorization endpoint (authorization-code grant).
+    #[serde(default)]
+    pub authorize_url: Option<String>,
+    /// Revocation endpoint (RFC 7009), if the provider has one.
+    #[serde(default)]
+    pub revoke_url: Option<String>,
+    /// Client id (not secret).
+    pub client_id: String,
+    /// Client secret; absent for public clients.
+    #[serde(default, with = "opt_secret")]
+    pub client_secret: Option<SecretString>,
+    /// Client authentication at the token endpoint (standard profile).
+    pub client_auth: ClientAuth,
+    /// Loopback redirect URI for `auth login`, e.g. `http://127.0.0.1:8765/callback` (port 0: any free port).
+    #[serde(default)]
+    pub redirect_uri: Option<String>,
+    /// Requested scope, space separated.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// Whether the authorization-code grant uses PKCE S256.
+    #[serde(default)]
+    pub pkce: bool,
+    /// JWT credential for the JWT bearer grant.
+    #[serde(default, with = "opt_secret")]
+    pub assertion: Option<SecretString>,
+    /// User name for the password grant.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password for the password grant.
+    #[serde(default, with = "opt_secret")]
+    pub password: Option<SecretString>,
+    /// Current refresh token.
+    #[serde(default, with = "opt_secret")]
+    pub refresh_token: Option<SecretString>,
+    /// When the refresh token expires, if the provider said.
+    #[serde(default)]
+    pub refresh_expires_at: Option<DateTime<Utc>>,
+    /// Current access token.
+    #[serde(default, with = "opt_secret")]
+    pub access_token: Option<SecretString>,
+    /// When the access token expires.
+    #[serde(default)]
+    pub access_expires_at: Option<DateTime<Utc>>,
+    /// Usable, or waiting for a person.
+    pub status: ConnectionStatus,
+    /// Last successful token grant.
+    #[serde(default)]
+    pub last_refresh_at: Option<DateTime<Utc>>,
+    /// Why the last grant failed (the provider's words; never a secret).
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |s: &Option<SecretString>| s.as_ref().map(|_| "[REDACTED]");
+        f.debug_struct("Connection")
+            .field("profile", &self.profile)
+            .field("grant", &self.grant)
+            .field("accounts_url", &self.accounts_url)
+            .field("token_url", &self.token_url)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &redacted(&self.client_secret))
+            .field("assertion", &redacted(&self.assertion))
+            .field("password", &redacted(&self.password))
+            .field("refresh_token", &redacted(&self.refresh_token))
+            .field("access_token", &redacted(&self.access_token))
+            .field("access_expires_at", &self.access_expires_at)
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// A new connection with the profile's default endpoints under `accounts_url`.
+    pub fn new(profile: Profile, grant: GrantKind, accounts_url: &str, client_id: &str) -> Self {
+        let base = accounts_url.trim_end_matches('/');
+        let (authorize, revoke, client_auth) = match profile {
+            // Fyle's consent page lives on the app host; the simulator serves
+            // it on its accounts server, so the default follows accounts_url
+            // unless it is the real accounts server.
+            Profile::Fyle => (
+                if base == super::fyle::DEFAULT_ACCOUNTS_URL {
+                    "https://app.fylehq.com/app/developers/oauth/authorize".to_string()
+                } else {
+                    format!("{base}/app/developers/oauth/authorize")
+                },
+                None,
+                ClientAuth::Body,
+            ),
+            Profile::Oauth2 => (
+                format!("{base}/oauth/authorize"),
+                Some(format!("{base}/oauth/revoke")),
+                ClientAuth::Basic,
+            ),
+        };
+        Connection {
+            profile,
+            grant,
+            accounts_url: base.to_string(),
+            token_url: format!("{base}/oauth/token"),
+            authorize_url: Some(authorize),
+            revoke_url: revoke,
+            client_id: client_id.to_string(),
+            client_secret: None,
+            client_auth,
+            redirect_uri: Some("http://127.0.0.1:8765/callback".into()),
+            scope: None,
+            pkce: profile == Profile::Oauth2,
+            assertion: None,
+            username: None,
+            password: None,
+            refresh_token: None,
+            refresh_expires_at: None,
+            access_token: None,
+            access_expires_at: None,
+            status: ConnectionStatus::New,
+            last_refresh_at: None,
+            last_error: None,
+        }
+    }
+
+    /// Every secret value this connection holds (for redaction checks in tests and tools).
+    pub fn secret_values(&self) -> Vec<&str> {
+        [
+            &self.client_secret,
+            &self.assertion,
+            &self.password,
+            &self.refresh_token,
+            &self.access_token,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|s| s.expose_secret())
+        .collect()
+    }
+}
+
+/// Connections by name.
+pub type Connections = BTreeMap<String, Connection>;
+
+/// Why the vault could not be used; each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    /// Group or others can read or write the file.
+    #[error(
+        "the credential vault {} has mode {mode:o}, so other users can read or change it; \
+         refusing to use it. Fix it with `chmod 600 {}` (and check no one copied it meanwhile)",
+        path.display(), path.display()
+    )]
+    Permissions {
+        /// Vault file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// Reading, writing or locking failed.
+    #[error("credential vault {}: {source}", path.display())]
+    Io {
+        /// Vault file.
+        path: PathBuf,
+        /// OS error.
+        source: io::Error,
+    },
+    /// The file is not a vault this version understands.
+    #[error("credential vault {} is damaged or not a vault: {message}", path.display())]
+    Corrupt {
+        /// Vault file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The vault is encrypted and no key (or the wrong key) was given.
+    #[error("credential vault {} is encrypted and {message}; set {VAULT_KEY_ENV} to the key it was written with", path.display())]
+    Key {
+        /// Vault file.
+        path: PathBuf,
+        /// What is wrong with the key.
+        message: String,
+    },
+    /// No connection of that name.
+    #[error(
+        "no connection `{name}` in the credential vault {}; add it with `expense-sync auth add {name} …` \
+         (see `expense-sync auth list`)",
+        path.display()
+    )]
+    Unknown {
+        /// Connection name.
+        name: String,
+        /// Vault file.
+        path: PathBuf,
+    },
+}
+
+impl From<VaultError> for crate::error::Error {
+    fn from(e: VaultError) -> Self {
+        crate::error::Error::Auth(e.to_string())
+    }
+}
+
+/// On-disk form.
+#[derive(Serialize, Deserialize)]
+struct VaultFile {
+    version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sealed: Option<Sealed>,
+    #[serde(default)]
+    connections: Connections,
+}
+
+/// Encrypted connections: ChaCha20-Poly1305 under Argon2id(key, salt).
+#[derive(Serialize, Deserialize)]
+struct Sealed {
+    kdf: String,
+    cipher: String,
+    salt: String,
+    nonce: String,
+    ciphertext: String,
+}
+
+const KDF: &str = "argon2id-v19-m19456-t2-p1";
+const CIPHER: &str = "chacha20poly1305";
+
+/// Exclusive hold on the vault for a read-modify-write; released on drop.
+#[derive(Debug)]
+pub struct VaultLock {
+    _file: File,
+}
+
+/// A vault file and the key (if any) it is sealed with.
+#[derive(Clone)]
+pub struct Vault {
+    path: PathBuf,
+    key: Option<SecretString>,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault")
+            .field("path", &self.path)
+            .field("encrypted", &self.key.is_some())
+            .finish()
+    }
+}
+
+impl Vault {
+    /// The vault at `path`, encrypted with `$EXPENSE_SYNC_VAULT_KEY` if that is set.
+    pub fn open(path: &Path) -> Self {
+        let key = std::env::var(VAULT_KEY_ENV)
+            .ok()
+            .filter(|k| !k.is_empty())
+            .map(SecretString::from);
+        Self::with_key(path, key)
+    }
+
+    /// The vault at `path` with an explicit key (`None`: stored in plain JSON, mode 0600).
+    pub fn with_key(path: &Path, key: Option<SecretString>) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            key,
+        }
+    }
+
+    /// The vault file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn io(&self, source: io::Error) -> VaultError {
+        VaultError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn lock_path(&self) -> PathBuf {
+        PathBuf::from(format!("{}.lock", self.path.display()))
+    }
+
+    /// Waits for the exclusive lock (blocking; call from a blocking thread in async code).
+    pub fn lock(&self) -> Result<VaultLock, VaultError> {
+        self.ensure_dir()?;
+        let mut options = OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let file = options.open(self.lock_path()).map_err(|e| self.io(e))?;
+        file.lock().map_err(|e| self.io(e))?;
+        Ok(VaultLock { _file: file })
+    }
+
+    /// [`Vault::lock`] from async code, without blocking a runtime worker.
+    pub async fn lock_async(&self) -> Result<VaultLock, VaultError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.lock())
+            .await
+            .map_err(|e| self.io(io::Error::other(e)))?
+    }
+
+    fn ensure_dir(&self) -> Result<(), VaultError> {
+        if let Some(dir) = self.path.parent().filter(|p| !p.as_os_str().is_empty())
+            && !dir.exists()
+        {
+            let mut b = std::fs::DirBuilder::new();
+            b.recursive(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::DirBuilderExt;
+                b.mode(0o700);
+            }
+            b.create(dir).map_err(|e| self.io(e))?;
+        }
+        Ok(())
+    }
+
+    /// Reads every connection (none if the file does not exist yet).
+    pub fn load(&self) -> Result<Connections, VaultError> {
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Connections::new()),
+            Err(e) => return Err(self.io(e)),
+        };
+        self.check_permissions()?;
+        let file: VaultFile = serde_json::from_slice(&bytes).map_err(|e| VaultError::Corrupt {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        if file.version != 1 {
+            return Err(VaultError::Corrupt {
+                path: self.path.clone(),
+                message: format!("version {} is not supported (expected 1)", file.version),
+            });
+        }
+        match file.sealed {
+            None => Ok(file.connections),
+            Some(sealed) => self.unseal(&sealed),
+        }
+    }
+
+    /// Loads one connection by name.
+    pub fn get(&self, name: &str) -> Result<Connection, VaultError> {
+        self.load()?.remove(name).ok_or_else(|| self.unknown(name))
+    }
+
+    /// The error for a missing connection.
+    pub fn unknown(&self, name: &str) -> VaultError {
+        VaultError::Unknown {
+            name: name.to_string(),
+            path: self.path.clone(),
+        }
+    }
+
+    /// Replaces the file with `connections` (mode 0600, atomic). Requires the lock.
+    pub fn save(&self, _lock: &VaultLock, connections: &Connections) -> Result<(), VaultError> {
+        self.ensure_dir()?;
+        let file = match &self.key {
+            None => VaultFile {
+                version: 1,
+                sealed: None,
+                connections: connections.clone(),
+            },
+            Some(key) => VaultFile {
+                version: 1,
+                sealed: Some(self.seal(key, connections)?),
+                connections: Connections::new(),
+            },
+        };
+        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| self.io(io::Error::other(e)))?;
+        let tag = format!("vault-{}-{:08x}", std::process::id(), rand::random::<u32>());
+        crate::fsutil::write_atomic_with_mode(&self.path, &bytes, &tag, Some(0o600))
+            .map_err(|e| self.io(e))
+    }
+
+    /// Locks, loads, applies `f`, saves if `f` succeeded, unlocks.
+    pub fn update<R, E: From<VaultError>>(
+        &self,
+        f: impl FnOnce(&mut Connections) -> Result<R, E>,
+    ) -> Result<R, E> {
+        let lock = self.lock()?;
+        let mut all = self.load()?;
+        let r = f(&mut all)?;
+        self.save(&lock, &all)?;
+        Ok(r)
+    }
+
+    fn check_permissions(&self) -> Result<(), VaultError> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let meta = std::fs::metadata(&self.path).map_err(|e| self.io(e))?;
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(VaultError::Permissions {
+                    path: self.path.clone(),
+                    mode,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn derive(&self, key: &SecretString, salt: &[u8]) -> Result<[u8; 32], VaultError> {
+        let mut out = [0u8; 32];
+        Argon2::default()
+            .hash_password_into(key.expose_secret().as_bytes(), salt, &mut out)
+            .map_err(|e| VaultError::Key {
+                path: self.path.clone(),
+                message: format!("the key cannot be used ({e})"),
+            })?;
+        Ok(out)
+    }
+
+    fn seal(&self, key: &SecretString, connections: &Connections) -> Result<Sealed, VaultError> {
+        let salt: [u8; 16] = rand::random();
+        let nonce: [u8; 12] = rand::random();
+        let k = self.derive(key, &salt)?;
+        let plain = serde_json::to_vec(connections).map_err(|e| self.io(io::Error::other(e)))?;
+        let ciphertext = ChaCha20Poly1305::new(Key::from_slice(&k))
+            .encrypt(Nonce::from_slice(&nonce), plain.as_slice())
+            .map_err(|_| self.io(io::Error::other("encryption failed")))?;
+        Ok(Sealed {
+            kdf: KDF.into(),
+            cipher: CIPHER.into(),
+            salt: B64.encode(salt),
+            nonce: B64.encode(nonce),
+            ciphertext: B64.encode(ciphertext),
+        })
+    }
+
+    fn unseal(&self, sealed: &Sealed) -> Result<Connections, VaultError> {
+        let Some(key) = &self.key else {
+            return Err(VaultError::Key {
+                path: self.path.clone(),
+                message: format!("{VAULT_KEY_ENV} is not set"),
+            });
+        };
+        let corrupt = |m: &str| VaultError::Corrupt {
+            path: self.path.clone(),
+            message: m.to_string(),
+        };
+        if sealed.kdf != KDF || sealed.cipher != CIPHER {
+            return Err(corrupt("unknown key derivation or cipher"));
+        }
+        let salt = B64.decode(&sealed.salt).map_err(|_| corrupt("bad salt"))?;
+        let nonce = B64
+            .decode(&sealed.nonce)
+            .map_err(|_| corrupt("bad nonce"))?;
+        let ct = B64
+            .decode(&sealed.ciphertext)
+            .map_err(|_| corrupt("bad ciphertext"))?;
+        if nonce.len() != 12 {
+            return Err(corrupt("bad nonce length"));
+        }
+        let k = self.derive(key, &salt)?;
+        let plain = ChaCha20Poly1305::new(Key::from_slice(&k))
+            .decrypt(Nonce::from_slice(&nonce), ct.as_slice())
+            .map_err(|_| VaultError::Key {
+                path: self.path.clone(),
+                message: "the key does not open it (wrong key, or the file was altered)".into(),
+            })?;
+        serde_json::from_slice(&plain).map_err(|e| corrupt(&e.to_string()))
+    }
+}
+
+/// Serde for `Option<SecretString>`: the vault is the one place secrets are written.
+mod opt_secret {
+    use secrecy::{ExposeSecret, SecretString};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(secret) => s.serialize_some(secret.expose_secret()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
+        Ok(Option::<String>::deserialize(d)?.map(SecretString::from))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Connections {
+        let mut c = Connection::new(Profile::Oauth2, GrantKind::JwtBearer, "http://x", "id");
+        c.client_secret = Some(SecretString::from("top-secret-value".to_string()));
+        let mut all = Connections::new();
+        all.insert("acme".into(), c);
+        all
+    }
+
+    #[test]
+    fn vault_file_is_created_private_and_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/vault.json");
+        let v = Vault::with_key(&path, None);
+        let lock = v.lock().unwrap();
+        v.save(&lock, &sample()).unwrap();
+        drop(lock);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        let back = v.get("acme").unwrap();
+        assert_eq!(
+            back.client_secret.unwrap().expose_secret(),
+            "top-secret-value"
+        );
+    }
+
+    #[test]
+    fn encrypted_vault_hides_secrets_and_needs_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vault.json");
+        let v = Vault::with_key(&path, Some(SecretString::from("k1".to_string())));
+        v.update(|all| {
+            *all = sample();
+            Ok::<_, VaultError>(())
+        })
+        .unwrap();
+        let raw = std::fs::read_to_string(&path).unwrap();
+        assert!(!raw.contains("top-secret-value") && !raw.contains("acme"));
+        assert_eq!(v.load().unwrap().len(), 1);
+        let wrong = Vault::with_key(&path, Some(SecretString::from("k2".to_string())));
+        assert!(matches!(wrong.load(), Err(VaultError::Key { .. })));
+        let none = Vault::with_key(&path, None);
+        let err = none.load().unwrap_err().to_string();
+        assert!(err.contains(VAULT_KEY_ENV), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn vault_readable_by_others_is_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vault.json");
+        let v = Vault::with_key(&path, None);
+        v.update(|all| {
+            *all = sample();
+            Ok::<_, VaultError>(())
+        })
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = v.load().unwrap_err().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
+        assert!(err.contains("644"), "{err}");
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let all = sample();
+        let text = format!("{:?}", all["acme"]);
+        assert!(!text.contains("top-secret-value"), "{text}");
+        assert!(text.contains("[REDACTED]"));
+    }
+}
