@@ -207,7 +207,9 @@ pub enum AuthError {
         message: String,
     },
     /// The token or cluster endpoint could not be used.
-    #[error("{what} failed: {source}; check connection.accounts_url and that the server can be reached")]
+    #[error(
+        "{what} failed: {source}; check connection.accounts_url and that the server can be reached"
+    )]
     Http {
         /// Which step.
         what: &'static str,
