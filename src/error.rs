@@ -24,6 +24,8 @@ pub enum ExitCode {
     Locked = 7,
     /// The state file is unreadable or inconsistent; it was left untouched.
     State = 8,
+    /// The run committed, but writing the export status back to Fyle failed.
+    WriteBack = 9,
 }
 
 impl ExitCode {

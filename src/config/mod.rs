@@ -128,6 +128,9 @@ pub struct PipelineFile {
     pub columns: Vec<ColumnSpec>,
     /// `[[sinks]]`.
     pub sinks: Vec<SinkConfig>,
+    /// `[writeback]`: mark exported expenses in Fyle after each committed run.
+    #[serde(default)]
+    pub writeback: Option<crate::sources::fyle::WriteBackConfig>,
 }
 
 /// A loaded and validated pipeline.
@@ -228,6 +231,9 @@ fn validate(mut spec: PipelineFile, origin: &Path) -> Result<Pipeline, ConfigErr
             "sinks",
             "at least one [[sinks]] is needed, e.g. type = \"csv\", path = \"expenses.csv\"",
         ));
+    }
+    if let Some(wb) = &spec.writeback {
+        problems.extend(wb.validate("writeback", spec.source.resource()));
     }
     let mut paths = std::collections::HashMap::new();
     for (i, sink) in spec.sinks.iter().enumerate() {

@@ -31,6 +31,15 @@ pub struct Request {
     pub form: Option<Vec<(String, String)>>,
     /// Bearer token, sent as `Authorization: Bearer …` and marked sensitive.
     pub bearer: Option<SecretString>,
+    /// Exact body bytes with their content type (exclusive with `json` and
+    /// `form`), for bodies that are signed and must go out byte for byte.
+    pub raw: Option<(bytes::Bytes, String)>,
+    /// Extra headers sent as written (never secrets).
+    pub headers: Vec<(String, String)>,
+    /// Extra headers whose values are secrets (API keys, basic auth): marked sensitive, never logged.
+    pub secret_headers: Vec<(String, SecretString)>,
+    /// Accept a 2xx body that is not JSON (kept as `Value::Null`) instead of retrying it as cut off.
+    pub any_success_body: bool,
 }
 
 impl Request {
@@ -43,6 +52,10 @@ impl Request {
             json: None,
             form: None,
             bearer: None,
+            raw: None,
+            headers: Vec::new(),
+            secret_headers: Vec::new(),
+            any_success_body: false,
         }
     }
 
@@ -55,6 +68,10 @@ impl Request {
             json: Some(json),
             form: None,
             bearer: None,
+            raw: None,
+            headers: Vec::new(),
+            secret_headers: Vec::new(),
+            any_success_body: false,
         }
     }
 
@@ -265,6 +282,29 @@ impl HttpClient {
             builder = builder.json(json);
         } else if let Some(form) = &req.form {
             builder = builder.form(form);
+        } else if let Some((body, content_type)) = &req.raw {
+            builder = builder
+                .header(reqwest::header::CONTENT_TYPE, content_type.as_str())
+                .body(body.clone());
+        }
+        for (name, value) in &req.headers {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        for (name, value) in &req.secret_headers {
+            match reqwest::header::HeaderValue::from_str(value.expose_secret()) {
+                Ok(mut v) => {
+                    v.set_sensitive(true);
+                    builder = builder.header(name.as_str(), v);
+                }
+                Err(_) => {
+                    return Attempt::Fatal(HttpError::Invalid {
+                        url: req.url.to_string(),
+                        message: format!(
+                            "the value of header {name} is not a valid header value (it is a secret, so it is not shown)"
+                        ),
+                    });
+                }
+            }
         }
         if let Some(token) = &req.bearer {
             // reqwest marks bearer headers sensitive, keeping them out of debug output.
@@ -322,6 +362,11 @@ impl HttpClient {
                         headers,
                         json,
                     }),
+                    Err(_) if req.any_success_body => Attempt::Done(Response {
+                        status,
+                        headers,
+                        json: Value::Null,
+                    }),
                     Err(e) => {
                         // A cut-off body parses as invalid JSON: worth another try.
                         self.inner
@@ -362,12 +407,17 @@ impl HttpClient {
             }),
             _ => {
                 let (error_kind, message) = server_message(&body);
+                let data = serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .and_then(|mut v| v.get_mut("data").map(Value::take))
+                    .unwrap_or(Value::Null);
                 Attempt::Fatal(HttpError::Rejected {
                     method: req.method.to_string(),
                     url: req.display_url(),
                     status,
                     error_kind,
                     message,
+                    data,
                 })
             }
         }

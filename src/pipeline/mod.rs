@@ -25,7 +25,9 @@ use crate::http::HttpClient;
 use crate::row::Batch;
 use crate::sinks::{Sink, SinkContext, SinkError, SinkOutput};
 use crate::sources::SourceConfig;
-use crate::sources::fyle::{FyleClient, FyleError, Page, PagerStats, fetch_window};
+use crate::sources::fyle::{
+    FyleClient, FyleError, Page, PagerStats, fetch_window, write_back,
+};
 use crate::state::{self, CommitPlan, PlannedFile, RunRecord, Version};
 use crate::transforms::Projector;
 
@@ -59,7 +61,17 @@ impl RunOutcome {
     pub fn exit_code(&self) -> crate::ExitCode {
         match &self.error {
             Some(e) => e.exit_code(),
-            None if self.summary.quarantined > 0 => crate::ExitCode::Partial,
+            None if self
+                .summary
+                .writeback
+                .as_ref()
+                .is_some_and(|w| w.failed.is_some()) =>
+            {
+                crate::ExitCode::WriteBack
+            }
+            None if self.summary.quarantined > 0 || self.summary.rejected > 0 => {
+                crate::ExitCode::Partial
+            }
             None => crate::ExitCode::Ok,
         }
     }
@@ -85,7 +97,7 @@ pub async fn run(pipeline: &Pipeline, http: &HttpClient, opts: &RunOptions) -> R
     .await;
     summary.finish(clock.elapsed(), http.stats().since(&stats_before), grants);
     let error = result.err();
-    summary.status = match (&error, summary.quarantined) {
+    summary.status = match (&error, summary.quarantined + summary.rejected) {
         (Some(_), _) => RunStatus::Failed,
         (None, 0) => RunStatus::Ok,
         (None, _) => RunStatus::Partial,
@@ -159,6 +171,7 @@ async fn execute(
 ) -> Result<(), Error> {
     let spec = &pipeline.spec;
     let SourceConfig::Fyle(source_cfg) = &spec.source;
+    let source_cfg = &push_safe_source(source_cfg, &spec.sinks);
     let creds = match &opts.credentials {
         Some(c) => c.clone(),
         None => spec
@@ -294,6 +307,7 @@ async fn execute(
         kept: BTreeSet::new(),
     };
     let mut quarantine = Quarantine::new(&ctx);
+    let mut exported: Option<Vec<String>> = spec.writeback.as_ref().map(|_| Vec::new());
     let transformed = transform(
         page_rx,
         &projector,
@@ -301,6 +315,7 @@ async fn execute(
         &mut quarantine,
         &mut dedup,
         summary,
+        &mut exported,
     )
     .await;
     drop(sink_txs);
@@ -364,7 +379,7 @@ async fn execute(
         match finished {
             Ok(out) => outputs.push(out),
             Err(e) => {
-                outputs.iter().for_each(|o| o.staged.discard());
+                outputs.iter().filter_map(|o| o.staged.as_ref()).for_each(StagedFile::discard);
                 iter.for_each(|s| s.abort());
                 quarantine.discard();
                 return Err(Error::Sink(e.to_string()));
@@ -374,7 +389,7 @@ async fn execute(
     let quarantine_staged = match quarantine.finish() {
         Ok(q) => q,
         Err(e) => {
-            outputs.iter().for_each(|o| o.staged.discard());
+            outputs.iter().filter_map(|o| o.staged.as_ref()).for_each(StagedFile::discard);
             return Err(Error::Sink(format!("quarantine file: {e}")));
         }
     };
@@ -383,9 +398,10 @@ async fn execute(
     // advance the state (see state::commit for why this order is crash-safe).
     let mut files: Vec<PlannedFile> = outputs
         .iter()
-        .map(|o| PlannedFile {
-            temp: o.staged.temp_path.clone(),
-            final_path: o.staged.final_path.clone(),
+        .filter_map(|o| o.staged.as_ref())
+        .map(|staged| PlannedFile {
+            temp: staged.temp_path.clone(),
+            final_path: staged.final_path.clone(),
         })
         .collect();
     if let Some(q) = &quarantine_staged {
@@ -429,7 +445,7 @@ async fn execute(
         // Before the commit point the temps are ours to remove; after it the
         // plan is in the state file and the next run finishes it.
         if st.pending.is_none() {
-            outputs.iter().for_each(|o| o.staged.discard());
+            outputs.iter().filter_map(|o| o.staged.as_ref()).for_each(StagedFile::discard);
             if let Some(q) = &quarantine_staged {
                 q.discard();
             }
@@ -437,12 +453,31 @@ async fn execute(
         return Err(Error::State(e.to_string()));
     }
     summary.watermark = st.watermark;
+    let mut rejected_ids = std::collections::HashMap::new();
     for out in &outputs {
+        let final_path = out.staged.as_ref().map(|s| s.final_path.clone());
+        let (path, dead_letter, rejected) = match &out.delivery {
+            Some(d) => {
+                summary.rejected += d.rejected;
+                rejected_ids.extend(d.rejected_ids.iter().cloned());
+                (PathBuf::from(&d.url), final_path, d.rejected)
+            }
+            None => (final_path.unwrap_or_default(), None, 0),
+        };
+        if let Some(dl) = &dead_letter {
+            warn!(
+                count = rejected,
+                file = %dl.display(),
+                "the receiver rejected some records; they are in the dead-letter file with their reasons"
+            );
+        }
         summary.outputs.push(OutputSummary {
             kind: out.kind.to_string(),
-            path: out.staged.final_path.clone(),
+            path,
             rows: out.rows,
             bytes: out.bytes,
+            rejected,
+            dead_letter,
         });
     }
     if let Some(q) = quarantine_staged {
@@ -458,7 +493,38 @@ async fn execute(
         outputs = summary.outputs.len(),
         "run committed"
     );
+    // Write-back comes after the commit: it can neither block nor undo it,
+    // and its failure shows in the summary and the exit code.
+    if let (Some(cfg), Some(ids)) = (&spec.writeback, exported) {
+        let wb = write_back(&client, cfg, &ids, &rejected_ids).await;
+        if let Some(why) = &wb.failed {
+            warn!("{why}");
+        }
+        summary.writeback = Some(wb);
+    }
     Ok(())
+}
+
+/// A pipeline that pushes over HTTP pages sequentially: parallel slices
+/// deliver records in a timing-dependent order, and a rerun after a crash
+/// must cut the same batches for the receiver to recognise their keys.
+fn push_safe_source(
+    cfg: &crate::sources::fyle::FyleSourceConfig,
+    sinks: &[crate::sinks::SinkConfig],
+) -> crate::sources::fyle::FyleSourceConfig {
+    let mut cfg = cfg.clone();
+    if cfg.concurrency > 1
+        && sinks
+            .iter()
+            .any(|s| matches!(s, crate::sinks::SinkConfig::Http(_)))
+    {
+        info!(
+            configured = cfg.concurrency,
+            "an HTTP sink needs reproducible batches; paging the source sequentially"
+        );
+        cfg.concurrency = 1;
+    }
+    cfg
 }
 
 async fn transform(
@@ -468,6 +534,7 @@ async fn transform(
     quarantine: &mut Quarantine,
     dedup: &mut Dedup,
     summary: &mut RunSummary,
+    exported: &mut Option<Vec<String>>,
 ) -> Result<(), Error> {
     let mut expected: Option<u64> = None;
     let mut last_report = Instant::now();
@@ -488,6 +555,9 @@ async fn transform(
             match projector.project(record) {
                 Ok(row) => {
                     dedup.remember(record);
+                    if let Some(ids) = exported.as_mut() {
+                        ids.push(crate::record::record_id(record));
+                    }
                     batch.rows.push(row);
                 }
                 Err(e) => {

@@ -16,6 +16,7 @@
 mod generate;
 mod model;
 mod query;
+pub mod receiver;
 mod reports;
 mod rng;
 mod server;

@@ -4,7 +4,9 @@
 mod client;
 mod config;
 mod pager;
+mod writeback;
 
 pub use client::{FyleClient, FyleError};
 pub use config::{ADMIN_RESOURCES, FilterValue, FundSource, FyleSourceConfig, Preset};
 pub use pager::{Page, PagerStats, Window, fetch_window};
+pub use writeback::{WriteBackConfig, WriteBackSummary, write_back};
