@@ -128,16 +128,10 @@ fn finish_and_commit(sink: Box<dyn Sink>, final_path: &Path) -> SinkOutput {
     );
     assert_eq!(staged.temp_path.parent(), final_path.parent());
     assert!(!final_path.exists(), "final path visible before commit");
-    assert_eq!(
-        fs::metadata(&staged.temp_path).unwrap().len(),
-        out.bytes
-    );
+    assert_eq!(fs::metadata(&staged.temp_path).unwrap().len(), out.bytes);
     staged.commit().unwrap();
     assert!(final_path.exists());
-    assert!(
-        !staged.temp_path.exists(),
-        "temp file left after commit"
-    );
+    assert!(!staged.temp_path.exists(), "temp file left after commit");
     assert_no_temp_files(final_path.parent().unwrap());
     out
 }

@@ -25,9 +25,7 @@ use crate::http::HttpClient;
 use crate::row::Batch;
 use crate::sinks::{Sink, SinkContext, SinkError, SinkOutput};
 use crate::sources::SourceConfig;
-use crate::sources::fyle::{
-    FyleClient, FyleError, Page, PagerStats, fetch_window, write_back,
-};
+use crate::sources::fyle::{FyleClient, FyleError, Page, PagerStats, fetch_window, write_back};
 use crate::state::{self, CommitPlan, PlannedFile, RunRecord, Version};
 use crate::transforms::Projector;
 
@@ -379,7 +377,10 @@ async fn execute(
         match finished {
             Ok(out) => outputs.push(out),
             Err(e) => {
-                outputs.iter().filter_map(|o| o.staged.as_ref()).for_each(StagedFile::discard);
+                outputs
+                    .iter()
+                    .filter_map(|o| o.staged.as_ref())
+                    .for_each(StagedFile::discard);
                 iter.for_each(|s| s.abort());
                 quarantine.discard();
                 return Err(Error::Sink(e.to_string()));
@@ -389,7 +390,10 @@ async fn execute(
     let quarantine_staged = match quarantine.finish() {
         Ok(q) => q,
         Err(e) => {
-            outputs.iter().filter_map(|o| o.staged.as_ref()).for_each(StagedFile::discard);
+            outputs
+                .iter()
+                .filter_map(|o| o.staged.as_ref())
+                .for_each(StagedFile::discard);
             return Err(Error::Sink(format!("quarantine file: {e}")));
         }
     };
@@ -445,7 +449,10 @@ async fn execute(
         // Before the commit point the temps are ours to remove; after it the
         // plan is in the state file and the next run finishes it.
         if st.pending.is_none() {
-            outputs.iter().filter_map(|o| o.staged.as_ref()).for_each(StagedFile::discard);
+            outputs
+                .iter()
+                .filter_map(|o| o.staged.as_ref())
+                .for_each(StagedFile::discard);
             if let Some(q) = &quarantine_staged {
                 q.discard();
             }

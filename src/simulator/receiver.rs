@@ -122,7 +122,10 @@ impl Receiver {
     /// Starts on `port` of 127.0.0.1 (0 = any free port).
     pub async fn start_on(cfg: ReceiverConfig, port: u16) -> std::io::Result<Receiver> {
         let listener = TcpListener::bind(("127.0.0.1", port)).await?;
-        let url = format!("http://127.0.0.1:{}/expenses", listener.local_addr()?.port());
+        let url = format!(
+            "http://127.0.0.1:{}/expenses",
+            listener.local_addr()?.port()
+        );
         let inner = Arc::new(Inner {
             secret: cfg.secret.map(String::into_bytes),
             tolerance: cfg.tolerance.unwrap_or(Duration::from_secs(300)),
@@ -251,11 +254,25 @@ fn answer(status: u16, body: &Value, retry_after: Option<u64>) -> Response<Body>
 
 async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
     let headers = req.headers().clone();
-    let body = match Limited::new(req.into_body(), 64 * 1024 * 1024).collect().await {
+    let body = match Limited::new(req.into_body(), 64 * 1024 * 1024)
+        .collect()
+        .await
+    {
         Ok(c) => c.to_bytes(),
-        Err(_) => return answer(400, &json!({"message": "body too large or unreadable"}), None),
+        Err(_) => {
+            return answer(
+                400,
+                &json!({"message": "body too large or unreadable"}),
+                None,
+            );
+        }
     };
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
     let latency = {
         let mut st = inner.state.lock().expect("state");
         st.stats.requests += 1;
@@ -267,7 +284,13 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
     if let Some(secret) = &inner.secret {
         let checked = match text(SIGNATURE_HEADER) {
             None => Err(SignatureError("missing signature header".into())),
-            Some(h) => verify_signature(secret, &h, &body, chrono::Utc::now().timestamp(), inner.tolerance),
+            Some(h) => verify_signature(
+                secret,
+                &h,
+                &body,
+                chrono::Utc::now().timestamp(),
+                inner.tolerance,
+            ),
         };
         if let Err(e) = checked {
             inner.state.lock().expect("state").stats.bad_signatures += 1;
@@ -275,7 +298,11 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
         }
     }
     let Some(key) = text("idempotency-key") else {
-        return answer(400, &json!({"message": "Idempotency-Key header is required"}), None);
+        return answer(
+            400,
+            &json!({"message": "Idempotency-Key header is required"}),
+            None,
+        );
     };
     let ndjson = text("content-type").is_some_and(|c| c.contains("ndjson"));
     let records: Result<Vec<Value>, String> = if ndjson {
@@ -297,7 +324,11 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
                 return answer(500, &json!({"message": "injected server error"}), None);
             }
             Some(Fault::TooManyRequests { retry_after_secs }) => {
-                return answer(429, &json!({"message": "slow down"}), Some(retry_after_secs));
+                return answer(
+                    429,
+                    &json!({"message": "slow down"}),
+                    Some(retry_after_secs),
+                );
             }
             _ => {}
         }
@@ -311,18 +342,29 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
         } else {
             let records = match records {
                 Ok(r) => r,
-                Err(e) => return answer(400, &json!({"message": format!("body is not JSON: {e}")}), None),
+                Err(e) => {
+                    return answer(
+                        400,
+                        &json!({"message": format!("body is not JSON: {e}")}),
+                        None,
+                    );
+                }
             };
             let rejected: Vec<(usize, String, String)> = records
                 .iter()
                 .enumerate()
                 .filter_map(|(i, r)| {
                     let id = r.get("id").and_then(Value::as_str)?;
-                    st.reject.get(id).map(|why| (i, id.to_string(), why.clone()))
+                    st.reject
+                        .get(id)
+                        .map(|why| (i, id.to_string(), why.clone()))
                 })
                 .collect();
             if let (RejectMode::Status(code), false) = (st.mode, rejected.is_empty()) {
-                let reasons: Vec<String> = rejected.iter().map(|(_, id, why)| format!("{id}: {why}")).collect();
+                let reasons: Vec<String> = rejected
+                    .iter()
+                    .map(|(_, id, why)| format!("{id}: {why}"))
+                    .collect();
                 return answer(code, &json!({"message": reasons.join("; ")}), None);
             }
             for (i, r) in records.iter().enumerate() {
@@ -392,7 +434,10 @@ mod tests {
     fn a_signature_from_the_sink_verifies() {
         let body = br#"[{"id":"tx1","amount":12.30}]"#;
         let header = crate::sinks::http::sign(&SecretString::from("s3cret"), NOW, body);
-        assert_eq!(verify_signature(b"s3cret", &header, body, NOW + 10, TOL), Ok(()));
+        assert_eq!(
+            verify_signature(b"s3cret", &header, body, NOW + 10, TOL),
+            Ok(())
+        );
     }
 
     #[test]

@@ -189,14 +189,23 @@ impl HttpSinkConfig {
             )),
             Err(e) => p.push(Problem::new(
                 format!("{prefix}.url"),
-                format!("`{}` is not a URL ({e}); e.g. \"https://erp.example.com/expenses\"", self.url),
+                format!(
+                    "`{}` is not a URL ({e}); e.g. \"https://erp.example.com/expenses\"",
+                    self.url
+                ),
             )),
         }
         if self.max_records == 0 {
-            p.push(Problem::new(format!("{prefix}.max_records"), "must be at least 1"));
+            p.push(Problem::new(
+                format!("{prefix}.max_records"),
+                "must be at least 1",
+            ));
         }
         if self.max_bytes < 1024 {
-            p.push(Problem::new(format!("{prefix}.max_bytes"), "must be at least 1024"));
+            p.push(Problem::new(
+                format!("{prefix}.max_bytes"),
+                "must be at least 1024",
+            ));
         }
         if !(1..=64).contains(&self.concurrency) {
             p.push(Problem::new(
@@ -207,7 +216,10 @@ impl HttpSinkConfig {
         if let Some(w) = self.max_wait
             && w.is_zero()
         {
-            p.push(Problem::new(format!("{prefix}.max_wait"), "must be longer than zero, or left out"));
+            p.push(Problem::new(
+                format!("{prefix}.max_wait"),
+                "must be longer than zero, or left out",
+            ));
         }
         for s in &self.reject_statuses {
             if !(400..=499).contains(s) || matches!(s, 401 | 403 | 429) {
@@ -219,7 +231,10 @@ impl HttpSinkConfig {
         }
         for name in self.headers.keys().chain([&self.signature_header]) {
             if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                p.push(Problem::new(format!("{prefix}.headers"), format!("`{name}` is not a valid header name")));
+                p.push(Problem::new(
+                    format!("{prefix}.headers"),
+                    format!("`{name}` is not a valid header name"),
+                ));
             }
         }
         for (name, value) in &self.headers {
@@ -243,7 +258,8 @@ impl HttpSinkConfig {
     ) -> Result<(Vec<(String, SecretString)>, Option<SecretString>), Vec<Problem>> {
         let mut problems = Vec::new();
         let mut headers = Vec::new();
-        let mut take = |r: &SecretRef, key: &str| match r.resolve(&format!("{prefix}.{key}"), false) {
+        let mut take = |r: &SecretRef, key: &str| match r.resolve(&format!("{prefix}.{key}"), false)
+        {
             Ok(s) => Some(s),
             Err(e) => {
                 problems.push(e);
@@ -264,7 +280,10 @@ impl HttpSinkConfig {
                 if let Some(pw) = take(password, "auth.password") {
                     let raw = format!("{username}:{}", pw.expose_secret());
                     let encoded = base64::engine::general_purpose::STANDARD.encode(raw);
-                    headers.push(("Authorization".to_string(), SecretString::from(format!("Basic {encoded}"))));
+                    headers.push((
+                        "Authorization".to_string(),
+                        SecretString::from(format!("Basic {encoded}")),
+                    ));
                 }
             }
             Some(PushAuth::Header { name, value }) => {
@@ -273,8 +292,15 @@ impl HttpSinkConfig {
                 }
             }
         }
-        let secret = self.signing_secret.as_ref().and_then(|s| take(s, "signing_secret"));
-        if problems.is_empty() { Ok((headers, secret)) } else { Err(problems) }
+        let secret = self
+            .signing_secret
+            .as_ref()
+            .and_then(|s| take(s, "signing_secret"));
+        if problems.is_empty() {
+            Ok((headers, secret))
+        } else {
+            Err(problems)
+        }
     }
 }
 
@@ -355,20 +381,29 @@ impl HttpSink {
     ) -> Result<Self, SinkError> {
         let label = format!("http sink {}", cfg.url);
         let handle = tokio::runtime::Handle::try_current().map_err(|_| {
-            SinkError::new(&label, "the HTTP sink must be built inside the tokio runtime (a bug)")
+            SinkError::new(
+                &label,
+                "the HTTP sink must be built inside the tokio runtime (a bug)",
+            )
         })?;
-        let url = Url::parse(&cfg.url).map_err(|e| SinkError::new(&label, format!("bad url: {e}")))?;
+        let url =
+            Url::parse(&cfg.url).map_err(|e| SinkError::new(&label, format!("bad url: {e}")))?;
         let (auth_headers, signing_key) = cfg.resolve_secrets("sink").map_err(|ps| {
             SinkError::new(
                 &label,
-                ps.iter().map(|p| format!("{}: {}", p.key, p.message)).collect::<Vec<_>>().join("; "),
+                ps.iter()
+                    .map(|p| format!("{}: {}", p.key, p.message))
+                    .collect::<Vec<_>>()
+                    .join("; "),
             )
         })?;
-        let client = HttpClient::new(&cfg.http).map_err(|e| SinkError::new(&label, e.to_string()))?;
+        let client =
+            HttpClient::new(&cfg.http).map_err(|e| SinkError::new(&label, e.to_string()))?;
         let template = match &cfg.template {
             None => None,
             Some(t) => Some(
-                compile(&toml::Value::Table(t.clone()), &schema).map_err(|m| SinkError::new(&label, m))?,
+                compile(&toml::Value::Table(t.clone()), &schema)
+                    .map_err(|m| SinkError::new(&label, m))?,
             ),
         };
         let id_index = schema.columns.iter().position(|c| c.name == cfg.id_column);
@@ -451,7 +486,13 @@ impl HttpSink {
         Ok(())
     }
 
-    fn dead_letter(&mut self, item: &Item, status: u16, reason: &str, key: &str) -> Result<(), SinkError> {
+    fn dead_letter(
+        &mut self,
+        item: &Item,
+        status: u16,
+        reason: &str,
+        key: &str,
+    ) -> Result<(), SinkError> {
         if self.dead.is_none() {
             let (staged, file) = StagedFile::create(&self.dead_path, &self.temp_tag)
                 .map_err(|e| SinkError::io(&self.label, "cannot start the dead-letter file", &e))?;
@@ -470,10 +511,18 @@ impl HttpSink {
         serde_json::to_writer(&mut *w, &line)
             .map_err(std::io::Error::from)
             .and_then(|_| w.write_all(b"\n"))
-            .map_err(|e| SinkError::io(&label("http dead-letter", &staged.final_path), "cannot write", &e))?;
+            .map_err(|e| {
+                SinkError::io(
+                    &label("http dead-letter", &staged.final_path),
+                    "cannot write",
+                    &e,
+                )
+            })?;
         self.delivery.rejected += 1;
         if let Some(id) = &item.id {
-            self.delivery.rejected_ids.push((id.clone(), reason.to_string()));
+            self.delivery
+                .rejected_ids
+                .push((id.clone(), reason.to_string()));
         }
         Ok(())
     }
@@ -499,10 +548,14 @@ impl HttpSink {
                     result.bytes += body.len() as u64;
                     result.accepted += (len - errors.len()) as u64;
                     for (i, reason) in errors {
-                        result.rejected.push((start + i, resp.status, reason, key.clone()));
+                        result
+                            .rejected
+                            .push((start + i, resp.status, reason, key.clone()));
                     }
                 }
-                Err(HttpError::Rejected { status, message, .. }) if self.cfg.reject_statuses.contains(&status) => {
+                Err(HttpError::Rejected {
+                    status, message, ..
+                }) if self.cfg.reject_statuses.contains(&status) => {
                     if len > 1 {
                         let half = len / 2;
                         work.push((start + half, len - half));
@@ -535,13 +588,23 @@ impl HttpSink {
             PushMethod::Post => Method::POST,
             PushMethod::Put => Method::PUT,
         };
-        req.raw = Some((bytes::Bytes::copy_from_slice(body), content_type.to_string()));
+        req.raw = Some((
+            bytes::Bytes::copy_from_slice(body),
+            content_type.to_string(),
+        ));
         req.any_success_body = true;
-        req.headers = self.cfg.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        req.headers.push((IDEMPOTENCY_HEADER.to_string(), key.to_string()));
+        req.headers = self
+            .cfg
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        req.headers
+            .push((IDEMPOTENCY_HEADER.to_string(), key.to_string()));
         if let Some(secret) = &self.signing_key {
             let t = chrono::Utc::now().timestamp();
-            req.headers.push((self.cfg.signature_header.clone(), sign(secret, t, body)));
+            req.headers
+                .push((self.cfg.signature_header.clone(), sign(secret, t, body)));
         }
         req.secret_headers = self.auth_headers.clone();
         self.client.execute(&req).await
@@ -591,7 +654,11 @@ impl Sink for HttpSink {
                     .and_then(|f| sync_file(&f, &staged.temp_path));
                 if let Err(e) = synced {
                     staged.discard();
-                    return Err(SinkError::io(&self.label, "cannot finish the dead-letter file", &e));
+                    return Err(SinkError::io(
+                        &self.label,
+                        "cannot finish the dead-letter file",
+                        &e,
+                    ));
                 }
                 Some(staged)
             }
@@ -628,17 +695,29 @@ pub fn cell_json(cell: &Cell) -> Value {
 
 fn compile(v: &toml::Value, schema: &Schema) -> Result<Tpl, String> {
     let column = |name: &str| {
-        schema.columns.iter().position(|c| c.name == name).ok_or_else(|| {
-            format!(
-                "template placeholder `{{{name}}}` is not a column; columns are {}",
-                schema.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
-            )
-        })
+        schema
+            .columns
+            .iter()
+            .position(|c| c.name == name)
+            .ok_or_else(|| {
+                format!(
+                    "template placeholder `{{{name}}}` is not a column; columns are {}",
+                    schema
+                        .columns
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
     };
     Ok(match v {
         toml::Value::String(s) => {
             let parts = template_parts(s).map_err(|e| format!("template: {e}"))?;
-            let parts: Vec<_> = parts.into_iter().filter(|(ph, t)| *ph || !t.is_empty()).collect();
+            let parts: Vec<_> = parts
+                .into_iter()
+                .filter(|(ph, t)| *ph || !t.is_empty())
+                .collect();
             match parts.as_slice() {
                 [] => Tpl::Lit(Value::String(String::new())),
                 [(false, t)] => Tpl::Lit(Value::String((*t).to_string())),
@@ -646,16 +725,28 @@ fn compile(v: &toml::Value, schema: &Schema) -> Result<Tpl, String> {
                 _ => Tpl::Text(
                     parts
                         .into_iter()
-                        .map(|(ph, t)| if ph { column(t).map(Part::Col) } else { Ok(Part::Lit(t.to_string())) })
+                        .map(|(ph, t)| {
+                            if ph {
+                                column(t).map(Part::Col)
+                            } else {
+                                Ok(Part::Lit(t.to_string()))
+                            }
+                        })
                         .collect::<Result<_, _>>()?,
                 ),
             }
         }
         toml::Value::Integer(i) => Tpl::Lit(Value::from(*i)),
-        toml::Value::Float(f) => Tpl::Lit(serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number)),
+        toml::Value::Float(f) => {
+            Tpl::Lit(serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number))
+        }
         toml::Value::Boolean(b) => Tpl::Lit(Value::Bool(*b)),
         toml::Value::Datetime(d) => Tpl::Lit(Value::String(d.to_string())),
-        toml::Value::Array(a) => Tpl::Arr(a.iter().map(|x| compile(x, schema)).collect::<Result<_, _>>()?),
+        toml::Value::Array(a) => Tpl::Arr(
+            a.iter()
+                .map(|x| compile(x, schema))
+                .collect::<Result<_, _>>()?,
+        ),
         toml::Value::Table(t) => Tpl::Obj(
             t.iter()
                 .map(|(k, x)| compile(x, schema).map(|c| (k.clone(), c)))
@@ -709,7 +800,10 @@ fn encode(items: &[Item], format: BodyFormat) -> Vec<u8> {
 /// The batch key: SHA-256 over the sorted SHA-256 digests of each record's
 /// bytes, so the same records give the same key whatever their order.
 fn idempotency_key(items: &[Item]) -> String {
-    let mut digests: Vec<[u8; 32]> = items.iter().map(|i| Sha256::digest(&i.json).into()).collect();
+    let mut digests: Vec<[u8; 32]> = items
+        .iter()
+        .map(|i| Sha256::digest(&i.json).into())
+        .collect();
     digests.sort_unstable();
     let mut h = Sha256::new();
     for d in &digests {
@@ -779,14 +873,23 @@ mod tests {
         assert!(sig.starts_with("t=1700000000,v1="), "{sig}");
         let mut mac = Hmac::<Sha256>::new_from_slice(b"key").unwrap();
         mac.update(b"1700000000.[]");
-        assert_eq!(sig, format!("t=1700000000,v1={}", hex::encode(mac.finalize().into_bytes())));
+        assert_eq!(
+            sig,
+            format!(
+                "t=1700000000,v1={}",
+                hex::encode(mac.finalize().into_bytes())
+            )
+        );
     }
 
     #[test]
     fn encodes_json_arrays_and_ndjson() {
         let items = [item("{\"a\":1}"), item("{\"a\":2}")];
         assert_eq!(encode(&items, BodyFormat::Json), b"[{\"a\":1},{\"a\":2}]");
-        assert_eq!(encode(&items, BodyFormat::Ndjson), b"{\"a\":1}\n{\"a\":2}\n");
+        assert_eq!(
+            encode(&items, BodyFormat::Ndjson),
+            b"{\"a\":1}\n{\"a\":2}\n"
+        );
     }
 
     #[test]
@@ -798,7 +901,10 @@ mod tests {
         ]});
         assert_eq!(
             record_errors(&body, "errors", 3),
-            vec![(0, "bad amount".to_string()), (2, "unknown vendor".to_string())]
+            vec![
+                (0, "bad amount".to_string()),
+                (2, "unknown vendor".to_string())
+            ]
         );
         assert!(record_errors(&body, "", 3).is_empty());
     }
