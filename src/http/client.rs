@@ -407,17 +407,12 @@ impl HttpClient {
             }),
             _ => {
                 let (error_kind, message) = server_message(&body);
-                let data = serde_json::from_slice::<Value>(&body)
-                    .ok()
-                    .and_then(|mut v| v.get_mut("data").map(Value::take))
-                    .unwrap_or(Value::Null);
                 Attempt::Fatal(HttpError::Rejected {
                     method: req.method.to_string(),
                     url: req.display_url(),
                     status,
                     error_kind,
                     message,
-                    data,
                 })
             }
         }

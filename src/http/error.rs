@@ -30,8 +30,6 @@ pub enum HttpError {
         error_kind: Option<String>,
         /// The server's `message`, or the start of the body.
         message: String,
-        /// The body's `data` field when it is JSON (Fyle's per-row `BulkError` list), else `Null`.
-        data: serde_json::Value,
     },
     /// Retries ran out on 429, 5xx, timeouts or connection failures.
     #[error("{method} {url} failed after {attempts} attempts over {:.1}s; last error: {last}", elapsed.as_secs_f64())]

@@ -129,8 +129,10 @@ pub async fn write_back(
     summary
 }
 
-/// Posts one bulk call for `ids`; when Fyle names ids that no longer exist,
-/// removes them from `ids` and posts again. Returns how many were removed.
+/// Posts one bulk call for `ids`. When Fyle refuses it (it refuses the
+/// whole call if any id is unknown), asks which of `ids` still exist, drops
+/// the rest from `ids` and posts again; a refusal with every id present is a
+/// real error. Returns how many ids were dropped.
 async fn post_tolerating_deleted(
     client: &FyleClient,
     cfg: &WriteBackConfig,
@@ -153,33 +155,17 @@ async fn post_tolerating_deleted(
             Ok(_) => return Ok(removed),
             Err(FyleError::Http(HttpError::Rejected {
                 status: 400,
-                data: Value::Array(rows),
                 message,
                 ..
             })) => {
-                let missing: HashSet<usize> = rows
-                    .iter()
-                    .filter(|r| {
-                        r.get("key").and_then(Value::as_str) == Some("id")
-                            && r.get("message")
-                                .and_then(Value::as_str)
-                                .is_some_and(|m| m.contains("does not exist"))
-                    })
-                    .filter_map(|r| r.get("row").and_then(Value::as_u64).map(|r| r as usize))
-                    .collect();
-                // Anything other than deleted expenses is a real refusal.
-                if missing.is_empty() || missing.len() != rows.len() {
+                let existing = existing_ids(client, ids).await?;
+                let before = ids.len();
+                ids.retain(|id| existing.contains(*id));
+                if ids.len() == before {
                     return Err(FyleError::Protocol(format!(
                         "Fyle refused the export status update: {message}"
                     )));
                 }
-                let before = ids.len();
-                let mut row = 0;
-                ids.retain(|_| {
-                    let keep = !missing.contains(&row);
-                    row += 1;
-                    keep
-                });
                 tracing::info!(
                     skipped = before - ids.len(),
                     "expenses deleted in Fyle since they were exported; not marking them"
@@ -189,4 +175,23 @@ async fn post_tolerating_deleted(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Which of `ids` (at most 200) are still expenses in Fyle.
+async fn existing_ids(client: &FyleClient, ids: &[&str]) -> Result<HashSet<String>, FyleError> {
+    let query = vec![
+        ("id".to_string(), format!("in.({})", ids.join(","))),
+        ("limit".to_string(), "200".to_string()),
+        ("offset".to_string(), "0".to_string()),
+        ("order".to_string(), "id.asc".to_string()),
+    ];
+    let body = client.get("admin/expenses", &query).await?;
+    let rows = body
+        .get("data")
+        .and_then(Value::as_array)
+        .ok_or_else(|| FyleError::Protocol("expenses list without `data`".into()))?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| r.get("id").and_then(Value::as_str).map(str::to_string))
+        .collect())
 }
