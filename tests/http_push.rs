@@ -78,7 +78,7 @@ fn secret_file(dir: &Path, secret: &str) -> PathBuf {
 async fn receiver() -> Receiver {
     Receiver::start(ReceiverConfig {
         secret: Some(SECRET.into()),
-        tolerance: None,
+        ..ReceiverConfig::default()
     })
     .await
     .unwrap()
@@ -167,6 +167,61 @@ async fn push_under_500s_429s_and_timeouts_accepts_every_record_once() {
             rec["amount"].to_string().split('.').nth(1).map(str::len),
             Some(2)
         );
+    }
+    rx.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_shapes_each_record_and_the_bearer_token_is_sent() {
+    let sim = simulator(30, 18, None).await;
+    let rx = Receiver::start(ReceiverConfig {
+        secret: Some(SECRET.into()),
+        bearer: Some("erp-token-77".into()),
+        ..ReceiverConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path(), SECRET);
+    let token = dir.path().join("erp.token");
+    std::fs::write(&token, "erp-token-77\n").unwrap();
+    let sink = format!(
+        r#"auth = {{ type = "bearer", token = {{ file = "{}" }} }}
+
+[sinks.template]
+id = "{{id}}"
+total = {{ amount = "{{amount}}", currency = "{{currency}}" }}
+memo = "{{merchant}} ({{currency}})"
+source = "fyle"
+"#,
+        token.display()
+    );
+    let text = push_text(&sim, &rx, "templated", &secret, &sink, "");
+    let (_, outcome) = run_text(&sim, &text, dir.path()).await;
+    assert!(outcome.error.is_none(), "{:?}", outcome.error);
+    let truth = truth_by_id(&sim);
+    let accepted = rx.accepted();
+    assert_eq!(accepted.len(), 30);
+    for rec in accepted {
+        let obj = rec.as_object().unwrap();
+        assert_eq!(
+            obj.keys().collect::<Vec<_>>(),
+            ["id", "memo", "source", "total"],
+            "{rec}"
+        );
+        let t = &truth[rec["id"].as_str().unwrap()];
+        assert_eq!(
+            common::json_decimal(&rec["total"]["amount"]),
+            common::json_decimal(&t["amount"])
+        );
+        assert_eq!(rec["total"]["currency"], t["currency"]);
+        let merchant = t["merchant"].as_str().unwrap_or("");
+        assert_eq!(
+            rec["memo"],
+            format!("{merchant} ({})", t["currency"].as_str().unwrap())
+        );
+        assert_eq!(rec["source"], "fyle");
     }
     rx.shutdown().await;
     sim.shutdown().await;
