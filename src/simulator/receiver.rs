@@ -290,7 +290,11 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
         let expected = format!("Bearer {token}");
         // Not constant-time: a test receiver, and the signature check below is.
         if text("authorization").as_deref() != Some(expected.as_str()) {
-            return answer(401, &json!({"message": "missing or wrong bearer token"}), None);
+            return answer(
+                401,
+                &json!({"message": "missing or wrong bearer token"}),
+                None,
+            );
         }
     }
     if let Some(secret) = &inner.secret {

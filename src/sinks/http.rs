@@ -247,7 +247,33 @@ impl HttpSinkConfig {
             }
         }
         p.extend(self.http.validate(&format!("{prefix}.http")));
-        p.extend(self.resolve_secrets(prefix).err().unwrap_or_default());
+        // Secrets are read when the run starts (like [connection]); here only
+        // refuse secrets written inline.
+        let mut refs: Vec<(&str, &SecretRef)> = Vec::new();
+        match &self.auth {
+            None => {}
+            Some(PushAuth::Bearer { token }) => refs.push(("auth.token", token)),
+            Some(PushAuth::Basic { password, .. }) => refs.push(("auth.password", password)),
+            Some(PushAuth::Header { name, value }) => {
+                refs.push(("auth.value", value));
+                if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    p.push(Problem::new(
+                        format!("{prefix}.auth.name"),
+                        format!("`{name}` is not a valid header name"),
+                    ));
+                }
+            }
+        }
+        if let Some(s) = &self.signing_secret {
+            refs.push(("signing_secret", s));
+        }
+        for (key, r) in refs {
+            if let SecretRef::Inline(_) = r
+                && let Err(problem) = r.resolve(&format!("{prefix}.{key}"), false)
+            {
+                p.push(problem);
+            }
+        }
         p
     }
 
