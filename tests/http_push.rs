@@ -151,6 +151,12 @@ async fn push_under_500s_429s_and_timeouts_accepts_every_record_once() {
     assert_eq!(stats.batches, 15, "300 records in batches of 20");
     let out = &outcome.summary.outputs[0];
     assert_eq!((out.kind.as_str(), out.rows), ("http", 300));
+    let sent = out.http.expect("the push reports its own requests");
+    assert_eq!((sent.server_errors, sent.throttled_429), (3, 1), "{sent:?}");
+    assert!(
+        sent.transport_errors >= 1,
+        "the slow answer timed out: {sent:?}"
+    );
     assert!(dead_letters(dir.path()).is_empty());
 
     // Money arrives exactly: the JSON number's text is the source's decimal at scale 2.

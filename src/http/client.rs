@@ -40,6 +40,8 @@ pub struct Request {
     pub secret_headers: Vec<(String, SecretString)>,
     /// Accept a 2xx body that is not JSON (kept as `Value::Null`) instead of retrying it as cut off.
     pub any_success_body: bool,
+    /// Signs the `raw` body on every attempt (fresh timestamp per retry).
+    pub signer: Option<super::Signer>,
 }
 
 impl Request {
@@ -56,6 +58,7 @@ impl Request {
             headers: Vec::new(),
             secret_headers: Vec::new(),
             any_success_body: false,
+            signer: None,
         }
     }
 
@@ -72,6 +75,7 @@ impl Request {
             headers: Vec::new(),
             secret_headers: Vec::new(),
             any_success_body: false,
+            signer: None,
         }
     }
 
@@ -289,6 +293,10 @@ impl HttpClient {
         }
         for (name, value) in &req.headers {
             builder = builder.header(name.as_str(), value.as_str());
+        }
+        if let (Some(signer), Some((body, _))) = (&req.signer, &req.raw) {
+            let t = chrono::Utc::now().timestamp();
+            builder = builder.header(signer.header.as_str(), super::sign(&signer.secret, t, body));
         }
         for (name, value) in &req.secret_headers {
             match reqwest::header::HeaderValue::from_str(value.expose_secret()) {

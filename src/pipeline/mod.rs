@@ -485,6 +485,7 @@ async fn execute(
             bytes: out.bytes,
             rejected,
             dead_letter,
+            http: out.delivery.as_ref().map(|d| d.http),
         });
     }
     if let Some(q) = quarantine_staged {

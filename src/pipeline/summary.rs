@@ -39,6 +39,9 @@ pub struct OutputSummary {
     /// Where rejected records went, with their reasons (`http` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dead_letter: Option<PathBuf>,
+    /// Requests of this sink's own HTTP client (`http` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<StatsSnapshot>,
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use reqwest::Method;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -32,7 +31,8 @@ use url::Url;
 use super::{Sink, SinkContext, SinkError, SinkOutput, cell_text, label, template_parts};
 use crate::config::{Problem, SecretRef};
 use crate::fsutil::{StagedFile, sync_file};
-use crate::http::{HttpClient, HttpConfig, HttpError, Request};
+pub use crate::http::sign;
+use crate::http::{HttpClient, HttpConfig, HttpError, Request, Signer};
 use crate::row::{Batch, Cell, Schema};
 
 /// Default header carrying the batch signature.
@@ -344,6 +344,8 @@ pub struct Delivery {
     pub rejected: u64,
     /// Values of `id_column` of the rejected records, with the reason.
     pub rejected_ids: Vec<(String, String)>,
+    /// Requests, retries, 429s and errors of this sink's own client.
+    pub http: crate::http::StatsSnapshot,
 }
 
 /// One record, rendered.
@@ -628,11 +630,11 @@ impl HttpSink {
             .collect();
         req.headers
             .push((IDEMPOTENCY_HEADER.to_string(), key.to_string()));
-        if let Some(secret) = &self.signing_key {
-            let t = chrono::Utc::now().timestamp();
-            req.headers
-                .push((self.cfg.signature_header.clone(), sign(secret, t, body)));
-        }
+        // The client signs each attempt, so a retry carries a fresh timestamp.
+        req.signer = self.signing_key.as_ref().map(|secret| Signer {
+            header: self.cfg.signature_header.clone(),
+            secret: secret.clone(),
+        });
         req.secret_headers = self.auth_headers.clone();
         self.client.execute(&req).await
     }
@@ -690,6 +692,7 @@ impl Sink for HttpSink {
                 Some(staged)
             }
         };
+        self.delivery.http = self.client.stats();
         Ok(SinkOutput {
             kind: "http",
             staged,
@@ -837,15 +840,6 @@ fn idempotency_key(items: &[Item]) -> String {
         h.update(d);
     }
     hex::encode(h.finalize())
-}
-
-/// The signature header value `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`.
-pub fn sign(secret: &SecretString, t: i64, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose_secret().as_bytes())
-        .expect("HMAC accepts keys of any length");
-    mac.update(format!("{t}.").as_bytes());
-    mac.update(body);
-    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 /// Per-record errors in a 2xx body: `{field: [{"index": n, "reason"|"message"|"error": "…"}]}`.
