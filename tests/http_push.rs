@@ -310,8 +310,48 @@ async fn a_wrong_signing_secret_is_refused_and_nothing_is_committed() {
     assert!(rx.accepted().is_empty());
     assert!(rx.stats().bad_signatures >= 1);
     // State did not advance: the next run starts from the beginning again.
-    let state = std::fs::read_to_string(p.state_path(dir.path())).unwrap_or_default();
-    assert!(!state.contains("\"watermark\": \"2"), "{state}");
+    if let Ok(text) = std::fs::read_to_string(p.state_path(dir.path())) {
+        let state: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(state["watermark"], Value::Null, "{text}");
+    }
+
+    // With the right secret, the next run delivers everything.
+    let secret = secret_file(dir.path(), SECRET);
+    let text = push_text(&sim, &rx, "badsig", &secret, "", "[incremental]\n");
+    let (p, outcome) = run_text(&sim, &text, dir.path()).await;
+    assert!(outcome.error.is_none(), "{:?}", outcome.error);
+    assert_each_accepted_once(&rx, &ids(&sim));
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(p.state_path(dir.path())).unwrap()).unwrap();
+    assert!(state["watermark"].is_string(), "{state}");
+    rx.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn push_settings_are_checked_with_their_keys() {
+    let sim = simulator(1, 1, None).await;
+    let rx = receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path(), SECRET);
+    let text = push_text(&sim, &rx, "bad", &secret, "reject_statuses = [401]", "")
+        .replace("max_records = 20", "max_records = 0")
+        .replace(
+            &format!("signing_secret = {{ file = \"{}\" }}", secret.display()),
+            "signing_secret = \"inline-secret\"",
+        );
+    let err = expense_sync::config::load_str(&text, Path::new("bad.toml")).unwrap_err();
+    let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "sinks[0].max_records",
+            "sinks[0].reject_statuses",
+            "sinks[0].signing_secret"
+        ],
+        "{err}"
+    );
+    assert!(!err.to_string().contains("inline-secret"), "{err}");
     rx.shutdown().await;
     sim.shutdown().await;
 }
