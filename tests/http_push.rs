@@ -352,6 +352,13 @@ async fn push_settings_are_checked_with_their_keys() {
         "{err}"
     );
     assert!(!err.to_string().contains("inline-secret"), "{err}");
+
+    // With [writeback], the push must name records by the expense id.
+    let text = push_text(&sim, &rx, "wb", &secret, "id_column = \"expense\"", "")
+        + "\n[writeback]\nurl = \"https://erp.example.com/{id}\"\n";
+    let err = expense_sync::config::load_str(&text, Path::new("wb.toml")).unwrap_err();
+    assert_eq!(err.problems.len(), 1, "{err}");
+    assert_eq!(err.problems[0].key, "sinks[0].id_column");
     rx.shutdown().await;
     sim.shutdown().await;
 }

@@ -234,6 +234,24 @@ fn validate(mut spec: PipelineFile, origin: &Path) -> Result<Pipeline, ConfigErr
     }
     if let Some(wb) = &spec.writeback {
         problems.extend(wb.validate("writeback", spec.source.resource()));
+        // A rejected record can only be marked ERROR if the push names it.
+        for (i, sink) in spec.sinks.iter().enumerate() {
+            if let SinkConfig::Http(h) = sink
+                && crate::sinks::http::id_column_index(
+                    &h.id_column,
+                    spec.columns.iter().map(|c| c.name.as_str()),
+                )
+                .is_none()
+            {
+                problems.push(Problem::new(
+                    format!("sinks[{i}].id_column"),
+                    format!(
+                        "column `{}` does not exist; with [writeback], the HTTP sink needs a column holding the expense id",
+                        h.id_column
+                    ),
+                ));
+            }
+        }
     }
     let mut paths = std::collections::HashMap::new();
     for (i, sink) in spec.sinks.iter().enumerate() {

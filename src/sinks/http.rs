@@ -97,7 +97,8 @@ pub struct HttpSinkConfig {
     /// `[{"index": n, "reason": "…"}]` (default `errors`; `""` ignores the body).
     #[serde(default = "default_errors_field")]
     pub record_errors_field: String,
-    /// Column naming each record in the dead-letter file and the write-back (default `id`).
+    /// Column holding the expense id, naming records in the dead-letter file and the
+    /// write-back (default `id`, or `expense_id` of the default columns).
     #[serde(default = "default_id_column")]
     pub id_column: String,
 }
@@ -183,6 +184,10 @@ impl HttpSinkConfig {
     pub fn validate(&self, prefix: &str) -> Vec<Problem> {
         let mut p = Vec::new();
         match Url::parse(&self.url) {
+            Ok(u) if u.password().is_some() => p.push(Problem::new(
+                format!("{prefix}.url"),
+                "must not carry credentials (they would appear in logs and errors); use `auth`",
+            )),
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}
             Ok(u) => p.push(Problem::new(
                 format!("{prefix}.url"),
@@ -435,7 +440,10 @@ impl HttpSink {
                     .map_err(|m| SinkError::new(&label, m))?,
             ),
         };
-        let id_index = schema.columns.iter().position(|c| c.name == cfg.id_column);
+        let id_index = id_column_index(
+            &cfg.id_column,
+            schema.columns.iter().map(|c| c.name.as_str()),
+        );
         Ok(Self {
             label,
             cfg: Arc::new(cfg.clone()),
@@ -709,6 +717,16 @@ impl Sink for HttpSink {
     }
 }
 
+/// Which column names records: `id_column`, or for the default `id` the
+/// default expense columns' `expense_id`.
+pub fn id_column_index<'a>(
+    id_column: &str,
+    names: impl Iterator<Item = &'a str> + Clone,
+) -> Option<usize> {
+    let find = |wanted: &str| names.clone().position(|n| n == wanted);
+    find(id_column).or_else(|| (id_column == "id").then(|| find("expense_id")).flatten())
+}
+
 /// A cell as JSON: decimals stay exact numbers (`12.30`), instants and dates are RFC 3339 text.
 pub fn cell_json(cell: &Cell) -> Value {
     match cell {
@@ -895,6 +913,16 @@ mod tests {
             sig,
             "t=1700000000,v1=2afce10b4f37880815b715635811bcfa4d5334e7213eea5bc2e130e1008055c3"
         );
+    }
+
+    #[test]
+    fn the_default_id_column_falls_back_to_expense_id() {
+        let names = ["expense_id", "amount"];
+        assert_eq!(id_column_index("id", names.iter().copied()), Some(0));
+        assert_eq!(id_column_index("amount", names.iter().copied()), Some(1));
+        assert_eq!(id_column_index("ref", names.iter().copied()), None);
+        let names = ["id", "expense_id"];
+        assert_eq!(id_column_index("id", names.iter().copied()), Some(0));
     }
 
     #[test]
