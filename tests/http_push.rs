@@ -136,7 +136,7 @@ async fn push_under_500s_429s_and_timeouts_accepts_every_record_once() {
     ]);
     let dir = tempfile::tempdir().unwrap();
     let secret = secret_file(dir.path(), SECRET);
-    let text = push_text(&sim, &rx, "push", &secret, "", "");
+    let text = push_text(&sim, &rx, "push", &secret, "concurrency = 3", "");
     let (_, outcome) = run_text(&sim, &text, dir.path()).await;
     assert!(outcome.error.is_none(), "{:?}", outcome.error);
     assert_eq!(outcome.exit_code(), ExitCode::Ok);
