@@ -1,7 +1,9 @@
-//! Sinks: where rows go. Each sink writes to a temporary file beside its
-//! final path ([`StagedFile`]); `finish` makes the bytes durable but does not
-//! rename, because the runner commits every sink of a run together and only
-//! then advances state.
+//! Sinks: where rows go. Each file sink writes to a temporary file beside
+//! its final path ([`StagedFile`]); `finish` makes the bytes durable but does
+//! not rename, because the runner commits every sink of a run together and
+//! only then advances state. The HTTP sink pushes as it goes, returns from
+//! `finish` only once the receiver acknowledged everything, and stages just
+//! its dead-letter file.
 //!
 //! Sinks know nothing of Fyle: they see a [`Schema`] and [`Batch`]es.
 
