@@ -234,6 +234,34 @@ source = "fyle"
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_are_cut_by_body_bytes_as_well_as_records() {
+    let sim = simulator(100, 19, None).await;
+    let rx = receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path(), SECRET);
+    let text = push_text(
+        &sim,
+        &rx,
+        "bytes",
+        &secret,
+        "method = \"PUT\"\nformat = \"ndjson\"\nmax_bytes = 2048",
+        "",
+    );
+    let (_, outcome) = run_text(&sim, &text, dir.path()).await;
+    assert!(outcome.error.is_none(), "{:?}", outcome.error);
+    let stats = rx.stats();
+    assert!(stats.largest_body <= 2048, "{stats:?}");
+    assert!(
+        stats.batches > 100 / 20,
+        "byte limit cut more batches than the record limit would: {stats:?}"
+    );
+    assert_eq!(stats.methods.get("PUT"), Some(&stats.requests), "{stats:?}");
+    assert_each_accepted_once(&rx, &ids(&sim));
+    rx.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_rejected_in_the_answer_body_go_to_the_dead_letter_file() {
     let sim = simulator(120, 12, None).await;
     let rx = receiver().await;

@@ -88,6 +88,10 @@ pub struct ReceiverStats {
     pub faults: u64,
     /// Records rejected.
     pub rejected: u64,
+    /// Size of the largest request body, in bytes.
+    pub largest_body: u64,
+    /// Requests per HTTP method, e.g. `{"POST": 12}`.
+    pub methods: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Default)]
@@ -259,6 +263,7 @@ fn answer(status: u16, body: &Value, retry_after: Option<u64>) -> Response<Body>
 
 async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
     let headers = req.headers().clone();
+    let method = req.method().to_string();
     let body = match Limited::new(req.into_body(), 64 * 1024 * 1024)
         .collect()
         .await
@@ -281,6 +286,8 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
     let latency = {
         let mut st = inner.state.lock().expect("state");
         st.stats.requests += 1;
+        st.stats.largest_body = st.stats.largest_body.max(body.len() as u64);
+        *st.stats.methods.entry(method).or_default() += 1;
         st.latency
     };
     if !latency.is_zero() {

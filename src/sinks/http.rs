@@ -926,6 +926,39 @@ mod tests {
     }
 
     #[test]
+    fn auth_settings_become_sensitive_headers() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "pw\n").unwrap();
+        let table = |auth: &str| {
+            toml::from_str::<HttpSinkConfig>(&format!(
+                "url = \"https://ap.example.com/x\"\nauth = {auth}"
+            ))
+            .unwrap()
+        };
+        let basic = table(&format!(
+            "{{ type = \"basic\", username = \"user\", password = {{ file = \"{}\" }} }}",
+            pw.display()
+        ));
+        let (headers, key) = basic.resolve_secrets("sinks[0]").unwrap();
+        assert_eq!(headers[0].0, "Authorization");
+        // base64("user:pw")
+        assert_eq!(headers[0].1.expose_secret(), "Basic dXNlcjpwdw==");
+        assert!(key.is_none());
+        let custom = table(&format!(
+            "{{ type = \"header\", name = \"X-Api-Key\", value = {{ file = \"{}\" }} }}",
+            pw.display()
+        ));
+        let (headers, _) = custom.resolve_secrets("sinks[0]").unwrap();
+        assert_eq!(headers[0].0, "X-Api-Key");
+        assert_eq!(headers[0].1.expose_secret(), "pw");
+        let missing =
+            table("{ type = \"bearer\", token = { env = \"EXPENSE_SYNC_TEST_UNSET_TOKEN\" } }");
+        let problems = missing.resolve_secrets("sinks[0]").unwrap_err();
+        assert_eq!(problems[0].key, "sinks[0].auth.token");
+    }
+
+    #[test]
     fn encodes_json_arrays_and_ndjson() {
         let items = [item("{\"a\":1}"), item("{\"a\":2}")];
         assert_eq!(encode(&items, BodyFormat::Json), b"[{\"a\":1},{\"a\":2}]");
