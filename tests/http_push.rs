@@ -442,6 +442,59 @@ async fn writeback_marks_exactly_the_exported_expenses() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_commit_and_write_back_leaves_it_to_the_next_run() {
+    let sim = simulator(60, 20, None).await;
+    let rx = receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path(), SECRET);
+    let file = dir.path().join("wbcrash.toml");
+    let text = push_text(&sim, &rx, "wbcrash", &secret, "", "[incremental]\n")
+        + "\n[writeback]\nurl = \"https://erp.example.com/{id}\"\n";
+    std::fs::write(&file, text).unwrap();
+    let exported_state = |sim: &Simulator| -> Vec<Value> {
+        truth_by_id(sim)
+            .into_values()
+            .map(|e| e["accounting_export_summary"]["state"].clone())
+            .collect()
+    };
+    let before = exported_state(&sim);
+
+    // Abort (as a crash would) right after the commit, before any write-back.
+    let out = spawn_bin_env(&file, &sim, &[("EXPENSE_SYNC_FAILPOINT", "after-commit")])
+        .wait_with_output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), None, "aborted by the failpoint");
+    assert_each_accepted_once(&rx, &ids(&sim));
+    assert_eq!(exported_state(&sim), before, "nothing was marked yet");
+    let plans: Vec<PathBuf> = common::files_in(dir.path())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".writeback.jsonl"))
+        .collect();
+    assert_eq!(
+        plans.len(),
+        1,
+        "the committed write-back plan survives: {plans:?}"
+    );
+
+    // The next run has nothing new to push but carries out the pending write-back.
+    let out = spawn_bin(&file, &sim).wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["records_out"], 0);
+    assert_eq!(summary["writeback"]["complete"], 60, "{summary}");
+    assert!(exported_state(&sim).iter().all(|s| s == "COMPLETE"));
+    assert!(!plans[0].exists(), "the plan is removed once carried out");
+    assert_eq!(rx.stats().batches, 3, "nothing was pushed twice");
+    rx.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writeback_skips_expenses_deleted_since_the_export() {
     use expense_sync::auth::FyleSession;
     use expense_sync::http::{HttpClient, HttpConfig};
@@ -529,6 +582,10 @@ async fn sigkill_mid_push_then_rerun_delivers_each_record_once() {
 }
 
 fn spawn_bin(pipeline: &Path, sim: &Simulator) -> tokio::process::Child {
+    spawn_bin_env(pipeline, sim, &[])
+}
+
+fn spawn_bin_env(pipeline: &Path, sim: &Simulator, env: &[(&str, &str)]) -> tokio::process::Child {
     let c = sim.credentials();
     tokio::process::Command::new(BIN)
         .arg("run")
@@ -539,6 +596,7 @@ fn spawn_bin(pipeline: &Path, sim: &Simulator) -> tokio::process::Child {
         .env("FYLE_REFRESH_TOKEN", &c.refresh_token)
         .env_remove("EXPENSE_SYNC_LOG")
         .env_remove("EXPENSE_SYNC_FAILPOINT")
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)

@@ -25,7 +25,7 @@ use crate::http::HttpClient;
 use crate::row::Batch;
 use crate::sinks::{Sink, SinkContext, SinkError, SinkOutput};
 use crate::sources::SourceConfig;
-use crate::sources::fyle::{FyleClient, FyleError, Page, PagerStats, fetch_window, write_back};
+use crate::sources::fyle::{FyleClient, FyleError, Page, PagerStats, fetch_window, run_pending};
 use crate::state::{self, CommitPlan, PlannedFile, RunRecord, Version};
 use crate::transforms::Projector;
 
@@ -414,6 +414,41 @@ async fn execute(
             final_path: q.final_path.clone(),
         });
     }
+    // The run's files, as recorded in the state (the write-back plan is
+    // bookkeeping, removed once carried out).
+    let run_files: Vec<PathBuf> = files.iter().map(|f| f.final_path.clone()).collect();
+    let mut rejected_ids = std::collections::HashMap::new();
+    for d in outputs.iter().filter_map(|o| o.delivery.as_ref()) {
+        rejected_ids.extend(d.rejected_ids.iter().cloned());
+    }
+    let writeback_plan = match (&spec.writeback, &exported) {
+        (Some(_), Some(ids)) if !ids.is_empty() => {
+            let path = crate::sources::fyle::plan_path(&output_dir, pipeline.name(), run_id);
+            match crate::sources::fyle::stage_plan(&path, &ctx.temp_tag(), ids, &rejected_ids) {
+                Ok(staged) => Some(staged),
+                Err(e) => {
+                    outputs
+                        .iter()
+                        .filter_map(|o| o.staged.as_ref())
+                        .for_each(StagedFile::discard);
+                    if let Some(q) = &quarantine_staged {
+                        q.discard();
+                    }
+                    return Err(Error::Sink(format!(
+                        "write-back plan {}: {e}",
+                        path.display()
+                    )));
+                }
+            }
+        }
+        _ => None,
+    };
+    if let Some(wp) = &writeback_plan {
+        files.push(PlannedFile {
+            temp: wp.temp_path.clone(),
+            final_path: wp.final_path.clone(),
+        });
+    }
     let advance = plan.advance_to.map(|to| {
         let watermark = st.watermark.map_or(to, |w| w.max(to));
         let keep_from = watermark - plan.lookback;
@@ -440,7 +475,7 @@ async fn execute(
             window_to: plan.window.to,
             committed_at: Utc::now(),
             rows: summary.records_out,
-            files: files.iter().map(|f| f.final_path.clone()).collect(),
+            files: run_files,
         },
         files,
         advance,
@@ -456,17 +491,18 @@ async fn execute(
             if let Some(q) = &quarantine_staged {
                 q.discard();
             }
+            if let Some(wp) = &writeback_plan {
+                wp.discard();
+            }
         }
         return Err(Error::State(e.to_string()));
     }
     summary.watermark = st.watermark;
-    let mut rejected_ids = std::collections::HashMap::new();
     for out in &outputs {
         let final_path = out.staged.as_ref().map(|s| s.final_path.clone());
         let (path, dead_letter, rejected) = match &out.delivery {
             Some(d) => {
                 summary.rejected += d.rejected;
-                rejected_ids.extend(d.rejected_ids.iter().cloned());
                 (PathBuf::from(&d.url), final_path, d.rejected)
             }
             None => (final_path.unwrap_or_default(), None, 0),
@@ -503,8 +539,10 @@ async fn execute(
     );
     // Write-back comes after the commit: it can neither block nor undo it,
     // and its failure shows in the summary and the exit code.
-    if let (Some(cfg), Some(ids)) = (&spec.writeback, exported) {
-        let wb = write_back(&client, cfg, &ids, &rejected_ids).await;
+    // The plan was committed with the outputs, so a crash here leaves it for
+    // the next run, which carries out every plan still pending.
+    if let Some(cfg) = &spec.writeback {
+        let wb = run_pending(&client, cfg, &output_dir, pipeline.name()).await;
         if let Some(why) = &wb.failed {
             warn!("{why}");
         }

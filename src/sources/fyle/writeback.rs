@@ -2,6 +2,10 @@
 //! expense is marked through `POST /admin/expenses/accounting_export_summary/bulk`
 //! so finance teams see in Fyle what was exported and what failed.
 //!
+//! The plan (which ids, which were rejected) is committed with the run's
+//! outputs as a JSONL file and removed once carried out, so a crash between
+//! the commit and the write-back leaves it for the next run.
+//!
 //! Each small batch is first marked `IN_PROGRESS`, then `COMPLETE` (or
 //! `ERROR` with `error_type` for records a receiver rejected), so an
 //! interruption between the two leaves a visible `IN_PROGRESS` rather than a
@@ -10,12 +14,15 @@
 //! without them.
 
 use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{FyleClient, FyleError};
 use crate::config::Problem;
+use crate::fsutil::{StagedFile, sync_file};
 use crate::http::HttpError;
 
 const BULK_PATH: &str = "admin/expenses/accounting_export_summary/bulk";
@@ -73,6 +80,129 @@ impl WriteBackConfig {
         }
         p
     }
+}
+
+/// Suffix of write-back plan files: `{output_dir}/{pipeline}.{run_id}.writeback.jsonl`.
+const PLAN_SUFFIX: &str = ".writeback.jsonl";
+
+/// Where a run's write-back plan is committed with its outputs.
+pub fn plan_path(output_dir: &Path, pipeline: &str, run_id: &str) -> PathBuf {
+    output_dir.join(format!("{pipeline}.{run_id}{PLAN_SUFFIX}"))
+}
+
+/// Writes the plan (one `{"id", "rejected"}` line per exported expense) to a
+/// staged file, so it is committed atomically with the run's outputs and a
+/// crash between the commit and the write-back cannot lose it.
+pub fn stage_plan(
+    final_path: &Path,
+    temp_tag: &str,
+    exported: &[String],
+    rejected: &HashMap<String, String>,
+) -> std::io::Result<StagedFile> {
+    let (staged, file) = StagedFile::create(final_path, temp_tag)?;
+    let mut w = std::io::BufWriter::new(file);
+    let written = (|| {
+        for id in exported {
+            let line = json!({"id": id, "rejected": rejected.get(id)});
+            serde_json::to_writer(&mut w, &line)?;
+            w.write_all(b"\n")?;
+        }
+        w.flush()?;
+        sync_file(w.get_ref(), &staged.temp_path)
+    })();
+    match written {
+        Ok(()) => Ok(staged),
+        Err(e) => {
+            staged.discard();
+            Err(e)
+        }
+    }
+}
+
+/// Committed plans of `pipeline` not yet written back, oldest first.
+pub fn pending_plans(output_dir: &Path, pipeline: &str) -> Vec<PathBuf> {
+    let prefix = format!("{pipeline}.");
+    let mut plans: Vec<PathBuf> = std::fs::read_dir(output_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                // `{pipeline}.{run_id}.writeback.jsonl`; run ids hold no dots.
+                n.strip_prefix(&prefix)
+                    .and_then(|rest| rest.strip_suffix(PLAN_SUFFIX))
+                    .is_some_and(|run_id| !run_id.is_empty() && !run_id.contains('.'))
+            })
+        })
+        .collect();
+    plans.sort();
+    plans
+}
+
+/// Carries out every pending plan (oldest first), removing each once Fyle
+/// accepted all of it; stops at the first failure, leaving that plan and
+/// later ones for the next run.
+pub async fn run_pending(
+    client: &FyleClient,
+    cfg: &WriteBackConfig,
+    output_dir: &Path,
+    pipeline: &str,
+) -> WriteBackSummary {
+    let mut total = WriteBackSummary::default();
+    for path in pending_plans(output_dir, pipeline) {
+        let (exported, rejected) = match read_plan(&path) {
+            Ok(p) => p,
+            Err(e) => {
+                total.failed = Some(format!(
+                    "cannot read the write-back plan {}: {e}; fix or delete it",
+                    path.display()
+                ));
+                return total;
+            }
+        };
+        let s = write_back(client, cfg, &exported, &rejected).await;
+        total.complete += s.complete;
+        total.error += s.error;
+        total.skipped_deleted += s.skipped_deleted;
+        if s.failed.is_some() {
+            total.failed = s.failed;
+            return total;
+        }
+        if let Err(e) = std::fs::remove_file(&path) {
+            total.failed = Some(format!(
+                "the write-back succeeded but its plan {} could not be removed ({e}); \
+                 the next run would mark those expenses again",
+                path.display()
+            ));
+            return total;
+        }
+    }
+    total
+}
+
+#[allow(clippy::type_complexity)]
+fn read_plan(path: &Path) -> std::io::Result<(Vec<String>, HashMap<String, String>)> {
+    let file = std::io::BufReader::new(std::fs::File::open(path)?);
+    let mut exported = Vec::new();
+    let mut rejected = HashMap::new();
+    for line in file.lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_str(&line).map_err(std::io::Error::other)?;
+        let id = v
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| std::io::Error::other("a line without an \"id\""))?
+            .to_string();
+        if let Some(reason) = v.get("rejected").and_then(Value::as_str) {
+            rejected.insert(id.clone(), reason.to_string());
+        }
+        exported.push(id);
+    }
+    Ok((exported, rejected))
 }
 
 /// What the write-back did, for the run summary.
