@@ -47,8 +47,13 @@ pub struct Request {
 impl Request {
     /// A GET of `url`.
     pub fn get(url: Url) -> Self {
+        Self::new(Method::GET, url)
+    }
+
+    /// A bodiless request with `method`; set `json`, `form` or `raw` for a body.
+    pub fn new(method: Method, url: Url) -> Self {
         Self {
-            method: Method::GET,
+            method,
             url,
             query: Vec::new(),
             json: None,

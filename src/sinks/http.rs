@@ -620,11 +620,11 @@ impl HttpSink {
             BodyFormat::Json => "application/json",
             BodyFormat::Ndjson => "application/x-ndjson",
         };
-        let mut req = Request::get(self.url.clone());
-        req.method = match self.cfg.method {
+        let method = match self.cfg.method {
             PushMethod::Post => Method::POST,
             PushMethod::Put => Method::PUT,
         };
+        let mut req = Request::new(method, self.url.clone());
         req.raw = Some((
             bytes::Bytes::copy_from_slice(body),
             content_type.to_string(),
