@@ -364,6 +364,7 @@ async fn push_settings_are_checked_with_their_keys() {
     let secret = secret_file(dir.path(), SECRET);
     let text = push_text(&sim, &rx, "bad", &secret, "reject_statuses = [401]", "")
         .replace("max_records = 20", "max_records = 0")
+        .replace("\"X-Tenant\" = \"acme\"", "\"idempotency-key\" = \"fixed\"")
         .replace(
             &format!("signing_secret = {{ file = \"{}\" }}", secret.display()),
             "signing_secret = \"inline-secret\"",
@@ -375,6 +376,7 @@ async fn push_settings_are_checked_with_their_keys() {
         [
             "sinks[0].max_records",
             "sinks[0].reject_statuses",
+            "sinks[0].headers.idempotency-key",
             "sinks[0].signing_secret"
         ],
         "{err}"

@@ -244,6 +244,18 @@ impl HttpSinkConfig {
             }
         }
         for (name, value) in &self.headers {
+            let reserved = [
+                IDEMPOTENCY_HEADER,
+                "Content-Type",
+                "Authorization",
+                &self.signature_header,
+            ];
+            if reserved.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+                p.push(Problem::new(
+                    format!("{prefix}.headers.{name}"),
+                    "is set by the sink itself (use `auth` for Authorization, `signature_header` for the signature)",
+                ));
+            }
             if reqwest::header::HeaderValue::from_str(value).is_err() {
                 p.push(Problem::new(
                     format!("{prefix}.headers.{name}"),
