@@ -262,6 +262,32 @@ async fn batches_are_cut_by_body_bytes_as_well_as_records() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_wait_sends_partial_batches_when_records_trickle_in() {
+    let sim = simulator(50, 21, None).await;
+    // Each page of 10 takes 200 ms, so a 100-record batch would wait for all five.
+    sim.set_faults(expense_sync::simulator::Faults {
+        latency: Duration::from_millis(200),
+        ..Default::default()
+    });
+    let rx = receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path(), SECRET);
+    let text = push_text(&sim, &rx, "wait", &secret, "max_wait = \"100ms\"", "")
+        .replace("max_records = 20", "max_records = 100")
+        .replace("page_size = 50", "page_size = 10");
+    let (_, outcome) = run_text(&sim, &text, dir.path()).await;
+    assert!(outcome.error.is_none(), "{:?}", outcome.error);
+    let stats = rx.stats();
+    assert!(
+        stats.batches >= 4,
+        "a batch per slow page, not one at the end: {stats:?}"
+    );
+    assert_each_accepted_once(&rx, &ids(&sim));
+    rx.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_rejected_in_the_answer_body_go_to_the_dead_letter_file() {
     let sim = simulator(120, 12, None).await;
     let rx = receiver().await;
