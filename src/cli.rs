@@ -137,6 +137,17 @@ pub enum Command {
         /// Expenses changed per second in the background while clients page.
         #[arg(long, default_value_t = 0)]
         mutate_per_sec: u32,
+        /// Also serve the test receiver for HTTP pushes on this port (see `pipelines/push-to-receiver.toml`).
+        #[arg(long)]
+        receiver_port: Option<u16>,
+        /// Signing secret the receiver verifies batches with (read from the environment only).
+        #[arg(
+            long = "receiver-secret",
+            env = "RECEIVER_SIGNING_SECRET",
+            hide = true,
+            hide_env_values = true
+        )]
+        receiver_secret: Option<String>,
     },
 }
 
@@ -245,6 +256,8 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
             error_rate,
             latency,
             mutate_per_sec,
+            receiver_port,
+            receiver_secret,
         } => {
             let cfg = SimConfig {
                 seed,
@@ -260,9 +273,43 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
                 ..SimConfig::default()
             };
             let cluster_port = cluster_port.unwrap_or(port.saturating_add(1));
+            let receiver = match receiver_port {
+                None => None,
+                Some(rp) => {
+                    use crate::simulator::receiver::{Receiver, ReceiverConfig};
+                    let signed = receiver_secret.is_some();
+                    let r = Receiver::start_on(
+                        ReceiverConfig {
+                            secret: receiver_secret,
+                            ..ReceiverConfig::default()
+                        },
+                        rp,
+                    )
+                    .await
+                    .map_err(|e| Error::Internal(format!("receiver on port {rp}: {e}")))?;
+                    println!(
+                        "Test receiver for HTTP pushes: {} ({})",
+                        r.url(),
+                        if signed {
+                            "verifying signatures with RECEIVER_SIGNING_SECRET"
+                        } else {
+                            "not verifying signatures: RECEIVER_SIGNING_SECRET is not set"
+                        }
+                    );
+                    Some(r)
+                }
+            };
             crate::simulator::run_until_ctrl_c(cfg, port, cluster_port)
                 .await
                 .map_err(|e| Error::Internal(format!("simulator: {e}")))?;
+            if let Some(r) = receiver {
+                let s = r.stats();
+                println!(
+                    "receiver: {} batches accepted, {} duplicates answered from memory, {} bad signatures",
+                    s.batches, s.duplicate_batches, s.bad_signatures
+                );
+                r.shutdown().await;
+            }
             Ok(ExitCode::Ok)
         }
     }

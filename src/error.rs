@@ -26,6 +26,8 @@ pub enum ExitCode {
     State = 8,
     /// A stored connection's refresh token expired or was revoked: run `expense-sync auth login <connection>`.
     Reconnect = 9,
+    /// The run committed, but writing the export status back to Fyle failed.
+    WriteBack = 10,
 }
 
 impl ExitCode {

@@ -112,11 +112,11 @@ fn all_types_rows() -> Vec<Row> {
 fn finish_and_commit(sink: Box<dyn Sink>, final_path: &Path) -> SinkOutput {
     assert!(!final_path.exists(), "final path visible before finish");
     let out = sink.finish().unwrap();
-    assert_eq!(out.staged.final_path, final_path);
-    assert!(out.staged.temp_path.exists());
+    let staged = out.staged.as_ref().expect("file sinks always stage a file");
+    assert_eq!(staged.final_path, final_path);
+    assert!(staged.temp_path.exists());
     // Recovery after a crash sweeps `.expense-sync-{pipeline}.` files, so the name must start that way.
-    let temp_name = out
-        .staged
+    let temp_name = staged
         .temp_path
         .file_name()
         .unwrap()
@@ -126,18 +126,12 @@ fn finish_and_commit(sink: Box<dyn Sink>, final_path: &Path) -> SinkOutput {
         temp_name.starts_with(".expense-sync-daily.run7-"),
         "{temp_name}"
     );
-    assert_eq!(out.staged.temp_path.parent(), final_path.parent());
+    assert_eq!(staged.temp_path.parent(), final_path.parent());
     assert!(!final_path.exists(), "final path visible before commit");
-    assert_eq!(
-        fs::metadata(&out.staged.temp_path).unwrap().len(),
-        out.bytes
-    );
-    out.staged.commit().unwrap();
+    assert_eq!(fs::metadata(&staged.temp_path).unwrap().len(), out.bytes);
+    staged.commit().unwrap();
     assert!(final_path.exists());
-    assert!(
-        !out.staged.temp_path.exists(),
-        "temp file left after commit"
-    );
+    assert!(!staged.temp_path.exists(), "temp file left after commit");
     assert_no_temp_files(final_path.parent().unwrap());
     out
 }

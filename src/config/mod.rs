@@ -128,6 +128,9 @@ pub struct PipelineFile {
     pub columns: Vec<ColumnSpec>,
     /// `[[sinks]]`.
     pub sinks: Vec<SinkConfig>,
+    /// `[writeback]`: mark exported expenses in Fyle after each committed run.
+    #[serde(default)]
+    pub writeback: Option<crate::sources::fyle::WriteBackConfig>,
 }
 
 /// A loaded and validated pipeline.
@@ -228,6 +231,27 @@ fn validate(mut spec: PipelineFile, origin: &Path) -> Result<Pipeline, ConfigErr
             "sinks",
             "at least one [[sinks]] is needed, e.g. type = \"csv\", path = \"expenses.csv\"",
         ));
+    }
+    if let Some(wb) = &spec.writeback {
+        problems.extend(wb.validate("writeback", spec.source.resource()));
+        // A rejected record can only be marked ERROR if the push names it.
+        for (i, sink) in spec.sinks.iter().enumerate() {
+            if let SinkConfig::Http(h) = sink
+                && crate::sinks::http::id_column_index(
+                    &h.id_column,
+                    spec.columns.iter().map(|c| c.name.as_str()),
+                )
+                .is_none()
+            {
+                problems.push(Problem::new(
+                    format!("sinks[{i}].id_column"),
+                    format!(
+                        "column `{}` does not exist; with [writeback], the HTTP sink needs a column holding the expense id",
+                        h.id_column
+                    ),
+                ));
+            }
+        }
     }
     let mut paths = std::collections::HashMap::new();
     for (i, sink) in spec.sinks.iter().enumerate() {

@@ -33,6 +33,17 @@ pub struct Request {
     pub bearer: Option<SecretString>,
     /// HTTP Basic credentials (user, password), e.g. an OAuth client id and secret.
     pub basic: Option<(String, SecretString)>,
+    /// Exact body bytes with their content type (exclusive with `json` and
+    /// `form`), for bodies that are signed and must go out byte for byte.
+    pub raw: Option<(bytes::Bytes, String)>,
+    /// Extra headers sent as written (never secrets).
+    pub headers: Vec<(String, String)>,
+    /// Extra headers whose values are secrets (API keys, basic auth): marked sensitive, never logged.
+    pub secret_headers: Vec<(String, SecretString)>,
+    /// Accept a 2xx body that is not JSON (kept as `Value::Null`) instead of retrying it as cut off.
+    pub any_success_body: bool,
+    /// Signs the `raw` body on every attempt (fresh timestamp per retry).
+    pub signer: Option<super::Signer>,
 }
 
 // Bodies of token requests carry client secrets, codes and refresh tokens:
@@ -56,6 +67,12 @@ impl std::fmt::Debug for Request {
             .field("form_fields", &form_keys)
             .field("bearer", &self.bearer.as_ref().map(|_| "[REDACTED]"))
             .field("basic_user", &self.basic.as_ref().map(|(u, _)| u))
+            .field("raw_bytes", &self.raw.as_ref().map(|(b, _)| b.len()))
+            .field("headers", &self.headers)
+            .field(
+                "secret_headers",
+                &self.secret_headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -63,14 +80,24 @@ impl std::fmt::Debug for Request {
 impl Request {
     /// A GET of `url`.
     pub fn get(url: Url) -> Self {
+        Self::new(Method::GET, url)
+    }
+
+    /// A bodiless request with `method`; set `json`, `form` or `raw` for a body.
+    pub fn new(method: Method, url: Url) -> Self {
         Self {
-            method: Method::GET,
+            method,
             url,
             query: Vec::new(),
             json: None,
             form: None,
             bearer: None,
             basic: None,
+            raw: None,
+            headers: Vec::new(),
+            secret_headers: Vec::new(),
+            any_success_body: false,
+            signer: None,
         }
     }
 
@@ -84,6 +111,11 @@ impl Request {
             form: Some(form),
             bearer: None,
             basic: None,
+            raw: None,
+            headers: Vec::new(),
+            secret_headers: Vec::new(),
+            any_success_body: false,
+            signer: None,
         }
     }
 
@@ -97,6 +129,11 @@ impl Request {
             form: None,
             bearer: None,
             basic: None,
+            raw: None,
+            headers: Vec::new(),
+            secret_headers: Vec::new(),
+            any_success_body: false,
+            signer: None,
         }
     }
 
@@ -313,6 +350,33 @@ impl HttpClient {
             builder = builder.json(json);
         } else if let Some(form) = &req.form {
             builder = builder.form(form);
+        } else if let Some((body, content_type)) = &req.raw {
+            builder = builder
+                .header(reqwest::header::CONTENT_TYPE, content_type.as_str())
+                .body(body.clone());
+        }
+        for (name, value) in &req.headers {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        if let (Some(signer), Some((body, _))) = (&req.signer, &req.raw) {
+            let t = chrono::Utc::now().timestamp();
+            builder = builder.header(signer.header.as_str(), super::sign(&signer.secret, t, body));
+        }
+        for (name, value) in &req.secret_headers {
+            match reqwest::header::HeaderValue::from_str(value.expose_secret()) {
+                Ok(mut v) => {
+                    v.set_sensitive(true);
+                    builder = builder.header(name.as_str(), v);
+                }
+                Err(_) => {
+                    return Attempt::Fatal(HttpError::Invalid {
+                        url: req.url.to_string(),
+                        message: format!(
+                            "the value of header {name} is not a valid header value (it is a secret, so it is not shown)"
+                        ),
+                    });
+                }
+            }
         }
         if let Some(token) = &req.bearer {
             // reqwest marks bearer headers sensitive, keeping them out of debug output.
@@ -375,6 +439,11 @@ impl HttpClient {
                         status,
                         headers,
                         json,
+                    }),
+                    Err(_) if req.any_success_body => Attempt::Done(Response {
+                        status,
+                        headers,
+                        json: Value::Null,
                     }),
                     Err(e) => {
                         // A cut-off body parses as invalid JSON: worth another try.

@@ -5,7 +5,9 @@
 mod client;
 mod config;
 mod error;
+mod signature;
 
 pub use client::{HttpClient, HttpStats, Request, Response, StatsSnapshot};
 pub use config::HttpConfig;
 pub use error::HttpError;
+pub use signature::{Signer, sign};

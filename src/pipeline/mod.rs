@@ -25,7 +25,7 @@ use crate::http::HttpClient;
 use crate::row::Batch;
 use crate::sinks::{Sink, SinkContext, SinkError, SinkOutput};
 use crate::sources::SourceConfig;
-use crate::sources::fyle::{FyleClient, FyleError, Page, PagerStats, fetch_window};
+use crate::sources::fyle::{FyleClient, FyleError, Page, PagerStats, fetch_window, run_pending};
 use crate::state::{self, CommitPlan, PlannedFile, RunRecord, Version};
 use crate::transforms::Projector;
 
@@ -62,7 +62,17 @@ impl RunOutcome {
     pub fn exit_code(&self) -> crate::ExitCode {
         match &self.error {
             Some(e) => e.exit_code(),
-            None if self.summary.quarantined > 0 => crate::ExitCode::Partial,
+            None if self
+                .summary
+                .writeback
+                .as_ref()
+                .is_some_and(|w| w.failed.is_some()) =>
+            {
+                crate::ExitCode::WriteBack
+            }
+            None if self.summary.quarantined > 0 || self.summary.rejected > 0 => {
+                crate::ExitCode::Partial
+            }
             None => crate::ExitCode::Ok,
         }
     }
@@ -88,7 +98,7 @@ pub async fn run(pipeline: &Pipeline, http: &HttpClient, opts: &RunOptions) -> R
     .await;
     summary.finish(clock.elapsed(), http.stats().since(&stats_before), grants);
     let error = result.err();
-    summary.status = match (&error, summary.quarantined) {
+    summary.status = match (&error, summary.quarantined + summary.rejected) {
         (Some(_), _) => RunStatus::Failed,
         (None, 0) => RunStatus::Ok,
         (None, _) => RunStatus::Partial,
@@ -162,6 +172,7 @@ async fn execute(
 ) -> Result<(), Error> {
     let spec = &pipeline.spec;
     let SourceConfig::Fyle(source_cfg) = &spec.source;
+    let source_cfg = &push_safe_source(source_cfg, &spec.sinks);
     let session = match (&opts.credentials, &spec.connection.vault) {
         (Some(c), _) => FyleSession::new(http.clone(), c.clone()),
         (None, Some(name)) => {
@@ -304,6 +315,7 @@ async fn execute(
         kept: BTreeSet::new(),
     };
     let mut quarantine = Quarantine::new(&ctx);
+    let mut exported: Option<Vec<String>> = spec.writeback.as_ref().map(|_| Vec::new());
     let transformed = transform(
         page_rx,
         &projector,
@@ -311,6 +323,7 @@ async fn execute(
         &mut quarantine,
         &mut dedup,
         summary,
+        &mut exported,
     )
     .await;
     drop(sink_txs);
@@ -374,7 +387,10 @@ async fn execute(
         match finished {
             Ok(out) => outputs.push(out),
             Err(e) => {
-                outputs.iter().for_each(|o| o.staged.discard());
+                outputs
+                    .iter()
+                    .filter_map(|o| o.staged.as_ref())
+                    .for_each(StagedFile::discard);
                 iter.for_each(|s| s.abort());
                 quarantine.discard();
                 return Err(Error::Sink(e.to_string()));
@@ -384,7 +400,10 @@ async fn execute(
     let quarantine_staged = match quarantine.finish() {
         Ok(q) => q,
         Err(e) => {
-            outputs.iter().for_each(|o| o.staged.discard());
+            outputs
+                .iter()
+                .filter_map(|o| o.staged.as_ref())
+                .for_each(StagedFile::discard);
             return Err(Error::Sink(format!("quarantine file: {e}")));
         }
     };
@@ -393,15 +412,51 @@ async fn execute(
     // advance the state (see state::commit for why this order is crash-safe).
     let mut files: Vec<PlannedFile> = outputs
         .iter()
-        .map(|o| PlannedFile {
-            temp: o.staged.temp_path.clone(),
-            final_path: o.staged.final_path.clone(),
+        .filter_map(|o| o.staged.as_ref())
+        .map(|staged| PlannedFile {
+            temp: staged.temp_path.clone(),
+            final_path: staged.final_path.clone(),
         })
         .collect();
     if let Some(q) = &quarantine_staged {
         files.push(PlannedFile {
             temp: q.temp_path.clone(),
             final_path: q.final_path.clone(),
+        });
+    }
+    // The run's files, as recorded in the state (the write-back plan is
+    // bookkeeping, removed once carried out).
+    let run_files: Vec<PathBuf> = files.iter().map(|f| f.final_path.clone()).collect();
+    let mut rejected_ids = std::collections::HashMap::new();
+    for d in outputs.iter().filter_map(|o| o.delivery.as_ref()) {
+        rejected_ids.extend(d.rejected_ids.iter().cloned());
+    }
+    let writeback_plan = match (&spec.writeback, &exported) {
+        (Some(_), Some(ids)) if !ids.is_empty() => {
+            let path = crate::sources::fyle::plan_path(&output_dir, pipeline.name(), run_id);
+            match crate::sources::fyle::stage_plan(&path, &ctx.temp_tag(), ids, &rejected_ids) {
+                Ok(staged) => Some(staged),
+                Err(e) => {
+                    outputs
+                        .iter()
+                        .filter_map(|o| o.staged.as_ref())
+                        .for_each(StagedFile::discard);
+                    if let Some(q) = &quarantine_staged {
+                        q.discard();
+                    }
+                    return Err(Error::Sink(format!(
+                        "write-back plan {}: {e}",
+                        path.display()
+                    )));
+                }
+            }
+        }
+        _ => None,
+    };
+    if let Some(wp) = &writeback_plan {
+        files.push(PlannedFile {
+            temp: wp.temp_path.clone(),
+            final_path: wp.final_path.clone(),
         });
     }
     let advance = plan.advance_to.map(|to| {
@@ -430,7 +485,7 @@ async fn execute(
             window_to: plan.window.to,
             committed_at: Utc::now(),
             rows: summary.records_out,
-            files: files.iter().map(|f| f.final_path.clone()).collect(),
+            files: run_files,
         },
         files,
         advance,
@@ -439,20 +494,44 @@ async fn execute(
         // Before the commit point the temps are ours to remove; after it the
         // plan is in the state file and the next run finishes it.
         if st.pending.is_none() {
-            outputs.iter().for_each(|o| o.staged.discard());
+            outputs
+                .iter()
+                .filter_map(|o| o.staged.as_ref())
+                .for_each(StagedFile::discard);
             if let Some(q) = &quarantine_staged {
                 q.discard();
+            }
+            if let Some(wp) = &writeback_plan {
+                wp.discard();
             }
         }
         return Err(Error::State(e.to_string()));
     }
     summary.watermark = st.watermark;
     for out in &outputs {
+        let final_path = out.staged.as_ref().map(|s| s.final_path.clone());
+        let (path, dead_letter, rejected) = match &out.delivery {
+            Some(d) => {
+                summary.rejected += d.rejected;
+                (PathBuf::from(&d.url), final_path, d.rejected)
+            }
+            None => (final_path.unwrap_or_default(), None, 0),
+        };
+        if let Some(dl) = &dead_letter {
+            warn!(
+                count = rejected,
+                file = %dl.display(),
+                "the receiver rejected some records; they are in the dead-letter file with their reasons"
+            );
+        }
         summary.outputs.push(OutputSummary {
             kind: out.kind.to_string(),
-            path: out.staged.final_path.clone(),
+            path,
             rows: out.rows,
             bytes: out.bytes,
+            rejected,
+            dead_letter,
+            http: out.delivery.as_ref().map(|d| d.http),
         });
     }
     if let Some(q) = quarantine_staged {
@@ -468,7 +547,40 @@ async fn execute(
         outputs = summary.outputs.len(),
         "run committed"
     );
+    // Write-back comes after the commit: it can neither block nor undo it,
+    // and its failure shows in the summary and the exit code.
+    // The plan was committed with the outputs, so a crash here leaves it for
+    // the next run, which carries out every plan still pending.
+    if let Some(cfg) = &spec.writeback {
+        let wb = run_pending(&client, cfg, &output_dir, pipeline.name()).await;
+        if let Some(why) = &wb.failed {
+            warn!("{why}");
+        }
+        summary.writeback = Some(wb);
+    }
     Ok(())
+}
+
+/// A pipeline that pushes over HTTP pages sequentially: parallel slices
+/// deliver records in a timing-dependent order, and a rerun after a crash
+/// must cut the same batches for the receiver to recognise their keys.
+fn push_safe_source(
+    cfg: &crate::sources::fyle::FyleSourceConfig,
+    sinks: &[crate::sinks::SinkConfig],
+) -> crate::sources::fyle::FyleSourceConfig {
+    let mut cfg = cfg.clone();
+    if cfg.concurrency > 1
+        && sinks
+            .iter()
+            .any(|s| matches!(s, crate::sinks::SinkConfig::Http(_)))
+    {
+        info!(
+            configured = cfg.concurrency,
+            "an HTTP sink needs reproducible batches; paging the source sequentially"
+        );
+        cfg.concurrency = 1;
+    }
+    cfg
 }
 
 async fn transform(
@@ -478,6 +590,7 @@ async fn transform(
     quarantine: &mut Quarantine,
     dedup: &mut Dedup,
     summary: &mut RunSummary,
+    exported: &mut Option<Vec<String>>,
 ) -> Result<(), Error> {
     let mut expected: Option<u64> = None;
     let mut last_report = Instant::now();
@@ -498,6 +611,9 @@ async fn transform(
             match projector.project(record) {
                 Ok(row) => {
                     dedup.remember(record);
+                    if let Some(ids) = exported.as_mut() {
+                        ids.push(crate::record::record_id(record));
+                    }
                     batch.rows.push(row);
                 }
                 Err(e) => {

@@ -16,7 +16,7 @@ pub enum RunStatus {
     Running,
     /// Every record exported and committed.
     Ok,
-    /// Committed, but some records were quarantined.
+    /// Committed, but some records were quarantined or rejected by a receiver.
     Partial,
     /// Nothing was committed.
     Failed,
@@ -27,12 +27,25 @@ pub enum RunStatus {
 pub struct OutputSummary {
     /// Sink kind (`csv`, `parquet`).
     pub kind: String,
-    /// Final path.
+    /// Final path (for `http`, the URL pushed to).
     pub path: PathBuf,
-    /// Data rows written.
+    /// Data rows written (for `http`, rows the receiver acknowledged).
     pub rows: u64,
-    /// File size.
+    /// File size (for `http`, body bytes acknowledged).
     pub bytes: u64,
+    /// Records a receiver rejected (`http` only).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub rejected: u64,
+    /// Where rejected records went, with their reasons (`http` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<PathBuf>,
+    /// Requests of this sink's own HTTP client (`http` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<StatsSnapshot>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What a run did, printed as JSON at the end of `run`.
@@ -70,6 +83,10 @@ pub struct RunSummary {
     pub quarantined: u64,
     /// Where quarantined records went.
     pub quarantine_file: Option<PathBuf>,
+    /// Records a receiver rejected (every HTTP sink together); see each output's dead-letter file.
+    pub rejected: u64,
+    /// The write-back of export status to Fyle, when the pipeline has `[writeback]`.
+    pub writeback: Option<crate::sources::fyle::WriteBackSummary>,
     /// Record versions seen twice (page boundaries, lookback overlap) and dropped.
     pub duplicates_skipped: u64,
     /// Pages fetched.
@@ -106,6 +123,8 @@ impl RunSummary {
             records_out: 0,
             quarantined: 0,
             quarantine_file: None,
+            rejected: 0,
+            writeback: None,
             duplicates_skipped: 0,
             pages: 0,
             http: StatsSnapshot::default(),

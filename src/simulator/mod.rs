@@ -17,6 +17,7 @@ mod generate;
 mod model;
 mod oauth;
 mod query;
+pub mod receiver;
 mod reports;
 mod rng;
 mod server;

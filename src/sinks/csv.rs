@@ -240,9 +240,10 @@ impl Sink for CsvSink {
         match result {
             Ok(bytes) => Ok(SinkOutput {
                 kind: "csv",
-                staged: self.staged.take().expect("staged until finish"),
+                staged: Some(self.staged.take().expect("staged until finish")),
                 rows: self.rows,
                 bytes,
+                delivery: None,
             }),
             Err(e) => {
                 self.discard();

@@ -1,11 +1,14 @@
-//! Sinks: where rows go. Each sink writes to a temporary file beside its
-//! final path ([`StagedFile`]); `finish` makes the bytes durable but does not
-//! rename, because the runner commits every sink of a run together and only
-//! then advances state.
+//! Sinks: where rows go. Each file sink writes to a temporary file beside
+//! its final path ([`StagedFile`]); `finish` makes the bytes durable but does
+//! not rename, because the runner commits every sink of a run together and
+//! only then advances state. The HTTP sink pushes as it goes, returns from
+//! `finish` only once the receiver acknowledged everything, and stages just
+//! its dead-letter file.
 //!
 //! Sinks know nothing of Fyle: they see a [`Schema`] and [`Batch`]es.
 
 pub mod csv;
+pub mod http;
 pub mod parquet;
 
 use std::path::{Path, PathBuf};
@@ -33,12 +36,15 @@ pub trait Sink: Send {
 pub struct SinkOutput {
     /// Sink type, e.g. `csv`.
     pub kind: &'static str,
-    /// The temporary file and where it goes on commit.
-    pub staged: StagedFile,
-    /// Data rows written (not counting a header).
+    /// The temporary file and where it goes on commit; `None` when a sink
+    /// delivered everything elsewhere (an HTTP push with nothing rejected).
+    pub staged: Option<StagedFile>,
+    /// Data rows written (not counting a header); for HTTP, rows acknowledged.
     pub rows: u64,
-    /// Size of the finished file in bytes.
+    /// Size of the finished file in bytes; for HTTP, body bytes acknowledged.
     pub bytes: u64,
+    /// What a pushing sink delivered and what the receiver rejected.
+    pub delivery: Option<http::Delivery>,
 }
 
 /// `[[sinks]]` in a pipeline file, chosen by `type`.
@@ -53,6 +59,8 @@ pub enum SinkConfig {
     Csv(csv::CsvSinkConfig),
     /// `type = "parquet"`.
     Parquet(parquet::ParquetSinkConfig),
+    /// `type = "http"`.
+    Http(Box<http::HttpSinkConfig>),
 }
 
 impl SinkConfig {
@@ -61,14 +69,16 @@ impl SinkConfig {
         match self {
             SinkConfig::Csv(_) => "csv",
             SinkConfig::Parquet(_) => "parquet",
+            SinkConfig::Http(_) => "http",
         }
     }
 
-    /// The output path as written, placeholders unexpanded.
+    /// The output path as written, placeholders unexpanded (for HTTP: the dead-letter file).
     pub fn path_template(&self) -> &str {
         match self {
             SinkConfig::Csv(c) => &c.path,
             SinkConfig::Parquet(c) => &c.path,
+            SinkConfig::Http(c) => &c.dead_letter,
         }
     }
 
@@ -78,6 +88,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Csv(c) => problems.extend(c.validate(key_prefix)),
             SinkConfig::Parquet(c) => problems.extend(c.validate(key_prefix)),
+            SinkConfig::Http(c) => problems.extend(c.validate(key_prefix)),
         }
         problems
     }
@@ -94,12 +105,13 @@ impl SinkConfig {
             SinkConfig::Parquet(c) => Ok(Box::new(parquet::ParquetSink::create(
                 c, &path, ctx, schema,
             )?)),
+            SinkConfig::Http(c) => Ok(Box::new(http::HttpSink::create(c, &path, ctx, schema)?)),
         }
     }
 }
 
 /// Sink types accepted in `type`.
-pub const SINK_TYPES: [&str; 2] = ["csv", "parquet"];
+pub const SINK_TYPES: [&str; 3] = ["csv", "parquet", "http"];
 
 impl<'de> Deserialize<'de> for SinkConfig {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -111,7 +123,7 @@ impl<'de> Deserialize<'de> for SinkConfig {
             Some(Value::String(s)) => s,
             Some(other) => {
                 return Err(D::Error::custom(format!(
-                    "`type`: expected a string (\"csv\" or \"parquet\"), found {other}"
+                    "`type`: expected a string (\"csv\", \"parquet\" or \"http\"), found {other}"
                 )));
             }
             None => return Err(D::Error::missing_field("type")),
@@ -119,6 +131,7 @@ impl<'de> Deserialize<'de> for SinkConfig {
         match kind.as_str() {
             "csv" => crate::config::inner_table(table).map(SinkConfig::Csv),
             "parquet" => crate::config::inner_table(table).map(SinkConfig::Parquet),
+            "http" => crate::config::inner_table(table).map(|c| SinkConfig::Http(Box::new(c))),
             other => Err(D::Error::unknown_variant(other, &SINK_TYPES)),
         }
     }

@@ -379,9 +379,10 @@ impl Sink for ParquetSink {
         match result {
             Ok(bytes) => Ok(SinkOutput {
                 kind: "parquet",
-                staged: self.staged.take().expect("staged until finish"),
+                staged: Some(self.staged.take().expect("staged until finish")),
                 rows: self.rows,
                 bytes,
+                delivery: None,
             }),
             Err(e) => {
                 self.discard();

@@ -4,7 +4,12 @@
 mod client;
 mod config;
 mod pager;
+mod writeback;
 
 pub use client::{FyleClient, FyleError};
 pub use config::{ADMIN_RESOURCES, FilterValue, FundSource, FyleSourceConfig, Preset};
 pub use pager::{Page, PagerStats, Window, fetch_window};
+pub use writeback::{
+    WriteBackConfig, WriteBackSummary, pending_plans, plan_path, run_pending, stage_plan,
+    write_back,
+};
