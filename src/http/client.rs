@@ -71,7 +71,11 @@ impl std::fmt::Debug for Request {
             .field("headers", &self.headers)
             .field(
                 "secret_headers",
-                &self.secret_headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+                &self
+                    .secret_headers
+                    .iter()
+                    .map(|(k, _)| k)
+                    .collect::<Vec<_>>(),
             )
             .finish()
     }
