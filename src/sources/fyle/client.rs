@@ -59,7 +59,10 @@ impl FyleClient {
 
     async fn call(&self, path: &str, build: impl Fn(Url) -> Request) -> Result<Value, FyleError> {
         let mut token = self.session.token().await?;
-        let mut refreshed = false;
+        // One refresh normally suffices; a rotating connection shared with
+        // other processes can see its fresh token rotated away once or twice
+        // more, so allow a few — bounded, never a loop.
+        let mut refreshes = 0;
         loop {
             let url = platform_url(&token.cluster, path)?;
             let req = build(url).with_bearer(token.access.clone());
@@ -67,10 +70,10 @@ impl FyleClient {
                 Ok(resp) => return Ok(resp.json),
                 Err(HttpError::Unauthorized {
                     status, message, ..
-                }) if !refreshed => {
+                }) if refreshes < MAX_REFRESHES_PER_CALL => {
                     tracing::info!(status, %message, "API rejected the access token");
                     token = self.session.refresh_after_rejection(&token).await?;
-                    refreshed = true;
+                    refreshes += 1;
                 }
                 Err(HttpError::Unauthorized {
                     status,
@@ -79,7 +82,7 @@ impl FyleClient {
                     ..
                 }) => {
                     return Err(FyleError::Auth(AuthError::Protocol(format!(
-                        "{url} answered HTTP {status} ({message}) even with a freshly issued access token; \
+                        "{url} answered HTTP {status} ({message}) even after {refreshes} fresh access tokens; \
                          the credentials may lack the role this resource needs"
                     ))));
                 }
@@ -88,6 +91,9 @@ impl FyleClient {
         }
     }
 }
+
+/// Token refreshes one API call may make after 401s before giving up.
+const MAX_REFRESHES_PER_CALL: u32 = 3;
 
 fn platform_url(cluster: &Url, path: &str) -> Result<Url, FyleError> {
     cluster
