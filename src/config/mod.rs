@@ -126,6 +126,9 @@ pub struct PipelineFile {
     /// `[[columns]]`; empty means the resource's default columns.
     #[serde(default)]
     pub columns: Vec<ColumnSpec>,
+    /// `[[transforms]]`: filters, mappings and derived fields applied in order before `columns`.
+    #[serde(default)]
+    pub transforms: Vec<crate::transforms::TransformSpec>,
     /// `[[sinks]]`.
     pub sinks: Vec<SinkConfig>,
 }
@@ -143,6 +146,11 @@ impl Pipeline {
     /// The pipeline's name.
     pub fn name(&self) -> &str {
         &self.spec.pipeline.name
+    }
+
+    /// The directory relative paths in the file (mapping tables) are resolved against: the file's own.
+    pub fn base_dir(&self) -> PathBuf {
+        base_dir(&self.file)
     }
 
     /// The state file, given the output directory in force.
@@ -223,6 +231,9 @@ fn validate(mut spec: PipelineFile, origin: &Path) -> Result<Pipeline, ConfigErr
     {
         problems.extend(ps);
     }
+    if let Err(ps) = crate::transforms::Transforms::new(&spec.transforms, &base_dir(origin)) {
+        problems.extend(ps);
+    }
     if spec.sinks.is_empty() {
         problems.push(Problem::new(
             "sinks",
@@ -261,6 +272,13 @@ fn validate(mut spec: PipelineFile, origin: &Path) -> Result<Pipeline, ConfigErr
             file: origin.to_path_buf(),
             problems,
         })
+    }
+}
+
+fn base_dir(file: &Path) -> PathBuf {
+    match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
     }
 }
 

@@ -27,7 +27,7 @@ use crate::sinks::{Sink, SinkContext, SinkError, SinkOutput};
 use crate::sources::SourceConfig;
 use crate::sources::fyle::{FyleClient, FyleError, Page, PagerStats, fetch_window};
 use crate::state::{self, CommitPlan, PlannedFile, RunRecord, Version};
-use crate::transforms::Projector;
+use crate::transforms::{Projector, TransformReport, Transforms, Verdict};
 
 /// Pages in flight between the source and the transform stage.
 const PAGE_BUFFER: usize = 8;
@@ -173,6 +173,13 @@ async fn execute(
         file: pipeline.file.clone(),
         problems,
     })?;
+    let transforms =
+        Transforms::new(&spec.transforms, &pipeline.base_dir()).map_err(|problems| {
+            ConfigError {
+                file: pipeline.file.clone(),
+                problems,
+            }
+        })?;
     let output_dir = opts
         .output_dir
         .clone()
@@ -294,8 +301,11 @@ async fn execute(
         kept: BTreeSet::new(),
     };
     let mut quarantine = Quarantine::new(&ctx);
-    let transformed = transform(
+    let mut report = TransformReport::default();
+    let mut transformed = transform(
         page_rx,
+        &transforms,
+        &mut report,
         &projector,
         &sink_txs,
         &mut quarantine,
@@ -304,6 +314,17 @@ async fn execute(
     )
     .await;
     drop(sink_txs);
+    summary.filtered = report.filtered;
+    summary.skipped = report.skipped;
+    summary.skipped_records = std::mem::take(&mut report.skipped_records);
+    // A `fail` mapping lists every unmapped value of the run at once, then nothing is committed.
+    let unmapped = report.unmapped_problems(&spec.transforms);
+    if transformed.is_ok() && !unmapped.is_empty() {
+        transformed = Err(Error::Config(ConfigError {
+            file: pipeline.file.clone(),
+            problems: unmapped,
+        }));
+    }
 
     let source_result = source_task.await;
     *grants = session.refresh_count();
@@ -461,8 +482,11 @@ async fn execute(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn transform(
     mut pages: mpsc::Receiver<Page>,
+    transforms: &Transforms,
+    report: &mut TransformReport,
     projector: &Projector,
     sinks: &[mpsc::Sender<Arc<Batch>>],
     quarantine: &mut Quarantine,
@@ -480,18 +504,20 @@ async fn transform(
         let mut batch = Batch {
             rows: Vec::with_capacity(page.records.len()),
         };
-        for record in &page.records {
+        for mut record in page.records {
+            let record = &mut record;
             if dedup.is_delivered(record) {
                 summary.duplicates_skipped += 1;
                 continue;
             }
+            // Remembered from the source version, before transforms add fields.
+            dedup.remember(record);
+            if transforms.apply(record, report) != Verdict::Keep {
+                continue;
+            }
             match projector.project(record) {
-                Ok(row) => {
-                    dedup.remember(record);
-                    batch.rows.push(row);
-                }
+                Ok(row) => batch.rows.push(row),
                 Err(e) => {
-                    dedup.remember(record);
                     summary.quarantined += 1;
                     quarantine
                         .add(&e, record)

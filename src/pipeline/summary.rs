@@ -70,6 +70,12 @@ pub struct RunSummary {
     pub quarantined: u64,
     /// Where quarantined records went.
     pub quarantine_file: Option<PathBuf>,
+    /// Records left out by `[[transforms]]` filters.
+    pub filtered: u64,
+    /// Records left out by a mapping with `on_missing = "skip"`.
+    pub skipped: u64,
+    /// The first skipped records (up to 200), each with the reason.
+    pub skipped_records: Vec<crate::transforms::steps::SkippedRecord>,
     /// Record versions seen twice (page boundaries, lookback overlap) and dropped.
     pub duplicates_skipped: u64,
     /// Pages fetched.
@@ -106,6 +112,9 @@ impl RunSummary {
             records_out: 0,
             quarantined: 0,
             quarantine_file: None,
+            filtered: 0,
+            skipped: 0,
+            skipped_records: Vec::new(),
             duplicates_skipped: 0,
             pages: 0,
             http: StatsSnapshot::default(),
