@@ -241,8 +241,10 @@ fn validate(mut spec: PipelineFile, origin: &Path) -> Result<Pipeline, ConfigErr
         ));
     }
     let mut paths = std::collections::HashMap::new();
+    let column_names: Vec<&str> = spec.columns.iter().map(|c| c.name.as_str()).collect();
     for (i, sink) in spec.sinks.iter().enumerate() {
         problems.extend(sink.validate(&format!("sinks[{i}]")));
+        problems.extend(sink.validate_columns(&format!("sinks[{i}]"), &column_names));
         if spec.incremental.is_some()
             && !["{run_id}", "{run_time}", "{window_start}", "{window_end}"]
                 .iter()

@@ -385,7 +385,7 @@ async fn execute(
         match finished {
             Ok(out) => outputs.push(out),
             Err(e) => {
-                outputs.iter().for_each(|o| o.staged.discard());
+                outputs.iter().for_each(SinkOutput::discard);
                 iter.for_each(|s| s.abort());
                 quarantine.discard();
                 return Err(Error::Sink(e.to_string()));
@@ -395,7 +395,7 @@ async fn execute(
     let quarantine_staged = match quarantine.finish() {
         Ok(q) => q,
         Err(e) => {
-            outputs.iter().for_each(|o| o.staged.discard());
+            outputs.iter().for_each(SinkOutput::discard);
             return Err(Error::Sink(format!("quarantine file: {e}")));
         }
     };
@@ -404,9 +404,10 @@ async fn execute(
     // advance the state (see state::commit for why this order is crash-safe).
     let mut files: Vec<PlannedFile> = outputs
         .iter()
+        .flat_map(SinkOutput::staged_files)
         .map(|o| PlannedFile {
-            temp: o.staged.temp_path.clone(),
-            final_path: o.staged.final_path.clone(),
+            temp: o.temp_path.clone(),
+            final_path: o.final_path.clone(),
         })
         .collect();
     if let Some(q) = &quarantine_staged {
@@ -450,7 +451,7 @@ async fn execute(
         // Before the commit point the temps are ours to remove; after it the
         // plan is in the state file and the next run finishes it.
         if st.pending.is_none() {
-            outputs.iter().for_each(|o| o.staged.discard());
+            outputs.iter().for_each(SinkOutput::discard);
             if let Some(q) = &quarantine_staged {
                 q.discard();
             }
@@ -465,6 +466,14 @@ async fn execute(
             rows: out.rows,
             bytes: out.bytes,
         });
+        for c in &out.companions {
+            summary.outputs.push(OutputSummary {
+                kind: c.kind.to_string(),
+                path: c.staged.final_path.clone(),
+                rows: 0,
+                bytes: c.bytes,
+            });
+        }
     }
     if let Some(q) = quarantine_staged {
         warn!(

@@ -6,6 +6,7 @@
 //! Sinks know nothing of Fyle: they see a [`Schema`] and [`Batch`]es.
 
 pub mod csv;
+pub mod output;
 pub mod parquet;
 
 use std::path::{Path, PathBuf};
@@ -39,6 +40,31 @@ pub struct SinkOutput {
     pub rows: u64,
     /// Size of the finished file in bytes.
     pub bytes: u64,
+    /// Further files committed together with this one (e.g. its manifest).
+    pub companions: Vec<Companion>,
+}
+
+/// A file a sink stages beside its main output, committed atomically with it.
+#[derive(Debug)]
+pub struct Companion {
+    /// What it is, e.g. `manifest`.
+    pub kind: &'static str,
+    /// The temporary file and where it goes on commit.
+    pub staged: StagedFile,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+impl SinkOutput {
+    /// Every staged file of this output: the main one first, then its companions.
+    pub fn staged_files(&self) -> impl Iterator<Item = &StagedFile> {
+        std::iter::once(&self.staged).chain(self.companions.iter().map(|c| &c.staged))
+    }
+
+    /// Removes every staged file (a run that fails before its commit point).
+    pub fn discard(&self) {
+        self.staged_files().for_each(StagedFile::discard);
+    }
 }
 
 /// `[[sinks]]` in a pipeline file, chosen by `type`.
@@ -80,6 +106,14 @@ impl SinkConfig {
             SinkConfig::Parquet(c) => problems.extend(c.validate(key_prefix)),
         }
         problems
+    }
+
+    /// Problems with the output column names this sink refers to (`columns` = the pipeline's output columns).
+    pub fn validate_columns(&self, key_prefix: &str, columns: &[&str]) -> Vec<Problem> {
+        match self {
+            SinkConfig::Csv(c) => c.validate_columns(key_prefix, columns),
+            SinkConfig::Parquet(_) => Vec::new(),
+        }
     }
 
     /// Opens the sink's temporary output for a run.

@@ -382,6 +382,7 @@ impl Sink for ParquetSink {
                 staged: self.staged.take().expect("staged until finish"),
                 rows: self.rows,
                 bytes,
+                companions: Vec::new(),
             }),
             Err(e) => {
                 self.discard();
