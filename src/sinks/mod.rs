@@ -6,6 +6,7 @@
 //! Sinks know nothing of Fyle: they see a [`Schema`] and [`Batch`]es.
 
 pub mod csv;
+pub mod iif;
 pub mod output;
 pub mod parquet;
 
@@ -79,6 +80,8 @@ pub enum SinkConfig {
     Csv(csv::CsvSinkConfig),
     /// `type = "parquet"`.
     Parquet(parquet::ParquetSinkConfig),
+    /// `type = "iif"` (QuickBooks Desktop).
+    Iif(iif::IifSinkConfig),
 }
 
 impl SinkConfig {
@@ -87,6 +90,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Csv(_) => "csv",
             SinkConfig::Parquet(_) => "parquet",
+            SinkConfig::Iif(_) => "iif",
         }
     }
 
@@ -95,6 +99,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Csv(c) => &c.path,
             SinkConfig::Parquet(c) => &c.path,
+            SinkConfig::Iif(c) => &c.path,
         }
     }
 
@@ -104,6 +109,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Csv(c) => problems.extend(c.validate(key_prefix)),
             SinkConfig::Parquet(c) => problems.extend(c.validate(key_prefix)),
+            SinkConfig::Iif(c) => problems.extend(c.validate(key_prefix)),
         }
         problems
     }
@@ -112,6 +118,7 @@ impl SinkConfig {
     pub fn validate_columns(&self, key_prefix: &str, columns: &[&str]) -> Vec<Problem> {
         match self {
             SinkConfig::Csv(c) => c.validate_columns(key_prefix, columns),
+            SinkConfig::Iif(c) => c.validate_columns(key_prefix, columns),
             SinkConfig::Parquet(_) => Vec::new(),
         }
     }
@@ -128,12 +135,13 @@ impl SinkConfig {
             SinkConfig::Parquet(c) => Ok(Box::new(parquet::ParquetSink::create(
                 c, &path, ctx, schema,
             )?)),
+            SinkConfig::Iif(c) => Ok(Box::new(iif::IifSink::create(c, &path, ctx, schema)?)),
         }
     }
 }
 
 /// Sink types accepted in `type`.
-pub const SINK_TYPES: [&str; 2] = ["csv", "parquet"];
+pub const SINK_TYPES: [&str; 3] = ["csv", "parquet", "iif"];
 
 impl<'de> Deserialize<'de> for SinkConfig {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -145,7 +153,7 @@ impl<'de> Deserialize<'de> for SinkConfig {
             Some(Value::String(s)) => s,
             Some(other) => {
                 return Err(D::Error::custom(format!(
-                    "`type`: expected a string (\"csv\" or \"parquet\"), found {other}"
+                    "`type`: expected a string (\"csv\", \"parquet\" or \"iif\"), found {other}"
                 )));
             }
             None => return Err(D::Error::missing_field("type")),
@@ -153,6 +161,7 @@ impl<'de> Deserialize<'de> for SinkConfig {
         match kind.as_str() {
             "csv" => crate::config::inner_table(table).map(SinkConfig::Csv),
             "parquet" => crate::config::inner_table(table).map(SinkConfig::Parquet),
+            "iif" => crate::config::inner_table(table).map(SinkConfig::Iif),
             other => Err(D::Error::unknown_variant(other, &SINK_TYPES)),
         }
     }
