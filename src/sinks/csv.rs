@@ -83,7 +83,58 @@ pub struct CsvSinkConfig {
     /// Column whose value keys the manifest's totals (default: a column named `currency`, if any).
     #[serde(default)]
     pub manifest_currency_column: Option<String>,
+    /// `rows` (default: one row per record), `journal` (balanced debit/credit lines) or `bill` (bill header + lines).
+    #[serde(default)]
+    pub layout: Layout,
+    /// `journal`/`bill`: column whose value groups rows into one entry (absent = one entry per row).
+    #[serde(default)]
+    pub group_by: Option<String>,
+    /// `journal`/`bill`: the payable or card account credited, as a constant.
+    #[serde(default)]
+    pub credit_account: Option<String>,
+    /// `journal`/`bill`: which output columns hold the date, amount, accounts and names.
+    #[serde(default)]
+    pub fields: Option<super::ledger::LedgerFields>,
 }
+
+/// What one CSV row is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// One row per record, the pipeline's columns (the default).
+    #[default]
+    Rows,
+    /// Balanced journal entries: a debit row per expense, a credit row per entry.
+    Journal,
+    /// Bills: one row per expense line, with the bill's header fields repeated.
+    Bill,
+}
+
+/// Columns of the `journal` layout.
+pub const JOURNAL_COLUMNS: [&str; 8] = [
+    "entry_number",
+    "date",
+    "account",
+    "name",
+    "memo",
+    "class",
+    "debit",
+    "credit",
+];
+
+/// Columns of the `bill` layout.
+pub const BILL_COLUMNS: [&str; 10] = [
+    "bill_number",
+    "date",
+    "vendor",
+    "ap_account",
+    "bill_total",
+    "line",
+    "account",
+    "amount",
+    "memo",
+    "class",
+];
 
 fn default_delimiter() -> char {
     ','
@@ -151,6 +202,10 @@ impl CsvSinkConfig {
             compression: FileCompression::None,
             manifest: false,
             manifest_currency_column: None,
+            layout: Layout::Rows,
+            group_by: None,
+            credit_account: None,
+            fields: None,
         }
     }
 
@@ -203,6 +258,31 @@ impl CsvSinkConfig {
                 problems.push(Problem::new(key(k), e));
             }
         }
+        match (self.layout, &self.fields) {
+            (Layout::Rows, _) => {
+                for (k, set) in [
+                    ("group_by", self.group_by.is_some()),
+                    ("credit_account", self.credit_account.is_some()),
+                    ("fields", self.fields.is_some()),
+                ] {
+                    if set {
+                        problems.push(Problem::new(
+                            key(k),
+                            "only applies with layout = \"journal\" or \"bill\"",
+                        ));
+                    }
+                }
+            }
+            (_, None) => problems.push(Problem::new(
+                key("fields"),
+                "is required with this layout, e.g. fields = { date = \"spent_date\", amount = \"amount\", account = \"gl_account\", name = \"vendor\" }",
+            )),
+            (_, Some(f)) => problems.extend(super::ledger::validate_credit_account(
+                key_prefix,
+                self.credit_account.as_ref(),
+                f,
+            )),
+        }
         if self.manifest_currency_column.is_some() && !self.manifest {
             problems.push(Problem::new(
                 key("manifest_currency_column"),
@@ -215,6 +295,15 @@ impl CsvSinkConfig {
     /// Problems with column names this sink refers to, given the pipeline's output columns.
     pub(super) fn validate_columns(&self, key_prefix: &str, columns: &[&str]) -> Vec<Problem> {
         let mut problems = Vec::new();
+        if let Some(f) = &self.fields {
+            problems.extend(f.validate_columns(key_prefix, self.group_by.as_deref(), columns));
+        }
+        // The file's own columns: the pipeline's, or the layout's.
+        let columns: &[&str] = match self.layout {
+            Layout::Rows => columns,
+            Layout::Journal => &JOURNAL_COLUMNS,
+            Layout::Bill => &BILL_COLUMNS,
+        };
         for name in self.header_names.keys() {
             if !columns.contains(&name.as_str()) {
                 problems.push(Problem::new(

@@ -19,20 +19,19 @@
 //! IIF has no quoting: tabs, CR and LF inside a value become spaces and `"`
 //! becomes `'` (QuickBooks treats a field starting with `"` as quoted).
 
-use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::Arc;
 
-use chrono::NaiveDate;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
+use super::ledger::{Ledger, LedgerFields, Line, negated, total};
 use super::output::{FileCompression, Output};
-use super::{Sink, SinkContext, SinkError, SinkOutput, cell_text, label};
+use super::{Sink, SinkContext, SinkError, SinkOutput, label};
 use crate::config::Problem;
 use crate::fsutil::StagedFile;
-use crate::row::{Batch, Cell, ColumnType, Schema};
+use crate::row::{Batch, Schema};
 
 /// Default IIF date format (QuickBooks US).
 pub const DEFAULT_DATE_FORMAT: &str = "%m/%d/%Y";
@@ -55,7 +54,7 @@ pub struct IifSinkConfig {
     #[serde(default)]
     pub credit_account: Option<String>,
     /// Which output columns feed the IIF fields.
-    pub fields: IifFields,
+    pub fields: LedgerFields,
 }
 
 fn default_date_format() -> String {
@@ -74,107 +73,25 @@ pub enum IifTransaction {
     Journal,
 }
 
-/// Output column names for each IIF field.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IifFields {
-    /// Date or timestamp column (DATE; a group takes its latest date).
-    pub date: String,
-    /// Decimal column: the expense amount (positive = spent, negative = refund).
-    pub amount: String,
-    /// Expense account of each line (SPL ACCNT), e.g. a mapped `gl_account`.
-    pub account: String,
-    /// Vendor / payee (NAME), e.g. a mapped employee vendor, or the merchant for cards.
-    pub name: String,
-    /// Memo per line (MEMO).
-    #[serde(default)]
-    pub memo: Option<String>,
-    /// Class per line (CLASS), e.g. a mapped project.
-    #[serde(default)]
-    pub class: Option<String>,
-    /// Document number (DOCNUM); default: the group key, or none without grouping.
-    #[serde(default)]
-    pub doc_number: Option<String>,
-    /// Column holding the credit account, instead of the constant `credit_account`.
-    #[serde(default)]
-    pub credit_account: Option<String>,
-}
-
 impl IifSinkConfig {
     pub(super) fn validate(&self, key_prefix: &str) -> Vec<Problem> {
         let mut problems = Vec::new();
         if let Err(e) = crate::transforms::steps::check_date_format(&self.date_format) {
             problems.push(Problem::new(format!("{key_prefix}.date_format"), e));
         }
-        match (&self.credit_account, &self.fields.credit_account) {
-            (None, None) => problems.push(Problem::new(
-                format!("{key_prefix}.credit_account"),
-                "is required: the payable account (bill, journal) or card account (credit_card), \
-                 e.g. credit_account = \"Accounts Payable\", or a column in fields.credit_account",
-            )),
-            (Some(_), Some(_)) => problems.push(Problem::new(
-                format!("{key_prefix}.credit_account"),
-                "set either `credit_account` or `fields.credit_account`, not both",
-            )),
-            _ => {}
-        }
+        problems.extend(super::ledger::validate_credit_account(
+            key_prefix,
+            self.credit_account.as_ref(),
+            &self.fields,
+        ));
         problems
     }
 
     /// Problems with the column names this sink refers to.
     pub(super) fn validate_columns(&self, key_prefix: &str, columns: &[&str]) -> Vec<Problem> {
-        let f = &self.fields;
-        let refs = [
-            ("fields.date", Some(&f.date)),
-            ("fields.amount", Some(&f.amount)),
-            ("fields.account", Some(&f.account)),
-            ("fields.name", Some(&f.name)),
-            ("fields.memo", f.memo.as_ref()),
-            ("fields.class", f.class.as_ref()),
-            ("fields.doc_number", f.doc_number.as_ref()),
-            ("fields.credit_account", f.credit_account.as_ref()),
-            ("group_by", self.group_by.as_ref()),
-        ];
-        refs.into_iter()
-            .filter_map(|(k, c)| c.map(|c| (k, c)))
-            .filter(|(_, c)| !columns.contains(&c.as_str()))
-            .map(|(k, c)| {
-                Problem::new(
-                    format!("{key_prefix}.{k}"),
-                    format!(
-                        "there is no column `{c}`; columns are: {} (add a [[columns]] entry, e.g. for a mapped field)",
-                        columns.join(", ")
-                    ),
-                )
-            })
-            .collect()
+        self.fields
+            .validate_columns(key_prefix, self.group_by.as_deref(), columns)
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Indexes {
-    date: usize,
-    amount: usize,
-    account: usize,
-    name: usize,
-    memo: Option<usize>,
-    class: Option<usize>,
-    doc_number: Option<usize>,
-    credit_account: Option<usize>,
-    group: Option<usize>,
-}
-
-/// One expense line of a transaction.
-#[derive(Debug, Clone)]
-struct Line {
-    date: NaiveDate,
-    amount: Decimal,
-    account: String,
-    name: String,
-    memo: String,
-    class: String,
-    doc_number: String,
-    credit_account: String,
 }
 
 /// Writes rows as QuickBooks IIF transactions to a staged temporary file.
@@ -182,12 +99,10 @@ struct Line {
 pub struct IifSink {
     label: String,
     config: IifSinkConfig,
-    idx: Indexes,
+    ledger: Ledger,
     writer: Option<BufWriter<Output>>,
     staged: Option<StagedFile>,
-    groups: BTreeMap<String, Vec<Line>>,
     transactions: u64,
-    rows_seen: u64,
 }
 
 const TRNS_HEADER: &str = "!TRNS\tTRNSID\tTRNSTYPE\tDATE\tACCNT\tNAME\tCLASS\tAMOUNT\tDOCNUM\tMEMO\r\n\
@@ -203,46 +118,16 @@ impl IifSink {
         schema: Arc<Schema>,
     ) -> Result<Self, SinkError> {
         let label = label("iif", path);
-        let names: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
-        let mut problems = config.validate("iif");
-        problems.extend(config.validate_columns("iif", &names));
-        if let Some(p) = problems.first() {
+        if let Some(p) = config.validate("iif").first() {
             return Err(SinkError::new(&label, format!("{}: {}", p.key, p.message)));
         }
-        let pos = |c: &str| names.iter().position(|n| *n == c).expect("validated above");
-        let f = &config.fields;
-        let idx = Indexes {
-            date: pos(&f.date),
-            amount: pos(&f.amount),
-            account: pos(&f.account),
-            name: pos(&f.name),
-            memo: f.memo.as_deref().map(pos),
-            class: f.class.as_deref().map(pos),
-            doc_number: f.doc_number.as_deref().map(pos),
-            credit_account: f.credit_account.as_deref().map(pos),
-            group: config.group_by.as_deref().map(pos),
-        };
-        if !matches!(schema.columns[idx.amount].ty, ColumnType::Decimal { .. }) {
-            return Err(SinkError::new(
-                &label,
-                format!(
-                    "fields.amount: column `{}` must be type = \"decimal\"",
-                    f.amount
-                ),
-            ));
-        }
-        if !matches!(
-            schema.columns[idx.date].ty,
-            ColumnType::Date | ColumnType::Timestamp
-        ) {
-            return Err(SinkError::new(
-                &label,
-                format!(
-                    "fields.date: column `{}` must be type = \"date\" or \"timestamp\"",
-                    f.date
-                ),
-            ));
-        }
+        let ledger = Ledger::new(
+            &config.fields,
+            config.group_by.as_deref(),
+            config.credit_account.as_ref(),
+            &schema,
+        )
+        .map_err(|m| SinkError::new(&label, m))?;
         let (staged, out) = Output::create("iif", path, ctx, FileCompression::None)?;
         let mut writer = BufWriter::new(out);
         if let Err(e) = writer.write_all(TRNS_HEADER.as_bytes()) {
@@ -252,66 +137,15 @@ impl IifSink {
         Ok(Self {
             label,
             config: config.clone(),
-            idx,
+            ledger,
             writer: Some(writer),
             staged: Some(staged),
-            groups: BTreeMap::new(),
             transactions: 0,
-            rows_seen: 0,
-        })
-    }
-
-    fn line(&self, cells: &[Cell], row_no: u64) -> Result<Line, SinkError> {
-        let err = |m: String| SinkError::new(&self.label, format!("row {row_no}: {m}"));
-        let text = |i: Option<usize>| i.map_or(String::new(), |i| clean(&cell_text(&cells[i])));
-        let date = match &cells[self.idx.date] {
-            Cell::Date(d) => *d,
-            Cell::Timestamp(t) => t.date_naive(),
-            _ => {
-                return Err(err(format!(
-                    "`{}` is empty; IIF needs a date",
-                    self.config.fields.date
-                )));
-            }
-        };
-        let amount = match &cells[self.idx.amount] {
-            Cell::Decimal(d) => *d,
-            _ => {
-                return Err(err(format!(
-                    "`{}` is empty; IIF needs an amount (filter such rows out with a [[transforms]] filter)",
-                    self.config.fields.amount
-                )));
-            }
-        };
-        let account = text(Some(self.idx.account));
-        if account.is_empty() {
-            return Err(err(format!(
-                "`{}` is empty; every line needs an account (map it with on_missing = \"fail\" or \"default\")",
-                self.config.fields.account
-            )));
-        }
-        let credit_account = match (self.idx.credit_account, &self.config.credit_account) {
-            (Some(i), _) => text(Some(i)),
-            (None, Some(c)) => clean(c),
-            (None, None) => String::new(),
-        };
-        if credit_account.is_empty() {
-            return Err(err("the credit account is empty".to_string()));
-        }
-        Ok(Line {
-            date,
-            amount,
-            account,
-            name: text(Some(self.idx.name)),
-            memo: text(self.idx.memo),
-            class: text(self.idx.class),
-            doc_number: text(self.idx.doc_number),
-            credit_account,
         })
     }
 
     fn write_transaction(&mut self, doc: &str, lines: &[Line]) -> Result<(), SinkError> {
-        let total: Decimal = lines.iter().map(|l| l.amount).sum();
+        let total = total(lines);
         let date = lines
             .iter()
             .map(|l| l.date)
@@ -326,19 +160,8 @@ impl IifSink {
             (IifTransaction::Journal, _) => "GENERAL JOURNAL",
         };
         let date = date.format(&self.config.date_format).to_string();
-        let doc = if first.doc_number.is_empty() {
-            doc
-        } else {
-            &first.doc_number
-        };
-        // The credit side: the payable or card account, the negated total (never "-0.00").
-        let credit = -total;
-        let credit = if credit.is_zero() {
-            credit.abs()
-        } else {
-            credit
-        };
         let mut text = String::new();
+        // The credit side: the payable or card account, the negated total.
         push_line(
             &mut text,
             "TRNS",
@@ -347,7 +170,7 @@ impl IifSink {
             &first.credit_account,
             &first.name,
             "",
-            credit,
+            negated(total),
             doc,
             &first.memo,
         );
@@ -415,23 +238,20 @@ fn clean(s: &str) -> String {
 impl Sink for IifSink {
     fn write(&mut self, batch: &Batch) -> Result<(), SinkError> {
         for row in &batch.rows {
-            self.rows_seen += 1;
-            let line = self.line(&row.cells, self.rows_seen)?;
-            match self.idx.group {
-                None => self.write_transaction("", std::slice::from_ref(&line))?,
-                Some(g) => {
-                    let key = clean(&cell_text(&row.cells[g]));
-                    self.groups.entry(key).or_default().push(line);
-                }
+            let entry = self
+                .ledger
+                .push(&row.cells, clean)
+                .map_err(|m| SinkError::new(&self.label, m))?;
+            if let Some((doc, lines)) = entry {
+                self.write_transaction(&doc, &lines)?;
             }
         }
         Ok(())
     }
 
     fn finish(mut self: Box<Self>) -> Result<SinkOutput, SinkError> {
-        let groups = std::mem::take(&mut self.groups);
-        for (key, lines) in &groups {
-            if let Err(e) = self.write_transaction(key, lines) {
+        for (doc, lines) in self.ledger.drain() {
+            if let Err(e) = self.write_transaction(&doc, &lines) {
                 self.discard();
                 return Err(e);
             }

@@ -6,7 +6,9 @@
 //! Sinks know nothing of Fyle: they see a [`Schema`] and [`Batch`]es.
 
 pub mod csv;
+pub mod csv_ledger;
 pub mod iif;
+pub mod ledger;
 pub mod output;
 pub mod parquet;
 
@@ -131,6 +133,9 @@ impl SinkConfig {
     ) -> Result<Box<dyn Sink>, SinkError> {
         let path = render_path(self.path_template(), ctx);
         match self {
+            SinkConfig::Csv(c) if c.layout != csv::Layout::Rows => Ok(Box::new(
+                csv_ledger::LedgerCsvSink::create(c, &path, ctx, schema)?,
+            )),
             SinkConfig::Csv(c) => Ok(Box::new(csv::CsvSink::create(c, &path, ctx, schema)?)),
             SinkConfig::Parquet(c) => Ok(Box::new(parquet::ParquetSink::create(
                 c, &path, ctx, schema,

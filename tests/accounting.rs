@@ -1,6 +1,6 @@
-//! QuickBooks IIF: golden files for bills, card charges and journals;
-//! structure and balance of every transaction; totals that reconcile to the
-//! cent with the simulator's records.
+//! Accounting outputs: QuickBooks IIF (bills, card charges, journals) and the
+//! CSV `journal` and `bill` layouts. Golden files; structure and balance of
+//! every transaction; totals that reconcile to the cent with the simulator.
 
 mod common;
 
@@ -440,4 +440,92 @@ async fn bills_per_report_from_the_simulator_balance_and_reconcile_to_the_cent()
     }
     assert_eq!(outcome.summary.outputs[0].rows as usize, per_report.len());
     sim.shutdown().await;
+}
+
+fn read_csv_rows(text: &str) -> Vec<Vec<String>> {
+    let mut r = csv::Reader::from_reader(text.as_bytes());
+    r.records()
+        .map(|r| r.unwrap().iter().map(str::to_string).collect())
+        .collect()
+}
+
+#[test]
+fn csv_journal_entries_per_employee_balance_and_match_the_golden_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (text, rows) = write(
+        dir.path(),
+        r#"
+[[sinks]]
+type = "csv"
+path = "journal.csv"
+layout = "journal"
+group_by = "vendor"
+credit_account = "2000 Accounts Payable"
+fields = { date = "spent", amount = "amount", account = "gl", name = "vendor", memo = "memo", class = "class" }
+"#,
+    );
+    golden("journal.csv", &text);
+    assert!(text.starts_with("entry_number,date,account,name,memo,class,debit,credit\r\n"));
+    let parsed = read_csv_rows(&text);
+    assert_eq!(rows as usize, parsed.len());
+    let dec = |s: &str| {
+        if s.is_empty() {
+            Decimal::ZERO
+        } else {
+            s.parse::<Decimal>().unwrap()
+        }
+    };
+    let mut per_entry: BTreeMap<String, (Decimal, Decimal)> = BTreeMap::new();
+    for r in &parsed {
+        let e = per_entry.entry(r[0].clone()).or_default();
+        e.0 += dec(&r[6]);
+        e.1 += dec(&r[7]);
+        assert!(
+            r[6].is_empty() != r[7].is_empty(),
+            "one of debit/credit per row: {r:?}"
+        );
+    }
+    assert_eq!(per_entry.len(), 3);
+    for (entry, (dr, cr)) in per_entry {
+        assert_eq!(dr, cr, "entry {entry} does not balance");
+    }
+    // Raj Rao: 33.10 + 0.01 debited, 33.11 credited to payables.
+    let raj: Vec<_> = parsed.iter().filter(|r| r[0] == "Raj Rao").collect();
+    assert_eq!(raj.last().unwrap()[2], "2000 Accounts Payable");
+    assert_eq!(raj.last().unwrap()[7], "33.11");
+}
+
+#[test]
+fn csv_bills_repeat_the_header_on_each_line_and_match_the_golden_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (text, _) = write(
+        dir.path(),
+        r#"
+[[sinks]]
+type = "csv"
+preset = "excel"
+path = "bills.csv"
+layout = "bill"
+group_by = "report"
+credit_account = "2000 Accounts Payable"
+fields = { date = "spent", amount = "amount", account = "gl", name = "vendor", memo = "memo" }
+"#,
+    );
+    golden("bills.csv", &text);
+    let parsed = read_csv_rows(text.trim_start_matches('\u{feff}'));
+    for r in &parsed {
+        let lines: Decimal = parsed
+            .iter()
+            .filter(|o| o[0] == r[0])
+            .map(|o| o[7].parse::<Decimal>().unwrap())
+            .sum();
+        assert_eq!(
+            r[4].parse::<Decimal>().unwrap(),
+            lines,
+            "bill total of {}",
+            r[0]
+        );
+    }
+    // The excel preset's formula protection applies to memos.
+    assert!(text.contains(",'=fee,"), "{text}");
 }
