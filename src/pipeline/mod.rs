@@ -470,7 +470,7 @@ async fn execute(
             summary.outputs.push(OutputSummary {
                 kind: c.kind.to_string(),
                 path: c.staged.final_path.clone(),
-                rows: 0,
+                rows: c.rows,
                 bytes: c.bytes,
             });
         }

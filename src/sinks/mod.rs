@@ -11,6 +11,7 @@ pub mod iif;
 pub mod ledger;
 pub mod output;
 pub mod parquet;
+pub mod parquet_partitioned;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -50,10 +51,12 @@ pub struct SinkOutput {
 /// A file a sink stages beside its main output, committed atomically with it.
 #[derive(Debug)]
 pub struct Companion {
-    /// What it is, e.g. `manifest`.
+    /// What it is, e.g. `manifest`, or `parquet` for another partition's file.
     pub kind: &'static str,
     /// The temporary file and where it goes on commit.
     pub staged: StagedFile,
+    /// Data rows in it (0 for a manifest).
+    pub rows: u64,
     /// Size in bytes.
     pub bytes: u64,
 }
@@ -121,7 +124,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Csv(c) => c.validate_columns(key_prefix, columns),
             SinkConfig::Iif(c) => c.validate_columns(key_prefix, columns),
-            SinkConfig::Parquet(_) => Vec::new(),
+            SinkConfig::Parquet(c) => c.validate_columns(key_prefix, columns),
         }
     }
 
@@ -137,6 +140,9 @@ impl SinkConfig {
                 csv_ledger::LedgerCsvSink::create(c, &path, ctx, schema)?,
             )),
             SinkConfig::Csv(c) => Ok(Box::new(csv::CsvSink::create(c, &path, ctx, schema)?)),
+            SinkConfig::Parquet(c) if c.partition_by.is_some() => Ok(Box::new(
+                parquet_partitioned::PartitionedParquetSink::new(c, &path, ctx, schema)?,
+            )),
             SinkConfig::Parquet(c) => Ok(Box::new(parquet::ParquetSink::create(
                 c, &path, ctx, schema,
             )?)),

@@ -178,6 +178,7 @@ pub fn stage_manifest(
         Ok(w) => Ok(Companion {
             kind: "manifest",
             staged,
+            rows: 0,
             bytes: w.bytes,
         }),
         Err(e) => {
