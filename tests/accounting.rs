@@ -62,7 +62,7 @@ fn rows() -> Vec<Row> {
             Cell::Str(gl.into()),
             Cell::Str(vendor.into()),
             Cell::Str(memo.into()),
-            if day % 2 == 0 {
+            if day.is_multiple_of(2) {
                 Cell::Str("Client A".into())
             } else {
                 Cell::Null

@@ -26,6 +26,8 @@ use crate::record::{FieldPath, Record};
 
 /// Skipped records listed one by one in the run summary, at most (the count is always exact).
 pub const MAX_LISTED_SKIPS: usize = 200;
+/// The lookup key of a missing or null field.
+pub const MISSING_KEY: &str = "(missing)";
 /// Unmapped values named in a `fail` error, at most.
 const MAX_LISTED_MISSING: usize = 50;
 
@@ -479,7 +481,8 @@ impl Transforms {
                     default,
                 } => {
                     let key = field.lookup(record).map(key_text);
-                    let mapped = key.as_deref().and_then(|k| table.get(k)).cloned();
+                    // A missing or null field is looked up as `(missing)`, so a table can map it too.
+                    let mapped = table.get(key.as_deref().unwrap_or(MISSING_KEY)).cloned();
                     let value = match (mapped, on_missing) {
                         (Some(v), _) => v,
                         (None, OnMissing::Default) => default.clone().unwrap_or_default(),
@@ -502,7 +505,7 @@ impl Transforms {
                                 .missing
                                 .entry(*index)
                                 .or_default()
-                                .insert(key.unwrap_or_else(|| "(missing)".to_string()));
+                                .insert(key.unwrap_or_else(|| MISSING_KEY.to_string()));
                             return Verdict::Dropped;
                         }
                     };
@@ -955,6 +958,13 @@ entries = { "Travel" = "6100" }
         travel["category"]["name"] = json!("Travel");
         t.apply(&mut travel, &mut r);
         assert_eq!(travel["gl"], json!("6100"));
+        // A table can map a missing field through the `(missing)` key.
+        let (_, t) =
+            compile(&base.replace("\"Travel\" = \"6100\"", "\"(missing)\" = \"6999\"")).unwrap();
+        let mut rec = expense();
+        rec["category"] = Value::Null;
+        assert_eq!(t.apply(&mut rec, &mut r), Verdict::Keep);
+        assert_eq!(rec["gl"], json!("6999"));
     }
 
     #[test]
