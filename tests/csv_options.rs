@@ -306,3 +306,107 @@ manifest = true
     assert_eq!(manifest["sha256"], sha.as_str());
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_by_writes_one_file_and_manifest_per_group_committed_together() {
+    let sim = common::simulator(300, 6, None).await;
+    let out = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+[pipeline]
+name = "per-employee"
+
+[connection]
+accounts_url = "{accounts}"
+client_id = "x"
+client_secret = {{ env = "UNUSED" }}
+refresh_token = {{ env = "UNUSED" }}
+
+[source]
+type = "fyle"
+resource = "expenses"
+safety_lag = "0s"
+
+[[columns]]
+name = "id"
+path = "id"
+
+[[columns]]
+name = "employee_email"
+path = "employee.user.email"
+
+[[columns]]
+name = "amount"
+path = "amount"
+type = "decimal"
+
+[[sinks]]
+type = "csv"
+path = "by-employee/{{pipeline}}-{{group}}.csv"
+split_by = "employee_email"
+manifest = true
+"#,
+        accounts = sim.accounts_url()
+    );
+    let (_, outcome) = common::run_text(&sim, &text, out.path()).await;
+    assert!(outcome.error.is_none(), "{:?}", outcome.error);
+    let truth = common::truth_by_id(&sim);
+    let emails: std::collections::BTreeSet<String> = truth
+        .values()
+        .map(|r| r["employee"]["user"]["email"].as_str().unwrap().to_string())
+        .collect();
+    let csvs: Vec<_> = outcome
+        .summary
+        .outputs
+        .iter()
+        .filter(|o| o.kind == "csv")
+        .collect();
+    let manifests = outcome
+        .summary
+        .outputs
+        .iter()
+        .filter(|o| o.kind == "manifest")
+        .count();
+    assert_eq!(csvs.len(), emails.len());
+    assert_eq!(manifests, emails.len());
+    let mut ids = std::collections::BTreeSet::new();
+    for o in &csvs {
+        let (_, rows) = common::read_csv(&o.path);
+        assert_eq!(rows.len() as u64, o.rows);
+        let name = o.path.file_name().unwrap().to_string_lossy().into_owned();
+        for r in rows {
+            assert_eq!(
+                name,
+                format!("per-employee-{}.csv", r[1]),
+                "row in the wrong file"
+            );
+            assert!(ids.insert(r[0].clone()), "{} twice", r[0]);
+        }
+        assert!(common::manifest_exists(&o.path));
+    }
+    assert_eq!(ids.len(), truth.len());
+    sim.shutdown().await;
+}
+
+#[test]
+fn a_split_sink_with_no_rows_writes_one_header_only_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = CsvSinkConfig::new("{pipeline}-{group}.csv");
+    c.split_by = Some("currency".into());
+    let config = SinkConfig::Csv(c);
+    assert!(config.validate("s").is_empty());
+    let sink = config.build(&ctx(dir.path()), schema()).unwrap();
+    let out = sink.finish().unwrap();
+    assert_eq!(out.staged.final_path, dir.path().join("books-empty.csv"));
+    assert_eq!(out.rows, 0);
+    assert!(out.companions.is_empty());
+    out.staged.commit().unwrap();
+    assert_eq!(
+        fs::read_to_string(dir.path().join("books-empty.csv")).unwrap(),
+        "merchant,currency,amount,spent,at\r\n"
+    );
+    let mut bad = CsvSinkConfig::new("x.csv");
+    bad.split_by = Some("currency".into());
+    let problems = SinkConfig::Csv(bad).validate("sinks[0]");
+    assert_eq!(problems[0].key, "sinks[0].path", "{problems:?}");
+}

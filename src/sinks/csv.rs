@@ -83,6 +83,9 @@ pub struct CsvSinkConfig {
     /// Column whose value keys the manifest's totals (default: a column named `currency`, if any).
     #[serde(default)]
     pub manifest_currency_column: Option<String>,
+    /// One file per value of this column; the path must contain `{group}`.
+    #[serde(default)]
+    pub split_by: Option<String>,
     /// `rows` (default: one row per record), `journal` (balanced debit/credit lines) or `bill` (bill header + lines).
     #[serde(default)]
     pub layout: Layout,
@@ -202,6 +205,7 @@ impl CsvSinkConfig {
             compression: FileCompression::None,
             manifest: false,
             manifest_currency_column: None,
+            split_by: None,
             layout: Layout::Rows,
             group_by: None,
             credit_account: None,
@@ -283,6 +287,17 @@ impl CsvSinkConfig {
                 f,
             )),
         }
+        match (&self.split_by, self.path.contains("{group}")) {
+            (Some(_), false) => problems.push(Problem::new(
+                key("path"),
+                "split_by writes one file per group, so the path needs {group}, e.g. \"expenses-{group}-{run_date}.csv\"",
+            )),
+            (None, true) => problems.push(Problem::new(
+                key("path"),
+                "{group} needs split_by = \"<column>\" (one file per value of that column)",
+            )),
+            _ => {}
+        }
         if self.manifest_currency_column.is_some() && !self.manifest {
             problems.push(Problem::new(
                 key("manifest_currency_column"),
@@ -297,6 +312,17 @@ impl CsvSinkConfig {
         let mut problems = Vec::new();
         if let Some(f) = &self.fields {
             problems.extend(f.validate_columns(key_prefix, self.group_by.as_deref(), columns));
+        }
+        if let Some(c) = &self.split_by
+            && !columns.contains(&c.as_str())
+        {
+            problems.push(Problem::new(
+                format!("{key_prefix}.split_by"),
+                format!(
+                    "there is no column `{c}`; columns are: {}",
+                    columns.join(", ")
+                ),
+            ));
         }
         // The file's own columns: the pipeline's, or the layout's.
         let columns: &[&str] = match self.layout {

@@ -7,6 +7,7 @@
 
 pub mod csv;
 pub mod csv_ledger;
+pub mod csv_split;
 pub mod iif;
 pub mod ledger;
 pub mod output;
@@ -111,6 +112,12 @@ impl SinkConfig {
     /// Every problem with this sink's settings, keyed under `key_prefix` (e.g. `sinks[1].delimiter`).
     pub fn validate(&self, key_prefix: &str) -> Vec<Problem> {
         let mut problems = validate_path_template(self.path_template(), key_prefix);
+        if !matches!(self, SinkConfig::Csv(_)) && self.path_template().contains("{group}") {
+            problems.push(Problem::new(
+                format!("{key_prefix}.path"),
+                "{group} is only available to CSV sinks with split_by; Parquet partitions with partition_by",
+            ));
+        }
         match self {
             SinkConfig::Csv(c) => problems.extend(c.validate(key_prefix)),
             SinkConfig::Parquet(c) => problems.extend(c.validate(key_prefix)),
@@ -136,6 +143,9 @@ impl SinkConfig {
     ) -> Result<Box<dyn Sink>, SinkError> {
         let path = render_path(self.path_template(), ctx);
         match self {
+            SinkConfig::Csv(c) if c.split_by.is_some() => Ok(Box::new(
+                csv_split::SplitCsvSink::new(c, &path, ctx, schema)?,
+            )),
             SinkConfig::Csv(c) if c.layout != csv::Layout::Rows => Ok(Box::new(
                 csv_ledger::LedgerCsvSink::create(c, &path, ctx, schema)?,
             )),
@@ -203,7 +213,8 @@ impl SinkContext {
 }
 
 /// Placeholders a sink path may use.
-pub const PLACEHOLDERS: [&str; 6] = [
+pub const PLACEHOLDERS: [&str; 7] = [
+    "group",
     "pipeline",
     "run_id",
     "run_date",
