@@ -298,6 +298,35 @@ fields = { date = "spent", amount = "amount", account = "gl", name = "vendor" }
 }
 
 #[test]
+fn a_bill_cannot_mix_vendors() {
+    #[derive(serde::Deserialize)]
+    struct F {
+        sinks: Vec<SinkConfig>,
+    }
+    for layout in [
+        "type = \"iif\"\ntransaction = \"bill\"",
+        "type = \"csv\"\nlayout = \"bill\"",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let f: F = toml::from_str(&format!(
+            "[[sinks]]\n{layout}\npath = \"x\"\ngroup_by = \"spent\"\ncredit_account = \"AP\"\n\
+             fields = {{ date = \"spent\", amount = \"amount\", account = \"gl\", name = \"vendor\" }}\n"
+        ))
+        .unwrap();
+        let mut sink = f.sinks[0].build(&ctx(dir.path()), schema()).unwrap();
+        let mut rows = rows();
+        // Two employees' expenses on one day would make one bill with two vendors.
+        rows[1].cells[1] = rows[0].cells[1].clone();
+        let result = sink
+            .write(&Batch { rows })
+            .and_then(|_| sink.finish().map(|_| ()));
+        let err = result.expect_err(layout).to_string();
+        assert!(err.contains("mixes vendors"), "{err}");
+        assert!(!dir.path().join("x").exists());
+    }
+}
+
+#[test]
 fn iif_settings_that_cannot_work_are_named() {
     let text = r#"
 [pipeline]

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use rust_decimal::Decimal;
 
 use super::csv::{BILL_COLUMNS, CsvSink, CsvSinkConfig, JOURNAL_COLUMNS, Layout};
-use super::ledger::{Entry, Ledger, negated, total};
+use super::ledger::{Entry, Ledger, check_entry, negated, total};
 use super::{Sink, SinkContext, SinkError, SinkOutput, label};
 use crate::row::{Batch, Cell, Column, ColumnType, Row, Schema};
 
@@ -96,6 +96,8 @@ impl LedgerCsvSink {
         }
         let mut rows = Vec::new();
         for (doc, lines) in entries {
+            check_entry(&doc, &lines, self.layout == Layout::Bill)
+                .map_err(|m| SinkError::new(&self.label, m))?;
             let total = total(&lines);
             let date = lines
                 .iter()

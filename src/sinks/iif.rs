@@ -26,7 +26,7 @@ use std::sync::Arc;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
-use super::ledger::{Ledger, LedgerFields, Line, negated, total};
+use super::ledger::{Ledger, LedgerFields, Line, check_entry, negated, total};
 use super::output::{FileCompression, Output};
 use super::{Sink, SinkContext, SinkError, SinkOutput, label};
 use crate::config::Problem;
@@ -145,6 +145,8 @@ impl IifSink {
     }
 
     fn write_transaction(&mut self, doc: &str, lines: &[Line]) -> Result<(), SinkError> {
+        check_entry(doc, lines, self.config.transaction == IifTransaction::Bill)
+            .map_err(|m| SinkError::new(&self.label, m))?;
         let total = total(lines);
         let date = lines
             .iter()

@@ -275,6 +275,28 @@ impl Ledger {
     }
 }
 
+/// Checks that an entry's lines agree on what is entry-level: the credit
+/// account always, and the vendor too for bills (one bill has one vendor).
+pub fn check_entry(doc: &str, lines: &[Line], one_vendor: bool) -> Result<(), String> {
+    let first = &lines[0];
+    if let Some(other) = lines
+        .iter()
+        .find(|l| l.credit_account != first.credit_account)
+    {
+        return Err(format!(
+            "entry {doc:?} mixes credit accounts {:?} and {:?}; group_by must keep one credit account per entry",
+            first.credit_account, other.credit_account
+        ));
+    }
+    if one_vendor && let Some(other) = lines.iter().find(|l| l.name != first.name) {
+        return Err(format!(
+            "bill {doc:?} mixes vendors {:?} and {:?}; a bill has one vendor, so group bills per report or employee",
+            first.name, other.name
+        ));
+    }
+    Ok(())
+}
+
 /// The total of an entry's lines, exact.
 pub fn total(lines: &[Line]) -> Decimal {
     lines.iter().map(|l| l.amount).sum()
