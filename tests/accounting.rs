@@ -428,6 +428,7 @@ transaction = "bill"
 group_by = "report_number"
 credit_account = "2000 Accounts Payable"
 fields = {{ date = "spent_date", amount = "amount", account = "gl_account", name = "vendor", memo = "memo" }}
+manifest = true
 "#,
         accounts = sim.accounts_url()
     )
@@ -468,6 +469,20 @@ async fn bills_per_report_from_the_simulator_balance_and_reconcile_to_the_cent()
         assert_eq!(t.kind, want);
     }
     assert_eq!(outcome.summary.outputs[0].rows as usize, per_report.len());
+    // The manifest's total is the sum of every expense line: the source amounts, to the cent.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.path().join("qb-bills.iif.manifest.json")).unwrap())
+            .unwrap();
+    let expected: Decimal = per_report.values().sum();
+    assert_eq!(
+        manifest["totals"]["(none)"]["amount"]
+            .as_str()
+            .unwrap()
+            .parse::<Decimal>()
+            .unwrap(),
+        expected
+    );
+    assert_eq!(manifest["rows"], txns.len() as u64);
     sim.shutdown().await;
 }
 

@@ -27,7 +27,7 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 
 use super::ledger::{Ledger, LedgerFields, Line, check_entry, negated, total};
-use super::output::{FileCompression, Output};
+use super::output::{FileCompression, Manifest, Output, file_name, stage_manifest};
 use super::{Sink, SinkContext, SinkError, SinkOutput, label};
 use crate::config::Problem;
 use crate::fsutil::StagedFile;
@@ -55,6 +55,9 @@ pub struct IifSinkConfig {
     pub credit_account: Option<String>,
     /// Which output columns feed the IIF fields.
     pub fields: LedgerFields,
+    /// Also write `{file}.manifest.json` (transactions, total of the expense lines, sha256), committed with the file.
+    #[serde(default)]
+    pub manifest: bool,
 }
 
 fn default_date_format() -> String {
@@ -103,6 +106,9 @@ pub struct IifSink {
     writer: Option<BufWriter<Output>>,
     staged: Option<StagedFile>,
     transactions: u64,
+    ctx: SinkContext,
+    /// Sum of every expense line written (the SPL side), for the manifest.
+    lines_total: Decimal,
 }
 
 const TRNS_HEADER: &str = "!TRNS\tTRNSID\tTRNSTYPE\tDATE\tACCNT\tNAME\tCLASS\tAMOUNT\tDOCNUM\tMEMO\r\n\
@@ -141,6 +147,8 @@ impl IifSink {
             writer: Some(writer),
             staged: Some(staged),
             transactions: 0,
+            ctx: ctx.clone(),
+            lines_total: Decimal::ZERO,
         })
     }
 
@@ -193,6 +201,7 @@ impl IifSink {
             .write_all(text.as_bytes())
             .map_err(|e| SinkError::io(&self.label, "cannot write", &e))?;
         self.transactions += 1;
+        self.lines_total += total;
         Ok(())
     }
 
@@ -269,19 +278,48 @@ impl Sink for IifSink {
             .into_inner()
             .map_err(|e| e.into_error())
             .and_then(|out| out.finish(&staged.temp_path));
-        match result {
-            Ok(w) => Ok(SinkOutput {
-                kind: "iif",
-                staged,
-                rows: self.transactions,
-                bytes: w.bytes,
-                companions: Vec::new(),
-            }),
+        let written = match result {
+            Ok(w) => w,
             Err(e) => {
                 staged.discard();
-                Err(SinkError::io(&self.label, "cannot make durable", &e))
+                return Err(SinkError::io(&self.label, "cannot make durable", &e));
+            }
+        };
+        let mut companions = Vec::new();
+        if self.config.manifest {
+            let totals = [(
+                "(none)".to_string(),
+                [(self.config.fields.amount.clone(), self.lines_total)].into(),
+            )]
+            .into();
+            let manifest = Manifest {
+                file: file_name(&staged.final_path),
+                format: "iif",
+                compression: "none",
+                rows: self.transactions,
+                bytes: written.bytes,
+                sha256: written.sha256,
+                totals,
+                pipeline: self.ctx.pipeline.clone(),
+                run_id: self.ctx.run_id.clone(),
+                window_start: self.ctx.window_start,
+                window_end: self.ctx.window_end,
+            };
+            match stage_manifest("iif", &staged, &manifest, &self.ctx) {
+                Ok(c) => companions.push(c),
+                Err(e) => {
+                    staged.discard();
+                    return Err(e);
+                }
             }
         }
+        Ok(SinkOutput {
+            kind: "iif",
+            staged,
+            rows: self.transactions,
+            bytes: written.bytes,
+            companions,
+        })
     }
 
     fn abort(mut self: Box<Self>) {
