@@ -215,3 +215,132 @@ path = "cf_region"
     );
     sim.shutdown().await;
 }
+
+/// Renders a Parquet file as text: its Arrow schema, then every row.
+fn dump(path: &Path) -> String {
+    use arrow::util::display::{ArrayFormatter, FormatOptions};
+    let mut out = String::new();
+    let batches = read_all(path);
+    for f in batches[0].schema().fields() {
+        out.push_str(&format!(
+            "{}: {} (nullable: {})\n",
+            f.name(),
+            f.data_type(),
+            f.is_nullable()
+        ));
+    }
+    let options = FormatOptions::default().with_null("NULL");
+    for b in &batches {
+        // Arrow's formatter needs chrono-tz for the "UTC" zone name; timestamps are printed from their micros.
+        let text = |c: &arrow::array::ArrayRef, row: usize| -> String {
+            if let Some(ts) = c
+                .as_any()
+                .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
+            {
+                return if ts.is_null(row) {
+                    "NULL".into()
+                } else {
+                    chrono::DateTime::from_timestamp_micros(ts.value(row))
+                        .unwrap()
+                        .to_rfc3339()
+                };
+            }
+            ArrayFormatter::try_new(c.as_ref(), &options)
+                .unwrap()
+                .value(row)
+                .to_string()
+        };
+        for row in 0..b.num_rows() {
+            let cells: Vec<String> = b
+                .columns()
+                .iter()
+                .map(|c| format!("{:?}", text(c, row)))
+                .collect();
+            out.push_str(&cells.join(" | "));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[test]
+fn parquet_content_and_types_match_the_golden_dump() {
+    use expense_sync::row::{Batch, Cell, Column, ColumnType, Row, Schema};
+    use expense_sync::sinks::parquet::ParquetSinkConfig;
+    use expense_sync::sinks::{SinkConfig, SinkContext};
+    use std::str::FromStr;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = SinkContext {
+        pipeline: "g".into(),
+        run_id: "r1".into(),
+        started_at: chrono::DateTime::from_timestamp(1_709_600_000, 0).unwrap(),
+        output_dir: dir.path().to_path_buf(),
+        window_start: None,
+        window_end: None,
+    };
+    let col = |name: &str, ty| Column {
+        name: name.into(),
+        ty,
+    };
+    let schema = Arc::new(Schema {
+        columns: vec![
+            col("merchant", ColumnType::String),
+            col(
+                "amount",
+                ColumnType::Decimal {
+                    precision: 18,
+                    scale: 2,
+                },
+            ),
+            col(
+                "foreign_amount",
+                ColumnType::Decimal {
+                    precision: 18,
+                    scale: 3,
+                },
+            ),
+            col("spent", ColumnType::Date),
+            col("at", ColumnType::Timestamp),
+            col("billable", ColumnType::Bool),
+            col("category_id", ColumnType::Integer),
+        ],
+    });
+    let d = |s| Cell::Decimal(Decimal::from_str(s).unwrap());
+    let rows = vec![
+        Row {
+            cells: vec![
+                Cell::Str("=HYPERLINK(\"x\"), \"quoted\"\nnewline".into()),
+                d("-1234.50"),
+                d("12.345"),
+                Cell::Date(NaiveDate::from_ymd_opt(2024, 2, 29).unwrap()),
+                Cell::Timestamp(
+                    chrono::DateTime::from_timestamp(1_709_600_000, 123_456_000).unwrap(),
+                ),
+                Cell::Bool(true),
+                Cell::Int(145_801),
+            ],
+        },
+        Row {
+            cells: vec![
+                Cell::Str("Café 東京 🍽️".into()),
+                d("0.01"),
+                Cell::Null,
+                Cell::Null,
+                Cell::Null,
+                Cell::Null,
+                Cell::Null,
+            ],
+        },
+    ];
+    let config = SinkConfig::Parquet(ParquetSinkConfig::new("g.parquet"));
+    let mut sink = config.build(&ctx, schema).unwrap();
+    sink.write(&Batch { rows }).unwrap();
+    sink.finish().unwrap().staged.commit().unwrap();
+    let text = dump(&dir.path().join("g.parquet"));
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/parquet.txt");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        fs::write(&golden, &text).unwrap();
+    }
+    assert_eq!(text, fs::read_to_string(&golden).unwrap());
+}
