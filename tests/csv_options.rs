@@ -258,6 +258,7 @@ type = "csv"
 preset = "excel"
 path = "{{pipeline}}-{{run_date}}.csv"
 manifest = true
+manifest_totals = ["amount", "tax_amount"]
 "#,
         accounts = sim.accounts_url()
     );
@@ -298,6 +299,14 @@ manifest = true
         );
     }
     assert_eq!(manifest["rows"], truth.len() as u64);
+    for per_currency in manifest["totals"].as_object().unwrap().values() {
+        let keys: Vec<&String> = per_currency.as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            ["amount", "tax_amount"],
+            "foreign_amount is not summed"
+        );
+    }
     let bytes = fs::read(csv_path).unwrap();
     let sha: String = Sha256::digest(&bytes)
         .iter()

@@ -83,6 +83,9 @@ pub struct CsvSinkConfig {
     /// Column whose value keys the manifest's totals (default: a column named `currency`, if any).
     #[serde(default)]
     pub manifest_currency_column: Option<String>,
+    /// Decimal columns the manifest totals (default: every decimal column).
+    #[serde(default)]
+    pub manifest_totals: Option<Vec<String>>,
     /// One file per value of this column; the path must contain `{group}`.
     #[serde(default)]
     pub split_by: Option<String>,
@@ -205,6 +208,7 @@ impl CsvSinkConfig {
             compression: FileCompression::None,
             manifest: false,
             manifest_currency_column: None,
+            manifest_totals: None,
             split_by: None,
             layout: Layout::Rows,
             group_by: None,
@@ -298,11 +302,16 @@ impl CsvSinkConfig {
             )),
             _ => {}
         }
-        if self.manifest_currency_column.is_some() && !self.manifest {
-            problems.push(Problem::new(
-                key("manifest_currency_column"),
-                "only applies with manifest = true",
-            ));
+        for (k, set) in [
+            (
+                "manifest_currency_column",
+                self.manifest_currency_column.is_some(),
+            ),
+            ("manifest_totals", self.manifest_totals.is_some()),
+        ] {
+            if set && !self.manifest {
+                problems.push(Problem::new(key(k), "only applies with manifest = true"));
+            }
         }
         problems
     }
@@ -336,6 +345,17 @@ impl CsvSinkConfig {
                     format!("{key_prefix}.header_names.{name}"),
                     format!(
                         "there is no column `{name}`; columns are: {}",
+                        columns.join(", ")
+                    ),
+                ));
+            }
+        }
+        for c in self.manifest_totals.iter().flatten() {
+            if !columns.contains(&c.as_str()) {
+                problems.push(Problem::new(
+                    format!("{key_prefix}.manifest_totals"),
+                    format!(
+                        "there is no column `{c}`; columns are: {}",
                         columns.join(", ")
                     ),
                 ));
@@ -480,7 +500,11 @@ impl CsvSink {
             None => "(none)".to_string(),
         };
         let per_column = self.totals.entry(currency).or_default();
+        let chosen = self.config.manifest_totals.as_ref();
         for (cell, column) in cells.iter().zip(&self.schema.columns) {
+            if chosen.is_some_and(|names| !names.contains(&column.name)) {
+                continue;
+            }
             if let (Cell::Decimal(d), ColumnType::Decimal { .. }) = (cell, column.ty) {
                 *per_column.entry(column.name.clone()).or_default() += *d;
             }
