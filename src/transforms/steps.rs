@@ -1074,3 +1074,43 @@ date_format = "%Q"
         );
     }
 }
+
+#[cfg(test)]
+mod pipeline_file_tests {
+    use super::*;
+
+    #[test]
+    fn inline_entries_keep_their_case_through_the_pipeline_loader() {
+        let text = r#"
+[pipeline]
+name = "t"
+[connection]
+client_id = "id"
+client_secret = { env = "S" }
+refresh_token = { env = "R" }
+[source]
+type = "fyle"
+resource = "expenses"
+[[transforms]]
+type = "map"
+field = "category.name"
+target = "gl"
+entries = { "Meals & Entertainment" = "6010", "Food" = "6000" }
+[[sinks]]
+type = "csv"
+path = "x.csv"
+"#;
+        let p = crate::config::load_str(text, Path::new("p.toml")).unwrap();
+        let TransformSpec::Map(m) = &p.spec.transforms[0] else {
+            panic!("{:?}", p.spec.transforms)
+        };
+        let keys: Vec<&str> = m
+            .entries
+            .as_ref()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(keys, ["Food", "Meals & Entertainment"]);
+    }
+}
