@@ -227,9 +227,9 @@ fn csv_keeps_hostile_strings_intact() {
 fn csv_bom_is_written_only_when_asked_and_options_apply() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = CsvSinkConfig::new("bom.csv");
-    config.bom = true;
+    config.bom = Some(true);
     config.delimiter = ';';
-    config.line_ending = LineEnding::Lf;
+    config.line_ending = Some(LineEnding::Lf);
     let (mut sink, path) = csv_sink(dir.path(), config, all_types_schema());
     sink.write(&Batch {
         rows: all_types_rows(),
@@ -597,7 +597,7 @@ fn csv_with_lf_endings_still_quotes_carriage_returns() {
         }],
     });
     let mut config = CsvSinkConfig::new("lf.csv");
-    config.line_ending = LineEnding::Lf;
+    config.line_ending = Some(LineEnding::Lf);
     config.delimiter = '\t';
     let (mut sink, path) = csv_sink(dir.path(), config, schema);
     let rows = HOSTILE

@@ -126,6 +126,9 @@ pub struct PipelineFile {
     /// `[[columns]]`; empty means the resource's default columns.
     #[serde(default)]
     pub columns: Vec<ColumnSpec>,
+    /// `[[transforms]]`: filters, mappings and derived fields applied in order before `columns`.
+    #[serde(default)]
+    pub transforms: Vec<crate::transforms::TransformSpec>,
     /// `[[sinks]]`.
     pub sinks: Vec<SinkConfig>,
     /// `[writeback]`: mark exported expenses in Fyle after each committed run.
@@ -146,6 +149,11 @@ impl Pipeline {
     /// The pipeline's name.
     pub fn name(&self) -> &str {
         &self.spec.pipeline.name
+    }
+
+    /// The directory relative paths in the file (mapping tables) are resolved against: the file's own.
+    pub fn base_dir(&self) -> PathBuf {
+        base_dir(&self.file)
     }
 
     /// The state file, given the output directory in force.
@@ -226,6 +234,9 @@ fn validate(mut spec: PipelineFile, origin: &Path) -> Result<Pipeline, ConfigErr
     {
         problems.extend(ps);
     }
+    if let Err(ps) = crate::transforms::Transforms::new(&spec.transforms, &base_dir(origin)) {
+        problems.extend(ps);
+    }
     if spec.sinks.is_empty() {
         problems.push(Problem::new(
             "sinks",
@@ -254,8 +265,10 @@ fn validate(mut spec: PipelineFile, origin: &Path) -> Result<Pipeline, ConfigErr
         }
     }
     let mut paths = std::collections::HashMap::new();
+    let column_names: Vec<&str> = spec.columns.iter().map(|c| c.name.as_str()).collect();
     for (i, sink) in spec.sinks.iter().enumerate() {
         problems.extend(sink.validate(&format!("sinks[{i}]")));
+        problems.extend(sink.validate_columns(&format!("sinks[{i}]"), &column_names));
         if spec.incremental.is_some()
             && !["{run_id}", "{run_time}", "{window_start}", "{window_end}"]
                 .iter()
@@ -285,6 +298,13 @@ fn validate(mut spec: PipelineFile, origin: &Path) -> Result<Pipeline, ConfigErr
             file: origin.to_path_buf(),
             problems,
         })
+    }
+}
+
+fn base_dir(file: &Path) -> PathBuf {
+    match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
     }
 }
 

@@ -27,7 +27,7 @@ use crate::sinks::{Sink, SinkContext, SinkError, SinkOutput};
 use crate::sources::SourceConfig;
 use crate::sources::fyle::{FyleClient, FyleError, Page, PagerStats, fetch_window, run_pending};
 use crate::state::{self, CommitPlan, PlannedFile, RunRecord, Version};
-use crate::transforms::Projector;
+use crate::transforms::{Projector, TransformReport, Transforms, Verdict};
 
 /// Pages in flight between the source and the transform stage.
 const PAGE_BUFFER: usize = 8;
@@ -194,6 +194,13 @@ async fn execute(
         file: pipeline.file.clone(),
         problems,
     })?;
+    let transforms =
+        Transforms::new(&spec.transforms, &pipeline.base_dir()).map_err(|problems| {
+            ConfigError {
+                file: pipeline.file.clone(),
+                problems,
+            }
+        })?;
     let output_dir = opts
         .output_dir
         .clone()
@@ -316,8 +323,11 @@ async fn execute(
     };
     let mut quarantine = Quarantine::new(&ctx);
     let mut exported: Option<Vec<String>> = spec.writeback.as_ref().map(|_| Vec::new());
-    let transformed = transform(
+    let mut report = TransformReport::default();
+    let mut transformed = transform(
         page_rx,
+        &transforms,
+        &mut report,
         &projector,
         &sink_txs,
         &mut quarantine,
@@ -327,6 +337,17 @@ async fn execute(
     )
     .await;
     drop(sink_txs);
+    summary.filtered = report.filtered;
+    summary.skipped = report.skipped;
+    summary.skipped_records = std::mem::take(&mut report.skipped_records);
+    // A `fail` mapping lists every unmapped value of the run at once, then nothing is committed.
+    let unmapped = report.unmapped_problems(&spec.transforms);
+    if transformed.is_ok() && !unmapped.is_empty() {
+        transformed = Err(Error::Config(ConfigError {
+            file: pipeline.file.clone(),
+            problems: unmapped,
+        }));
+    }
 
     let source_result = source_task.await;
     *grants = session.refresh_count();
@@ -387,10 +408,7 @@ async fn execute(
         match finished {
             Ok(out) => outputs.push(out),
             Err(e) => {
-                outputs
-                    .iter()
-                    .filter_map(|o| o.staged.as_ref())
-                    .for_each(StagedFile::discard);
+                outputs.iter().for_each(SinkOutput::discard);
                 iter.for_each(|s| s.abort());
                 quarantine.discard();
                 return Err(Error::Sink(e.to_string()));
@@ -400,10 +418,7 @@ async fn execute(
     let quarantine_staged = match quarantine.finish() {
         Ok(q) => q,
         Err(e) => {
-            outputs
-                .iter()
-                .filter_map(|o| o.staged.as_ref())
-                .for_each(StagedFile::discard);
+            outputs.iter().for_each(SinkOutput::discard);
             return Err(Error::Sink(format!("quarantine file: {e}")));
         }
     };
@@ -412,10 +427,10 @@ async fn execute(
     // advance the state (see state::commit for why this order is crash-safe).
     let mut files: Vec<PlannedFile> = outputs
         .iter()
-        .filter_map(|o| o.staged.as_ref())
-        .map(|staged| PlannedFile {
-            temp: staged.temp_path.clone(),
-            final_path: staged.final_path.clone(),
+        .flat_map(SinkOutput::staged_files)
+        .map(|o| PlannedFile {
+            temp: o.temp_path.clone(),
+            final_path: o.final_path.clone(),
         })
         .collect();
     if let Some(q) = &quarantine_staged {
@@ -494,10 +509,7 @@ async fn execute(
         // Before the commit point the temps are ours to remove; after it the
         // plan is in the state file and the next run finishes it.
         if st.pending.is_none() {
-            outputs
-                .iter()
-                .filter_map(|o| o.staged.as_ref())
-                .for_each(StagedFile::discard);
+            outputs.iter().for_each(SinkOutput::discard);
             if let Some(q) = &quarantine_staged {
                 q.discard();
             }
@@ -533,6 +545,17 @@ async fn execute(
             dead_letter,
             http: out.delivery.as_ref().map(|d| d.http),
         });
+        for c in &out.companions {
+            summary.outputs.push(OutputSummary {
+                kind: c.kind.to_string(),
+                path: c.staged.final_path.clone(),
+                rows: c.rows,
+                bytes: c.bytes,
+                rejected: 0,
+                dead_letter: None,
+                http: None,
+            });
+        }
     }
     if let Some(q) = quarantine_staged {
         warn!(
@@ -583,8 +606,11 @@ fn push_safe_source(
     cfg
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn transform(
     mut pages: mpsc::Receiver<Page>,
+    transforms: &Transforms,
+    report: &mut TransformReport,
     projector: &Projector,
     sinks: &[mpsc::Sender<Arc<Batch>>],
     quarantine: &mut Quarantine,
@@ -603,21 +629,25 @@ async fn transform(
         let mut batch = Batch {
             rows: Vec::with_capacity(page.records.len()),
         };
-        for record in &page.records {
+        for mut record in page.records {
+            let record = &mut record;
             if dedup.is_delivered(record) {
                 summary.duplicates_skipped += 1;
                 continue;
             }
+            // Remembered from the source version, before transforms add fields.
+            dedup.remember(record);
+            if transforms.apply(record, report) != Verdict::Keep {
+                continue;
+            }
             match projector.project(record) {
                 Ok(row) => {
-                    dedup.remember(record);
                     if let Some(ids) = exported.as_mut() {
                         ids.push(crate::record::record_id(record));
                     }
                     batch.rows.push(row);
                 }
                 Err(e) => {
-                    dedup.remember(record);
                     summary.quarantined += 1;
                     quarantine
                         .add(&e, record)

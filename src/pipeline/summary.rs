@@ -87,6 +87,12 @@ pub struct RunSummary {
     pub rejected: u64,
     /// The write-back of export status to Fyle, when the pipeline has `[writeback]`.
     pub writeback: Option<crate::sources::fyle::WriteBackSummary>,
+    /// Records left out by `[[transforms]]` filters.
+    pub filtered: u64,
+    /// Records left out by a mapping with `on_missing = "skip"`.
+    pub skipped: u64,
+    /// The first skipped records (up to 200), each with the reason.
+    pub skipped_records: Vec<crate::transforms::steps::SkippedRecord>,
     /// Record versions seen twice (page boundaries, lookback overlap) and dropped.
     pub duplicates_skipped: u64,
     /// Pages fetched.
@@ -125,6 +131,9 @@ impl RunSummary {
             quarantine_file: None,
             rejected: 0,
             writeback: None,
+            filtered: 0,
+            skipped: 0,
+            skipped_records: Vec::new(),
             duplicates_skipped: 0,
             pages: 0,
             http: StatsSnapshot::default(),

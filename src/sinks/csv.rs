@@ -1,24 +1,26 @@
 //! CSV sink: RFC 4180 text that Excel and accounting tools open as-is.
 //!
 //! Fields holding the delimiter, a quote, CR or LF are quoted and quotes are
-//! doubled; everything else is written verbatim. Values are never altered to
-//! defend against spreadsheet formula injection (a leading `=` stays), since
-//! changing an accountant's data is worse than the risk it would hide; open
-//! untrusted exports with formulas disabled.
+//! doubled. Two presets bundle the usual choices: `rfc4180` (no BOM, CRLF,
+//! values verbatim) and `excel` (UTF-8 BOM, CRLF, and formula-injection
+//! protection: a text cell starting with `=`, `+`, `-`, `@`, tab or CR gets a
+//! leading `'`, so a spreadsheet shows it as text instead of evaluating it).
+//! Typed cells (decimals, dates, numbers) are never altered: a negative
+//! amount stays `-5.00`. Each option can override its preset.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
+use rust_decimal::Decimal;
 use serde::Deserialize;
 
-use super::{
-    Sink, SinkContext, SinkError, SinkOutput, cell_text, fit_decimal_for_column, label, stage,
-};
+use super::output::{FileCompression, Manifest, Output, file_name, stage_manifest};
+use super::{Sink, SinkContext, SinkError, SinkOutput, cell_text, fit_decimal_for_column, label};
 use crate::config::Problem;
-use crate::fsutil::{StagedFile, sync_file};
+use crate::fsutil::StagedFile;
 use crate::row::{Batch, Cell, ColumnType, Schema};
 
 /// Bytes the csv writer buffers before touching the file.
@@ -27,32 +29,152 @@ const BUFFER_BYTES: usize = 256 * 1024;
 /// The UTF-8 byte order mark, which makes Excel read the file as UTF-8.
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
+/// First characters that make a spreadsheet evaluate a cell (OWASP's list).
+const FORMULA_STARTS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
 /// `[[sinks]] type = "csv"`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CsvSinkConfig {
-    /// Output path; may use `{pipeline}`, `{run_id}`, `{run_date}`, `{run_time}`.
+    /// Output path; may use `{pipeline}`, `{run_id}`, `{run_date}`, `{run_time}`, `{window_start}`, `{window_end}`.
     pub path: String,
+    /// `rfc4180` or `excel`; sets `bom`, `line_ending` and `formula_protection` unless they are given.
+    #[serde(default)]
+    pub preset: Option<CsvPreset>,
     /// Field separator: one ASCII character, not a quote or line break (default `,`).
     #[serde(default = "default_delimiter")]
     pub delimiter: char,
-    /// Start the file with a UTF-8 byte order mark, for Excel (default false).
+    /// Start the file with a UTF-8 byte order mark, for Excel (preset default; false without one).
     #[serde(default)]
-    pub bom: bool,
+    pub bom: Option<bool>,
     /// Write a header row with the column names (default true).
     #[serde(default = "default_true")]
     pub header: bool,
     /// Record terminator: `crlf` (RFC 4180, the default) or `lf`.
     #[serde(default)]
-    pub line_ending: LineEnding,
+    pub line_ending: Option<LineEnding>,
+    /// Prefix text cells starting with `= + - @` (or tab, CR) with `'` (excel preset: on).
+    #[serde(default)]
+    pub formula_protection: Option<bool>,
+    /// When fields are quoted: `necessary` (default), `always` or `non_numeric`.
+    #[serde(default)]
+    pub quote_style: QuoteStyle,
+    /// Text written for a null cell (default empty).
+    #[serde(default)]
+    pub null_text: String,
+    /// Header text per column name, e.g. `{ amount = "Amount (USD)" }`; other columns keep their names.
+    #[serde(default)]
+    pub header_names: BTreeMap<String, String>,
+    /// chrono format for `date` columns (default `%Y-%m-%d`), e.g. `%m/%d/%Y`.
+    #[serde(default)]
+    pub date_format: Option<String>,
+    /// chrono format for `timestamp` columns (default RFC 3339 UTC), e.g. `%Y-%m-%d %H:%M:%S`.
+    #[serde(default)]
+    pub timestamp_format: Option<String>,
+    /// Decimal separator for `decimal` columns: `.` (default) or `,`.
+    #[serde(default = "default_decimal_separator")]
+    pub decimal_separator: char,
+    /// `none` (default) or `gzip` (compress the whole file; name it `….csv.gz`).
+    #[serde(default)]
+    pub compression: FileCompression,
+    /// Also write `{file}.manifest.json` (rows, totals per currency, sha256), committed with the file.
+    #[serde(default)]
+    pub manifest: bool,
+    /// Column whose value keys the manifest's totals (default: a column named `currency`, if any).
+    #[serde(default)]
+    pub manifest_currency_column: Option<String>,
+    /// Decimal columns the manifest totals (default: every decimal column).
+    #[serde(default)]
+    pub manifest_totals: Option<Vec<String>>,
+    /// One file per value of this column; the path must contain `{group}`.
+    #[serde(default)]
+    pub split_by: Option<String>,
+    /// `rows` (default: one row per record), `journal` (balanced debit/credit lines) or `bill` (bill header + lines).
+    #[serde(default)]
+    pub layout: Layout,
+    /// `journal`/`bill`: column whose value groups rows into one entry (absent = one entry per row).
+    #[serde(default)]
+    pub group_by: Option<String>,
+    /// `journal`/`bill`: the payable or card account credited, as a constant.
+    #[serde(default)]
+    pub credit_account: Option<String>,
+    /// `journal`/`bill`: which output columns hold the date, amount, accounts and names.
+    #[serde(default)]
+    pub fields: Option<super::ledger::LedgerFields>,
 }
+
+/// What one CSV row is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// One row per record, the pipeline's columns (the default).
+    #[default]
+    Rows,
+    /// Balanced journal entries: a debit row per expense, a credit row per entry.
+    Journal,
+    /// Bills: one row per expense line, with the bill's header fields repeated.
+    Bill,
+}
+
+/// Columns of the `journal` layout.
+pub const JOURNAL_COLUMNS: [&str; 8] = [
+    "entry_number",
+    "date",
+    "account",
+    "name",
+    "memo",
+    "class",
+    "debit",
+    "credit",
+];
+
+/// Columns of the `bill` layout.
+pub const BILL_COLUMNS: [&str; 10] = [
+    "bill_number",
+    "date",
+    "vendor",
+    "ap_account",
+    "bill_total",
+    "line",
+    "account",
+    "amount",
+    "memo",
+    "class",
+];
 
 fn default_delimiter() -> char {
     ','
 }
 
+fn default_decimal_separator() -> char {
+    '.'
+}
+
 fn default_true() -> bool {
     true
+}
+
+/// Bundled CSV settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CsvPreset {
+    /// Plain RFC 4180: no BOM, CRLF, values verbatim.
+    Rfc4180,
+    /// For Excel: UTF-8 BOM, CRLF, formula-injection protection on.
+    Excel,
+}
+
+/// When the CSV writer quotes a field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuoteStyle {
+    /// Only fields holding the delimiter, a quote, CR or LF (the default).
+    #[default]
+    Necessary,
+    /// Every field.
+    Always,
+    /// Every field that is not a number.
+    NonNumeric,
 }
 
 /// How CSV records end.
@@ -71,25 +193,186 @@ impl CsvSinkConfig {
     pub fn new(path: impl Into<String>) -> Self {
         Self {
             path: path.into(),
+            preset: None,
             delimiter: default_delimiter(),
-            bom: false,
+            bom: None,
             header: true,
-            line_ending: LineEnding::Crlf,
+            line_ending: None,
+            formula_protection: None,
+            quote_style: QuoteStyle::Necessary,
+            null_text: String::new(),
+            header_names: BTreeMap::new(),
+            date_format: None,
+            timestamp_format: None,
+            decimal_separator: default_decimal_separator(),
+            compression: FileCompression::None,
+            manifest: false,
+            manifest_currency_column: None,
+            manifest_totals: None,
+            split_by: None,
+            layout: Layout::Rows,
+            group_by: None,
+            credit_account: None,
+            fields: None,
         }
     }
 
+    /// Whether a BOM is written (explicit setting, else the preset's).
+    pub fn writes_bom(&self) -> bool {
+        self.bom.unwrap_or(self.preset == Some(CsvPreset::Excel))
+    }
+
+    /// The line ending in force.
+    pub fn line_ending(&self) -> LineEnding {
+        self.line_ending.unwrap_or_default()
+    }
+
+    /// Whether formula-injection protection is on (explicit setting, else the preset's).
+    pub fn protects_formulas(&self) -> bool {
+        self.formula_protection
+            .unwrap_or(self.preset == Some(CsvPreset::Excel))
+    }
+
     pub(super) fn validate(&self, key_prefix: &str) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let key = |k: &str| format!("{key_prefix}.{k}");
         let d = self.delimiter;
         if !d.is_ascii() || matches!(d, '"' | '\r' | '\n') {
-            vec![Problem::new(
-                format!("{key_prefix}.delimiter"),
+            problems.push(Problem::new(
+                key("delimiter"),
                 format!(
                     "{d:?} cannot separate fields; use one ASCII character other than a quote or line break, e.g. \",\", \";\" or \"\\t\""
                 ),
-            )]
-        } else {
-            Vec::new()
+            ));
         }
+        if !matches!(self.decimal_separator, '.' | ',') {
+            problems.push(Problem::new(
+                key("decimal_separator"),
+                "must be \".\" or \",\"",
+            ));
+        } else if self.decimal_separator == d {
+            problems.push(Problem::new(
+                key("decimal_separator"),
+                format!("{d:?} is also the delimiter; with decimal_separator = \",\" use delimiter = \";\""),
+            ));
+        }
+        for (k, f) in [
+            ("date_format", &self.date_format),
+            ("timestamp_format", &self.timestamp_format),
+        ] {
+            if let Some(f) = f
+                && let Err(e) = crate::transforms::steps::check_date_format(f)
+            {
+                problems.push(Problem::new(key(k), e));
+            }
+        }
+        match (self.layout, &self.fields) {
+            (Layout::Rows, _) => {
+                for (k, set) in [
+                    ("group_by", self.group_by.is_some()),
+                    ("credit_account", self.credit_account.is_some()),
+                    ("fields", self.fields.is_some()),
+                ] {
+                    if set {
+                        problems.push(Problem::new(
+                            key(k),
+                            "only applies with layout = \"journal\" or \"bill\"",
+                        ));
+                    }
+                }
+            }
+            (_, None) => problems.push(Problem::new(
+                key("fields"),
+                "is required with this layout, e.g. fields = { date = \"spent_date\", amount = \"amount\", account = \"gl_account\", name = \"vendor\" }",
+            )),
+            (_, Some(f)) => problems.extend(super::ledger::validate_credit_account(
+                key_prefix,
+                self.credit_account.as_ref(),
+                f,
+            )),
+        }
+        match (&self.split_by, self.path.contains("{group}")) {
+            (Some(_), false) => problems.push(Problem::new(
+                key("path"),
+                "split_by writes one file per group, so the path needs {group}, e.g. \"expenses-{group}-{run_date}.csv\"",
+            )),
+            (None, true) => problems.push(Problem::new(
+                key("path"),
+                "{group} needs split_by = \"<column>\" (one file per value of that column)",
+            )),
+            _ => {}
+        }
+        for (k, set) in [
+            (
+                "manifest_currency_column",
+                self.manifest_currency_column.is_some(),
+            ),
+            ("manifest_totals", self.manifest_totals.is_some()),
+        ] {
+            if set && !self.manifest {
+                problems.push(Problem::new(key(k), "only applies with manifest = true"));
+            }
+        }
+        problems
+    }
+
+    /// Problems with column names this sink refers to, given the pipeline's output columns.
+    pub(super) fn validate_columns(&self, key_prefix: &str, columns: &[&str]) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if let Some(f) = &self.fields {
+            problems.extend(f.validate_columns(key_prefix, self.group_by.as_deref(), columns));
+        }
+        if let Some(c) = &self.split_by
+            && !columns.contains(&c.as_str())
+        {
+            problems.push(Problem::new(
+                format!("{key_prefix}.split_by"),
+                format!(
+                    "there is no column `{c}`; columns are: {}",
+                    columns.join(", ")
+                ),
+            ));
+        }
+        // The file's own columns: the pipeline's, or the layout's.
+        let columns: &[&str] = match self.layout {
+            Layout::Rows => columns,
+            Layout::Journal => &JOURNAL_COLUMNS,
+            Layout::Bill => &BILL_COLUMNS,
+        };
+        for name in self.header_names.keys() {
+            if !columns.contains(&name.as_str()) {
+                problems.push(Problem::new(
+                    format!("{key_prefix}.header_names.{name}"),
+                    format!(
+                        "there is no column `{name}`; columns are: {}",
+                        columns.join(", ")
+                    ),
+                ));
+            }
+        }
+        for c in self.manifest_totals.iter().flatten() {
+            if !columns.contains(&c.as_str()) {
+                problems.push(Problem::new(
+                    format!("{key_prefix}.manifest_totals"),
+                    format!(
+                        "there is no column `{c}`; columns are: {}",
+                        columns.join(", ")
+                    ),
+                ));
+            }
+        }
+        if let Some(c) = &self.manifest_currency_column
+            && !columns.contains(&c.as_str())
+        {
+            problems.push(Problem::new(
+                format!("{key_prefix}.manifest_currency_column"),
+                format!(
+                    "there is no column `{c}`; columns are: {}",
+                    columns.join(", ")
+                ),
+            ));
+        }
+        problems
     }
 }
 
@@ -98,11 +381,16 @@ impl CsvSinkConfig {
 pub struct CsvSink {
     label: String,
     schema: Arc<Schema>,
+    config: CsvSinkConfig,
+    ctx: SinkContext,
     // Both `Some` until finish/abort; taken there so Drop can clean up after a panic.
-    writer: Option<::csv::Writer<File>>,
+    writer: Option<::csv::Writer<Output>>,
     staged: Option<StagedFile>,
     rows: u64,
     record: Vec<String>,
+    /// Manifest totals: currency → column → sum (only when a manifest is asked for).
+    totals: BTreeMap<String, BTreeMap<String, Decimal>>,
+    currency_column: Option<usize>,
 }
 
 impl CsvSink {
@@ -114,36 +402,62 @@ impl CsvSink {
         schema: Arc<Schema>,
     ) -> Result<Self, SinkError> {
         let label = label("csv", path);
-        let problems = config.validate("csv");
+        let names: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
+        let mut problems = config.validate("csv");
+        problems.extend(config.validate_columns("csv", &names));
         if let Some(p) = problems.first() {
-            return Err(SinkError::new(&label, p.message.clone()));
+            return Err(SinkError::new(&label, format!("{}: {}", p.key, p.message)));
         }
-        let (staged, mut file) = stage("csv", path, ctx)?;
+        let currency_column = match &config.manifest_currency_column {
+            Some(c) => names.iter().position(|n| n == c),
+            None => names.iter().position(|n| *n == "currency"),
+        };
+        let (staged, mut file) = Output::create("csv", path, ctx, config.compression)?;
         let mut sink = Self {
             label,
             schema,
+            config: config.clone(),
+            ctx: ctx.clone(),
             writer: None,
             staged: Some(staged),
             rows: 0,
             record: Vec::new(),
+            totals: BTreeMap::new(),
+            currency_column,
         };
-        if config.bom {
-            file.write_all(UTF8_BOM)
-                .map_err(|e| sink.io_error("cannot write", &e))?;
+        if config.writes_bom()
+            && let Err(e) = file.write_all(UTF8_BOM)
+        {
+            let err = sink.io_error("cannot write", &e);
+            sink.discard();
+            return Err(err);
         }
-        let terminator = match config.line_ending {
+        let terminator = match config.line_ending() {
             LineEnding::Crlf => ::csv::Terminator::CRLF,
             LineEnding::Lf => ::csv::Terminator::Any(b'\n'),
+        };
+        let quote_style = match config.quote_style {
+            QuoteStyle::Necessary => ::csv::QuoteStyle::Necessary,
+            QuoteStyle::Always => ::csv::QuoteStyle::Always,
+            QuoteStyle::NonNumeric => ::csv::QuoteStyle::NonNumeric,
         };
         let mut writer = ::csv::WriterBuilder::new()
             .delimiter(config.delimiter as u8)
             .terminator(terminator)
-            .quote_style(::csv::QuoteStyle::Necessary)
+            .quote_style(quote_style)
             .buffer_capacity(BUFFER_BYTES)
             .from_writer(file);
         if config.header {
             // Written now so that a run with no rows still yields a file with a header.
-            let names = sink.schema.columns.iter().map(|c| c.name.as_str());
+            let protect = config.protects_formulas();
+            let names = sink.schema.columns.iter().map(|c| {
+                let name = config.header_names.get(&c.name).unwrap_or(&c.name);
+                if protect && name.starts_with(FORMULA_STARTS) {
+                    format!("'{name}")
+                } else {
+                    name.clone()
+                }
+            });
             if let Err(e) = writer.write_record(names) {
                 let err = sink.csv_error(e);
                 sink.discard();
@@ -178,11 +492,31 @@ impl CsvSink {
             staged.discard();
         }
     }
+
+    fn add_to_totals(&mut self, cells: &[Cell]) {
+        let currency = match self.currency_column.map(|i| &cells[i]) {
+            Some(Cell::Str(c)) => c.clone(),
+            Some(_) => "(blank)".to_string(),
+            None => "(none)".to_string(),
+        };
+        let per_column = self.totals.entry(currency).or_default();
+        let chosen = self.config.manifest_totals.as_ref();
+        for (cell, column) in cells.iter().zip(&self.schema.columns) {
+            if chosen.is_some_and(|names| !names.contains(&column.name)) {
+                continue;
+            }
+            if let (Cell::Decimal(d), ColumnType::Decimal { .. }) = (cell, column.ty) {
+                *per_column.entry(column.name.clone()).or_default() += *d;
+            }
+        }
+    }
 }
 
 impl Sink for CsvSink {
     fn write(&mut self, batch: &Batch) -> Result<(), SinkError> {
-        let columns = &self.schema.columns;
+        let schema = self.schema.clone();
+        let columns = &schema.columns;
+        let protect = self.config.protects_formulas();
         for row in &batch.rows {
             if row.cells.len() != columns.len() {
                 return Err(SinkError::new(
@@ -199,15 +533,36 @@ impl Sink for CsvSink {
             for ((cell, column), buf) in row.cells.iter().zip(columns).zip(&mut self.record) {
                 buf.clear();
                 match (cell, column.ty) {
+                    (Cell::Null, _) => buf.push_str(&self.config.null_text),
                     // Printed at the column's scale so every value in the column lines up (`5` → `5.00`).
                     (Cell::Decimal(d), ColumnType::Decimal { precision, scale }) => {
                         let d = fit_decimal_for_column(*d, precision, scale).map_err(|m| {
                             SinkError::new(&self.label, format!("column `{}`: {m}", column.name))
                         })?;
                         write!(buf, "{d}").expect("writing to a String cannot fail");
+                        if self.config.decimal_separator != '.'
+                            && let Some(dot) = buf.find('.')
+                        {
+                            buf.replace_range(dot..=dot, ",");
+                        }
+                    }
+                    (Cell::Date(d), _) if self.config.date_format.is_some() => {
+                        let f = self.config.date_format.as_deref().unwrap_or_default();
+                        write!(buf, "{}", d.format(f)).expect("format checked at validation");
+                    }
+                    (Cell::Timestamp(t), _) if self.config.timestamp_format.is_some() => {
+                        let f = self.config.timestamp_format.as_deref().unwrap_or_default();
+                        write!(buf, "{}", t.format(f)).expect("format checked at validation");
+                    }
+                    (Cell::Str(s), _) if protect && s.starts_with(FORMULA_STARTS) => {
+                        buf.push('\'');
+                        buf.push_str(s);
                     }
                     _ => buf.push_str(&cell_text(cell)),
                 }
+            }
+            if self.config.manifest {
+                self.add_to_totals(&row.cells);
             }
             let writer = self.writer.as_mut().ok_or_else(|| {
                 SinkError::new(
@@ -230,26 +585,53 @@ impl Sink for CsvSink {
         let result = writer
             .into_inner()
             .map_err(|e| self.io_error("cannot flush", e.error()))
-            .and_then(|file| {
+            .and_then(|out| {
                 let staged = self.staged.as_ref().expect("staged until finish");
-                sync_file(&file, &staged.temp_path)
-                    .and_then(|_| file.metadata())
-                    .map(|m| m.len())
+                out.finish(&staged.temp_path)
                     .map_err(|e| self.io_error("cannot make durable", &e))
             });
-        match result {
-            Ok(bytes) => Ok(SinkOutput {
-                kind: "csv",
-                staged: Some(self.staged.take().expect("staged until finish")),
-                rows: self.rows,
-                bytes,
-                delivery: None,
-            }),
+        let written = match result {
+            Ok(w) => w,
             Err(e) => {
                 self.discard();
-                Err(e)
+                return Err(e);
+            }
+        };
+        let staged = self.staged.take().expect("staged until finish");
+        let mut companions = Vec::new();
+        if self.config.manifest {
+            let manifest = Manifest {
+                file: file_name(&staged.final_path),
+                format: "csv",
+                compression: match self.config.compression {
+                    FileCompression::None => "none",
+                    FileCompression::Gzip => "gzip",
+                },
+                rows: self.rows,
+                bytes: written.bytes,
+                sha256: written.sha256.clone(),
+                totals: std::mem::take(&mut self.totals),
+                pipeline: self.ctx.pipeline.clone(),
+                run_id: self.ctx.run_id.clone(),
+                window_start: self.ctx.window_start,
+                window_end: self.ctx.window_end,
+            };
+            match stage_manifest("csv", &staged, &manifest, &self.ctx) {
+                Ok(c) => companions.push(c),
+                Err(e) => {
+                    staged.discard();
+                    return Err(e);
+                }
             }
         }
+        Ok(SinkOutput {
+            kind: "csv",
+            staged: Some(staged),
+            delivery: None,
+            rows: self.rows,
+            bytes: written.bytes,
+            companions,
+        })
     }
 
     fn abort(mut self: Box<Self>) {

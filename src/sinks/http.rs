@@ -714,6 +714,7 @@ impl Sink for HttpSink {
         };
         self.delivery.http = self.client.stats();
         Ok(SinkOutput {
+            companions: Vec::new(),
             kind: "http",
             staged,
             rows: self.delivery.accepted,

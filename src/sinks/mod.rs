@@ -8,8 +8,14 @@
 //! Sinks know nothing of Fyle: they see a [`Schema`] and [`Batch`]es.
 
 pub mod csv;
+pub mod csv_ledger;
+pub mod csv_split;
 pub mod http;
+pub mod iif;
+pub mod ledger;
+pub mod output;
 pub mod parquet;
+pub mod parquet_partitioned;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -45,6 +51,35 @@ pub struct SinkOutput {
     pub bytes: u64,
     /// What a pushing sink delivered and what the receiver rejected.
     pub delivery: Option<http::Delivery>,
+    /// Further files committed together with this one (e.g. its manifest).
+    pub companions: Vec<Companion>,
+}
+
+/// A file a sink stages beside its main output, committed atomically with it.
+#[derive(Debug)]
+pub struct Companion {
+    /// What it is, e.g. `manifest`, or `parquet` for another partition's file.
+    pub kind: &'static str,
+    /// The temporary file and where it goes on commit.
+    pub staged: StagedFile,
+    /// Data rows in it (0 for a manifest).
+    pub rows: u64,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+impl SinkOutput {
+    /// Every staged file of this output: the main one first, then its companions.
+    pub fn staged_files(&self) -> impl Iterator<Item = &StagedFile> {
+        self.staged
+            .iter()
+            .chain(self.companions.iter().map(|c| &c.staged))
+    }
+
+    /// Removes every staged file (a run that fails before its commit point).
+    pub fn discard(&self) {
+        self.staged_files().for_each(StagedFile::discard);
+    }
 }
 
 /// `[[sinks]]` in a pipeline file, chosen by `type`.
@@ -61,6 +96,8 @@ pub enum SinkConfig {
     Parquet(parquet::ParquetSinkConfig),
     /// `type = "http"`.
     Http(Box<http::HttpSinkConfig>),
+    /// `type = "iif"` (QuickBooks Desktop).
+    Iif(iif::IifSinkConfig),
 }
 
 impl SinkConfig {
@@ -70,6 +107,7 @@ impl SinkConfig {
             SinkConfig::Csv(_) => "csv",
             SinkConfig::Parquet(_) => "parquet",
             SinkConfig::Http(_) => "http",
+            SinkConfig::Iif(_) => "iif",
         }
     }
 
@@ -79,18 +117,37 @@ impl SinkConfig {
             SinkConfig::Csv(c) => &c.path,
             SinkConfig::Parquet(c) => &c.path,
             SinkConfig::Http(c) => &c.dead_letter,
+            SinkConfig::Iif(c) => &c.path,
         }
     }
 
     /// Every problem with this sink's settings, keyed under `key_prefix` (e.g. `sinks[1].delimiter`).
     pub fn validate(&self, key_prefix: &str) -> Vec<Problem> {
         let mut problems = validate_path_template(self.path_template(), key_prefix);
+        if !matches!(self, SinkConfig::Csv(_)) && self.path_template().contains("{group}") {
+            problems.push(Problem::new(
+                format!("{key_prefix}.path"),
+                "{group} is only available to CSV sinks with split_by; Parquet partitions with partition_by",
+            ));
+        }
         match self {
             SinkConfig::Csv(c) => problems.extend(c.validate(key_prefix)),
             SinkConfig::Parquet(c) => problems.extend(c.validate(key_prefix)),
             SinkConfig::Http(c) => problems.extend(c.validate(key_prefix)),
+            SinkConfig::Iif(c) => problems.extend(c.validate(key_prefix)),
         }
         problems
+    }
+
+    /// Problems with the output column names this sink refers to (`columns` = the pipeline's output columns).
+    pub fn validate_columns(&self, key_prefix: &str, columns: &[&str]) -> Vec<Problem> {
+        match self {
+            SinkConfig::Csv(c) => c.validate_columns(key_prefix, columns),
+            SinkConfig::Iif(c) => c.validate_columns(key_prefix, columns),
+            SinkConfig::Parquet(c) => c.validate_columns(key_prefix, columns),
+            // Template references are checked when the sink is built.
+            SinkConfig::Http(_) => Vec::new(),
+        }
     }
 
     /// Opens the sink's temporary output for a run.
@@ -101,17 +158,27 @@ impl SinkConfig {
     ) -> Result<Box<dyn Sink>, SinkError> {
         let path = render_path(self.path_template(), ctx);
         match self {
+            SinkConfig::Csv(c) if c.split_by.is_some() => Ok(Box::new(
+                csv_split::SplitCsvSink::new(c, &path, ctx, schema)?,
+            )),
+            SinkConfig::Csv(c) if c.layout != csv::Layout::Rows => Ok(Box::new(
+                csv_ledger::LedgerCsvSink::create(c, &path, ctx, schema)?,
+            )),
             SinkConfig::Csv(c) => Ok(Box::new(csv::CsvSink::create(c, &path, ctx, schema)?)),
+            SinkConfig::Parquet(c) if c.partition_by.is_some() => Ok(Box::new(
+                parquet_partitioned::PartitionedParquetSink::new(c, &path, ctx, schema)?,
+            )),
             SinkConfig::Parquet(c) => Ok(Box::new(parquet::ParquetSink::create(
                 c, &path, ctx, schema,
             )?)),
             SinkConfig::Http(c) => Ok(Box::new(http::HttpSink::create(c, &path, ctx, schema)?)),
+            SinkConfig::Iif(c) => Ok(Box::new(iif::IifSink::create(c, &path, ctx, schema)?)),
         }
     }
 }
 
 /// Sink types accepted in `type`.
-pub const SINK_TYPES: [&str; 3] = ["csv", "parquet", "http"];
+pub const SINK_TYPES: [&str; 4] = ["csv", "parquet", "http", "iif"];
 
 impl<'de> Deserialize<'de> for SinkConfig {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -123,7 +190,7 @@ impl<'de> Deserialize<'de> for SinkConfig {
             Some(Value::String(s)) => s,
             Some(other) => {
                 return Err(D::Error::custom(format!(
-                    "`type`: expected a string (\"csv\", \"parquet\" or \"http\"), found {other}"
+                    "`type`: expected a string (\"csv\", \"parquet\", \"http\" or \"iif\"), found {other}"
                 )));
             }
             None => return Err(D::Error::missing_field("type")),
@@ -132,6 +199,7 @@ impl<'de> Deserialize<'de> for SinkConfig {
             "csv" => crate::config::inner_table(table).map(SinkConfig::Csv),
             "parquet" => crate::config::inner_table(table).map(SinkConfig::Parquet),
             "http" => crate::config::inner_table(table).map(|c| SinkConfig::Http(Box::new(c))),
+            "iif" => crate::config::inner_table(table).map(SinkConfig::Iif),
             other => Err(D::Error::unknown_variant(other, &SINK_TYPES)),
         }
     }
@@ -162,7 +230,8 @@ impl SinkContext {
 }
 
 /// Placeholders a sink path may use.
-pub const PLACEHOLDERS: [&str; 6] = [
+pub const PLACEHOLDERS: [&str; 7] = [
+    "group",
     "pipeline",
     "run_id",
     "run_date",

@@ -47,6 +47,30 @@ pub struct ParquetSinkConfig {
     /// Rows per row group (default 65 536); bounds the sink's memory.
     #[serde(default = "default_row_group_rows")]
     pub row_group_rows: usize,
+    /// Also close a row group once its estimated encoded size reaches this many bytes (e.g. 134217728).
+    #[serde(default)]
+    pub row_group_bytes: Option<usize>,
+    /// Hive-style partitioning: one file per value of this column, under `{key}={value}/` directories.
+    #[serde(default)]
+    pub partition_by: Option<String>,
+    /// `value` (default), or `year`, `month`, `day` of a date/timestamp column.
+    #[serde(default)]
+    pub partition_granularity: Granularity,
+}
+
+/// How a partition column's value becomes a partition directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Granularity {
+    /// The value itself: `{column}=value`.
+    #[default]
+    Value,
+    /// `{column}_year=2024`.
+    Year,
+    /// `{column}_month=2024-03`.
+    Month,
+    /// `{column}_day=2024-03-05`.
+    Day,
 }
 
 fn default_row_group_rows() -> usize {
@@ -74,6 +98,9 @@ impl ParquetSinkConfig {
             compression: Compression::Zstd,
             zstd_level: None,
             row_group_rows: DEFAULT_ROW_GROUP_ROWS,
+            row_group_bytes: None,
+            partition_by: None,
+            partition_granularity: Granularity::Value,
         }
     }
 
@@ -92,6 +119,18 @@ impl ParquetSinkConfig {
                 ));
             }
         }
+        if self.row_group_bytes == Some(0) {
+            problems.push(Problem::new(
+                format!("{key_prefix}.row_group_bytes"),
+                "must be at least 1; e.g. 134217728 (128 MiB)",
+            ));
+        }
+        if self.partition_by.is_none() && self.partition_granularity != Granularity::Value {
+            problems.push(Problem::new(
+                format!("{key_prefix}.partition_granularity"),
+                "only applies with partition_by",
+            ));
+        }
         if self.row_group_rows == 0 {
             problems.push(Problem::new(
                 format!("{key_prefix}.row_group_rows"),
@@ -99,6 +138,19 @@ impl ParquetSinkConfig {
             ));
         }
         problems
+    }
+
+    pub(super) fn validate_columns(&self, key_prefix: &str, columns: &[&str]) -> Vec<Problem> {
+        match &self.partition_by {
+            Some(c) if !columns.contains(&c.as_str()) => vec![Problem::new(
+                format!("{key_prefix}.partition_by"),
+                format!(
+                    "there is no column `{c}`; columns are: {}",
+                    columns.join(", ")
+                ),
+            )],
+            _ => Vec::new(),
+        }
     }
 
     fn writer_properties(&self) -> Result<WriterProperties, String> {
@@ -113,6 +165,7 @@ impl ParquetSinkConfig {
         Ok(WriterProperties::builder()
             .set_compression(compression)
             .set_max_row_group_row_count(Some(self.row_group_rows))
+            .set_max_row_group_bytes(self.row_group_bytes.filter(|b| *b > 0))
             .set_created_by(format!("expense-sync {}", env!("CARGO_PKG_VERSION")))
             .build())
     }
@@ -383,6 +436,7 @@ impl Sink for ParquetSink {
                 rows: self.rows,
                 bytes,
                 delivery: None,
+                companions: Vec::new(),
             }),
             Err(e) => {
                 self.discard();

@@ -64,7 +64,7 @@ fn sink_tables_deserialize_with_defaults() {
         };
         assert_eq!(
             (c.delimiter, c.bom, c.header, c.line_ending),
-            (';', true, true, LineEnding::Lf)
+            (';', Some(true), true, Some(LineEnding::Lf))
         );
         let SinkConfig::Parquet(p) = &sinks[1] else {
             panic!("{sinks:?}")
@@ -81,7 +81,7 @@ fn sink_tables_deserialize_with_defaults() {
         panic!()
     };
     assert_eq!(
-        (c.delimiter, c.bom, c.header, c.line_ending),
+        (c.delimiter, c.writes_bom(), c.header, c.line_ending()),
         (',', false, true, LineEnding::Crlf)
     );
     let sinks = from_toml("[[sinks]]\ntype = \"parquet\"\npath = \"x.parquet\"\n").unwrap();

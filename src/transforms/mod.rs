@@ -7,6 +7,7 @@
 
 mod convert;
 mod defaults;
+pub mod steps;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -20,6 +21,7 @@ use crate::record::{FieldPath, Record, record_id};
 use crate::row::{Cell, Column, ColumnType, Row, Schema};
 
 pub use defaults::default_columns;
+pub use steps::{TransformReport, TransformSpec, Transforms, Verdict};
 
 /// Default digits after the point for decimal columns (cents).
 pub const DEFAULT_SCALE: u8 = 2;

@@ -199,3 +199,10 @@ pub fn files_in(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// Whether `{file}.manifest.json` exists beside `file`.
+pub fn manifest_exists(file: &Path) -> bool {
+    let mut name = file.file_name().unwrap().to_os_string();
+    name.push(".manifest.json");
+    file.with_file_name(name).exists()
+}
