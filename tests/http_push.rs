@@ -631,3 +631,72 @@ fn spawn_bin_env(pipeline: &Path, sim: &Simulator, env: &[(&str, &str)]) -> toki
         .spawn()
         .unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth_client_credentials_from_the_vault_authenticate_the_push_and_survive_expiry() {
+    use expense_sync::auth::vault::{GrantKind, Profile};
+    use expense_sync::auth::{Connection, Vault, VaultError};
+
+    let sim = simulator(120, 19, None).await;
+    // The receiver accepts only access tokens the simulator's accounts server
+    // issued and still honours.
+    let rx = Receiver::start(ReceiverConfig {
+        secret: Some(SECRET.into()),
+        accept_token: Some(sim.token_checker()),
+        ..ReceiverConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let vault_path = dir.path().join("vault.json");
+    let vault = Vault::open(&vault_path);
+    let c = sim.credentials();
+    let mut erp = Connection::new(
+        Profile::Oauth2,
+        GrantKind::ClientCredentials,
+        &sim.accounts_url(),
+        &c.client_id,
+    );
+    erp.client_secret = Some(secrecy::SecretString::from(c.client_secret.clone()));
+    vault
+        .update(|all| {
+            all.insert("erp".to_string(), erp);
+            Ok::<_, VaultError>(())
+        })
+        .unwrap();
+
+    let secret = secret_file(dir.path(), SECRET);
+    let sink = format!(
+        "auth = {{ type = \"vault\", connection = \"erp\", vault = \"{}\" }}",
+        vault_path.display()
+    );
+    let text = push_text(&sim, &rx, "cc", &secret, &sink, "");
+    // Every token issued so far dies in the middle of the push: the sink gets a
+    // 401, fetches a new token through the vault and retries the batch.
+    let (sim_ref, rx_ref) = (&sim, &rx);
+    let expire = async {
+        while rx_ref.accepted().is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        sim_ref.expire_tokens();
+    };
+    rx.set_latency(std::time::Duration::from_millis(30));
+    let ((_, outcome), ()) = tokio::join!(run_text(&sim, &text, dir.path()), expire);
+    assert!(outcome.error.is_none(), "{:?}", outcome.error);
+    assert_each_accepted_once(&rx, &ids(&sim));
+    let stats = rx.stats();
+    assert!(
+        stats.requests > stats.batches,
+        "a batch should have met the expired token and been retried: {stats:?}"
+    );
+
+    // Without a usable connection the push fails and nothing is committed.
+    let bad = text
+        .replace("connection = \"erp\"", "connection = \"nobody\"")
+        .replace("name = \"cc\"", "name = \"cc2\"");
+    let (_, outcome) = run_text(&sim, &bad, dir.path()).await;
+    let err = outcome.error.expect("unknown connection fails").to_string();
+    assert!(err.contains("nobody"), "{err}");
+    rx.shutdown().await;
+    sim.shutdown().await;
+}

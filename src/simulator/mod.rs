@@ -343,6 +343,13 @@ impl Simulator {
         self.inner.shared.store.write().expect("store").mutate(n);
     }
 
+    /// A check that a bearer token is an access token this simulator issued
+    /// and still honours; lets a receiver accept OAuth tokens from it.
+    pub fn token_checker(&self) -> receiver::TokenCheck {
+        let shared = Arc::clone(&self.inner.shared);
+        Arc::new(move |token: &str| shared.tokens.lock().expect("tokens").valid(token))
+    }
+
     /// Expenses as they were at instant `at` (what a client could have seen
     /// then), sorted by id; other resources do not change.
     pub fn expenses_as_of(&self, at: chrono::DateTime<chrono::Utc>) -> Vec<serde_json::Value> {

@@ -37,7 +37,13 @@ pub struct ReceiverConfig {
     pub tolerance: Option<Duration>,
     /// When set, requests without `Authorization: Bearer <this>` get 401.
     pub bearer: Option<String>,
+    /// When set, the bearer token must satisfy this check (e.g. an access token
+    /// the simulator's accounts server issued: [`super::Simulator::token_checker`]).
+    pub accept_token: Option<TokenCheck>,
 }
+
+/// Decides whether a bearer token is acceptable.
+pub type TokenCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 impl std::fmt::Debug for ReceiverConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -45,6 +51,7 @@ impl std::fmt::Debug for ReceiverConfig {
             .field("secret", &self.secret.as_ref().map(|_| "[redacted]"))
             .field("tolerance", &self.tolerance)
             .field("bearer", &self.bearer.as_ref().map(|_| "[redacted]"))
+            .field("accept_token", &self.accept_token.is_some())
             .finish()
     }
 }
@@ -109,6 +116,7 @@ struct State {
 struct Inner {
     secret: Option<Vec<u8>>,
     bearer: Option<String>,
+    accept_token: Option<TokenCheck>,
     tolerance: Duration,
     state: Mutex<State>,
 }
@@ -137,6 +145,7 @@ impl Receiver {
         let inner = Arc::new(Inner {
             secret: cfg.secret.map(String::into_bytes),
             bearer: cfg.bearer,
+            accept_token: cfg.accept_token,
             tolerance: cfg.tolerance.unwrap_or(Duration::from_secs(300)),
             state: Mutex::new(State::default()),
         });
@@ -302,6 +311,13 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
                 &json!({"message": "missing or wrong bearer token"}),
                 None,
             );
+        }
+    }
+    if let Some(check) = &inner.accept_token {
+        let token =
+            text("authorization").and_then(|h| h.strip_prefix("Bearer ").map(str::to_string));
+        if !token.is_some_and(|t| check(&t)) {
+            return answer(401, &json!({"message": "invalid token"}), None);
         }
     }
     if let Some(secret) = &inner.secret {

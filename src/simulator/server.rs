@@ -89,7 +89,7 @@ impl TokenBook {
         token
     }
 
-    fn valid(&self, token: &str) -> bool {
+    pub(crate) fn valid(&self, token: &str) -> bool {
         matches!(self.issued.get(token), Some((until, epoch)) if *epoch == self.epoch && Instant::now() < *until)
     }
 

@@ -125,7 +125,7 @@ pub enum BodyFormat {
     Ndjson,
 }
 
-/// `auth = { type = "bearer" | "basic" | "header", … }`.
+/// `auth = { type = "bearer" | "basic" | "header" | "vault", … }`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum PushAuth {
@@ -147,6 +147,16 @@ pub enum PushAuth {
         name: String,
         /// Header value, as `{ env = … }` or `{ file = … }`.
         value: SecretRef,
+    },
+    /// `Authorization: Bearer <token>` with a token from a vault connection,
+    /// typically an OAuth 2.0 client-credentials app (`auth add … --grant
+    /// client-credentials`); it is fetched, cached and renewed like any other.
+    Vault {
+        /// The connection's name in the vault.
+        connection: String,
+        /// The vault file; default `$EXPENSE_SYNC_VAULT`, else the standard location.
+        #[serde(default)]
+        vault: Option<PathBuf>,
     },
 }
 
@@ -271,6 +281,14 @@ impl HttpSinkConfig {
             None => {}
             Some(PushAuth::Bearer { token }) => refs.push(("auth.token", token)),
             Some(PushAuth::Basic { password, .. }) => refs.push(("auth.password", password)),
+            Some(PushAuth::Vault { connection, .. }) => {
+                if connection.trim().is_empty() {
+                    p.push(Problem::new(
+                        format!("{prefix}.auth.connection"),
+                        "name the vault connection, e.g. connection = \"erp\"",
+                    ));
+                }
+            }
             Some(PushAuth::Header { name, value }) => {
                 refs.push(("auth.value", value));
                 if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
@@ -335,6 +353,8 @@ impl HttpSinkConfig {
                     headers.push((name.clone(), v));
                 }
             }
+            // Fetched per request from the vault (see `HttpSink::send`).
+            Some(PushAuth::Vault { .. }) => {}
         }
         let secret = self
             .signing_secret
@@ -402,6 +422,7 @@ pub struct HttpSink {
     url: Url,
     handle: tokio::runtime::Handle,
     auth_headers: Vec<(String, SecretString)>,
+    vault_auth: Option<Arc<crate::auth::VaultAuth>>,
     signing_key: Option<SecretString>,
     schema: Arc<Schema>,
     template: Option<Tpl>,
@@ -445,6 +466,17 @@ impl HttpSink {
         })?;
         let client =
             HttpClient::new(&cfg.http).map_err(|e| SinkError::new(&label, e.to_string()))?;
+        let vault_auth = match &cfg.auth {
+            Some(PushAuth::Vault { connection, vault }) => {
+                let path = crate::auth::vault::vault_path(vault.as_deref());
+                Some(Arc::new(crate::auth::VaultAuth::new(
+                    crate::auth::Vault::open(&path),
+                    connection,
+                    client.clone(),
+                )))
+            }
+            _ => None,
+        };
         let template = match &cfg.template {
             None => None,
             Some(t) => Some(
@@ -463,6 +495,7 @@ impl HttpSink {
             url,
             handle,
             auth_headers,
+            vault_auth,
             signing_key,
             schema,
             template,
@@ -656,7 +689,31 @@ impl HttpSink {
             secret: secret.clone(),
         });
         req.secret_headers = self.auth_headers.clone();
-        self.client.execute(&req).await
+        let Some(vault) = &self.vault_auth else {
+            return self.client.execute(&req).await;
+        };
+        // A token the receiver refuses is renewed once (it may have been
+        // rotated or revoked since it was cached), then the batch is retried.
+        let mut rejected: Option<SecretString> = None;
+        loop {
+            let token = vault
+                .access_token(rejected.as_ref(), false)
+                .await
+                .map_err(|e| HttpError::Invalid {
+                    url: self.url.to_string(),
+                    message: format!(
+                        "no access token from vault connection `{}`: {e}",
+                        vault.name()
+                    ),
+                })?;
+            req.bearer = Some(token.access.clone());
+            match self.client.execute(&req).await {
+                Err(HttpError::Unauthorized { .. }) if rejected.is_none() => {
+                    rejected = Some(token.access);
+                }
+                other => return other,
+            }
+        }
     }
 }
 
