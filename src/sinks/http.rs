@@ -281,14 +281,13 @@ impl HttpSinkConfig {
             None => {}
             Some(PushAuth::Bearer { token }) => refs.push(("auth.token", token)),
             Some(PushAuth::Basic { password, .. }) => refs.push(("auth.password", password)),
-            Some(PushAuth::Vault { connection, .. }) => {
-                if connection.trim().is_empty() {
-                    p.push(Problem::new(
-                        format!("{prefix}.auth.connection"),
-                        "name the vault connection, e.g. connection = \"erp\"",
-                    ));
-                }
+            Some(PushAuth::Vault { connection, .. }) if connection.trim().is_empty() => {
+                p.push(Problem::new(
+                    format!("{prefix}.auth.connection"),
+                    "name the vault connection, e.g. connection = \"erp\"",
+                ));
             }
+            Some(PushAuth::Vault { .. }) => {}
             Some(PushAuth::Header { name, value }) => {
                 refs.push(("auth.value", value));
                 if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
