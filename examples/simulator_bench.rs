@@ -1,15 +1,15 @@
-//! Size and speed of the simulator at 100k expenses. Ignored by default
-//! (debug builds are too slow to judge); run with
-//! `cargo test --release --test simulator_perf -- --ignored --nocapture`.
+//! Benchmark: how fast the simulator generates 100k expenses and serves
+//! keyset pages over them (a figure to read, not a test to pass):
+//!
+//!     cargo run --release --example simulator_bench
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use expense_sync::simulator::{SimConfig, Simulator};
 use serde_json::{Value, json};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "timing check; run in release"]
-async fn keyset_pages_over_100k_expenses_are_fast() {
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
     let t = Instant::now();
     let sim = Simulator::start(SimConfig {
         seed: 1,
@@ -87,15 +87,5 @@ async fn keyset_pages_over_100k_expenses_are_fast() {
         "median keyset page: {median:?}, max {:?}, {seen} records",
         times.last().unwrap()
     );
-    if !cfg!(debug_assertions) {
-        assert!(
-            generation < Duration::from_secs(3),
-            "generation took {generation:?}"
-        );
-        assert!(
-            median < Duration::from_millis(30),
-            "median page took {median:?}"
-        );
-    }
     sim.shutdown().await;
 }
