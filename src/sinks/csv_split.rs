@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use super::csv::{CsvSink, CsvSinkConfig, Layout};
 use super::csv_ledger::LedgerCsvSink;
-use super::{Companion, Sink, SinkContext, SinkError, SinkOutput, cell_text, label};
+use super::{Sink, SinkContext, SinkError, SinkOutput, cell_text, label};
 use crate::row::{Batch, Cell, Row, Schema};
 
 /// Files one run may write for one split sink (each holds an open file and a buffer).
@@ -54,13 +54,7 @@ impl SplitCsvSink {
     ) -> Result<Self, SinkError> {
         let label = label("csv", path);
         let name = config.split_by.clone().unwrap_or_default();
-        let column = schema
-            .columns
-            .iter()
-            .position(|c| c.name == name)
-            .ok_or_else(|| {
-                SinkError::new(&label, format!("split_by: there is no column `{name}`"))
-            })?;
+        let column = super::column_index(&schema, &name, "split_by", &label)?;
         Ok(Self {
             label,
             // Each group's file is an ordinary CSV sink at a path already chosen.
@@ -152,33 +146,7 @@ impl Sink for SplitCsvSink {
             Some(p) => p,
             None => self.open(EMPTY_GROUP)?,
         };
-        let mut main = match first.finish() {
-            Ok(o) => o,
-            Err(e) => {
-                parts.for_each(|p| p.abort());
-                return Err(e);
-            }
-        };
-        while let Some(part) = parts.next() {
-            match part.finish() {
-                Ok(o) => {
-                    let Some(staged) = o.staged else { continue };
-                    main.companions.push(Companion {
-                        kind: "csv",
-                        staged,
-                        rows: o.rows,
-                        bytes: o.bytes,
-                    });
-                    main.companions.extend(o.companions);
-                }
-                Err(e) => {
-                    main.discard();
-                    parts.for_each(|p| p.abort());
-                    return Err(e);
-                }
-            }
-        }
-        Ok(main)
+        super::finish_parts("csv", first, parts)
     }
 
     fn abort(mut self: Box<Self>) {

@@ -362,6 +362,54 @@ pub fn render_path(template: &str, ctx: &SinkContext) -> PathBuf {
 }
 
 /// The label used in errors, e.g. `csv sink out/x.csv`.
+/// Finishes the per-group parts of a split or partitioned sink as one output:
+/// the first part's file leads and every other file (with its own companions)
+/// rides along as a companion, so the runner commits all of them in one step,
+/// or none. A part that fails discards what finished and aborts the rest.
+fn finish_parts<S: Sink + ?Sized>(
+    kind: &'static str,
+    first: Box<S>,
+    mut rest: impl Iterator<Item = Box<S>>,
+) -> Result<SinkOutput, SinkError> {
+    let mut main = match first.finish() {
+        Ok(o) => o,
+        Err(e) => {
+            rest.for_each(|p| p.abort());
+            return Err(e);
+        }
+    };
+    while let Some(part) = rest.next() {
+        match part.finish() {
+            Ok(o) => {
+                if let Some(staged) = o.staged {
+                    main.companions.push(Companion {
+                        kind,
+                        staged,
+                        rows: o.rows,
+                        bytes: o.bytes,
+                    });
+                }
+                main.companions.extend(o.companions);
+            }
+            Err(e) => {
+                main.discard();
+                rest.for_each(|p| p.abort());
+                return Err(e);
+            }
+        }
+    }
+    Ok(main)
+}
+
+/// The index of column `name`, which setting `key` of the sink refers to.
+fn column_index(schema: &Schema, name: &str, key: &str, label: &str) -> Result<usize, SinkError> {
+    schema
+        .columns
+        .iter()
+        .position(|c| c.name == name)
+        .ok_or_else(|| SinkError::new(label, format!("{key}: there is no column `{name}`")))
+}
+
 fn label(kind: &str, path: &Path) -> String {
     format!("{kind} sink {}", path.display())
 }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::parquet::{Granularity, ParquetSink, ParquetSinkConfig};
-use super::{Companion, Sink, SinkContext, SinkError, SinkOutput, cell_text, label};
+use super::{Sink, SinkContext, SinkError, SinkOutput, cell_text, label};
 use crate::row::{Batch, Cell, ColumnType, Row, Schema};
 
 /// Partitions one run may write; each holds a row group in memory while open.
@@ -47,13 +47,7 @@ impl PartitionedParquetSink {
     ) -> Result<Self, SinkError> {
         let label = label("parquet", path);
         let name = config.partition_by.clone().unwrap_or_default();
-        let column = schema
-            .columns
-            .iter()
-            .position(|c| c.name == name)
-            .ok_or_else(|| {
-                SinkError::new(&label, format!("partition_by: there is no column `{name}`"))
-            })?;
+        let column = super::column_index(&schema, &name, "partition_by", &label)?;
         let temporal = matches!(
             schema.columns[column].ty,
             ColumnType::Date | ColumnType::Timestamp
@@ -186,33 +180,7 @@ impl Sink for PartitionedParquetSink {
             Some(p) => p,
             None => self.open(&self.file_for(None))?,
         };
-        let mut main = match first.finish() {
-            Ok(o) => o,
-            Err(e) => {
-                parts.for_each(|p| p.abort());
-                return Err(e);
-            }
-        };
-        while let Some(part) = parts.next() {
-            match part.finish() {
-                Ok(o) => {
-                    if let Some(staged) = o.staged {
-                        main.companions.push(Companion {
-                            kind: "parquet",
-                            staged,
-                            rows: o.rows,
-                            bytes: o.bytes,
-                        });
-                    }
-                }
-                Err(e) => {
-                    main.discard();
-                    parts.for_each(|p| p.abort());
-                    return Err(e);
-                }
-            }
-        }
-        Ok(main)
+        super::finish_parts("parquet", first, parts)
     }
 
     fn abort(mut self: Box<Self>) {
