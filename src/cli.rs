@@ -137,6 +137,18 @@ pub enum Command {
         /// Expenses changed per second in the background while clients page.
         #[arg(long, default_value_t = 0)]
         mutate_per_sec: u32,
+        /// Background changes come in bulk updates of this many expenses sharing one `updated_at`.
+        #[arg(long, default_value_t = 0)]
+        bulk_update_size: u32,
+        /// Text collation of the simulated database: `C` (byte order) or `en_US` (case-insensitive first).
+        #[arg(long, default_value = "C")]
+        collation: crate::simulator::Collation,
+        /// Probability (0–1) that a list page is cut short although more records match.
+        #[arg(long, default_value_t = 0.0)]
+        short_page_rate: f64,
+        /// Overstate every list `count` by this many records (a misbehaving server).
+        #[arg(long, default_value_t = 0)]
+        count_excess: u64,
         /// Also serve the test receiver for HTTP pushes on this port (see `pipelines/push-to-receiver.toml`).
         #[arg(long)]
         receiver_port: Option<u16>,
@@ -256,6 +268,10 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
             error_rate,
             latency,
             mutate_per_sec,
+            bulk_update_size,
+            collation,
+            short_page_rate,
+            count_excess,
             receiver_port,
             receiver_secret,
         } => {
@@ -268,8 +284,12 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
                     error_rate,
                     latency,
                     mutations_per_sec: mutate_per_sec,
+                    bulk_update_size,
+                    short_page_rate,
+                    count_excess,
                     ..Faults::default()
                 },
+                collation,
                 ..SimConfig::default()
             };
             let cluster_port = cluster_port.unwrap_or(port.saturating_add(1));

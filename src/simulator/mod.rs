@@ -38,6 +38,7 @@ use store::Store;
 pub use oauth::{REFRESH_TOKEN_TTL, SIM_PASSWORD, SIM_PUBLIC_CLIENT_ID, SIM_USERNAME};
 pub use query::{DEFAULT_LIMIT, MAX_LIMIT};
 pub use store::RESOURCES;
+pub use values::Collation;
 
 /// 401 body message for a missing, unknown, expired or revoked token (and a wrong refresh token).
 pub const MSG_INVALID_TOKEN: &str = "invalid token";
@@ -63,6 +64,8 @@ pub struct SimConfig {
     pub faults: Faults,
     /// The only credentials the accounts server accepts.
     pub credentials: SimCredentials,
+    /// Text collation of the simulated database, for `order=` and text comparisons alike.
+    pub collation: Collation,
 }
 
 impl Default for SimConfig {
@@ -74,6 +77,7 @@ impl Default for SimConfig {
             token_ttl: Duration::from_secs(3600),
             faults: Faults::default(),
             credentials: SimCredentials::default(),
+            collation: Collation::C,
         }
     }
 }
@@ -93,6 +97,14 @@ pub struct Faults {
     /// Expenses changed per second in the background (new `updated_at`, amount
     /// or state), as users edit data while clients page; 0 = off.
     pub mutations_per_sec: u32,
+    /// Background changes come as bulk updates of this many expenses sharing
+    /// one `updated_at` (a nightly job, an approval of a whole report); 0 or 1 = one at a time.
+    pub bulk_update_size: u32,
+    /// Probability that a list page is cut short (fewer rows than `limit`
+    /// although more match), as APIs that cap pages by bytes or time do.
+    pub short_page_rate: f64,
+    /// Added to every list `count`: the server promises records it never returns.
+    pub count_excess: u64,
 }
 
 /// Client credentials of the simulated internal app.
@@ -191,10 +203,14 @@ impl Simulator {
         let cluster = TcpListener::bind(("127.0.0.1", cluster_port)).await?;
         let accounts_url = format!("http://127.0.0.1:{}", accounts.local_addr()?.port());
         let cluster_url = format!("http://127.0.0.1:{}", cluster.local_addr()?.port());
-        let (seed, n) = (cfg.seed, cfg.expenses);
-        let store = tokio::task::spawn_blocking(move || Store::new(seed, n))
-            .await
-            .map_err(std::io::Error::other)?;
+        let (seed, n, collation) = (cfg.seed, cfg.expenses, cfg.collation);
+        let store = tokio::task::spawn_blocking(move || {
+            let mut s = Store::new(seed, n);
+            s.collation = collation;
+            s
+        })
+        .await
+        .map_err(std::io::Error::other)?;
         let shared = Arc::new(Shared {
             store: RwLock::new(store),
             credentials: cfg.credentials,
@@ -350,6 +366,17 @@ impl Simulator {
         Arc::new(move |token: &str| shared.tokens.lock().expect("tokens").valid(token))
     }
 
+    /// Changes `n` random expenses in one bulk update: like [`Simulator::mutate`]
+    /// but all of them get the same new `updated_at`.
+    pub fn bulk_update(&self, n: usize) {
+        self.inner
+            .shared
+            .store
+            .write()
+            .expect("store")
+            .bulk_update(n);
+    }
+
     /// Expenses as they were at instant `at` (what a client could have seen
     /// then), sorted by id; other resources do not change.
     pub fn expenses_as_of(&self, at: chrono::DateTime<chrono::Utc>) -> Vec<serde_json::Value> {
@@ -385,12 +412,22 @@ async fn mutate_in_background(shared: Arc<Shared>, mut stop: watch::Receiver<boo
             _ = tokio::time::sleep(step) => {}
             _ = stop.changed() => return,
         }
-        let rate = shared.faults.lock().expect("faults").mutations_per_sec;
+        let (rate, bulk) = {
+            let f = shared.faults.lock().expect("faults");
+            (f.mutations_per_sec, f.bulk_update_size as usize)
+        };
         if rate == 0 {
             owed = 0.0;
             continue;
         }
         owed += f64::from(rate) * step.as_secs_f64();
+        if bulk > 1 {
+            while owed >= bulk as f64 {
+                owed -= bulk as f64;
+                shared.store.write().expect("store").bulk_update(bulk);
+            }
+            continue;
+        }
         let n = owed.floor() as usize;
         if n > 0 {
             owed -= n as f64;

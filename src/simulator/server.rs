@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use super::rng::Rng;
-use super::store::{Listed, Store, WriteBackError};
+use super::store::{ListQuirks, Listed, Store, WriteBackError};
 use super::{
     DEMO_AUTHORIZATION_CODE, Faults, LoggedRequest, MSG_INVALID_CLIENT, MSG_INVALID_TOKEN,
     MSG_RATE_LIMITED, SimCredentials,
@@ -496,11 +496,16 @@ impl Shared {
         if req.method() != Method::GET {
             return method_not_allowed();
         }
+        let quirks = self.list_quirks();
         let shared = Arc::clone(self);
         let (resource, query) = (resource.to_owned(), query.to_owned());
         // Filtering 100k rows is CPU work; keep it off the async workers.
         let listed = tokio::task::spawn_blocking(move || {
-            shared.store.read().expect("store").list(&resource, &query)
+            shared
+                .store
+                .read()
+                .expect("store")
+                .list(&resource, &query, quirks)
         })
         .await
         .unwrap_or_else(|_| Listed::Invalid("internal error".into()));
@@ -513,6 +518,25 @@ impl Shared {
 }
 
 impl Shared {
+    /// Draws this request's page quirks from the active faults.
+    fn list_quirks(&self) -> ListQuirks {
+        let (rate, count_excess) = {
+            let f = self.faults.lock().expect("faults");
+            (f.short_page_rate, f.count_excess)
+        };
+        let mut quirks = ListQuirks {
+            count_excess,
+            ..ListQuirks::default()
+        };
+        if rate > 0.0 {
+            let mut rng = self.fault_rng.lock().expect("fault rng");
+            if rng.chance(rate) {
+                quirks.short = Some(rng.below(u64::MAX));
+            }
+        }
+        quirks
+    }
+
     async fn export_summary_bulk(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let body = match Limited::new(req.into_body(), 16 * 1024 * 1024)
             .collect()
