@@ -149,6 +149,9 @@ pub enum Command {
         /// Overstate every list `count` by this many records (a misbehaving server).
         #[arg(long, default_value_t = 0)]
         count_excess: u64,
+        /// Mishandle clients' `and=`/`or=` seek filters: none, repeat-boundary or ignore.
+        #[arg(long, default_value = "none")]
+        seek_fault: crate::simulator::SeekFault,
         /// Also serve the test receiver for HTTP pushes on this port (see `pipelines/push-to-receiver.toml`).
         #[arg(long)]
         receiver_port: Option<u16>,
@@ -272,6 +275,7 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
             collation,
             short_page_rate,
             count_excess,
+            seek_fault,
             receiver_port,
             receiver_secret,
         } => {
@@ -287,6 +291,7 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
                     bulk_update_size,
                     short_page_rate,
                     count_excess,
+                    seek_fault,
                     ..Faults::default()
                 },
                 collation,

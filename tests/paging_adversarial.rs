@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use expense_sync::simulator::{Collation, Faults, SimConfig, Simulator};
+use expense_sync::simulator::{Collation, Faults, SeekFault, SimConfig, Simulator};
 
 async fn sim_with(expenses: usize, seed: u64, collation: Collation) -> Simulator {
     Simulator::start(SimConfig {
@@ -268,5 +268,55 @@ async fn seek_conditions_carry_unquoted_timestamps_and_ids() {
         );
     }
     assert_eq!(exported_ids(out.path(), "unquoted"), truth_ids(&sim));
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_repeating_the_boundary_record_delivers_each_record_once() {
+    let sim = sim_with(1200, 96, Collation::EnUs).await;
+    sim.set_faults(Faults {
+        seek_fault: SeekFault::RepeatBoundary,
+        ..Faults::default()
+    });
+    let out = tempfile::tempdir().unwrap();
+    let text = pipeline_text(
+        &sim,
+        "repeat",
+        "page_size = 50\nconcurrency = 2",
+        "requests_per_second = 1000",
+    );
+    let (_, outcome) = run_text(&sim, &text, out.path()).await;
+    assert!(outcome.error.is_none(), "{:?}", outcome.error);
+    assert_eq!(exported_ids(out.path(), "repeat"), truth_ids(&sim));
+    assert!(
+        outcome.summary.duplicates_skipped > 0,
+        "the repeated boundary records were seen and dropped"
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_ignoring_the_seek_filter_fails_loudly() {
+    let sim = sim_with(400, 97, Collation::C).await;
+    sim.set_faults(Faults {
+        seek_fault: SeekFault::Ignore,
+        ..Faults::default()
+    });
+    let out = tempfile::tempdir().unwrap();
+    let text = pipeline_text(
+        &sim,
+        "stuck",
+        "page_size = 50",
+        "requests_per_second = 1000",
+    );
+    let (_, outcome) = run_text(&sim, &text, out.path()).await;
+    let err = outcome
+        .error
+        .as_ref()
+        .expect("a seek that does not advance must fail the run")
+        .to_string();
+    assert!(err.contains("seek filter"), "{err}");
+    assert_eq!(outcome.exit_code() as i32, 4, "{err}");
+    assert!(!out.path().join("stuck.csv").exists());
     sim.shutdown().await;
 }

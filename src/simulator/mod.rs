@@ -105,6 +105,35 @@ pub struct Faults {
     pub short_page_rate: f64,
     /// Added to every list `count`: the server promises records it never returns.
     pub count_excess: u64,
+    /// How the server mishandles `and=(…)`/`or=(…)` filters, i.e. a client's seek condition.
+    pub seek_fault: SeekFault,
+}
+
+/// A server bug in the logic-group filters a keyset pager seeks with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SeekFault {
+    /// Filters work as documented.
+    #[default]
+    None,
+    /// `id.gt.X` inside a group acts as `id.gte.X`: the boundary record comes again.
+    RepeatBoundary,
+    /// `and=`/`or=` are ignored: every page starts from the beginning again.
+    Ignore,
+}
+
+impl std::str::FromStr for SeekFault {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(SeekFault::None),
+            "repeat-boundary" => Ok(SeekFault::RepeatBoundary),
+            "ignore" => Ok(SeekFault::Ignore),
+            _ => Err(format!(
+                "unknown seek fault \"{s}\": use none, repeat-boundary or ignore"
+            )),
+        }
+    }
 }
 
 /// Client credentials of the simulated internal app.

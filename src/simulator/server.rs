@@ -520,12 +520,13 @@ impl Shared {
 impl Shared {
     /// Draws this request's page quirks from the active faults.
     fn list_quirks(&self) -> ListQuirks {
-        let (rate, count_excess) = {
+        let (rate, count_excess, seek) = {
             let f = self.faults.lock().expect("faults");
-            (f.short_page_rate, f.count_excess)
+            (f.short_page_rate, f.count_excess, f.seek_fault)
         };
         let mut quirks = ListQuirks {
             count_excess,
+            seek,
             ..ListQuirks::default()
         };
         if rate > 0.0 {

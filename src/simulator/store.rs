@@ -8,6 +8,7 @@ use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde_json::Value;
 
+use super::SeekFault;
 use super::generate::{self, BULK_UPDATED_AT, Generated};
 use super::model::{
     CatKind, Ctx, EXPENSE_COLUMNS, EXPORT_ERROR_TYPES, EXPORT_STATES, Expense, ExportSummary,
@@ -169,6 +170,27 @@ pub(crate) struct ListQuirks {
     pub(crate) short: Option<u64>,
     /// Added to `count`: a server whose count promises records it never returns.
     pub(crate) count_excess: u64,
+    pub(crate) seek: SeekFault,
+}
+
+/// The query a server with `seek` bug actually runs for `raw`.
+fn apply_seek_fault(raw: &str, seek: SeekFault) -> std::borrow::Cow<'_, str> {
+    if seek == SeekFault::None {
+        return raw.into();
+    }
+    let mut out = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in url::form_urlencoded::parse(raw.as_bytes()) {
+        match (seek, k.as_ref()) {
+            (SeekFault::Ignore, "and" | "or") => {}
+            (SeekFault::RepeatBoundary, "and" | "or") => {
+                out.append_pair(&k, &v.replace(",id.gt.", ",id.gte."));
+            }
+            _ => {
+                out.append_pair(&k, &v);
+            }
+        }
+    }
+    out.finish().into()
 }
 
 /// Replaced versions kept for `expenses_as_of`; a long `simulate` session with
@@ -293,7 +315,7 @@ impl Store {
         raw: &str,
         quirks: ListQuirks,
     ) -> Result<Vec<u8>, String> {
-        let q = query::parse_query(raw, t)?;
+        let q = query::parse_query(&apply_seek_fault(raw, quirks.seek), t)?;
         let perm = self.sorted(key, t, &q);
         let (count, mut page) = query::run(t, &q, &perm, self.collation)?;
         if let Some(n) = quirks.short
@@ -816,6 +838,7 @@ mod tests {
             ListQuirks {
                 short: Some(6),
                 count_excess: 3,
+                seek: SeekFault::None,
             },
         ) {
             Listed::Body(b) => serde_json::from_slice::<Value>(&b).unwrap(),
