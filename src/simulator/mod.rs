@@ -414,11 +414,13 @@ pub async fn run_until_ctrl_c(
     println!("  accounts server: {}", sim.accounts_url());
     println!("  cluster server:  {}", sim.cluster_url());
     println!();
-    println!("Demo credentials for this local simulator:");
-    println!("FYLE_ACCOUNTS_URL={}", sim.accounts_url());
-    println!("FYLE_CLIENT_ID={}", c.client_id);
-    println!("FYLE_CLIENT_SECRET={}", c.client_secret);
-    println!("FYLE_REFRESH_TOKEN={}", c.refresh_token);
+    // Lines a shell can run as printed; FYLE_ACCOUNTS_URL overrides any
+    // pipeline's connection.accounts_url, so every port works.
+    println!("Demo credentials for this local simulator (paste into your shell):");
+    println!("export FYLE_ACCOUNTS_URL={}", sim.accounts_url());
+    println!("export FYLE_CLIENT_ID={}", c.client_id);
+    println!("export FYLE_CLIENT_SECRET={}", c.client_secret);
+    println!("export FYLE_REFRESH_TOKEN={}", c.refresh_token);
     println!();
     println!(
         "OAuth 2.0 apps (auth add/login): authorize at {}/app/developers/oauth/authorize",
