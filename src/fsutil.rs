@@ -131,36 +131,6 @@ pub fn annotate(err: io::Error, path: &Path, what: &str) -> io::Error {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn staged_file_is_invisible_until_commit() {
-        use std::io::Write;
-        let dir = tempfile::tempdir().unwrap();
-        let final_path = dir.path().join("sub/out.csv");
-        let (staged, mut f) = StagedFile::create(&final_path, "r1").unwrap();
-        f.write_all(b"a,b\n").unwrap();
-        sync_file(&f, &staged.temp_path).unwrap();
-        assert!(!final_path.exists());
-        staged.commit().unwrap();
-        assert_eq!(fs::read(&final_path).unwrap(), b"a,b\n");
-        assert!(!staged.temp_path.exists());
-    }
-
-    #[test]
-    fn write_atomic_replaces_existing_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("x.json");
-        write_atomic(&p, b"one", "a").unwrap();
-        write_atomic(&p, b"two", "b").unwrap();
-        assert_eq!(fs::read(&p).unwrap(), b"two");
-        let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
-        assert_eq!(leftovers.len(), 1);
-    }
-}
-
 /// Creates `dir` if needed and proves a file can be created in it (a probe
 /// file is written and removed), so an unwritable output directory is found
 /// before a run fetches anything.
@@ -202,4 +172,34 @@ fn probe(dir: &Path) -> io::Result<()> {
         .create_new(true)
         .open(&path)?;
     fs::remove_file(&path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staged_file_is_invisible_until_commit() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let final_path = dir.path().join("sub/out.csv");
+        let (staged, mut f) = StagedFile::create(&final_path, "r1").unwrap();
+        f.write_all(b"a,b\n").unwrap();
+        sync_file(&f, &staged.temp_path).unwrap();
+        assert!(!final_path.exists());
+        staged.commit().unwrap();
+        assert_eq!(fs::read(&final_path).unwrap(), b"a,b\n");
+        assert!(!staged.temp_path.exists());
+    }
+
+    #[test]
+    fn write_atomic_replaces_existing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.json");
+        write_atomic(&p, b"one", "a").unwrap();
+        write_atomic(&p, b"two", "b").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1);
+    }
 }

@@ -333,3 +333,30 @@ async fn exit_8_when_the_state_file_is_unreadable() {
     );
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_10_when_the_run_committed_but_write_back_failed() {
+    let sim = simulator(20, 19, None).await;
+    sim.set_faults(expense_sync::simulator::Faults {
+        writeback_status: Some(403),
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let text_in = pipeline_at(&sim.accounts_url(), "wbfail")
+        + "\n[writeback]\nurl = \"https://erp.example.com/{id}\"\n";
+    let (_, outcome) = run_text(&sim, &text_in, dir.path()).await;
+    assert_eq!(
+        outcome.exit_code(),
+        expense_sync::ExitCode::WriteBack,
+        "{:?}",
+        outcome.error
+    );
+    assert_eq!(outcome.summary.exit_code, 10);
+    assert_eq!(
+        outcome.summary.records_out, 20,
+        "the export itself committed"
+    );
+    let failed = outcome.summary.writeback.clone().unwrap().failed.unwrap();
+    assert!(failed.contains("403"), "{failed}");
+    sim.shutdown().await;
+}

@@ -93,6 +93,9 @@ pub struct Faults {
     /// Expenses changed per second in the background (new `updated_at`, amount
     /// or state), as users edit data while clients page; 0 = off.
     pub mutations_per_sec: u32,
+    /// Write-back calls (`accounting_export_summary/bulk`) answer this status
+    /// with a Fyle error body instead of recording anything; `None` = off.
+    pub writeback_status: Option<u16>,
 }
 
 /// Client credentials of the simulated internal app.
