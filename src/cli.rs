@@ -223,6 +223,15 @@ fn report_error(message: &str, code: ExitCode) {
     }
 }
 
+/// A failed `check` step on stderr: `FAIL …`, or a JSON line in `--log-format json`.
+fn check_failed(message: &str, code: ExitCode) {
+    if JSON_LINES.load(Ordering::Relaxed) {
+        report_error(message, code);
+    } else {
+        eprintln!("FAIL {message}");
+    }
+}
+
 /// A line for people on stderr (demo report, warnings): plain text, a JSON
 /// line in `--log-format json`, nothing with `-q`.
 fn say(message: &str) {
@@ -484,7 +493,10 @@ async fn check(path: &Path, offline: bool, vault: Option<PathBuf>) -> Result<Exi
     }
     let output_dir = &p.spec.pipeline.output_dir;
     if let Err(e) = crate::fsutil::check_writable_dir(output_dir) {
-        eprintln!("FAIL {}", pipeline::unwritable_output_dir(output_dir, &e));
+        check_failed(
+            &pipeline::unwritable_output_dir(output_dir, &e),
+            ExitCode::Sink,
+        );
         return Ok(ExitCode::Sink);
     }
     println!("ok   output directory {} is writable", output_dir.display());
@@ -552,10 +564,13 @@ async fn check_connection(p: &Pipeline, session: FyleSession) -> Result<ExitCode
         .iter()
         .any(|r| *r == needed || (needed == "SPENDER" && r == "FYLER"));
     if !has_role {
-        eprintln!(
-            "FAIL source.role is `{}` but {email} has roles [{}]; use a user with that role or change source.role",
-            src.role,
-            roles.join(", ")
+        check_failed(
+            &format!(
+                "source.role is `{}` but {email} has roles [{}]; use a user with that role or change source.role",
+                src.role,
+                roles.join(", ")
+            ),
+            ExitCode::Auth,
         );
         return Ok(ExitCode::Auth);
     }
