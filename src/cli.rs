@@ -2,10 +2,11 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 use secrecy::SecretString;
 
 use crate::auth::{FyleCredentials, FyleSession};
@@ -24,11 +25,17 @@ pub const DEMO_PIPELINE: &str = include_str!("../pipelines/demo.toml");
 #[derive(Debug, Parser)]
 #[command(name = "expense-sync", version, about, long_about = None)]
 pub struct Cli {
-    /// Log detail for expense-sync's own messages (error, warn, info, debug, trace).
+    /// Log detail for expense-sync's own messages.
     /// EXPENSE_SYNC_LOG, if set, is used instead as a full tracing filter.
-    #[arg(long, global = true, default_value = "info")]
-    pub log_level: String,
-    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "info")]
+    pub log_level: LogLevel,
+    /// Only errors on stderr (same as --log-level error; also hides the demo's report).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// More detail: -v for debug, -vv for trace (overrides --log-level).
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+    /// Log line format on stderr; `json` also writes the final error and the demo's report as JSON lines.
     #[arg(long, global = true, value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// Credential vault file (default: $XDG_CONFIG_HOME/expense-sync/vault.json).
@@ -37,6 +44,33 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Log levels for expense-sync's own messages.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogLevel {
+    /// Failures only.
+    Error,
+    /// Failures and retries.
+    Warn,
+    /// Progress of a run.
+    Info,
+    /// Every request and response status.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
 }
 
 /// Log formats.
@@ -166,6 +200,11 @@ pub enum Command {
     },
 }
 
+/// Whether stderr lines are JSON (`--log-format json`).
+static JSON_LINES: AtomicBool = AtomicBool::new(false);
+/// Whether `-q` asked for errors only.
+static QUIET: AtomicBool = AtomicBool::new(false);
+
 /// Parses the command line, runs the command and returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
@@ -173,7 +212,10 @@ pub fn main() -> i32 {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            report_error(
+                &format!("cannot start the async runtime: {e}"),
+                ExitCode::Internal,
+            );
             return ExitCode::Internal.code();
         }
     };
@@ -181,30 +223,75 @@ pub fn main() -> i32 {
     match result {
         Ok(code) => code.code(),
         Err(e) => {
-            eprintln!("error: {e}");
+            report_error(&e.to_string(), e.exit_code());
             e.exit_code().code()
         }
     }
 }
 
+/// The final error on stderr: `error: …`, or a JSON line in `--log-format json`.
+fn report_error(message: &str, code: ExitCode) {
+    if JSON_LINES.load(Ordering::Relaxed) {
+        tracing::error!(exit_code = code.code(), "{message}");
+    } else {
+        eprintln!("error: {message}");
+    }
+}
+
+/// A failed `check` step on stderr: `FAIL …`, or a JSON line in `--log-format json`.
+fn check_failed(message: &str, code: ExitCode) {
+    if JSON_LINES.load(Ordering::Relaxed) {
+        report_error(message, code);
+    } else {
+        eprintln!("FAIL {message}");
+    }
+}
+
+/// A line for people on stderr (demo report, warnings): plain text, a JSON
+/// line in `--log-format json`, nothing with `-q`.
+fn say(message: &str) {
+    if QUIET.load(Ordering::Relaxed) {
+    } else if JSON_LINES.load(Ordering::Relaxed) {
+        tracing::info!("{message}");
+    } else {
+        eprintln!("{message}");
+    }
+}
+
+/// Colours only on a terminal, and never when `NO_COLOR` is set to anything
+/// but the empty string (<https://no-color.org>).
+fn use_colour(is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 fn init_logging(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
+    let json = matches!(cli.log_format, LogFormat::Json);
+    JSON_LINES.store(json, Ordering::Relaxed);
+    QUIET.store(cli.quiet, Ordering::Relaxed);
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => LogLevel::Error,
+        (false, 0) => cli.log_level,
+        (false, 1) => LogLevel::Debug,
+        (false, _) => LogLevel::Trace,
+    };
     // Other crates stay at warn unless the user asks for them explicitly:
     // their trace output is not written with secrets in mind.
     let filter = std::env::var("EXPENSE_SYNC_LOG")
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| {
-            EnvFilter::try_new(format!("warn,expense_sync={}", cli.log_level))
-                .unwrap_or_else(|_| EnvFilter::new("warn,expense_sync=info"))
-        });
+        .unwrap_or_else(|| EnvFilter::new(format!("warn,expense_sync={}", level.as_str())));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    let _ = match cli.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        .with_ansi(use_colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ));
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
     };
 }
 
@@ -226,7 +313,10 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
             } else {
                 RunMode::Auto
             };
-            let p = config::load(&pipeline)?;
+            let p = match config::load(&pipeline) {
+                Ok(p) => p,
+                Err(e) => return report_unloadable(&pipeline, e, summary.as_deref()),
+            };
             let http = HttpClient::new(&p.spec.http).map_err(|e| Error::Internal(e.to_string()))?;
             let opts = RunOptions {
                 output_dir,
@@ -297,7 +387,9 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
                 collation,
                 ..SimConfig::default()
             };
-            let cluster_port = cluster_port.unwrap_or(port.saturating_add(1));
+            // Port 0 asks the OS for a free port: the cluster gets its own free one.
+            let cluster_port =
+                cluster_port.unwrap_or(if port == 0 { 0 } else { port.saturating_add(1) });
             let receiver = match receiver_port {
                 None => None,
                 Some(rp) => {
@@ -350,15 +442,45 @@ fn report_run(outcome: &RunOutcome, summary_file: Option<&Path>) -> Result<ExitC
             .map_err(|e| Error::Sink(format!("cannot write the run summary: {e}")))?;
     }
     if let Some(e) = &outcome.error {
-        eprintln!("error: {e}");
+        report_error(&e.to_string(), e.exit_code());
     } else if let Some(q) = &outcome.summary.quarantine_file {
-        eprintln!(
-            "warning: {} record(s) could not be exported and were quarantined with their reasons in {}",
+        let message = format!(
+            "{} record(s) could not be exported and were quarantined with their reasons in {}",
             outcome.summary.quarantined,
             q.display()
         );
+        if JSON_LINES.load(Ordering::Relaxed) {
+            tracing::warn!("{message}");
+        } else {
+            eprintln!("warning: {message}");
+        }
     }
     Ok(outcome.exit_code())
+}
+
+/// A pipeline file that cannot be loaded still gets a run summary, so a
+/// scheduler reading stdout sees every failure the same way.
+fn report_unloadable(
+    file: &Path,
+    error: config::ConfigError,
+    summary_file: Option<&Path>,
+) -> Result<ExitCode, Error> {
+    let started_at = Utc::now();
+    let name = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let run_id = format!("{}-0000", started_at.format("%Y%m%dT%H%M%SZ"));
+    let mut summary = pipeline::RunSummary::new(&name, &run_id, started_at);
+    let error = Error::Config(error);
+    summary.status = pipeline::RunStatus::Failed;
+    summary.exit_code = error.exit_code().code();
+    summary.error = Some(error.to_string());
+    let outcome = RunOutcome {
+        summary,
+        error: Some(error),
+    };
+    report_run(&outcome, summary_file)
 }
 
 async fn check(path: &Path, offline: bool, vault: Option<PathBuf>) -> Result<ExitCode, Error> {
@@ -367,7 +489,45 @@ async fn check(path: &Path, offline: bool, vault: Option<PathBuf>) -> Result<Exi
     if offline {
         return Ok(ExitCode::Ok);
     }
-    let http = HttpClient::new(&p.spec.http).map_err(|e| Error::Internal(e.to_string()))?;
+    let sink_problems: Vec<config::Problem> = p
+        .spec
+        .sinks
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| s.resolve_secrets(&format!("sinks[{i}]")))
+        .collect();
+    let connection_problems = match &p.spec.connection.vault {
+        Some(_) => Vec::new(),
+        None => p
+            .spec
+            .connection
+            .resolve("connection")
+            .err()
+            .unwrap_or_default(),
+    };
+    let problems: Vec<_> = connection_problems
+        .into_iter()
+        .chain(sink_problems)
+        .collect();
+    if !problems.is_empty() {
+        return Err(config::ConfigError {
+            file: path.to_path_buf(),
+            problems,
+        }
+        .into());
+    }
+    let output_dir = &p.spec.pipeline.output_dir;
+    if let Err(e) = crate::fsutil::check_writable_dir(output_dir) {
+        check_failed(
+            &pipeline::unwritable_output_dir(output_dir, &e),
+            ExitCode::Sink,
+        );
+        return Ok(ExitCode::Sink);
+    }
+    println!("ok   output directory {} is writable", output_dir.display());
+    // Short timeouts and few retries: check answers within seconds.
+    let http =
+        HttpClient::new(&p.spec.http.for_check()).map_err(|e| Error::Internal(e.to_string()))?;
     let session = match &p.spec.connection.vault {
         Some(name) => {
             let v = crate::auth::Vault::open(&crate::auth::vault::vault_path(vault.as_deref()));
@@ -429,10 +589,13 @@ async fn check_connection(p: &Pipeline, session: FyleSession) -> Result<ExitCode
         .iter()
         .any(|r| *r == needed || (needed == "SPENDER" && r == "FYLER"));
     if !has_role {
-        eprintln!(
-            "FAIL source.role is `{}` but {email} has roles [{}]; use a user with that role or change source.role",
-            src.role,
-            roles.join(", ")
+        check_failed(
+            &format!(
+                "source.role is `{}` but {email} has roles [{}]; use a user with that role or change source.role",
+                src.role,
+                roles.join(", ")
+            ),
+            ExitCode::Auth,
         );
         return Ok(ExitCode::Auth);
     }
@@ -471,10 +634,10 @@ async fn demo(
     })
     .await
     .map_err(|e| Error::Internal(format!("cannot start the simulator: {e}")))?;
-    eprintln!(
+    say(&format!(
         "simulator: {expenses} expenses (seed {seed}) at {} — local only, no credentials, no network",
         sim.accounts_url()
-    );
+    ));
     let c = sim.credentials();
     let creds = FyleCredentials {
         accounts_url: url::Url::parse(&sim.accounts_url())
@@ -496,26 +659,30 @@ async fn demo(
         return Err(e);
     }
     let s = &outcome.summary;
-    eprintln!(
-        "\nexported {} of {} records in {:.1}s ({} requests, {} retries, {} throttled)",
+    say(&format!(
+        "exported {} of {} records in {:.1}s ({} requests, {} retries, {} throttled)",
         s.records_out,
         s.records_in,
         s.duration_ms as f64 / 1000.0,
         s.http.requests,
         s.http.retries,
         s.http.throttled_429
-    );
+    ));
     for o in &s.outputs {
-        eprintln!(
+        say(&format!(
             "  {:<8} {} ({} rows, {} bytes)",
             o.kind,
             o.path.display(),
             o.rows,
             o.bytes
-        );
+        ));
     }
     if let Some(q) = &s.quarantine_file {
-        eprintln!("  quarantined {} record(s): {}", s.quarantined, q.display());
+        say(&format!(
+            "  quarantined {} record(s): {}",
+            s.quarantined,
+            q.display()
+        ));
     }
     Ok(outcome_code(s.quarantined))
 }
@@ -536,4 +703,17 @@ fn parse_instant(s: &str) -> Result<DateTime<Utc>, String> {
     NaiveDate::parse_from_str(s, "%Y-%m-%d")
         .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc())
         .map_err(|_| format!("`{s}` is not a time; write 2024-03-01T00:00:00Z or 2024-03-01"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(use_colour(true, None));
+        assert!(use_colour(true, Some("".into())));
+        assert!(!use_colour(true, Some("1".into())));
+        assert!(!use_colour(false, None));
+    }
 }

@@ -131,6 +131,49 @@ pub fn annotate(err: io::Error, path: &Path, what: &str) -> io::Error {
     )
 }
 
+/// Creates `dir` if needed and proves a file can be created in it (a probe
+/// file is written and removed), so an unwritable output directory is found
+/// before a run fetches anything.
+pub fn ensure_writable_dir(dir: &Path) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    probe(dir)
+}
+
+/// Like [`ensure_writable_dir`] but creates nothing: the nearest existing
+/// ancestor of `dir` must be a directory that accepts new files.
+pub fn check_writable_dir(dir: &Path) -> io::Result<()> {
+    let mut at = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    loop {
+        match fs::metadata(at) {
+            Ok(m) if m.is_dir() => return probe(at),
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotADirectory,
+                    format!("{} is a file, not a directory", at.display()),
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match at.parent() {
+                Some(p) if !p.as_os_str().is_empty() => at = p,
+                _ => at = Path::new("."),
+            },
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn probe(dir: &Path) -> io::Result<()> {
+    let path = dir.join(format!(".expense-sync-write-test-{}", std::process::id()));
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    fs::remove_file(&path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,9 @@
 //! The shared client: rate limiter → request with timeout → classify → retry.
 
+use std::collections::HashSet;
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -223,7 +224,14 @@ struct Inner {
     limiter: DefaultDirectRateLimiter,
     config: HttpConfig,
     stats: HttpStats,
+    /// Hosts (`host:port`) that have sent at least one HTTP response: a
+    /// refused connection to one of them is a restart, worth full retries.
+    answered: Mutex<HashSet<String>>,
 }
+
+/// Attempts made when a host that never answered refuses the connection or
+/// its name does not resolve: a typo in a URL, not a passing fault.
+const UNREACHABLE_ATTEMPTS: u32 = 2;
 
 /// The process-wide HTTP client. Cheap to clone; clones share the limiter and counters.
 #[derive(Clone)]
@@ -249,7 +257,56 @@ enum Attempt {
     Retry {
         reason: String,
         wait: Option<Duration>,
+        /// The host never answered and cannot be reached (refused, unknown
+        /// name): retried only briefly.
+        unreachable: bool,
     },
+}
+
+/// The backoff delays for one request: exponential with jitter, each at most `max_backoff`.
+fn backoff(cfg: &HttpConfig) -> impl Iterator<Item = Duration> + use<> {
+    let max = cfg.max_backoff;
+    // backon adds the jitter after applying its cap, so cap again.
+    ExponentialBuilder::default()
+        .with_min_delay(cfg.initial_backoff)
+        .with_max_delay(cfg.max_backoff)
+        .with_jitter()
+        .with_max_times(cfg.max_retries as usize)
+        .build()
+        .map(move |d| d.min(max))
+}
+
+/// `host:port` of `url`, the unit a connection goes to.
+fn authority(url: &Url) -> String {
+    format!(
+        "{}:{}",
+        url.host_str().unwrap_or_default(),
+        url.port_or_known_default().unwrap_or_default()
+    )
+}
+
+/// Whether a transport failure means the server cannot be reached at all:
+/// the connection was refused or the host name does not resolve.
+fn is_unreachable(e: &reqwest::Error) -> bool {
+    if !e.is_connect() {
+        return false;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        if let Some(io) = inner.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        // hyper-util names resolver failures "dns error"; the OS adds
+        // "failed to lookup address information".
+        let text = inner.to_string();
+        if text.starts_with("dns error") || text.contains("failed to lookup address") {
+            return true;
+        }
+        source = inner.source();
+    }
+    false
 }
 
 impl HttpClient {
@@ -276,6 +333,7 @@ impl HttpClient {
                 limiter: RateLimiter::direct(quota),
                 config: config.clone(),
                 stats: HttpStats::default(),
+                answered: Mutex::new(HashSet::new()),
             }),
         })
     }
@@ -301,12 +359,7 @@ impl HttpClient {
     /// connection failures with exponential backoff and jitter.
     pub async fn execute(&self, req: &Request) -> Result<Response, HttpError> {
         let cfg = &self.inner.config;
-        let mut backoff = ExponentialBuilder::default()
-            .with_min_delay(cfg.initial_backoff)
-            .with_max_delay(cfg.max_backoff)
-            .with_jitter()
-            .with_max_times(cfg.max_retries as usize)
-            .build();
+        let mut backoff = backoff(cfg);
         let started = Instant::now();
         let mut attempts = 0u32;
         loop {
@@ -317,8 +370,21 @@ impl HttpClient {
             match self.attempt(req, attempts).await {
                 Attempt::Done(resp) => return Ok(resp),
                 Attempt::Fatal(err) => return Err(err),
-                Attempt::Retry { reason, wait } => {
-                    let Some(delay) = backoff.next() else {
+                Attempt::Retry {
+                    reason,
+                    wait,
+                    unreachable,
+                } => {
+                    let next = backoff.next();
+                    let next = if unreachable && attempts >= UNREACHABLE_ATTEMPTS {
+                        None
+                    } else if unreachable {
+                        // One quick second try, in case of a blip.
+                        next.map(|d| d.min(cfg.initial_backoff))
+                    } else {
+                        next
+                    };
+                    let Some(delay) = next else {
                         return Err(HttpError::RetriesExhausted {
                             method: req.method.to_string(),
                             url: req.display_url(),
@@ -401,13 +467,26 @@ impl HttpClient {
                     .stats
                     .transport_errors
                     .fetch_add(1, Ordering::Relaxed);
+                let unreachable = is_unreachable(&e)
+                    && !self
+                        .inner
+                        .answered
+                        .lock()
+                        .expect("not poisoned")
+                        .contains(&authority(&req.url));
                 return Attempt::Retry {
                     reason: describe_transport(&e),
                     wait: None,
+                    unreachable,
                 };
             }
         };
         let status = resp.status().as_u16();
+        self.inner
+            .answered
+            .lock()
+            .expect("not poisoned")
+            .insert(authority(&req.url));
         let headers = resp.headers().clone();
         let body = match resp.bytes().await {
             Ok(b) => b,
@@ -422,6 +501,7 @@ impl HttpClient {
                         describe_transport(&e)
                     ),
                     wait: None,
+                    unreachable: false,
                 };
             }
         };
@@ -460,6 +540,7 @@ impl HttpClient {
                                 "HTTP {status} with a body that is not valid JSON ({e}); it may have been cut off"
                             ),
                             wait: None,
+                            unreachable: false,
                         }
                     }
                 }
@@ -469,6 +550,7 @@ impl HttpClient {
                 Attempt::Retry {
                     reason: "HTTP 429 Too Many Requests".into(),
                     wait: Some(retry_after(&headers).unwrap_or(Duration::from_secs(1))),
+                    unreachable: false,
                 }
             }
             500..=599 => {
@@ -479,6 +561,7 @@ impl HttpClient {
                 Attempt::Retry {
                     reason: format!("HTTP {status}: {}", server_message(&body).1),
                     wait: retry_after(&headers),
+                    unreachable: false,
                 }
             }
             401 | 498 => Attempt::Fatal(HttpError::Unauthorized {
@@ -585,5 +668,36 @@ mod tests {
         let (k, m) = server_message(b"<html>Bad gateway</html>");
         assert_eq!(k, None);
         assert_eq!(m, "<html>Bad gateway</html>");
+    }
+
+    #[test]
+    fn waits_never_exceed_max_backoff_even_with_jitter() {
+        let cfg = HttpConfig {
+            initial_backoff: Duration::from_secs(40),
+            max_backoff: Duration::from_secs(60),
+            max_retries: 50,
+            ..HttpConfig::default()
+        };
+        let waits: Vec<Duration> = backoff(&cfg).collect();
+        assert_eq!(waits.len(), 50);
+        assert!(waits.iter().all(|w| *w <= cfg.max_backoff), "{waits:?}");
+    }
+
+    #[tokio::test]
+    async fn refused_connection_to_a_host_that_never_answered_fails_after_two_attempts() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let client = HttpClient::new(&HttpConfig {
+            initial_backoff: Duration::from_millis(10),
+            ..HttpConfig::default()
+        })
+        .unwrap();
+        let url = Url::parse(&format!("http://127.0.0.1:{port}/x")).unwrap();
+        let err = client.execute(&Request::get(url)).await.unwrap_err();
+        assert!(err.to_string().contains("refused"), "{err}");
+        assert_eq!(client.stats().requests, 2, "{err}");
     }
 }

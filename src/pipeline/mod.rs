@@ -109,6 +109,15 @@ pub async fn run(pipeline: &Pipeline, http: &HttpClient, opts: &RunOptions) -> R
     outcome
 }
 
+/// Why the output directory cannot be used, and what to do.
+pub fn unwritable_output_dir(dir: &std::path::Path, e: &std::io::Error) -> String {
+    format!(
+        "output directory {} is not writable ({e}); create it with write permission for this user, \
+         or choose another with pipeline.output_dir or --output-dir",
+        dir.display()
+    )
+}
+
 fn new_run_id(at: DateTime<Utc>) -> String {
     format!(
         "{}-{:04x}",
@@ -173,22 +182,36 @@ async fn execute(
     let spec = &pipeline.spec;
     let SourceConfig::Fyle(source_cfg) = &spec.source;
     let source_cfg = &push_safe_source(source_cfg, &spec.sinks);
-    let session = match (&opts.credentials, &spec.connection.vault) {
-        (Some(c), _) => FyleSession::new(http.clone(), c.clone()),
+    // Every secret is read before anything starts, so a missing one is a
+    // configuration error (exit 2) listed with the others, not a sink failure.
+    let mut problems = Vec::new();
+    let credentials = match (&opts.credentials, &spec.connection.vault) {
+        (Some(c), _) => Some(c.clone()),
+        (None, Some(_)) => None,
+        (None, None) => spec
+            .connection
+            .resolve("connection")
+            .map_err(|ps| problems.extend(ps))
+            .ok(),
+    };
+    for (i, sink) in spec.sinks.iter().enumerate() {
+        problems.extend(sink.resolve_secrets(&format!("sinks[{i}]")));
+    }
+    if !problems.is_empty() {
+        return Err(ConfigError {
+            file: pipeline.file.clone(),
+            problems,
+        }
+        .into());
+    }
+    let session = match (credentials, &spec.connection.vault) {
+        (Some(c), _) => FyleSession::new(http.clone(), c),
         (None, Some(name)) => {
             let vault =
                 crate::auth::Vault::open(&crate::auth::vault::vault_path(opts.vault.as_deref()));
             FyleSession::from_vault(http.clone(), vault, name)?
         }
-        (None, None) => FyleSession::new(
-            http.clone(),
-            spec.connection
-                .resolve("connection")
-                .map_err(|problems| ConfigError {
-                    file: pipeline.file.clone(),
-                    problems,
-                })?,
-        ),
+        (None, None) => unreachable!("connection secrets were resolved above"),
     };
     let projector = Projector::new(&spec.columns).map_err(|problems| ConfigError {
         file: pipeline.file.clone(),
@@ -215,6 +238,8 @@ async fn execute(
 
     // One run per pipeline at a time; then bring outputs and state back to a
     // committed point if the previous run was interrupted.
+    crate::fsutil::ensure_writable_dir(&output_dir)
+        .map_err(|e| Error::Sink(unwritable_output_dir(&output_dir, &e)))?;
     let state_path = pipeline.state_path(&output_dir);
     let lock_path = PathBuf::from(format!("{}.lock", state_path.display()));
     let _lock = state::acquire(&lock_path, pipeline.name()).map_err(|e| match e {

@@ -107,6 +107,9 @@ pub struct Faults {
     pub count_excess: u64,
     /// How the server mishandles `and=(…)`/`or=(…)` filters, i.e. a client's seek condition.
     pub seek_fault: SeekFault,
+    /// Write-back calls (`accounting_export_summary/bulk`) answer this status
+    /// with a Fyle error body instead of recording anything; `None` = off.
+    pub writeback_status: Option<u16>,
 }
 
 /// A server bug in the logic-group filters a keyset pager seeks with.
@@ -480,11 +483,13 @@ pub async fn run_until_ctrl_c(
     println!("  accounts server: {}", sim.accounts_url());
     println!("  cluster server:  {}", sim.cluster_url());
     println!();
-    println!("Demo credentials for this local simulator:");
-    println!("FYLE_ACCOUNTS_URL={}", sim.accounts_url());
-    println!("FYLE_CLIENT_ID={}", c.client_id);
-    println!("FYLE_CLIENT_SECRET={}", c.client_secret);
-    println!("FYLE_REFRESH_TOKEN={}", c.refresh_token);
+    // Lines a shell can run as printed; FYLE_ACCOUNTS_URL overrides any
+    // pipeline's connection.accounts_url, so every port works.
+    println!("Demo credentials for this local simulator (paste into your shell):");
+    println!("export FYLE_ACCOUNTS_URL={}", sim.accounts_url());
+    println!("export FYLE_CLIENT_ID={}", c.client_id);
+    println!("export FYLE_CLIENT_SECRET={}", c.client_secret);
+    println!("export FYLE_REFRESH_TOKEN={}", c.refresh_token);
     println!();
     println!(
         "OAuth 2.0 apps (auth add/login): authorize at {}/app/developers/oauth/authorize",

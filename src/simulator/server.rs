@@ -488,6 +488,10 @@ impl Shared {
             if req.method() != Method::POST {
                 return method_not_allowed();
             }
+            let injected = self.faults.lock().expect("faults").writeback_status;
+            if let Some(status) = injected.and_then(|s| StatusCode::from_u16(s).ok()) {
+                return message(status, "write-back refused (injected fault)");
+            }
             return self.export_summary_bulk(req).await;
         }
         if resource.contains('/') {

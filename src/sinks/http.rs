@@ -313,7 +313,7 @@ impl HttpSinkConfig {
 
     /// Reads the auth and signing secrets: (auth headers, signing key).
     #[allow(clippy::type_complexity)]
-    fn resolve_secrets(
+    pub(crate) fn resolve_secrets(
         &self,
         prefix: &str,
     ) -> Result<(Vec<(String, SecretString)>, Option<SecretString>), Vec<Problem>> {

@@ -121,6 +121,15 @@ impl SinkConfig {
         }
     }
 
+    /// Reads the secrets this sink needs (environment variables, files) and
+    /// returns every one that cannot be read, so a run can refuse before it starts.
+    pub fn resolve_secrets(&self, key_prefix: &str) -> Vec<Problem> {
+        match self {
+            SinkConfig::Http(c) => c.resolve_secrets(key_prefix).err().unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Every problem with this sink's settings, keyed under `key_prefix` (e.g. `sinks[1].delimiter`).
     pub fn validate(&self, key_prefix: &str) -> Vec<Problem> {
         let mut problems = validate_path_template(self.path_template(), key_prefix);
