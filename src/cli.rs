@@ -137,6 +137,15 @@ pub enum Command {
         /// Expenses changed per second in the background while clients page.
         #[arg(long, default_value_t = 0)]
         mutate_per_sec: u32,
+        /// The org's currency for every amount, e.g. KWD (3 decimals) or JPY (none).
+        #[arg(long, default_value = "USD")]
+        currency: String,
+        /// Share (0–1) of expense amounts printed with binary-float noise (`0.30000000000000004`).
+        #[arg(long, default_value_t = 0.0)]
+        float_noise: f64,
+        /// Share (0–1) of personal-cash expenses marked not reimbursable.
+        #[arg(long, default_value_t = 0.0)]
+        non_reimbursable_cash: f64,
         /// Also serve the test receiver for HTTP pushes on this port (see `pipelines/push-to-receiver.toml`).
         #[arg(long)]
         receiver_port: Option<u16>,
@@ -256,6 +265,9 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
             error_rate,
             latency,
             mutate_per_sec,
+            currency,
+            float_noise,
+            non_reimbursable_cash,
             receiver_port,
             receiver_secret,
         } => {
@@ -270,6 +282,9 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
                     mutations_per_sec: mutate_per_sec,
                     ..Faults::default()
                 },
+                currency,
+                float_noise,
+                non_reimbursable_cash,
                 ..SimConfig::default()
             };
             let cluster_port = cluster_port.unwrap_or(port.saturating_add(1));
