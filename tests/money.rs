@@ -117,7 +117,11 @@ async fn float_noise_amounts_export_exactly_without_quarantine_and_are_counted()
     assert_eq!(outcome.summary.amounts_normalised, noisy);
 
     // The intended amount is the noisy one to the cent; a float error is far below it.
-    let cents = |d: Decimal| d.round_dp_with_strategy(2, RoundingStrategy::MidpointNearestEven);
+    let cents = |d: Decimal| {
+        let mut c = d.round_dp_with_strategy(2, RoundingStrategy::MidpointNearestEven);
+        c.rescale(2);
+        c
+    };
     let (header, rows) = csv_by_id(&out.path().join("noise.csv"));
     assert_eq!(rows.len(), truth.len());
     let a = header.iter().position(|h| h == "amount").unwrap();
