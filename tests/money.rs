@@ -49,6 +49,7 @@ safety_lag = "0s"
 [[sinks]]
 type = "csv"
 path = "{{pipeline}}.csv"
+manifest = true
 
 [[sinks]]
 type = "parquet"
@@ -138,7 +139,22 @@ async fn float_noise_amounts_export_exactly_without_quarantine_and_are_counted()
             "tax of {id}"
         );
     }
+    let sum: Decimal = truth
+        .values()
+        .filter_map(|r| text_decimal(&r["amount"]).map(cents))
+        .sum();
+    assert_eq!(manifest_total(&out.path().join("noise.csv"), "USD", "amount"), sum);
     sim.shutdown().await;
+}
+
+/// The manifest's total of `column` for `currency`, beside the CSV file `csv`.
+fn manifest_total(csv: &Path, currency: &str, column: &str) -> Decimal {
+    let mut name = csv.file_name().unwrap().to_os_string();
+    name.push(".manifest.json");
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(csv.with_file_name(name)).unwrap()).unwrap();
+    let v = &m["totals"][currency][column];
+    Decimal::from_str(v.to_string().trim_matches('"')).unwrap_or_else(|_| panic!("{m}"))
 }
 
 /// Exports an org in `currency` with the default columns and checks CSV
@@ -175,6 +191,8 @@ async fn currency_exports_exactly(currency: &str, digits: u32, seed: u64) {
     if digits == 3 {
         assert!(with_all_digits > 50, "few 3-decimal amounts: {with_all_digits}");
     }
+    let sum: Decimal = truth.values().filter_map(|r| text_decimal(&r["amount"])).sum();
+    assert_eq!(manifest_total(&out.path().join("cur.csv"), currency, "amount"), sum);
     sim.shutdown().await;
 }
 
@@ -313,6 +331,92 @@ async fn presets_and_fund_sources_send_the_documented_queries_and_export_the_gro
             let (_, rows) = csv_by_id(&out.path().join("sel.csv"));
             let got: BTreeSet<String> = rows.keys().cloned().collect();
             assert_eq!(got, expected, "{label}");
+        }
+    }
+    sim.shutdown().await;
+}
+
+/// A pipeline with one `amount` column of 2 places and the given rounding.
+fn two_place_pipeline(sim: &Simulator, name: &str, rounding: &str) -> String {
+    format!(
+        r#"
+[pipeline]
+name = "{name}"
+
+[connection]
+accounts_url = "{accounts}"
+client_id = {{ env = "FYLE_CLIENT_ID" }}
+client_secret = {{ env = "FYLE_CLIENT_SECRET" }}
+refresh_token = {{ env = "FYLE_REFRESH_TOKEN" }}
+
+[source]
+type = "fyle"
+resource = "expenses"
+safety_lag = "0s"
+
+[[columns]]
+name = "expense_id"
+path = "id"
+
+[[columns]]
+name = "amount"
+path = "amount"
+type = "decimal"
+scale = 2
+rounding = "{rounding}"
+
+[[sinks]]
+type = "csv"
+path = "{{pipeline}}.csv"
+"#,
+        accounts = sim.accounts_url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn genuinely_over_precise_amounts_follow_the_columns_rounding() {
+    // Fils in a 2-place column are real extra decimals, not float noise.
+    let sim = start(300, 35, |c| {
+        c.currency = "KWD".into();
+        c.float_noise = 0.2;
+    })
+    .await;
+    let truth = truth_by_id(&sim);
+    let exact = |r: &serde_json::Value| {
+        let d = text_decimal(&r["amount"]).unwrap();
+        // Noise printed by the simulator stands for the 3-decimal amount.
+        d.round_dp_with_strategy(3, RoundingStrategy::MidpointNearestEven)
+    };
+    let over_precise: BTreeSet<String> = truth
+        .iter()
+        .filter(|(_, r)| exact(r).normalize().scale() > 2)
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert!(over_precise.len() > 50, "{}", over_precise.len());
+
+    let out = tempfile::tempdir().unwrap();
+    let (_, outcome) = run_text(&sim, &two_place_pipeline(&sim, "strict", "error"), out.path()).await;
+    assert_eq!(outcome.exit_code(), expense_sync::ExitCode::Partial);
+    assert_eq!(outcome.summary.quarantined, over_precise.len() as u64);
+    let (_, rows) = csv_by_id(&out.path().join("strict.csv"));
+    assert!(rows.keys().all(|id| !over_precise.contains(id)));
+    assert_eq!(rows.len() + over_precise.len(), truth.len());
+
+    for (rounding, strategy) in [
+        ("half_even", RoundingStrategy::MidpointNearestEven),
+        ("half_up", RoundingStrategy::MidpointAwayFromZero),
+    ] {
+        let out = tempfile::tempdir().unwrap();
+        let (_, outcome) =
+            run_text(&sim, &two_place_pipeline(&sim, rounding, rounding), out.path()).await;
+        assert!(outcome.error.is_none(), "{rounding}: {:?}", outcome.error);
+        assert_eq!(outcome.summary.quarantined, 0, "{rounding}");
+        let (_, rows) = csv_by_id(&out.path().join(format!("{rounding}.csv")));
+        assert_eq!(rows.len(), truth.len());
+        for (id, row) in &rows {
+            let mut want = exact(&truth[id]).round_dp_with_strategy(2, strategy);
+            want.rescale(2);
+            assert_eq!(row[1], want.to_string(), "{rounding} amount of {id}");
         }
     }
     sim.shutdown().await;

@@ -214,15 +214,19 @@ pub(crate) fn minor_units(code: &str) -> Option<u32> {
 /// Significant digits every IEEE-754 double keeps through a decimal round trip.
 const DOUBLE_DIGITS: u32 = 15;
 
-/// `d` with binary-float noise removed, when it is noise for a column of
-/// `scale` digits; otherwise `d` unchanged. The flag says which.
+/// `d` with binary-float noise removed; the flag says whether that made it
+/// fit a column of `scale` digits (what the summary counts as normalised).
+///
+/// Noise is removed even when the exact value still has more decimals than
+/// the column, so `rounding` works on the amount meant (`0.025`), not on its
+/// noise (`0.025000000000000005` would round half-even the other way).
 fn denoise(d: Decimal, text: &str, scale: u32) -> (Decimal, bool) {
     if d.scale() <= scale {
         return (d, false);
     }
     match float_noise_value(d, text) {
-        Some(exact) if exact.scale() <= scale => (exact, true),
-        _ => (d, false),
+        Some(exact) => (exact, exact.scale() <= scale),
+        None => (d, false),
     }
 }
 
@@ -446,6 +450,9 @@ mod tests {
         assert_eq!((dec(c), n), ("12.34".to_string(), false));
         let (c, _) = to_decimal(&plain, 18, 2, Rounding::HalfUp).unwrap();
         assert_eq!(dec(c), "12.35");
+        // Rounding works on the amount meant, not on its noise: 12.345 → 12.34 half-even.
+        let (c, n) = to_decimal(&three, 18, 2, Rounding::HalfEven).unwrap();
+        assert_eq!((dec(c), n), ("12.34".to_string(), false));
         // With room for the digits, noise normalises to them.
         let (c, n) = to_decimal(&three, 18, 3, Rounding::Error).unwrap();
         assert_eq!((dec(c), n), ("12.345".to_string(), true));
