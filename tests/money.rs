@@ -71,8 +71,7 @@ fn text_decimal(v: &serde_json::Value) -> Option<Decimal> {
 fn parquet_decimals(path: &Path, column: &str) -> (i8, BTreeMap<String, Option<Decimal>>) {
     let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap();
     let schema = builder.schema().clone();
-    let DataType::Decimal128(_, scale) = schema.field_with_name(column).unwrap().data_type()
-    else {
+    let DataType::Decimal128(_, scale) = schema.field_with_name(column).unwrap().data_type() else {
         panic!("{column} is not a decimal column");
     };
     let scale = *scale;
@@ -98,7 +97,12 @@ fn parquet_decimals(path: &Path, column: &str) -> (i8, BTreeMap<String, Option<D
 async fn float_noise_amounts_export_exactly_without_quarantine_and_are_counted() {
     let sim = start(600, 31, |c| c.float_noise = 0.1).await;
     let out = tempfile::tempdir().unwrap();
-    let (_, outcome) = run_text(&sim, &default_columns_pipeline(&sim, "noise", ""), out.path()).await;
+    let (_, outcome) = run_text(
+        &sim,
+        &default_columns_pipeline(&sim, "noise", ""),
+        out.path(),
+    )
+    .await;
     assert!(outcome.error.is_none(), "{:?}", outcome.error);
     assert_eq!(outcome.summary.quarantined, 0);
     assert_eq!(outcome.exit_code(), expense_sync::ExitCode::Ok);
@@ -114,7 +118,10 @@ async fn float_noise_amounts_export_exactly_without_quarantine_and_are_counted()
             }
         }
     }
-    assert!(noisy > 20, "the switch should produce noisy amounts; saw {noisy}");
+    assert!(
+        noisy > 20,
+        "the switch should produce noisy amounts; saw {noisy}"
+    );
     assert_eq!(outcome.summary.amounts_normalised, noisy);
 
     // The intended amount is the noisy one to the cent; a float error is far below it.
@@ -143,7 +150,10 @@ async fn float_noise_amounts_export_exactly_without_quarantine_and_are_counted()
         .values()
         .filter_map(|r| text_decimal(&r["amount"]).map(cents))
         .sum();
-    assert_eq!(manifest_total(&out.path().join("noise.csv"), "USD", "amount"), sum);
+    assert_eq!(
+        manifest_total(&out.path().join("noise.csv"), "USD", "amount"),
+        sum
+    );
     sim.shutdown().await;
 }
 
@@ -173,7 +183,10 @@ async fn currency_exports_exactly(currency: &str, digits: u32, seed: u64) {
     let a = header.iter().position(|h| h == "amount").unwrap();
     let c = header.iter().position(|h| h == "currency").unwrap();
     let (scale, parquet_amounts) = parquet_decimals(&out.path().join("cur.parquet"), "amount");
-    assert_eq!(scale, 3, "Parquet amounts hold every currency's minor units");
+    assert_eq!(
+        scale, 3,
+        "Parquet amounts hold every currency's minor units"
+    );
     let mut with_all_digits = 0;
     for (id, row) in &rows {
         assert_eq!(row[c], currency);
@@ -183,16 +196,29 @@ async fn currency_exports_exactly(currency: &str, digits: u32, seed: u64) {
         shown.rescale(digits);
         assert_eq!(row[a], shown.to_string(), "{currency} amount of {id}");
         assert_eq!(Decimal::from_str(&row[a]).unwrap(), want);
-        assert_eq!(parquet_amounts[id], Some(want), "{currency} parquet amount of {id}");
+        assert_eq!(
+            parquet_amounts[id],
+            Some(want),
+            "{currency} parquet amount of {id}"
+        );
         if want.normalize().scale() == digits && digits > 0 {
             with_all_digits += 1;
         }
     }
     if digits == 3 {
-        assert!(with_all_digits > 50, "few 3-decimal amounts: {with_all_digits}");
+        assert!(
+            with_all_digits > 50,
+            "few 3-decimal amounts: {with_all_digits}"
+        );
     }
-    let sum: Decimal = truth.values().filter_map(|r| text_decimal(&r["amount"])).sum();
-    assert_eq!(manifest_total(&out.path().join("cur.csv"), currency, "amount"), sum);
+    let sum: Decimal = truth
+        .values()
+        .filter_map(|r| text_decimal(&r["amount"]))
+        .sum();
+    assert_eq!(
+        manifest_total(&out.path().join("cur.csv"), currency, "amount"),
+        sum
+    );
     sim.shutdown().await;
 }
 
@@ -227,6 +253,11 @@ fn selection_queries(sim: &Simulator, skip: usize) -> BTreeSet<Vec<(String, Stri
         .collect()
 }
 
+/// Which expenses a selection takes.
+type Selects = fn(&serde_json::Value) -> bool;
+/// A `fund_source` (or none), the query pairs it adds, and what it selects.
+type FundCase = (Option<&'static str>, Vec<(String, String)>, Selects);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presets_and_fund_sources_send_the_documented_queries_and_export_the_ground_truth() {
     let cash = "PERSONAL_CASH_ACCOUNT";
@@ -248,15 +279,10 @@ async fn presets_and_fund_sources_send_the_documented_queries_and_export_the_gro
             &["PAYMENT_PROCESSING", "PAID"],
         ),
     ];
-    // fund_source → (query pairs, which records it selects)
-    type Selects = fn(&serde_json::Value) -> bool;
-    let funds: [(Option<&str>, Vec<(String, String)>, Selects); 4] = [
+    let funds: [FundCase; 4] = [
         (
             None,
-            vec![pair(
-                "source_account->type",
-                &format!("in.({cash},{card})"),
-            )],
+            vec![pair("source_account->type", &format!("in.({cash},{card})"))],
             |r| {
                 matches!(
                     r["source_account"]["type"].as_str(),
@@ -270,7 +296,10 @@ async fn presets_and_fund_sources_send_the_documented_queries_and_export_the_gro
                 pair("is_reimbursable", "eq.true"),
                 pair("source_account->type", &format!("eq.{cash}")),
             ],
-            |r| r["source_account"]["type"] == "PERSONAL_CASH_ACCOUNT" && r["is_reimbursable"] == true,
+            |r| {
+                r["source_account"]["type"] == "PERSONAL_CASH_ACCOUNT"
+                    && r["is_reimbursable"] == true
+            },
         ),
         (
             Some("corporate_card"),
@@ -302,12 +331,8 @@ async fn presets_and_fund_sources_send_the_documented_queries_and_export_the_gro
                 None => format!("preset = \"{preset}\""),
             };
             let out = tempfile::tempdir().unwrap();
-            let (_, outcome) = run_text(
-                &sim,
-                &pipeline_text(&sim, "sel", &extra, ""),
-                out.path(),
-            )
-            .await;
+            let (_, outcome) =
+                run_text(&sim, &pipeline_text(&sim, "sel", &extra, ""), out.path()).await;
             assert!(outcome.error.is_none(), "{label}: {:?}", outcome.error);
 
             let mut want: Vec<(String, String)> = fund_pairs.clone();
@@ -395,7 +420,12 @@ async fn genuinely_over_precise_amounts_follow_the_columns_rounding() {
     assert!(over_precise.len() > 50, "{}", over_precise.len());
 
     let out = tempfile::tempdir().unwrap();
-    let (_, outcome) = run_text(&sim, &two_place_pipeline(&sim, "strict", "error"), out.path()).await;
+    let (_, outcome) = run_text(
+        &sim,
+        &two_place_pipeline(&sim, "strict", "error"),
+        out.path(),
+    )
+    .await;
     assert_eq!(outcome.exit_code(), expense_sync::ExitCode::Partial);
     assert_eq!(outcome.summary.quarantined, over_precise.len() as u64);
     let (_, rows) = csv_by_id(&out.path().join("strict.csv"));
@@ -407,8 +437,12 @@ async fn genuinely_over_precise_amounts_follow_the_columns_rounding() {
         ("half_up", RoundingStrategy::MidpointAwayFromZero),
     ] {
         let out = tempfile::tempdir().unwrap();
-        let (_, outcome) =
-            run_text(&sim, &two_place_pipeline(&sim, rounding, rounding), out.path()).await;
+        let (_, outcome) = run_text(
+            &sim,
+            &two_place_pipeline(&sim, rounding, rounding),
+            out.path(),
+        )
+        .await;
         assert!(outcome.error.is_none(), "{rounding}: {:?}", outcome.error);
         assert_eq!(outcome.summary.quarantined, 0, "{rounding}");
         let (_, rows) = csv_by_id(&out.path().join(format!("{rounding}.csv")));

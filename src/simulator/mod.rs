@@ -245,9 +245,11 @@ impl Simulator {
                 ),
             )
         })?;
-        let store = tokio::task::spawn_blocking(move || Store::with_money(seed, n, currency, noise, unreimbursed))
-            .await
-            .map_err(std::io::Error::other)?;
+        let store = tokio::task::spawn_blocking(move || {
+            Store::with_money(seed, n, currency, noise, unreimbursed)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
         let shared = Arc::new(Shared {
             store: RwLock::new(store),
             credentials: cfg.credentials,

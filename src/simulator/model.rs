@@ -470,7 +470,9 @@ impl Ctx {
     /// An expense amount; with `float_noise`, a stable share of them carry the
     /// one-ulp error an upstream `float` computation leaves (`0.30000000000000004`).
     fn expense_money<'a>(&self, e: &Expense, field: u64, minor: i64) -> Cell<'a> {
-        if self.float_noise > 0.0 && minor != 0 && noise_draw(&e.id, field, minor) < self.float_noise
+        if self.float_noise > 0.0
+            && minor != 0
+            && noise_draw(&e.id, field, minor) < self.float_noise
         {
             return Cell::Owned(noisy_money_value(Decimal::new(minor, self.minor_digits)));
         }

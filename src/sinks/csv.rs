@@ -540,7 +540,11 @@ impl Sink for CsvSink {
                         let fitted = fit_decimal_for_column(*d, precision, scale).map_err(|m| {
                             SinkError::new(&self.label, format!("column `{}`: {m}", column.name))
                         })?;
-                        let d = if d.scale() < u32::from(scale) { *d } else { fitted };
+                        let d = if d.scale() < u32::from(scale) {
+                            *d
+                        } else {
+                            fitted
+                        };
                         write!(buf, "{d}").expect("writing to a String cannot fail");
                         if self.config.decimal_separator != '.'
                             && let Some(dot) = buf.find('.')

@@ -464,10 +464,22 @@ mod tests {
         let money = |text: &str, cur: Option<Value>, r| {
             to_money(&num(text), cur.as_ref(), 18, 3, r).map(|(c, n)| (dec(c), n))
         };
-        assert_eq!(money("12.345", Some(s("KWD")), Rounding::Error).unwrap().0, "12.345");
-        assert_eq!(money("12.3", Some(s("KWD")), Rounding::Error).unwrap().0, "12.300");
-        assert_eq!(money("12.3", Some(s("USD")), Rounding::Error).unwrap().0, "12.30");
-        assert_eq!(money("1200.0", Some(s("JPY")), Rounding::Error).unwrap().0, "1200");
+        assert_eq!(
+            money("12.345", Some(s("KWD")), Rounding::Error).unwrap().0,
+            "12.345"
+        );
+        assert_eq!(
+            money("12.3", Some(s("KWD")), Rounding::Error).unwrap().0,
+            "12.300"
+        );
+        assert_eq!(
+            money("12.3", Some(s("USD")), Rounding::Error).unwrap().0,
+            "12.30"
+        );
+        assert_eq!(
+            money("1200.0", Some(s("JPY")), Rounding::Error).unwrap().0,
+            "1200"
+        );
         assert_eq!(
             money("1200.0000000000002", Some(s("jpy")), Rounding::Error).unwrap(),
             ("1200".to_string(), true)
@@ -476,7 +488,10 @@ mod tests {
         assert!(err.contains("minor units of USD"), "{err}");
         let err = money("1200.5", Some(s("JPY")), Rounding::Error).unwrap_err();
         assert!(err.contains("more than 0 decimal places"), "{err}");
-        assert_eq!(money("12.345", Some(s("USD")), Rounding::HalfUp).unwrap().0, "12.35");
+        assert_eq!(
+            money("12.345", Some(s("USD")), Rounding::HalfUp).unwrap().0,
+            "12.35"
+        );
         let err = money("12.345", None, Rounding::Error).unwrap_err();
         assert!(err.contains("no currency"), "{err}");
         assert_eq!(minor_units("XYZ"), Some(2));

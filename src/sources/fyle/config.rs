@@ -196,7 +196,8 @@ impl FundSource {
 /// What a preset selects without `fund_source`: what Fyle's accounting
 /// connector exports (personal cash and corporate card), never advance-account
 /// expenses, which it settles against the advance instead.
-pub const PRESET_FUND_SOURCES: &str = "in.(PERSONAL_CASH_ACCOUNT,PERSONAL_CORPORATE_CREDIT_CARD_ACCOUNT)";
+pub const PRESET_FUND_SOURCES: &str =
+    "in.(PERSONAL_CASH_ACCOUNT,PERSONAL_CORPORATE_CREDIT_CARD_ACCOUNT)";
 
 fn default_safety_lag() -> Duration {
     Duration::from_secs(5)
@@ -491,10 +492,10 @@ mod tests {
     fn a_preset_without_fund_source_leaves_out_advances_unless_filtered_by_hand() {
         let mut c = cfg("resource = \"expenses\"\npreset = \"settled\"");
         assert!(c.apply_presets("source").is_empty());
-        assert!(c.filter_pairs().contains(&(
-            "source_account->type".into(),
-            PRESET_FUND_SOURCES.into()
-        )));
+        assert!(
+            c.filter_pairs()
+                .contains(&("source_account->type".into(), PRESET_FUND_SOURCES.into()))
+        );
         let mut c = cfg(
             "resource = \"expenses\"\npreset = \"settled\"\n[filters]\n\"source_account->type\" = \"eq.PERSONAL_ADVANCE_ACCOUNT\"",
         );
