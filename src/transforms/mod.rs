@@ -37,13 +37,38 @@ pub const MAX_SCALE: u8 = 28;
 pub const CURRENCY_SCALE: u8 = 3;
 
 /// A decimal column's `scale`: digits after the point, or `"currency"`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scale {
     /// A fixed number of digits after the point.
     Digits(u8),
     /// A word; `"currency"` (the record currency's ISO 4217 minor units) is the only one.
     Named(String),
+}
+
+impl<'de> Deserialize<'de> for Scale {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Scale;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("digits after the point (0 to 28) or \"currency\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Scale, E> {
+                u8::try_from(v)
+                    .map(Scale::Digits)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Scale, E> {
+                u8::try_from(v)
+                    .map(Scale::Digits)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Scale, E> {
+                Ok(Scale::Named(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// One output column as written in a pipeline file (`[[columns]]`).
