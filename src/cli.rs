@@ -186,6 +186,15 @@ pub enum Command {
         /// Mishandle clients' `and=`/`or=` seek filters: none, repeat-boundary or ignore.
         #[arg(long, default_value = "none")]
         seek_fault: crate::simulator::SeekFault,
+        /// The org's currency for every amount, e.g. KWD (3 decimals) or JPY (none).
+        #[arg(long, default_value = "USD")]
+        currency: String,
+        /// Share (0–1) of expense amounts printed with binary-float noise (`0.30000000000000004`).
+        #[arg(long, default_value_t = 0.0)]
+        float_noise: f64,
+        /// Share (0–1) of personal-cash expenses marked not reimbursable.
+        #[arg(long, default_value_t = 0.0)]
+        non_reimbursable_cash: f64,
         /// Also serve the test receiver for HTTP pushes on this port (see `pipelines/push-to-receiver.toml`).
         #[arg(long)]
         receiver_port: Option<u16>,
@@ -366,6 +375,9 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
             short_page_rate,
             count_excess,
             seek_fault,
+            currency,
+            float_noise,
+            non_reimbursable_cash,
             receiver_port,
             receiver_secret,
         } => {
@@ -385,6 +397,9 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
                     ..Faults::default()
                 },
                 collation,
+                currency,
+                float_noise,
+                non_reimbursable_cash,
                 ..SimConfig::default()
             };
             // Port 0 asks the OS for a free port: the cluster gets its own free one.

@@ -681,6 +681,7 @@ async fn transform(
             }
         }
         summary.records_out += batch.rows.len() as u64;
+        summary.amounts_normalised = projector.amounts_normalised();
         if batch.rows.is_empty() {
             continue;
         }

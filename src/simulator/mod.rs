@@ -66,6 +66,37 @@ pub struct SimConfig {
     pub credentials: SimCredentials,
     /// Text collation of the simulated database, for `order=` and text comparisons alike.
     pub collation: Collation,
+    /// The org's currency, in which every `amount` is printed (default `USD`);
+    /// one of [`SIM_CURRENCIES`], e.g. `KWD` (3 decimals) or `JPY` (none).
+    pub currency: String,
+    /// Share (0–1) of expense `amount`/`tax_amount` values printed with
+    /// binary-float noise, e.g. `0.30000000000000004` for 0.3 (default 0).
+    pub float_noise: f64,
+    /// Share (0–1) of personal-cash expenses with `is_reimbursable = false`
+    /// (the employee paid but claims nothing back); default 0.
+    pub non_reimbursable_cash: f64,
+}
+
+/// Org currencies the simulator can use, with their ISO 4217 minor units.
+pub const SIM_CURRENCIES: &[(&str, u32)] = &[
+    ("USD", 2),
+    ("EUR", 2),
+    ("GBP", 2),
+    ("INR", 2),
+    ("KWD", 3),
+    ("BHD", 3),
+    ("OMR", 3),
+    ("JOD", 3),
+    ("JPY", 0),
+    ("KRW", 0),
+];
+
+/// The [`SIM_CURRENCIES`] entry for `code` (case-insensitive).
+pub fn sim_currency(code: &str) -> Option<(&'static str, u32)> {
+    SIM_CURRENCIES
+        .iter()
+        .find(|(c, _)| c.eq_ignore_ascii_case(code))
+        .copied()
 }
 
 impl Default for SimConfig {
@@ -78,6 +109,9 @@ impl Default for SimConfig {
             faults: Faults::default(),
             credentials: SimCredentials::default(),
             collation: Collation::C,
+            currency: "USD".into(),
+            float_noise: 0.0,
+            non_reimbursable_cash: 0.0,
         }
     }
 }
@@ -235,9 +269,29 @@ impl Simulator {
         let cluster = TcpListener::bind(("127.0.0.1", cluster_port)).await?;
         let accounts_url = format!("http://127.0.0.1:{}", accounts.local_addr()?.port());
         let cluster_url = format!("http://127.0.0.1:{}", cluster.local_addr()?.port());
-        let (seed, n, collation) = (cfg.seed, cfg.expenses, cfg.collation);
+        let (seed, n, noise, unreimbursed, collation) = (
+            cfg.seed,
+            cfg.expenses,
+            cfg.float_noise,
+            cfg.non_reimbursable_cash,
+            cfg.collation,
+        );
+        let currency = sim_currency(&cfg.currency).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "simulator currency `{}` is not supported; use one of {}",
+                    cfg.currency,
+                    SIM_CURRENCIES
+                        .iter()
+                        .map(|c| c.0)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })?;
         let store = tokio::task::spawn_blocking(move || {
-            let mut s = Store::new(seed, n);
+            let mut s = Store::with_money(seed, n, currency, noise, unreimbursed);
             s.collation = collation;
             s
         })

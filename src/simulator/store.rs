@@ -205,9 +205,23 @@ pub(crate) enum Listed {
 }
 
 impl Store {
+    #[cfg(test)]
     pub(crate) fn new(seed: u64, n_expenses: usize) -> Store {
+        Store::with_money(seed, n_expenses, ("USD", 2), 0.0, 0.0)
+    }
+
+    /// Like [`Store::new`], with the org's currency (code, minor units), a
+    /// share of amounts printed with float noise and a share of personal-cash
+    /// expenses marked not reimbursable.
+    pub(crate) fn with_money(
+        seed: u64,
+        n_expenses: usize,
+        currency: (&'static str, u32),
+        float_noise: f64,
+        non_reimbursable_cash: f64,
+    ) -> Store {
         let Generated {
-            ctx,
+            mut ctx,
             expenses,
             employees,
             categories,
@@ -215,6 +229,10 @@ impl Store {
             cost_centers,
             admin,
         } = generate::generate(seed, n_expenses);
+        // Amounts are generated as integers of minor units; only their scale changes.
+        (ctx.currency, ctx.minor_digits) = currency;
+        ctx.float_noise = float_noise;
+        ctx.non_reimbursable_cash = non_reimbursable_cash;
         let mut members: Vec<Vec<&Expense>> = vec![Vec::new(); ctx.reports.len()];
         for e in &expenses {
             if let Some(r) = e.report {

@@ -212,6 +212,16 @@ pub(crate) fn decimal_value(d: Decimal) -> Value {
     )
 }
 
+/// `d` one ulp away from its nearest double, printed the shortest way that
+/// round-trips (`0.3` → `0.30000000000000004`): what a `float` column or an
+/// upstream float computation sends instead of the exact amount.
+pub(crate) fn noisy_money_value(d: Decimal) -> Value {
+    use rust_decimal::prelude::ToPrimitive;
+    let x = d.to_f64().unwrap_or(0.0);
+    let noisy = f64::from_bits(x.to_bits() + 1);
+    Value::Number(serde_json::Number::from_str(&format!("{noisy}")).expect("finite float"))
+}
+
 fn number_decimal(n: &serde_json::Number) -> Option<Decimal> {
     let s = n.as_str();
     Decimal::from_str(s)

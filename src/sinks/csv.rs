@@ -534,11 +534,17 @@ impl Sink for CsvSink {
                 buf.clear();
                 match (cell, column.ty) {
                     (Cell::Null, _) => buf.push_str(&self.config.null_text),
-                    // Printed at the column's scale so every value in the column lines up (`5` → `5.00`).
+                    // Printed at the column's scale so every value in the column lines up (`5` → `5.00`),
+                    // except that a `scale = "currency"` cell keeps its currency's fewer digits (JPY `1200`).
                     (Cell::Decimal(d), ColumnType::Decimal { precision, scale }) => {
-                        let d = fit_decimal_for_column(*d, precision, scale).map_err(|m| {
+                        let fitted = fit_decimal_for_column(*d, precision, scale).map_err(|m| {
                             SinkError::new(&self.label, format!("column `{}`: {m}", column.name))
                         })?;
+                        let d = if d.scale() < u32::from(scale) {
+                            *d
+                        } else {
+                            fitted
+                        };
                         write!(buf, "{d}").expect("writing to a String cannot fail");
                         if self.config.decimal_separator != '.'
                             && let Some(dot) = buf.find('.')
