@@ -153,17 +153,58 @@ pub fn load(path: &Path, pipeline: &str, cursor_field: &str) -> Result<State, St
 }
 
 /// Writes the state file atomically (temp, fsync, rename, fsync directory).
+///
+/// The temporary file has a fixed name beside the state file. A process
+/// killed mid-save leaves it behind; the caller holds the pipeline lock, so
+/// no live writer owns a temp that exists now, and it is removed first
+/// rather than blocking every later save.
 pub fn save(path: &Path, state: &State) -> Result<(), StateError> {
-    let mut text = serde_json::to_string_pretty(state).map_err(|e| StateError {
+    use std::io::Write;
+    let err = |message: String| StateError {
         path: path.to_path_buf(),
-        message: format!("cannot be serialised: {e}"),
-    })?;
+        message,
+    };
+    let mut text = serde_json::to_string_pretty(state)
+        .map_err(|e| err(format!("cannot be serialised: {e}")))?;
     text.push('\n');
-    crate::fsutil::write_atomic(path, text.as_bytes(), &format!("{}.state", state.pipeline))
-        .map_err(|e| StateError {
-            path: path.to_path_buf(),
-            message: format!("cannot be written: {e}"),
-        })
+    let cannot = |e: std::io::Error| err(format!("cannot be written: {e}"));
+    let temp = state_temp_path(path, &state.pipeline);
+    match std::fs::remove_file(&temp) {
+        Ok(()) => tracing::info!(
+            temp = %temp.display(),
+            "removed the temporary state file of a save that was interrupted"
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(cannot(crate::fsutil::annotate(e, &temp, "remove stale"))),
+    }
+    let (staged, mut file) = crate::fsutil::StagedFile::create(path, &state_temp_tag(&state.pipeline))
+        .map_err(cannot)?;
+    crate::failpoint::hit("state-save-created");
+    let written = file
+        .write_all(text.as_bytes())
+        .map_err(|e| crate::fsutil::annotate(e, &staged.temp_path, "write"))
+        .inspect(|_| crate::failpoint::hit("state-save-written"))
+        .and_then(|_| crate::fsutil::sync_file(&file, &staged.temp_path));
+    if let Err(e) = written {
+        staged.discard();
+        return Err(cannot(e));
+    }
+    crate::failpoint::hit("state-save-synced");
+    std::fs::rename(&staged.temp_path, path).map_err(|e| {
+        staged.discard();
+        cannot(crate::fsutil::annotate(e, path, "rename into place"))
+    })?;
+    crate::failpoint::hit("state-save-renamed");
+    crate::fsutil::sync_parent_dir(path).map_err(cannot)
+}
+
+fn state_temp_tag(pipeline: &str) -> String {
+    format!("{pipeline}.state")
+}
+
+/// The fixed temporary name a save of the state file at `path` writes first.
+fn state_temp_path(path: &Path, pipeline: &str) -> PathBuf {
+    crate::fsutil::temp_path_for(path, &state_temp_tag(pipeline))
 }
 
 #[cfg(test)]
@@ -182,6 +223,17 @@ mod tests {
         });
         save(&p, &s).unwrap();
         assert_eq!(load(&p, "p", "updated_at").unwrap(), s);
+    }
+
+    #[test]
+    fn a_temp_left_by_a_killed_save_does_not_block_the_next_save() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.json");
+        let s = State::new("p", "updated_at");
+        std::fs::write(state_temp_path(&p, "p"), "{ half a sta").unwrap();
+        save(&p, &s).unwrap();
+        assert_eq!(load(&p, "p", "updated_at").unwrap(), s);
+        assert!(!state_temp_path(&p, "p").exists());
     }
 
     #[test]
