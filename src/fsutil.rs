@@ -91,8 +91,9 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
         use std::ffi::CString;
         use std::os::unix::ffi::OsStrExt;
         let c = |p: &Path| {
-            CString::new(p.as_os_str().as_bytes())
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+            CString::new(p.as_os_str().as_bytes()).map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte")
+            })
         };
         let (old, new) = (c(from)?, c(to)?);
         // SAFETY: both pointers are valid NUL-terminated strings for the duration of the call.

@@ -228,7 +228,10 @@ async fn quick_incremental_runs_keep_every_delivered_record_on_disk() {
     let o = run_bin(&file, &sim, &[], &[]).await;
     delivered += summary(&o)["records_out"].as_u64().unwrap();
     let on_disk: usize = committed_versions(dir.path()).values().sum();
-    assert_eq!(on_disk as u64, delivered, "every reported record is on disk");
+    assert_eq!(
+        on_disk as u64, delivered,
+        "every reported record is on disk"
+    );
     assert_exactly_once(dir.path(), &sim);
     sim.shutdown().await;
 }

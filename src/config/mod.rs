@@ -269,7 +269,8 @@ fn validate(mut spec: PipelineFile, origin: &Path) -> Result<Pipeline, ConfigErr
     for (i, sink) in spec.sinks.iter().enumerate() {
         problems.extend(sink.validate(&format!("sinks[{i}]")));
         problems.extend(sink.validate_columns(&format!("sinks[{i}]"), &column_names));
-        problems.extend(sink.validate_run_unique(&format!("sinks[{i}]"), spec.incremental.is_some()));
+        problems
+            .extend(sink.validate_run_unique(&format!("sinks[{i}]"), spec.incremental.is_some()));
         if let Some(prev) = paths.insert(sink.path_template().to_string(), i) {
             problems.push(Problem::new(
                 format!("sinks[{i}].path"),

@@ -2,6 +2,7 @@
 //! wires source → transform → sinks with bounded channels, and commits the
 //! outputs and the state together.
 
+mod selection;
 mod summary;
 mod window;
 
@@ -46,6 +47,8 @@ pub struct RunOptions {
     /// Credential vault for `[connection] vault = "…"`; default from
     /// `EXPENSE_SYNC_VAULT` or the user's config directory.
     pub vault: Option<PathBuf>,
+    /// Carry on from the watermark even though the selection changed since it was set.
+    pub accept_selection_change: bool,
 }
 
 /// How a run ended: its summary, and the error if it failed.
@@ -270,6 +273,23 @@ async fn execute(
         window_end: plan.window.to,
         ..ctx
     };
+    // The watermark means "everything this selection matched up to here"; under
+    // another selection an incremental run would silently skip what it adds.
+    let selection = selection::fingerprint(spec, source_cfg);
+    if plan.kind == "incremental"
+        && st.watermark.is_some()
+        && !opts.accept_selection_change
+        && let Some(before) = &st.selection
+    {
+        let changes = before.changes(&selection);
+        if !changes.is_empty() {
+            return Err(Error::Config(ConfigError::single(
+                &pipeline.file,
+                "(selection)",
+                selection::explain(&changes, st.watermark),
+            )));
+        }
+    }
     summary.kind = plan.kind.to_string();
     summary.window_from = plan.window.from;
     summary.window_to = plan.window.to;
@@ -515,6 +535,7 @@ async fn execute(
         state::Advance {
             watermark,
             boundary,
+            selection: Some(selection.clone()),
         }
     });
     let commit_plan = CommitPlan {

@@ -45,6 +45,9 @@ pub struct Advance {
     pub watermark: DateTime<Utc>,
     /// Versions delivered inside the next run's lookback.
     pub boundary: BTreeSet<Version>,
+    /// The selection the new watermark belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<super::Selection>,
 }
 
 /// Everything a commit does, written down before it starts.
@@ -247,6 +250,7 @@ mod tests {
             advance: Some(Advance {
                 watermark: Utc::now(),
                 boundary: BTreeSet::new(),
+                selection: None,
             }),
         }
     }

@@ -7,7 +7,7 @@
 mod commit;
 mod lock;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -28,6 +28,40 @@ pub struct Version {
     pub id: String,
     /// Cursor value as the API wrote it.
     pub cursor: String,
+}
+
+/// What a pipeline selects, part by part (e.g. `source filters` →
+/// `state=in.(PAID)`), so a change can be named; long parts are stored as a
+/// digest. "Since the last run" only means something while this stays the same.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Selection(pub BTreeMap<String, String>);
+
+/// One part of the selection that differs between two fingerprints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelectionChange {
+    /// Which part, e.g. `columns`.
+    pub part: String,
+    /// Its value before (`None`: not recorded then).
+    pub before: Option<String>,
+    /// Its value now (`None`: no longer part of the selection).
+    pub after: Option<String>,
+}
+
+impl Selection {
+    /// The parts that differ from `now`, in a stable order.
+    pub fn changes(&self, now: &Selection) -> Vec<SelectionChange> {
+        let parts: BTreeSet<&String> = self.0.keys().chain(now.0.keys()).collect();
+        parts
+            .into_iter()
+            .filter(|p| self.0.get(*p) != now.0.get(*p))
+            .map(|p| SelectionChange {
+                part: p.clone(),
+                before: self.0.get(p).cloned(),
+                after: now.0.get(p).cloned(),
+            })
+            .collect()
+    }
 }
 
 /// One committed run, kept for people to inspect.
@@ -64,6 +98,10 @@ pub struct State {
     /// Versions delivered with a cursor inside the next run's lookback.
     #[serde(default)]
     pub boundary: BTreeSet<Version>,
+    /// What the pipeline selected when the watermark was last advanced
+    /// (absent in state files written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<Selection>,
     /// A commit that was decided but may not have finished (crash recovery rolls it forward).
     #[serde(default)]
     pub pending: Option<CommitPlan>,
@@ -81,6 +119,7 @@ impl State {
             cursor_field: cursor_field.to_string(),
             watermark: None,
             boundary: BTreeSet::new(),
+            selection: None,
             pending: None,
             runs: Vec::new(),
         }
@@ -91,6 +130,9 @@ impl State {
         if let Some(advance) = &plan.advance {
             self.watermark = Some(advance.watermark);
             self.boundary = advance.boundary.clone();
+            if advance.selection.is_some() {
+                self.selection = advance.selection.clone();
+            }
         }
         self.runs.push(plan.run.clone());
         if self.runs.len() > HISTORY {
@@ -177,8 +219,9 @@ pub fn save(path: &Path, state: &State) -> Result<(), StateError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(cannot(crate::fsutil::annotate(e, &temp, "remove stale"))),
     }
-    let (staged, mut file) = crate::fsutil::StagedFile::create(path, &state_temp_tag(&state.pipeline))
-        .map_err(cannot)?;
+    let (staged, mut file) =
+        crate::fsutil::StagedFile::create(path, &state_temp_tag(&state.pipeline))
+            .map_err(cannot)?;
     crate::failpoint::hit("state-save-created");
     let written = file
         .write_all(text.as_bytes())
