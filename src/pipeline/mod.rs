@@ -640,7 +640,7 @@ fn output_exists(pipeline: &Pipeline, sink: usize, path: &std::path::Path) -> Er
     };
     Error::Config(ConfigError::single(
         &pipeline.file,
-        &format!("sinks[{sink}].{}", cfg.path_key()),
+        format!("sinks[{sink}].{}", cfg.path_key()),
         format!(
             "{} already exists (an earlier run's output); expense-sync never replaces a committed \
              file. Nothing was written. Move the file away, put {} in the path to write a new file \
