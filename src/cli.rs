@@ -104,6 +104,10 @@ pub enum Command {
         /// Backfill up to this instant (exclusive); default now minus the safety lag.
         #[arg(long, value_parser = parse_instant)]
         until: Option<DateTime<Utc>>,
+        /// Carry on from the watermark although the selection (filters, fund_source,
+        /// preset, resource, role, columns, filter transforms) changed since the last run.
+        #[arg(long)]
+        accept_selection_change: bool,
     },
     /// Show a pipeline's incremental state (watermark, pending commit, recent runs).
     State {
@@ -314,6 +318,7 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
             full_refresh,
             since,
             until,
+            accept_selection_change,
         } => {
             let mode = if full_refresh {
                 RunMode::FullRefresh
@@ -332,6 +337,7 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
                 credentials: None,
                 mode,
                 vault,
+                accept_selection_change,
             };
             let outcome = pipeline::run(&p, &http, &opts).await;
             report_run(&outcome, summary.as_deref())
@@ -667,6 +673,7 @@ async fn demo(
         credentials: Some(creds),
         mode: RunMode::Auto,
         vault: None,
+        accept_selection_change: false,
     };
     let outcome = pipeline::run(&p, &http, &opts).await;
     sim.shutdown().await;

@@ -472,18 +472,8 @@ fn validate(mut spec: PipelineFile, origin: &Path) -> Result<Pipeline, ConfigErr
     for (i, sink) in spec.sinks.iter().enumerate() {
         problems.extend(sink.validate(&format!("sinks[{i}]")));
         problems.extend(sink.validate_columns(&format!("sinks[{i}]"), &column_names));
-        if spec.incremental.is_some()
-            && !["{run_id}", "{run_time}", "{window_start}", "{window_end}"]
-                .iter()
-                .any(|ph| sink.path_template().contains(ph))
-        {
-            problems.push(Problem::new(
-                format!("sinks[{i}].path"),
-                "an incremental pipeline writes new files every run, so the path needs a per-run \
-                 placeholder: {run_id}, {run_time}, {window_start} or {window_end} \
-                 (e.g. \"expenses-{window_end}.csv\")",
-            ));
-        }
+        problems
+            .extend(sink.validate_run_unique(&format!("sinks[{i}]"), spec.incremental.is_some()));
         if let Some(prev) = paths.insert(sink.path_template().to_string(), i) {
             problems.push(Problem::new(
                 format!("sinks[{i}].path"),

@@ -2,6 +2,7 @@
 //! wires source → transform → sinks with bounded channels, and commits the
 //! outputs and the state together.
 
+mod selection;
 mod summary;
 mod window;
 
@@ -46,6 +47,8 @@ pub struct RunOptions {
     /// Credential vault for `[connection] vault = "…"`; default from
     /// `EXPENSE_SYNC_VAULT` or the user's config directory.
     pub vault: Option<PathBuf>,
+    /// Carry on from the watermark even though the selection changed since it was set.
+    pub accept_selection_change: bool,
 }
 
 /// How a run ended: its summary, and the error if it failed.
@@ -295,10 +298,34 @@ async fn execute(
         window_end: plan.window.to,
         ..ctx
     };
+    // The watermark means "everything this selection matched up to here"; under
+    // another selection an incremental run would silently skip what it adds.
+    let selection = selection::fingerprint(spec, source_cfg);
+    if plan.kind == "incremental"
+        && st.watermark.is_some()
+        && !opts.accept_selection_change
+        && let Some(before) = &st.selection
+    {
+        let changes = before.changes(&selection);
+        if !changes.is_empty() {
+            return Err(Error::Config(ConfigError::single(
+                &pipeline.file,
+                "(selection)",
+                selection::explain(&changes, st.watermark),
+            )));
+        }
+    }
     summary.kind = plan.kind.to_string();
     summary.window_from = plan.window.from;
     summary.window_to = plan.window.to;
 
+    // A fixed name that is already taken stops the run before it reads anything.
+    for (i, cfg) in spec.sinks.iter().enumerate() {
+        let path = crate::sinks::render_path(cfg.path_template(), &ctx);
+        if !cfg.overwrite() && path.symlink_metadata().is_ok() {
+            return Err(output_exists(pipeline, i, &path));
+        }
+    }
     let mut sinks: Vec<Box<dyn Sink>> = Vec::with_capacity(spec.sinks.len());
     for cfg in &spec.sinks {
         match cfg.build(&ctx, projector.schema().clone()) {
@@ -450,18 +477,35 @@ async fn execute(
 
     // …then commit: write the plan into the state, move files into place,
     // advance the state (see state::commit for why this order is crash-safe).
-    let mut files: Vec<PlannedFile> = outputs
-        .iter()
-        .flat_map(SinkOutput::staged_files)
-        .map(|o| PlannedFile {
-            temp: o.temp_path.clone(),
-            final_path: o.final_path.clone(),
-        })
-        .collect();
+    // Outputs come back in the order of `spec.sinks`.
+    let mut files: Vec<PlannedFile> = Vec::new();
+    let mut taken: Option<Error> = None;
+    for (i, (out, cfg)) in outputs.iter().zip(&spec.sinks).enumerate() {
+        for o in out.staged_files() {
+            // Split and partitioned sinks name their files only now: check them
+            // before the commit point, where refusing still rolls back cleanly.
+            if !cfg.overwrite() && taken.is_none() && o.final_path.symlink_metadata().is_ok() {
+                taken = Some(output_exists(pipeline, i, &o.final_path));
+            }
+            files.push(PlannedFile {
+                temp: o.temp_path.clone(),
+                final_path: o.final_path.clone(),
+                replace: cfg.overwrite(),
+            });
+        }
+    }
+    if let Some(e) = taken {
+        outputs.iter().for_each(SinkOutput::discard);
+        if let Some(q) = &quarantine_staged {
+            q.discard();
+        }
+        return Err(e);
+    }
     if let Some(q) = &quarantine_staged {
         files.push(PlannedFile {
             temp: q.temp_path.clone(),
             final_path: q.final_path.clone(),
+            replace: false,
         });
     }
     // The run's files, as recorded in the state (the write-back plan is
@@ -497,6 +541,7 @@ async fn execute(
         files.push(PlannedFile {
             temp: wp.temp_path.clone(),
             final_path: wp.final_path.clone(),
+            replace: false,
         });
     }
     let advance = plan.advance_to.map(|to| {
@@ -515,6 +560,7 @@ async fn execute(
         state::Advance {
             watermark,
             boundary,
+            selection: Some(selection.clone()),
         }
     });
     let commit_plan = CommitPlan {
@@ -607,6 +653,27 @@ async fn execute(
         summary.writeback = Some(wb);
     }
     Ok(())
+}
+
+/// The error for a sink whose output file exists already and may not be replaced.
+fn output_exists(pipeline: &Pipeline, sink: usize, path: &std::path::Path) -> Error {
+    let cfg = &pipeline.spec.sinks[sink];
+    let overwrite = if matches!(cfg, crate::sinks::SinkConfig::Http(_)) {
+        ""
+    } else {
+        ", or set `overwrite = true` on this sink to replace the file on every run"
+    };
+    Error::Config(ConfigError::single(
+        &pipeline.file,
+        format!("sinks[{sink}].{}", cfg.path_key()),
+        format!(
+            "{} already exists (an earlier run's output); expense-sync never replaces a committed \
+             file. Nothing was written. Move the file away, put {} in the path to write a new file \
+             every run{overwrite}",
+            path.display(),
+            crate::sinks::RUN_UNIQUE
+        ),
+    ))
 }
 
 /// A pipeline that pushes over HTTP pages sequentially: parallel slices

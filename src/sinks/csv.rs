@@ -36,6 +36,10 @@ const FORMULA_STARTS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CsvSinkConfig {
+    /// Replace the file at `path` on every run (a fixed "latest" name); off by
+    /// default, when an existing file is never replaced.
+    #[serde(default)]
+    pub overwrite: bool,
     /// Output path; may use `{pipeline}`, `{run_id}`, `{run_date}`, `{run_time}`, `{window_start}`, `{window_end}`.
     pub path: String,
     /// `rfc4180` or `excel`; sets `bom`, `line_ending` and `formula_protection` unless they are given.
@@ -193,6 +197,7 @@ impl CsvSinkConfig {
     pub fn new(path: impl Into<String>) -> Self {
         Self {
             path: path.into(),
+            overwrite: false,
             preset: None,
             delimiter: default_delimiter(),
             bom: None,
