@@ -481,11 +481,13 @@ impl HttpClient {
                         headers,
                         json,
                     }),
-                    Err(_) if req.any_success_body && !declares_json(&headers) => Attempt::Done(Response {
-                        status,
-                        headers,
-                        json: Value::Null,
-                    }),
+                    Err(_) if req.any_success_body && !declares_json(&headers) => {
+                        Attempt::Done(Response {
+                            status,
+                            headers,
+                            json: Value::Null,
+                        })
+                    }
                     Err(e) => {
                         // A cut-off body parses as invalid JSON: worth another try.
                         self.inner

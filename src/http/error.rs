@@ -47,9 +47,11 @@ pub enum HttpError {
     },
     /// The server answered with a redirect that is not followed: a redirect
     /// may turn a POST into a body-less GET or carry credentials to another host.
-    #[error("{method} {url} answered HTTP {status} redirecting to {location}; redirects are not followed \
+    #[error(
+        "{method} {url} answered HTTP {status} redirecting to {location}; redirects are not followed \
              (only 307/308 to the same scheme, host and port are, re-sending the same request). \
-             Nothing was sent there: configure the final URL instead")]
+             Nothing was sent there: configure the final URL instead"
+    )]
     Redirected {
         /// Request method.
         method: String,

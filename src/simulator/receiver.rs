@@ -307,7 +307,9 @@ pub fn verify_signature(
 type Body = BoxBody<Bytes, std::io::Error>;
 
 fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 fn answer(status: u16, body: &Value, retry_after: Option<u64>) -> Response<Body> {
@@ -346,7 +348,9 @@ fn truncated(reply: &Value) -> Response<Body> {
         .status(StatusCode::OK)
         .header("content-type", "application/json")
         .header("content-length", text.len())
-        .body(BodyExt::boxed(StreamBody::new(futures::stream::iter(frames))))
+        .body(BodyExt::boxed(StreamBody::new(futures::stream::iter(
+            frames,
+        ))))
         .expect("valid response")
 }
 
@@ -516,7 +520,10 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
                 if rejected.iter().any(|(j, _, _)| *j == i) {
                     continue;
                 }
-                let field = inner.record_key_field.as_deref().unwrap_or("_idempotency_key");
+                let field = inner
+                    .record_key_field
+                    .as_deref()
+                    .unwrap_or("_idempotency_key");
                 if let Some(k) = r.get(field).and_then(Value::as_str) {
                     let seen = st.applied_keys.contains_key(k);
                     if seen && inner.record_key_field.is_some() {
