@@ -408,3 +408,55 @@ async fn answers_lost_or_unreadable_after_the_batch_was_applied_are_retried_with
     rx.shutdown().await;
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_with_a_bearer_token_follows_a_same_origin_307_but_never_another_host() {
+    use expense_sync::http::{HttpClient, HttpConfig, HttpError, Request};
+    use secrecy::SecretString;
+
+    let http = HttpClient::new(&HttpConfig::default()).unwrap();
+    let token = SecretString::from("fyle-access-token-secret".to_string());
+    let elsewhere = receiver_with(None, None).await;
+    let offsite = receiver_with(
+        Some(Redirect {
+            status: 307,
+            location: elsewhere.url().to_string(),
+        }),
+        None,
+    )
+    .await;
+    let req = Request::get(url::Url::parse(offsite.url()).unwrap()).with_bearer(token.clone());
+    match http.execute(&req).await {
+        Err(e @ HttpError::Redirected { status: 307, .. }) => {
+            assert!(e.to_string().contains(elsewhere.url()), "{e}");
+            assert!(!e.to_string().contains("fyle-access-token-secret"));
+        }
+        other => panic!("expected a refused redirect, got {other:?}"),
+    }
+    assert_eq!(
+        elsewhere.stats().requests,
+        0,
+        "the bearer never left the host"
+    );
+
+    let moved = receiver_with(
+        Some(Redirect {
+            status: 307,
+            location: "/v2/expenses?offset=0".into(),
+        }),
+        None,
+    )
+    .await;
+    let req = Request::get(url::Url::parse(moved.url()).unwrap()).with_bearer(token);
+    let resp = http
+        .execute(&req)
+        .await
+        .expect("same-origin 307 is followed");
+    assert_eq!(resp.json, serde_json::json!([]));
+    let stats = moved.stats();
+    assert_eq!((stats.redirects, stats.requests), (1, 2));
+    assert_eq!(stats.headers_seen.get("authorization"), Some(&2));
+    for r in [elsewhere, offsite, moved] {
+        r.shutdown().await;
+    }
+}

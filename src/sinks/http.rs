@@ -509,6 +509,21 @@ impl HttpSink {
                     .map_err(|m| SinkError::new(&label, m))?,
             ),
         };
+        if cfg.template.is_none()
+            && let Some(c) = schema
+                .columns
+                .iter()
+                .find(|c| c.name == cfg.record_key_field)
+        {
+            return Err(SinkError::new(
+                &label,
+                format!(
+                    "column `{}` has the name of record_key_field, which the sink fills with each \
+                     record's key; rename the column or set record_key_field to another name (or \"\")",
+                    c.name
+                ),
+            ));
+        }
         let id_index = id_column_index(
             &cfg.id_column,
             schema.columns.iter().map(|c| c.name.as_str()),
@@ -890,6 +905,13 @@ impl Sink for HttpSink {
             }
         };
         self.delivery.http = self.client.stats();
+        if self.delivery.resumed > 0 {
+            tracing::info!(
+                sink = %self.label,
+                records = self.delivery.resumed,
+                "records acknowledged by an earlier run that did not commit were not sent again (push journal)"
+            );
+        }
         Ok(SinkOutput {
             companions: Vec::new(),
             kind: "http",
@@ -1106,6 +1128,17 @@ mod tests {
         assert_eq!(idempotency_key(&a), idempotency_key(&b));
         assert_ne!(idempotency_key(&a), idempotency_key(&c));
         assert_eq!(idempotency_key(&a).len(), 64);
+    }
+
+    #[test]
+    fn a_record_key_names_one_version_of_one_record() {
+        let k = record_key("txA1", "2026-01-02T03:04:05.123456+00:00");
+        assert_eq!(k.len(), 64);
+        assert_eq!(k, record_key("txA1", "2026-01-02T03:04:05.123456+00:00"));
+        assert_ne!(k, record_key("txA1", "2026-01-02T03:04:05.123457+00:00"));
+        assert_ne!(k, record_key("txA2", "2026-01-02T03:04:05.123456+00:00"));
+        // The separator keeps id and cursor apart.
+        assert_ne!(record_key("a", "bc"), record_key("ab", "c"));
     }
 
     #[test]
