@@ -33,7 +33,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use url::Url;
 
-use super::journal::{JournalRecord, PushJournal};
+use super::journal::{JournalRecord, PushJournal, key_bytes};
 use super::{Sink, SinkContext, SinkError, SinkOutput, cell_text, label, template_parts};
 use crate::config::{Problem, SecretRef};
 use crate::fsutil::{StagedFile, sync_file};
@@ -460,7 +460,7 @@ pub struct HttpSink {
     bytes: u64,
     journal: Option<PushJournal>,
     /// Keys acknowledged by earlier runs that did not commit (from the journal).
-    acknowledged: HashSet<String>,
+    acknowledged: HashSet<[u8; 32]>,
 }
 
 impl HttpSink {
@@ -851,7 +851,9 @@ impl Sink for HttpSink {
         for (n, row) in batch.rows.iter().enumerate() {
             let version = versions.get(n).and_then(Option::as_ref);
             let item = self.render(&row.cells, version)?;
-            if self.acknowledged.contains(&item.key) {
+            if !self.acknowledged.is_empty()
+                && key_bytes(&item.key).is_some_and(|k| self.acknowledged.contains(&k))
+            {
                 self.delivery.resumed += 1;
                 self.delivery.accepted += 1;
                 continue;
