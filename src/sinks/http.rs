@@ -759,7 +759,8 @@ impl HttpSink {
                         &self.label,
                         format!(
                             "a batch of {len} records (Idempotency-Key {key}) was not acknowledged: {e}. \
-                             Nothing was committed; the next run sends the same batch with the same key"
+                             Nothing was committed; the next run sends these records again with the same per-record keys \
+                             (and skips those the receiver acknowledged, see the push journal)"
                         ),
                     ));
                 }
