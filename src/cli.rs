@@ -210,6 +210,13 @@ pub enum Command {
             hide_env_values = true
         )]
         receiver_secret: Option<String>,
+        /// Make the receiver answer pushes to `/expenses` with a redirect,
+        /// as `STATUS:LOCATION`, e.g. `301:/v2/expenses` or `307:http://127.0.0.1:8800/expenses`.
+        #[arg(long, value_parser = parse_redirect)]
+        receiver_redirect: Option<crate::simulator::receiver::Redirect>,
+        /// Make the receiver also de-duplicate records by this body field (e.g. `_idempotency_key`).
+        #[arg(long)]
+        receiver_record_key: Option<String>,
     },
 }
 
@@ -386,6 +393,8 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
             non_reimbursable_cash,
             receiver_port,
             receiver_secret,
+            receiver_redirect,
+            receiver_record_key,
         } => {
             let cfg = SimConfig {
                 seed,
@@ -419,6 +428,8 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
                     let r = Receiver::start_on(
                         ReceiverConfig {
                             secret: receiver_secret,
+                            redirect: receiver_redirect,
+                            record_key_field: receiver_record_key,
                             ..ReceiverConfig::default()
                         },
                         rp,
@@ -725,6 +736,25 @@ fn parse_instant(s: &str) -> Result<DateTime<Utc>, String> {
     NaiveDate::parse_from_str(s, "%Y-%m-%d")
         .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc())
         .map_err(|_| format!("`{s}` is not a time; write 2024-03-01T00:00:00Z or 2024-03-01"))
+}
+
+/// `STATUS:LOCATION` for `--receiver-redirect`.
+fn parse_redirect(s: &str) -> Result<crate::simulator::receiver::Redirect, String> {
+    let (status, location) = s
+        .split_once(':')
+        .ok_or_else(|| format!("expected STATUS:LOCATION, e.g. 301:/v2/expenses, got `{s}`"))?;
+    let status: u16 = status
+        .parse()
+        .ok()
+        .filter(|c| (300..=399).contains(c))
+        .ok_or_else(|| format!("`{status}` is not a 3xx status"))?;
+    if location.is_empty() {
+        return Err("the redirect needs a location after the colon".into());
+    }
+    Ok(crate::simulator::receiver::Redirect {
+        status,
+        location: location.to_string(),
+    })
 }
 
 #[cfg(test)]

@@ -9,13 +9,16 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::Method;
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, LOCATION, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use tracing::{debug, warn};
 use url::Url;
 
 use super::{HttpConfig, HttpError};
+
+/// Same-origin 307/308 hops followed for one request before giving up.
+const MAX_REDIRECTS: u32 = 5;
 
 /// One request to make; the client adds rate limiting, timeouts and retries.
 #[derive(Clone)]
@@ -41,7 +44,9 @@ pub struct Request {
     pub headers: Vec<(String, String)>,
     /// Extra headers whose values are secrets (API keys, basic auth): marked sensitive, never logged.
     pub secret_headers: Vec<(String, SecretString)>,
-    /// Accept a 2xx body that is not JSON (kept as `Value::Null`) instead of retrying it as cut off.
+    /// Accept a 2xx body that is not JSON (kept as `Value::Null`) instead of
+    /// retrying it as cut off; a body whose `Content-Type` says JSON but does
+    /// not parse is still retried (it was cut off or garbled on the way).
     pub any_success_body: bool,
     /// Signs the `raw` body on every attempt (fresh timestamp per retry).
     pub signer: Option<super::Signer>,
@@ -254,6 +259,8 @@ impl std::fmt::Debug for HttpClient {
 enum Attempt {
     Done(Response),
     Fatal(HttpError),
+    /// A 307/308 to the same origin: send the same request there.
+    Redirect(Url),
     Retry {
         reason: String,
         wait: Option<Duration>,
@@ -313,6 +320,10 @@ impl HttpClient {
     /// Builds the client; call once per process and share it.
     pub fn new(config: &HttpConfig) -> Result<Self, HttpError> {
         let client = reqwest::Client::builder()
+            // Redirects are handled in `attempt`: reqwest would turn a 301/302
+            // POST into a body-less GET, and its cross-host filtering knows
+            // only the standard auth headers, not custom secret ones.
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)
             .user_agent(concat!("expense-sync/", env!("CARGO_PKG_VERSION")))
@@ -362,14 +373,40 @@ impl HttpClient {
         let mut backoff = backoff(cfg);
         let started = Instant::now();
         let mut attempts = 0u32;
+        // After a same-origin 307/308: the same request at the new URL.
+        let mut moved: Option<Request> = None;
+        let mut hops = 0u32;
+        let mut retry = false;
         loop {
             attempts += 1;
-            if attempts > 1 {
+            if retry {
                 self.inner.stats.retries.fetch_add(1, Ordering::Relaxed);
             }
-            match self.attempt(req, attempts).await {
+            retry = true;
+            match self.attempt(moved.as_ref().unwrap_or(req), attempts).await {
                 Attempt::Done(resp) => return Ok(resp),
                 Attempt::Fatal(err) => return Err(err),
+                Attempt::Redirect(url) => {
+                    hops += 1;
+                    if hops > MAX_REDIRECTS {
+                        return Err(HttpError::Redirected {
+                            method: req.method.to_string(),
+                            url: req.display_url(),
+                            status: 307,
+                            location: format!(
+                                "{} (more than {MAX_REDIRECTS} redirects in a row)",
+                                redacted_location(url.as_str())
+                            ),
+                        });
+                    }
+                    debug!(method = %req.method, from = %req.url, to = %url, "following a same-origin redirect");
+                    let mut next = req.clone();
+                    next.url = url;
+                    // The Location carries its own query.
+                    next.query.clear();
+                    moved = Some(next);
+                    retry = false;
+                }
                 Attempt::Retry {
                     reason,
                     wait,
@@ -524,11 +561,13 @@ impl HttpClient {
                         headers,
                         json,
                     }),
-                    Err(_) if req.any_success_body => Attempt::Done(Response {
-                        status,
-                        headers,
-                        json: Value::Null,
-                    }),
+                    Err(_) if req.any_success_body && !declares_json(&headers) => {
+                        Attempt::Done(Response {
+                            status,
+                            headers,
+                            json: Value::Null,
+                        })
+                    }
                     Err(e) => {
                         // A cut-off body parses as invalid JSON: worth another try.
                         self.inner
@@ -543,6 +582,25 @@ impl HttpClient {
                             unreachable: false,
                         }
                     }
+                }
+            }
+            300..=399 => {
+                let location = headers.get(LOCATION).and_then(|v| v.to_str().ok());
+                let mut requested = req.url.clone();
+                if !req.query.is_empty() {
+                    requested.query_pairs_mut().extend_pairs(req.query.iter());
+                }
+                match location.and_then(|l| requested.join(l).ok()) {
+                    Some(to) if matches!(status, 307 | 308) && to.origin() == req.url.origin() => {
+                        Attempt::Redirect(to)
+                    }
+                    _ => Attempt::Fatal(HttpError::Redirected {
+                        method: req.method.to_string(),
+                        url: req.display_url(),
+                        status,
+                        location: location
+                            .map_or_else(|| "(no Location header)".into(), redacted_location),
+                    }),
                 }
             }
             429 => {
@@ -601,6 +659,30 @@ fn describe_transport(e: &reqwest::Error) -> String {
         source = inner.source();
     }
     s
+}
+
+/// Whether a response says its body is JSON (`application/json`, `…+json`).
+fn declares_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| {
+            let m = m.trim().to_ascii_lowercase();
+            m == "application/json" || m.ends_with("+json")
+        })
+}
+
+/// A `Location` for messages: without any user or password it may carry.
+fn redacted_location(location: &str) -> String {
+    match Url::parse(location) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        _ => truncate(location),
+    }
 }
 
 /// Parses `Retry-After` as seconds or an HTTP date.

@@ -24,6 +24,7 @@ use crate::error::Error;
 use crate::fsutil::StagedFile;
 use crate::http::HttpClient;
 use crate::row::Batch;
+use crate::sinks::journal::{PushJournal, journal_path};
 use crate::sinks::{Sink, SinkContext, SinkError, SinkOutput};
 use crate::sources::SourceConfig;
 use crate::sources::fyle::{FyleClient, FyleError, Page, PagerStats, fetch_window, run_pending};
@@ -34,6 +35,12 @@ use crate::transforms::{Projector, TransformReport, Transforms, Verdict};
 const PAGE_BUFFER: usize = 8;
 /// Batches in flight to each sink.
 const BATCH_BUFFER: usize = 2;
+
+/// Rows for the sinks with the source version of each (for pushes' per-record keys).
+struct Versioned {
+    batch: Batch,
+    versions: Vec<Option<Version>>,
+}
 
 /// Per-run choices that are not part of the pipeline file.
 #[derive(Debug, Clone, Default)]
@@ -326,10 +333,30 @@ async fn execute(
             return Err(output_exists(pipeline, i, &path));
         }
     }
+    // What receivers acknowledged in earlier runs that did not commit; a
+    // journal of a run that has committed since is removed here.
+    let journal = if spec
+        .sinks
+        .iter()
+        .any(|s| matches!(s, crate::sinks::SinkConfig::Http(_)))
+    {
+        let committed = |run: &str| st.runs.iter().any(|r| r.run_id == run);
+        Some(
+            PushJournal::open(&journal_path(&state_path), run_id, committed)
+                .map_err(|e| Error::State(e.to_string()))?,
+        )
+    } else {
+        None
+    };
     let mut sinks: Vec<Box<dyn Sink>> = Vec::with_capacity(spec.sinks.len());
     for cfg in &spec.sinks {
         match cfg.build(&ctx, projector.schema().clone()) {
-            Ok(s) => sinks.push(s),
+            Ok(mut s) => {
+                if let Some(j) = &journal {
+                    s.use_journal(j);
+                }
+                sinks.push(s)
+            }
             Err(e) => {
                 sinks.into_iter().for_each(|s| s.abort());
                 return Err(Error::Sink(e.to_string()));
@@ -350,11 +377,11 @@ async fn execute(
     let mut sink_txs = Vec::new();
     let mut workers = Vec::new();
     for mut sink in sinks {
-        let (tx, mut rx) = mpsc::channel::<Arc<Batch>>(BATCH_BUFFER);
+        let (tx, mut rx) = mpsc::channel::<Arc<Versioned>>(BATCH_BUFFER);
         sink_txs.push(tx);
         workers.push(tokio::task::spawn_blocking(move || {
-            while let Some(batch) = rx.blocking_recv() {
-                if let Err(e) = sink.write(&batch) {
+            while let Some(v) = rx.blocking_recv() {
+                if let Err(e) = sink.write_versions(&v.batch, &v.versions) {
                     return (sink, Err(e));
                 }
             }
@@ -591,6 +618,13 @@ async fn execute(
         return Err(Error::State(e.to_string()));
     }
     summary.watermark = st.watermark;
+    // The commit covers what the journal held; a crash before this removal
+    // is handled when the next run opens the journal.
+    if let Some(j) = journal
+        && let Err(e) = j.retire()
+    {
+        warn!("{e}; the next run removes it");
+    }
     for out in &outputs {
         let final_path = out.staged.as_ref().map(|s| s.final_path.clone());
         let (path, dead_letter, rejected) = match &out.delivery {
@@ -704,7 +738,7 @@ async fn transform(
     transforms: &Transforms,
     report: &mut TransformReport,
     projector: &Projector,
-    sinks: &[mpsc::Sender<Arc<Batch>>],
+    sinks: &[mpsc::Sender<Arc<Versioned>>],
     quarantine: &mut Quarantine,
     dedup: &mut Dedup,
     summary: &mut RunSummary,
@@ -721,6 +755,7 @@ async fn transform(
         let mut batch = Batch {
             rows: Vec::with_capacity(page.records.len()),
         };
+        let mut versions = Vec::with_capacity(page.records.len());
         for mut record in page.records {
             let record = &mut record;
             if dedup.is_delivered(record) {
@@ -729,6 +764,7 @@ async fn transform(
             }
             // Remembered from the source version, before transforms add fields.
             dedup.remember(record);
+            let version = version_of(record, &dedup.cursor_field).map(|(v, _)| v);
             if transforms.apply(record, report) != Verdict::Keep {
                 continue;
             }
@@ -738,6 +774,7 @@ async fn transform(
                         ids.push(crate::record::record_id(record));
                     }
                     batch.rows.push(row);
+                    versions.push(version);
                 }
                 Err(e) => {
                     summary.quarantined += 1;
@@ -752,7 +789,7 @@ async fn transform(
         if batch.rows.is_empty() {
             continue;
         }
-        let batch = Arc::new(batch);
+        let batch = Arc::new(Versioned { batch, versions });
         for tx in sinks {
             // A closed channel means that sink failed; its error is collected by the caller.
             if tx.send(batch.clone()).await.is_err() {

@@ -12,6 +12,7 @@ pub mod csv_ledger;
 pub mod csv_split;
 pub mod http;
 pub mod iif;
+pub mod journal;
 pub mod ledger;
 pub mod output;
 pub mod parquet;
@@ -31,6 +32,22 @@ use crate::row::{Batch, Cell, Schema};
 pub trait Sink: Send {
     /// Appends rows to the temporary output (blocking I/O; call from a blocking thread).
     fn write(&mut self, batch: &Batch) -> Result<(), SinkError>;
+    /// Like [`Sink::write`], with the source version (id, cursor) of each row
+    /// (`versions[i]` for `batch.rows[i]`; shorter when unknown): pushing sinks
+    /// derive per-record keys from it, file sinks do not need it.
+    fn write_versions(
+        &mut self,
+        batch: &Batch,
+        versions: &[Option<crate::state::Version>],
+    ) -> Result<(), SinkError> {
+        let _ = versions;
+        self.write(batch)
+    }
+    /// Hands a pushing sink the journal of what receivers acknowledged in
+    /// runs not yet committed (see [`journal`]); other sinks ignore it.
+    fn use_journal(&mut self, journal: &journal::PushJournal) {
+        let _ = journal;
+    }
     /// Flushes and fsyncs the temporary output, leaving the rename to the runner.
     fn finish(self: Box<Self>) -> Result<SinkOutput, SinkError>;
     /// Removes the temporary output.
