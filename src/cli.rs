@@ -137,6 +137,10 @@ pub enum Command {
         /// Expenses changed per second in the background while clients page.
         #[arg(long, default_value_t = 0)]
         mutate_per_sec: u32,
+        /// Seconds the simulator's clock (`Date` headers, `updated_at` of changes)
+        /// runs ahead of the real one; negative: behind, as if this machine's clock were ahead.
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        clock_offset: i64,
         /// Also serve the test receiver for HTTP pushes on this port (see `pipelines/push-to-receiver.toml`).
         #[arg(long)]
         receiver_port: Option<u16>,
@@ -256,6 +260,7 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
             error_rate,
             latency,
             mutate_per_sec,
+            clock_offset,
             receiver_port,
             receiver_secret,
         } => {
@@ -270,6 +275,7 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
                     mutations_per_sec: mutate_per_sec,
                     ..Faults::default()
                 },
+                clock_offset: chrono::TimeDelta::seconds(clock_offset),
                 ..SimConfig::default()
             };
             let cluster_port = cluster_port.unwrap_or(port.saturating_add(1));

@@ -223,6 +223,7 @@ struct Inner {
     limiter: DefaultDirectRateLimiter,
     config: HttpConfig,
     stats: HttpStats,
+    clocks: super::clock::Clocks,
 }
 
 /// The process-wide HTTP client. Cheap to clone; clones share the limiter and counters.
@@ -276,6 +277,7 @@ impl HttpClient {
                 limiter: RateLimiter::direct(quota),
                 config: config.clone(),
                 stats: HttpStats::default(),
+                clocks: Default::default(),
             }),
         })
     }
@@ -283,6 +285,11 @@ impl HttpClient {
     /// The configuration this client was built with.
     pub fn config(&self) -> &HttpConfig {
         &self.inner.config
+    }
+
+    /// The last `Date` reading of the server at `url`'s origin, if it sent one.
+    pub fn server_clock(&self, url: &Url) -> Option<super::ServerClock> {
+        self.inner.clocks.get(url)
     }
 
     /// The counters so far.
@@ -409,6 +416,9 @@ impl HttpClient {
         };
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
+        self.inner
+            .clocks
+            .observe(&req.url, &headers, chrono::Utc::now());
         let body = match resp.bytes().await {
             Ok(b) => b,
             Err(e) => {

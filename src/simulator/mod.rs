@@ -63,6 +63,10 @@ pub struct SimConfig {
     pub faults: Faults,
     /// The only credentials the accounts server accepts.
     pub credentials: SimCredentials,
+    /// How far the simulator's clock runs ahead of (negative: behind) the
+    /// real one: its `Date` headers and the timestamps it stamps on changes.
+    /// Zero by default; change it later with [`Simulator::set_clock_offset`].
+    pub clock_offset: chrono::TimeDelta,
 }
 
 impl Default for SimConfig {
@@ -74,6 +78,7 @@ impl Default for SimConfig {
             token_ttl: Duration::from_secs(3600),
             faults: Faults::default(),
             credentials: SimCredentials::default(),
+            clock_offset: chrono::TimeDelta::zero(),
         }
     }
 }
@@ -192,9 +197,11 @@ impl Simulator {
         let accounts_url = format!("http://127.0.0.1:{}", accounts.local_addr()?.port());
         let cluster_url = format!("http://127.0.0.1:{}", cluster.local_addr()?.port());
         let (seed, n) = (cfg.seed, cfg.expenses);
-        let store = tokio::task::spawn_blocking(move || Store::new(seed, n))
+        let offset_us = cfg.clock_offset.num_microseconds().unwrap_or(0);
+        let mut store = tokio::task::spawn_blocking(move || Store::new(seed, n))
             .await
             .map_err(std::io::Error::other)?;
+        store.clock_offset_us = offset_us;
         let shared = Arc::new(Shared {
             store: RwLock::new(store),
             credentials: cfg.credentials,
@@ -206,6 +213,7 @@ impl Simulator {
             log: Mutex::new(Vec::new()),
             cluster_url: cluster_url.clone(),
             oauth: Mutex::new(oauth::OAuthBook::new(cfg.seed)),
+            clock_offset_us: std::sync::atomic::AtomicI64::new(offset_us),
         });
         let (tx, rx) = watch::channel(false);
         let mutator = tokio::spawn(mutate_in_background(Arc::clone(&shared), rx.clone()));
@@ -268,6 +276,17 @@ impl Simulator {
     /// Replaces the active faults (a new `burst_429` restarts the burst count).
     pub fn set_faults(&self, faults: Faults) {
         *self.inner.shared.faults.lock().expect("faults") = faults;
+    }
+
+    /// Sets how far the simulator's clock runs ahead of (negative: behind)
+    /// the real one, from now on (see [`SimConfig::clock_offset`]).
+    pub fn set_clock_offset(&self, offset: chrono::TimeDelta) {
+        let us = offset.num_microseconds().unwrap_or(0);
+        let shared = &self.inner.shared;
+        shared
+            .clock_offset_us
+            .store(us, std::sync::atomic::Ordering::Relaxed);
+        shared.store.write().expect("store").clock_offset_us = us;
     }
 
     /// Changes the per-IP rate limit at runtime (`None` = off).

@@ -43,6 +43,8 @@ pub(crate) struct Shared {
     pub(crate) log: Mutex<Vec<LoggedRequest>>,
     pub(crate) cluster_url: String,
     pub(crate) oauth: Mutex<super::oauth::OAuthBook>,
+    /// `SimConfig::clock_offset` in microseconds, for `Date` headers.
+    pub(crate) clock_offset_us: std::sync::atomic::AtomicI64,
 }
 
 /// Issued access tokens. Tokens are opaque to the server: validity is a
@@ -264,7 +266,20 @@ impl Shared {
         let authorization_present = req.headers().contains_key(AUTHORIZATION);
         let faults = self.faults.lock().expect("faults").clone();
 
-        let outcome = self.answer(server, peer, req, &path, &query).await;
+        let mut outcome = self.answer(server, peer, req, &path, &query).await;
+        let offset = self
+            .clock_offset_us
+            .load(std::sync::atomic::Ordering::Relaxed);
+        // hyper writes the real time unless a Date is already set.
+        if offset != 0
+            && let Outcome::Respond(r) = &mut outcome
+        {
+            let at = chrono::Utc::now() + chrono::TimeDelta::microseconds(offset);
+            let text = at.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+            if let Ok(v) = HeaderValue::from_str(&text) {
+                r.headers_mut().insert(hyper::header::DATE, v);
+            }
+        }
         if !faults.latency.is_zero() {
             tokio::time::sleep(faults.latency).await;
         }

@@ -158,6 +158,8 @@ pub(crate) struct Store {
     past: std::collections::VecDeque<(String, i64, Vec<u8>)>,
     /// Replacements older than this were dropped to bound memory.
     past_complete_after: i64,
+    /// Added to the real clock for every stamp (`SimConfig::clock_offset`), in microseconds.
+    pub(crate) clock_offset_us: i64,
 }
 
 /// Replaced versions kept for `expenses_as_of`; a long `simulate` session with
@@ -223,6 +225,7 @@ impl Store {
             rng: Rng::new(seed ^ 0x005E_ED0F_4D17),
             past: std::collections::VecDeque::new(),
             past_complete_after: i64::MIN,
+            clock_offset_us: 0,
             ctx,
         }
     }
@@ -375,7 +378,7 @@ impl Store {
     /// A fresh `updated_at`: wall-clock now, but strictly after every
     /// timestamp handed out before, so mutated rows never tie with old ones.
     fn stamp(&mut self) -> i64 {
-        let now = chrono::Utc::now().timestamp_micros();
+        let now = chrono::Utc::now().timestamp_micros() + self.clock_offset_us;
         self.last_stamp = now.max(self.last_stamp + 1);
         self.last_stamp
     }
@@ -565,7 +568,7 @@ impl Store {
                 "data": problems,
             })));
         }
-        let now = chrono::Utc::now().timestamp_micros();
+        let now = chrono::Utc::now().timestamp_micros() + self.clock_offset_us;
         for (pos, summary) in updates {
             let e = &mut self.expenses[pos];
             if summary.state == "COMPLETE" {
