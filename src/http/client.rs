@@ -44,6 +44,10 @@ pub struct Request {
     pub any_success_body: bool,
     /// Signs the `raw` body on every attempt (fresh timestamp per retry).
     pub signer: Option<super::Signer>,
+    /// Must not be repeated once it may have reached the server (a rotating
+    /// refresh token, a single-use code): retry only when it certainly did not
+    /// (could not connect, or 429); anything else is [`HttpError::OutcomeUnknown`].
+    pub retry_unsent_only: bool,
 }
 
 // Bodies of token requests carry client secrets, codes and refresh tokens:
@@ -102,6 +106,7 @@ impl Request {
             secret_headers: Vec::new(),
             any_success_body: false,
             signer: None,
+            retry_unsent_only: false,
         }
     }
 
@@ -120,6 +125,7 @@ impl Request {
             secret_headers: Vec::new(),
             any_success_body: false,
             signer: None,
+            retry_unsent_only: false,
         }
     }
 
@@ -138,6 +144,7 @@ impl Request {
             secret_headers: Vec::new(),
             any_success_body: false,
             signer: None,
+            retry_unsent_only: false,
         }
     }
 
@@ -251,6 +258,11 @@ enum Attempt {
         reason: String,
         wait: Option<Duration>,
     },
+    /// Worth another try, and the server certainly did not act on this one.
+    RetryUnsent {
+        reason: String,
+        wait: Option<Duration>,
+    },
 }
 
 impl HttpClient {
@@ -324,7 +336,14 @@ impl HttpClient {
             match self.attempt(req, attempts).await {
                 Attempt::Done(resp) => return Ok(resp),
                 Attempt::Fatal(err) => return Err(err),
-                Attempt::Retry { reason, wait } => {
+                Attempt::Retry { reason, .. } if req.retry_unsent_only => {
+                    return Err(HttpError::OutcomeUnknown {
+                        method: req.method.to_string(),
+                        url: req.display_url(),
+                        reason,
+                    });
+                }
+                Attempt::Retry { reason, wait } | Attempt::RetryUnsent { reason, wait } => {
                     let Some(delay) = backoff.next() else {
                         return Err(HttpError::RetriesExhausted {
                             method: req.method.to_string(),
@@ -408,9 +427,12 @@ impl HttpClient {
                     .stats
                     .transport_errors
                     .fetch_add(1, Ordering::Relaxed);
-                return Attempt::Retry {
-                    reason: describe_transport(&e),
-                    wait: None,
+                let reason = describe_transport(&e);
+                // A failed connect sent nothing; any later failure may follow the server acting.
+                return if e.is_connect() {
+                    Attempt::RetryUnsent { reason, wait: None }
+                } else {
+                    Attempt::Retry { reason, wait: None }
                 };
             }
         };
@@ -476,7 +498,7 @@ impl HttpClient {
             }
             429 => {
                 self.inner.stats.throttled.fetch_add(1, Ordering::Relaxed);
-                Attempt::Retry {
+                Attempt::RetryUnsent {
                     reason: "HTTP 429 Too Many Requests".into(),
                     wait: Some(retry_after(&headers).unwrap_or(Duration::from_secs(1))),
                 }

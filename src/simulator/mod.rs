@@ -98,6 +98,24 @@ pub struct Faults {
     /// Expenses changed per second in the background (new `updated_at`, amount
     /// or state), as users edit data while clients page; 0 = off.
     pub mutations_per_sec: u32,
+    /// The next N successful answers of the accounts server's `/oauth/token`
+    /// (either dialect) are lost *after* the grant took effect: a rotating
+    /// refresh token is already spent, its successor never arrives.
+    pub lost_token_answers: u32,
+    /// How those token answers are lost.
+    pub token_fault: TokenFault,
+}
+
+/// How a token answer is lost (see [`Faults::lost_token_answers`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TokenFault {
+    /// The connection is closed without a response.
+    #[default]
+    Reset,
+    /// Headers and half the body, then the connection is cut.
+    Truncate,
+    /// A 502 from a gateway in front of the token service.
+    ServerError,
 }
 
 /// Client credentials of the simulated internal app.

@@ -26,7 +26,7 @@ use super::rng::Rng;
 use super::store::{Listed, Store, WriteBackError};
 use super::{
     DEMO_AUTHORIZATION_CODE, Faults, LoggedRequest, MSG_INVALID_CLIENT, MSG_INVALID_TOKEN,
-    MSG_RATE_LIMITED, SimCredentials,
+    MSG_RATE_LIMITED, SimCredentials, TokenFault,
 };
 
 pub(crate) type Body = BoxBody<Bytes, std::io::Error>;
@@ -312,7 +312,26 @@ impl Shared {
             return Outcome::Respond(too_many(MSG_RATE_LIMITED));
         }
         if server == Server::Accounts {
-            return Outcome::Respond(self.accounts(req, path, query).await);
+            let resp = self.accounts(req, path, query).await;
+            if path == "/oauth/token" && resp.status() == StatusCode::OK {
+                let lost = {
+                    let mut f = self.faults.lock().expect("faults");
+                    (f.lost_token_answers > 0).then(|| {
+                        f.lost_token_answers -= 1;
+                        f.token_fault
+                    })
+                };
+                return match lost {
+                    None => Outcome::Respond(resp),
+                    Some(TokenFault::Reset) => Outcome::Drop,
+                    Some(TokenFault::Truncate) => Outcome::Respond(truncate(resp).await),
+                    Some(TokenFault::ServerError) => Outcome::Respond(html(
+                        StatusCode::BAD_GATEWAY,
+                        "<html><body><h1>502 Bad Gateway</h1></body></html>",
+                    )),
+                };
+            }
+            return Outcome::Respond(resp);
         }
         let data_request = path.starts_with("/platform/");
         let mut drop_kind = None;
