@@ -199,6 +199,10 @@ pub enum Command {
         /// Share (0–1) of personal-cash expenses marked not reimbursable.
         #[arg(long, default_value_t = 0.0)]
         non_reimbursable_cash: f64,
+        /// Seconds the simulator's clock (`Date` headers, `updated_at` of changes)
+        /// runs ahead of the real one; negative: behind, as if this machine's clock were ahead.
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        clock_offset: i64,
         /// Also serve the test receiver for HTTP pushes on this port (see `pipelines/push-to-receiver.toml`).
         #[arg(long)]
         receiver_port: Option<u16>,
@@ -391,6 +395,7 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
             currency,
             float_noise,
             non_reimbursable_cash,
+            clock_offset,
             receiver_port,
             receiver_secret,
             receiver_redirect,
@@ -415,6 +420,7 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
                 currency,
                 float_noise,
                 non_reimbursable_cash,
+                clock_offset: chrono::TimeDelta::seconds(clock_offset),
                 ..SimConfig::default()
             };
             // Port 0 asks the OS for a free port: the cluster gets its own free one.

@@ -50,6 +50,10 @@ pub struct Request {
     pub any_success_body: bool,
     /// Signs the `raw` body on every attempt (fresh timestamp per retry).
     pub signer: Option<super::Signer>,
+    /// Must not be repeated once it may have reached the server (a rotating
+    /// refresh token, a single-use code): retry only when it certainly did not
+    /// (could not connect, or 429); anything else is [`HttpError::OutcomeUnknown`].
+    pub retry_unsent_only: bool,
 }
 
 // Bodies of token requests carry client secrets, codes and refresh tokens:
@@ -108,6 +112,7 @@ impl Request {
             secret_headers: Vec::new(),
             any_success_body: false,
             signer: None,
+            retry_unsent_only: false,
         }
     }
 
@@ -126,6 +131,7 @@ impl Request {
             secret_headers: Vec::new(),
             any_success_body: false,
             signer: None,
+            retry_unsent_only: false,
         }
     }
 
@@ -144,6 +150,7 @@ impl Request {
             secret_headers: Vec::new(),
             any_success_body: false,
             signer: None,
+            retry_unsent_only: false,
         }
     }
 
@@ -232,6 +239,7 @@ struct Inner {
     /// Hosts (`host:port`) that have sent at least one HTTP response: a
     /// refused connection to one of them is a restart, worth full retries.
     answered: Mutex<HashSet<String>>,
+    clocks: super::clock::Clocks,
 }
 
 /// Attempts made when a host that never answered refuses the connection or
@@ -267,6 +275,8 @@ enum Attempt {
         /// The host never answered and cannot be reached (refused, unknown
         /// name): retried only briefly.
         unreachable: bool,
+        /// The server certainly did not act on this attempt (no connection, or a 429).
+        unsent: bool,
     },
 }
 
@@ -345,6 +355,7 @@ impl HttpClient {
                 config: config.clone(),
                 stats: HttpStats::default(),
                 answered: Mutex::new(HashSet::new()),
+                clocks: Default::default(),
             }),
         })
     }
@@ -352,6 +363,11 @@ impl HttpClient {
     /// The configuration this client was built with.
     pub fn config(&self) -> &HttpConfig {
         &self.inner.config
+    }
+
+    /// The last `Date` reading of the server at `url`'s origin, if it sent one.
+    pub fn server_clock(&self, url: &Url) -> Option<super::ServerClock> {
+        self.inner.clocks.get(url)
     }
 
     /// The counters so far.
@@ -407,10 +423,18 @@ impl HttpClient {
                     moved = Some(next);
                     retry = false;
                 }
+                Attempt::Retry { reason, unsent, .. } if req.retry_unsent_only && !unsent => {
+                    return Err(HttpError::OutcomeUnknown {
+                        method: req.method.to_string(),
+                        url: req.display_url(),
+                        reason,
+                    });
+                }
                 Attempt::Retry {
                     reason,
                     wait,
                     unreachable,
+                    ..
                 } => {
                     let next = backoff.next();
                     let next = if unreachable && attempts >= UNREACHABLE_ATTEMPTS {
@@ -511,10 +535,12 @@ impl HttpClient {
                         .lock()
                         .expect("not poisoned")
                         .contains(&authority(&req.url));
+                // A failed connect sent nothing; any later failure may follow the server acting.
                 return Attempt::Retry {
                     reason: describe_transport(&e),
                     wait: None,
                     unreachable,
+                    unsent: e.is_connect(),
                 };
             }
         };
@@ -525,6 +551,9 @@ impl HttpClient {
             .expect("not poisoned")
             .insert(authority(&req.url));
         let headers = resp.headers().clone();
+        self.inner
+            .clocks
+            .observe(&req.url, &headers, chrono::Utc::now());
         let body = match resp.bytes().await {
             Ok(b) => b,
             Err(e) => {
@@ -539,6 +568,7 @@ impl HttpClient {
                     ),
                     wait: None,
                     unreachable: false,
+                    unsent: false,
                 };
             }
         };
@@ -580,6 +610,7 @@ impl HttpClient {
                             ),
                             wait: None,
                             unreachable: false,
+                            unsent: false,
                         }
                     }
                 }
@@ -609,6 +640,7 @@ impl HttpClient {
                     reason: "HTTP 429 Too Many Requests".into(),
                     wait: Some(retry_after(&headers).unwrap_or(Duration::from_secs(1))),
                     unreachable: false,
+                    unsent: true,
                 }
             }
             500..=599 => {
@@ -620,6 +652,7 @@ impl HttpClient {
                     reason: format!("HTTP {status}: {}", server_message(&body).1),
                     wait: retry_after(&headers),
                     unreachable: false,
+                    unsent: false,
                 }
             }
             401 | 498 => Attempt::Fatal(HttpError::Unauthorized {

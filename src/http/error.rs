@@ -62,6 +62,19 @@ pub enum HttpError {
         /// The `Location` header, as sent (or `(no Location header)`).
         location: String,
     },
+    /// A request that must not be repeated failed after it may have reached
+    /// the server, so whether the server acted on it is unknown.
+    #[error(
+        "{method} {url} failed after the request may have reached the server ({reason}); it was not repeated"
+    )]
+    OutcomeUnknown {
+        /// Request method.
+        method: String,
+        /// URL.
+        url: String,
+        /// What went wrong (reset, timeout, cut-off body, 5xx).
+        reason: String,
+    },
     /// The request could not even be built (a bug or a bad URL in the pipeline file).
     #[error("cannot build request to {url}: {message}")]
     Invalid {

@@ -259,11 +259,16 @@ async fn execute(
     let mut st = state::load(&state_path, pipeline.name(), source_cfg.cursor())
         .map_err(|e| Error::State(e.to_string()))?;
 
+    // The server stamps the cursor with its own clock: read it just before planning.
+    let server_clock = read_server_clock(&client, source_cfg)
+        .await
+        .map_err(|e| source_error(e, source_cfg))?;
+    let plan_now = window::planning_now(started_at, server_clock);
     let plan = plan_window(
         &opts.mode,
         spec.incremental.as_ref(),
         &st,
-        started_at,
+        plan_now,
         source_cfg.safety_lag,
     )
     .map_err(|m| Error::Config(ConfigError::single(&pipeline.file, "(command line)", m)))?;
@@ -293,7 +298,7 @@ async fn execute(
             &opts.mode,
             spec.incremental.as_ref(),
             &st,
-            started_at,
+            plan_now,
             source_cfg.safety_lag,
         )
         .map_err(|m| Error::Config(ConfigError::single(&pipeline.file, "(command line)", m)))?
@@ -475,6 +480,17 @@ async fn execute(
     if let Some(e) = sink_error {
         abort_all(sinks, quarantine);
         return Err(Error::Sink(e.to_string()));
+    }
+    // The window must be closed on the server's clock too, or the state would
+    // move past records the server has yet to stamp inside it.
+    if let Some(end) = plan.advance_to {
+        let cluster = session.token().await?.cluster.clone();
+        let latest = http.server_clock(&cluster);
+        if let Err(m) = window::check_window_closed(end, latest, Utc::now(), source_cfg.safety_lag)
+        {
+            abort_all(sinks, quarantine);
+            return Err(Error::Source(m));
+        }
     }
 
     // Make every output durable under its temporary name…
@@ -802,6 +818,40 @@ async fn transform(
         }
     }
     Ok(())
+}
+
+/// Reads the data server's clock with a one-record request of the resource;
+/// `None` when it sends no `Date` header (windows then follow this machine's clock).
+async fn read_server_clock(
+    client: &FyleClient,
+    cfg: &crate::sources::fyle::FyleSourceConfig,
+) -> Result<Option<crate::http::ServerClock>, FyleError> {
+    let path = format!("{}/{}", cfg.role, cfg.resource);
+    client
+        .get(&path, &[("limit".to_string(), "1".to_string())])
+        .await?;
+    let cluster = client.session().token().await?.cluster.clone();
+    let clock = client.session().http().server_clock(&cluster);
+    // The Date header has one-second precision: smaller skews cannot be told apart.
+    let noticeable = chrono::Duration::from_std(cfg.safety_lag)
+        .unwrap_or_default()
+        .max(chrono::Duration::seconds(1));
+    match clock {
+        Some(c) if c.skew().abs() > noticeable => {
+            warn!(
+                skew_ms = c.skew().num_milliseconds(),
+                "the data server's clock is {} this machine's (more than source.safety_lag); \
+                 windows end by the server's clock. Check NTP on this machine",
+                crate::http::describe_skew(c.skew())
+            );
+        }
+        Some(_) => {}
+        None => warn!(
+            "the data server sent no Date header; windows end by this machine's clock, \
+             which must agree with the server's to within source.safety_lag"
+        ),
+    }
+    Ok(clock)
 }
 
 fn source_error(e: FyleError, cfg: &crate::sources::fyle::FyleSourceConfig) -> Error {

@@ -75,6 +75,10 @@ pub struct SimConfig {
     /// Share (0–1) of personal-cash expenses with `is_reimbursable = false`
     /// (the employee paid but claims nothing back); default 0.
     pub non_reimbursable_cash: f64,
+    /// How far the simulator's clock runs ahead of (negative: behind) the
+    /// real one: its `Date` headers and the timestamps it stamps on changes.
+    /// Zero by default; change it later with [`Simulator::set_clock_offset`].
+    pub clock_offset: chrono::TimeDelta,
 }
 
 /// Org currencies the simulator can use, with their ISO 4217 minor units.
@@ -112,6 +116,7 @@ impl Default for SimConfig {
             currency: "USD".into(),
             float_noise: 0.0,
             non_reimbursable_cash: 0.0,
+            clock_offset: chrono::TimeDelta::zero(),
         }
     }
 }
@@ -144,6 +149,12 @@ pub struct Faults {
     /// Write-back calls (`accounting_export_summary/bulk`) answer this status
     /// with a Fyle error body instead of recording anything; `None` = off.
     pub writeback_status: Option<u16>,
+    /// The next N successful answers of the accounts server's `/oauth/token`
+    /// (either dialect) are lost *after* the grant took effect: a rotating
+    /// refresh token is already spent, its successor never arrives.
+    pub lost_token_answers: u32,
+    /// How those token answers are lost.
+    pub token_fault: TokenFault,
 }
 
 /// A server bug in the logic-group filters a keyset pager seeks with.
@@ -171,6 +182,18 @@ impl std::str::FromStr for SeekFault {
             )),
         }
     }
+}
+
+/// How a token answer is lost (see [`Faults::lost_token_answers`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TokenFault {
+    /// The connection is closed without a response.
+    #[default]
+    Reset,
+    /// Headers and half the body, then the connection is cut.
+    Truncate,
+    /// A 502 from a gateway in front of the token service.
+    ServerError,
 }
 
 /// Client credentials of the simulated internal app.
@@ -290,13 +313,15 @@ impl Simulator {
                 ),
             )
         })?;
-        let store = tokio::task::spawn_blocking(move || {
+        let offset_us = cfg.clock_offset.num_microseconds().unwrap_or(0);
+        let mut store = tokio::task::spawn_blocking(move || {
             let mut s = Store::with_money(seed, n, currency, noise, unreimbursed);
             s.collation = collation;
             s
         })
         .await
         .map_err(std::io::Error::other)?;
+        store.clock_offset_us = offset_us;
         let shared = Arc::new(Shared {
             store: RwLock::new(store),
             credentials: cfg.credentials,
@@ -308,6 +333,7 @@ impl Simulator {
             log: Mutex::new(Vec::new()),
             cluster_url: cluster_url.clone(),
             oauth: Mutex::new(oauth::OAuthBook::new(cfg.seed)),
+            clock_offset_us: std::sync::atomic::AtomicI64::new(offset_us),
         });
         let (tx, rx) = watch::channel(false);
         let mutator = tokio::spawn(mutate_in_background(Arc::clone(&shared), rx.clone()));
@@ -370,6 +396,17 @@ impl Simulator {
     /// Replaces the active faults (a new `burst_429` restarts the burst count).
     pub fn set_faults(&self, faults: Faults) {
         *self.inner.shared.faults.lock().expect("faults") = faults;
+    }
+
+    /// Sets how far the simulator's clock runs ahead of (negative: behind)
+    /// the real one, from now on (see [`SimConfig::clock_offset`]).
+    pub fn set_clock_offset(&self, offset: chrono::TimeDelta) {
+        let us = offset.num_microseconds().unwrap_or(0);
+        let shared = &self.inner.shared;
+        shared
+            .clock_offset_us
+            .store(us, std::sync::atomic::Ordering::Relaxed);
+        shared.store.write().expect("store").clock_offset_us = us;
     }
 
     /// Changes the per-IP rate limit at runtime (`None` = off).

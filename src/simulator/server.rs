@@ -26,7 +26,7 @@ use super::rng::Rng;
 use super::store::{ListQuirks, Listed, Store, WriteBackError};
 use super::{
     DEMO_AUTHORIZATION_CODE, Faults, LoggedRequest, MSG_INVALID_CLIENT, MSG_INVALID_TOKEN,
-    MSG_RATE_LIMITED, SimCredentials,
+    MSG_RATE_LIMITED, SimCredentials, TokenFault,
 };
 
 pub(crate) type Body = BoxBody<Bytes, std::io::Error>;
@@ -43,6 +43,8 @@ pub(crate) struct Shared {
     pub(crate) log: Mutex<Vec<LoggedRequest>>,
     pub(crate) cluster_url: String,
     pub(crate) oauth: Mutex<super::oauth::OAuthBook>,
+    /// `SimConfig::clock_offset` in microseconds, for `Date` headers.
+    pub(crate) clock_offset_us: std::sync::atomic::AtomicI64,
 }
 
 /// Issued access tokens. Tokens are opaque to the server: validity is a
@@ -264,7 +266,20 @@ impl Shared {
         let authorization_present = req.headers().contains_key(AUTHORIZATION);
         let faults = self.faults.lock().expect("faults").clone();
 
-        let outcome = self.answer(server, peer, req, &path, &query).await;
+        let mut outcome = self.answer(server, peer, req, &path, &query).await;
+        let offset = self
+            .clock_offset_us
+            .load(std::sync::atomic::Ordering::Relaxed);
+        // hyper writes the real time unless a Date is already set.
+        if offset != 0
+            && let Outcome::Respond(r) = &mut outcome
+        {
+            let at = chrono::Utc::now() + chrono::TimeDelta::microseconds(offset);
+            let text = at.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+            if let Ok(v) = HeaderValue::from_str(&text) {
+                r.headers_mut().insert(hyper::header::DATE, v);
+            }
+        }
         if !faults.latency.is_zero() {
             tokio::time::sleep(faults.latency).await;
         }
@@ -297,7 +312,26 @@ impl Shared {
             return Outcome::Respond(too_many(MSG_RATE_LIMITED));
         }
         if server == Server::Accounts {
-            return Outcome::Respond(self.accounts(req, path, query).await);
+            let resp = self.accounts(req, path, query).await;
+            if path == "/oauth/token" && resp.status() == StatusCode::OK {
+                let lost = {
+                    let mut f = self.faults.lock().expect("faults");
+                    (f.lost_token_answers > 0).then(|| {
+                        f.lost_token_answers -= 1;
+                        f.token_fault
+                    })
+                };
+                return match lost {
+                    None => Outcome::Respond(resp),
+                    Some(TokenFault::Reset) => Outcome::Drop,
+                    Some(TokenFault::Truncate) => Outcome::Respond(truncate(resp).await),
+                    Some(TokenFault::ServerError) => Outcome::Respond(html(
+                        StatusCode::BAD_GATEWAY,
+                        "<html><body><h1>502 Bad Gateway</h1></body></html>",
+                    )),
+                };
+            }
+            return Outcome::Respond(resp);
         }
         let data_request = path.starts_with("/platform/");
         let mut drop_kind = None;

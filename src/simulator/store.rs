@@ -161,6 +161,8 @@ pub(crate) struct Store {
     past_complete_after: i64,
     /// Text order of `order=` and of text comparisons in filters.
     pub(crate) collation: Collation,
+    /// Added to the real clock for every stamp (`SimConfig::clock_offset`), in microseconds.
+    pub(crate) clock_offset_us: i64,
 }
 
 /// Ways a list answer may deviate from the well-behaved default, decided per request.
@@ -275,6 +277,7 @@ impl Store {
             past: std::collections::VecDeque::new(),
             past_complete_after: i64::MIN,
             collation: Collation::C,
+            clock_offset_us: 0,
             ctx,
         }
     }
@@ -439,7 +442,7 @@ impl Store {
     /// A fresh `updated_at`: wall-clock now, but strictly after every
     /// timestamp handed out before, so mutated rows never tie with old ones.
     fn stamp(&mut self) -> i64 {
-        let now = chrono::Utc::now().timestamp_micros();
+        let now = chrono::Utc::now().timestamp_micros() + self.clock_offset_us;
         self.last_stamp = now.max(self.last_stamp + 1);
         self.last_stamp
     }
@@ -639,7 +642,7 @@ impl Store {
                 "data": problems,
             })));
         }
-        let now = chrono::Utc::now().timestamp_micros();
+        let now = chrono::Utc::now().timestamp_micros() + self.clock_offset_us;
         for (pos, summary) in updates {
             let e = &mut self.expenses[pos];
             if summary.state == "COMPLETE" {
