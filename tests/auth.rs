@@ -1220,7 +1220,8 @@ async fn a_request_that_must_not_repeat_is_retried_only_when_it_never_connected(
         ..HttpConfig::default()
     })
     .unwrap();
-    // Nothing listens: the request never left, so it is retried.
+    // Nothing listens: the request never left, so it is retried (briefly: a
+    // host that never answered gets one quick second try, not the full policy).
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
@@ -1230,7 +1231,7 @@ async fn a_request_that_must_not_repeat_is_retried_only_when_it_never_connected(
     );
     req.retry_unsent_only = true;
     match http.execute(&req).await {
-        Err(HttpError::RetriesExhausted { attempts, .. }) => assert_eq!(attempts, 3),
+        Err(HttpError::RetriesExhausted { attempts, .. }) => assert_eq!(attempts, 2),
         other => panic!("expected retries, got {other:?}"),
     }
     // A server that reads the request and hangs up: it may have acted on it.

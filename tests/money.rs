@@ -239,6 +239,8 @@ fn selection_queries(sim: &Simulator, skip: usize) -> BTreeSet<Vec<(String, Stri
         .into_iter()
         .skip(skip)
         .filter(|r| r.path.ends_with("/admin/expenses") && r.status == 200)
+        // The run's one server-clock probe selects nothing.
+        .filter(|r| r.query != "limit=1")
         .map(|r| {
             let mut pairs: Vec<(String, String)> = url::form_urlencoded::parse(r.query.as_bytes())
                 .into_owned()
