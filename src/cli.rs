@@ -12,7 +12,7 @@ use crate::auth::{FyleCredentials, FyleSession};
 use crate::config::{self, Pipeline};
 use crate::error::{Error, ExitCode};
 use crate::http::HttpClient;
-use crate::pipeline::{self, RunMode, RunOptions, RunOutcome};
+use crate::pipeline::{self, CancelToken, RunMode, RunOptions, RunOutcome};
 use crate::simulator::{Faults, SimConfig, Simulator};
 use crate::sources::SourceConfig;
 use crate::sources::fyle::FyleClient;
@@ -228,13 +228,17 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
             };
             let p = config::load(&pipeline)?;
             let http = HttpClient::new(&p.spec.http).map_err(|e| Error::Internal(e.to_string()))?;
+            let cancel = CancelToken::new();
+            let signals = stop_on_signals(cancel.clone());
             let opts = RunOptions {
                 output_dir,
                 credentials: None,
                 mode,
                 vault,
+                cancel,
             };
             let outcome = pipeline::run(&p, &http, &opts).await;
+            signals.abort();
             report_run(&outcome, summary.as_deref())
         }
         Command::Check { pipeline, offline } => check(&pipeline, offline, vault).await,
@@ -338,6 +342,48 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
             Ok(ExitCode::Ok)
         }
     }
+}
+
+/// Cancels `cancel` on the first SIGINT or SIGTERM so the run stops cleanly;
+/// a second one exits at once (the next run removes what is left behind).
+fn stop_on_signals(cancel: CancelToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        loop {
+            #[cfg(unix)]
+            let terminate = async {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let terminate = std::future::pending::<()>();
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => {
+                    if r.is_err() {
+                        // No SIGINT handler could be installed: wait for SIGTERM only.
+                        std::future::pending::<()>().await;
+                    }
+                }
+                _ = terminate => {}
+            }
+            if cancel.is_cancelled() {
+                eprintln!(
+                    "error: stopped at once by a second signal; temporary files may be left, the next run removes them"
+                );
+                std::process::exit(ExitCode::Interrupted.code());
+            }
+            tracing::warn!(
+                "stop requested: removing temporary files and stopping (send the signal again to exit at once)"
+            );
+            cancel.cancel();
+        }
+    })
 }
 
 /// Prints the JSON summary on stdout (and to `summary_file`), the error on stderr.
@@ -489,6 +535,7 @@ async fn demo(
         credentials: Some(creds),
         mode: RunMode::Auto,
         vault: None,
+        cancel: CancelToken::new(),
     };
     let outcome = pipeline::run(&p, &http, &opts).await;
     sim.shutdown().await;

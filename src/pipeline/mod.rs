@@ -2,6 +2,7 @@
 //! wires source → transform → sinks with bounded channels, and commits the
 //! outputs and the state together.
 
+mod cancel;
 mod summary;
 mod window;
 
@@ -14,6 +15,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+pub use cancel::CancelToken;
 pub use summary::{OutputSummary, RunStatus, RunSummary};
 pub use window::{Plan, RunMode, plan_window};
 
@@ -46,6 +48,8 @@ pub struct RunOptions {
     /// Credential vault for `[connection] vault = "…"`; default from
     /// `EXPENSE_SYNC_VAULT` or the user's config directory.
     pub vault: Option<PathBuf>,
+    /// Raised (e.g. on SIGINT/SIGTERM) to stop the run; see [`CancelToken`].
+    pub cancel: CancelToken,
 }
 
 /// How a run ended: its summary, and the error if it failed.
@@ -99,6 +103,7 @@ pub async fn run(pipeline: &Pipeline, http: &HttpClient, opts: &RunOptions) -> R
     summary.finish(clock.elapsed(), http.stats().since(&stats_before), grants);
     let error = result.err();
     summary.status = match (&error, summary.quarantined + summary.rejected) {
+        (Some(Error::Interrupted(_)), _) => RunStatus::Interrupted,
         (Some(_), _) => RunStatus::Failed,
         (None, 0) => RunStatus::Ok,
         (None, _) => RunStatus::Partial,
@@ -209,7 +214,10 @@ async fn execute(
     let session = Arc::new(session);
     let client = FyleClient::new(session.clone());
     // Authenticate before touching the disk: bad credentials must leave nothing behind.
-    let auth = session.token().await;
+    let auth = tokio::select! {
+        auth = session.token() => auth,
+        _ = opts.cancel.cancelled() => return Err(interrupted_before_commit()),
+    };
     *grants = session.refresh_count();
     auth?;
 
@@ -324,19 +332,28 @@ async fn execute(
     let mut quarantine = Quarantine::new(&ctx);
     let mut exported: Option<Vec<String>> = spec.writeback.as_ref().map(|_| Vec::new());
     let mut report = TransformReport::default();
-    let mut transformed = transform(
-        page_rx,
-        &transforms,
-        &mut report,
-        &projector,
-        &sink_txs,
-        &mut quarantine,
-        &mut dedup,
-        summary,
-        &mut exported,
-    )
-    .await;
+    // A stop drops the transform stage mid-page: the source sees its channel
+    // close, the sinks their input end, and everything staged is aborted below.
+    let mut transformed = tokio::select! {
+        t = transform(
+            page_rx,
+            &transforms,
+            &mut report,
+            &projector,
+            &sink_txs,
+            &mut quarantine,
+            &mut dedup,
+            summary,
+            &mut exported,
+        ) => t,
+        _ = opts.cancel.cancelled() => Err(interrupted_before_commit()),
+    };
     drop(sink_txs);
+    let interrupted = matches!(transformed, Err(Error::Interrupted(_)));
+    if interrupted {
+        // It may be waiting out a retry; nothing it fetches now is used.
+        source_task.abort();
+    }
     summary.filtered = report.filtered;
     summary.skipped = report.skipped;
     summary.skipped_records = std::mem::take(&mut report.skipped_records);
@@ -374,6 +391,10 @@ async fn execute(
         quarantine.discard();
     };
 
+    if interrupted {
+        abort_all(sinks, quarantine);
+        return Err(interrupted_before_commit());
+    }
     let pager_stats: PagerStats = match source_result {
         Ok(Ok(stats)) => stats,
         Ok(Err(e)) => {
@@ -422,6 +443,14 @@ async fn execute(
             return Err(Error::Sink(format!("quarantine file: {e}")));
         }
     };
+    // The last moment a stop can still leave everything as it was.
+    if opts.cancel.is_cancelled() {
+        outputs.iter().for_each(SinkOutput::discard);
+        if let Some(q) = &quarantine_staged {
+            q.discard();
+        }
+        return Err(interrupted_before_commit());
+    }
 
     // …then commit: write the plan into the state, move files into place,
     // advance the state (see state::commit for why this order is crash-safe).
@@ -575,7 +604,14 @@ async fn execute(
     // The plan was committed with the outputs, so a crash here leaves it for
     // the next run, which carries out every plan still pending.
     if let Some(cfg) = &spec.writeback {
-        let wb = run_pending(&client, cfg, &output_dir, pipeline.name()).await;
+        let wb = tokio::select! {
+            wb = run_pending(&client, cfg, &output_dir, pipeline.name()) => wb,
+            _ = opts.cancel.cancelled() => return Err(Error::Interrupted(
+                "interrupted during the write-back to Fyle: the run's outputs and state were \
+                 committed; the write-back plan stays pending and the next run carries it out"
+                    .into(),
+            )),
+        };
         if let Some(why) = &wb.failed {
             warn!("{why}");
         }
@@ -672,6 +708,14 @@ async fn transform(
         }
     }
     Ok(())
+}
+
+fn interrupted_before_commit() -> Error {
+    Error::Interrupted(
+        "interrupted before the commit: nothing was written, temporary files were removed and \
+         the state is unchanged; the next run exports this window again"
+            .into(),
+    )
 }
 
 fn source_error(e: FyleError, cfg: &crate::sources::fyle::FyleSourceConfig) -> Error {

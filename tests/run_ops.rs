@@ -1,0 +1,162 @@
+//! Operating a run: stopping it with a signal, looking before leaping
+//! (`--dry-run`), samples (`--limit`) and progress output.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+use expense_sync::simulator::{Faults, SimConfig, Simulator};
+
+const BIN: &str = env!("CARGO_BIN_EXE_expense-sync");
+
+fn sim_env(sim: &Simulator) -> Vec<(&'static str, String)> {
+    let c = sim.credentials();
+    vec![
+        ("FYLE_CLIENT_ID", c.client_id.clone()),
+        ("FYLE_CLIENT_SECRET", c.client_secret.clone()),
+        ("FYLE_REFRESH_TOKEN", c.refresh_token.clone()),
+    ]
+}
+
+fn command(args: &[&str], cwd: &Path, sim: &Simulator) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_remove("EXPENSE_SYNC_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in sim_env(sim) {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+async fn run_bin(args: &[&str], cwd: &Path, sim: &Simulator) -> Output {
+    command(args, cwd, sim)
+        .output()
+        .await
+        .expect("binary runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn summary_of(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("stdout is the JSON summary ({e}): {}", text(o)))
+}
+
+/// Requests for expense pages (not token, cluster or profile requests).
+fn data_requests(sim: &Simulator) -> Vec<expense_sync::simulator::LoggedRequest> {
+    sim.request_log()
+        .into_iter()
+        .filter(|r| r.server == "cluster" && r.path.ends_with("/expenses"))
+        .collect()
+}
+
+/// An incremental pipeline paging 50 records at a time.
+fn incremental_pipeline(sim: &Simulator, name: &str) -> String {
+    pipeline_text(
+        sim,
+        name,
+        "page_size = 50\n\n[incremental]\nstart = \"2000-01-01T00:00:00Z\"\nlookback = \"0s\"\n",
+        "",
+    )
+    .replace("{pipeline}.csv", "{pipeline}-{run_id}.csv")
+    .replace("{pipeline}.parquet", "{pipeline}-{run_id}.parquet")
+}
+
+/// The CSV files a run left in `dir`.
+fn csv_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    files_in(dir)
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "csv"))
+        .collect()
+}
+
+async fn slow_simulator(expenses: usize) -> Simulator {
+    Simulator::start(SimConfig {
+        seed: 12,
+        expenses,
+        rate_limit: None,
+        faults: Faults {
+            latency: Duration::from_millis(100),
+            ..Faults::default()
+        },
+        ..SimConfig::default()
+    })
+    .await
+    .expect("simulator starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_run_exits_130_with_an_interrupted_summary_and_no_files_then_next_run_exports_once()
+ {
+    let sim = slow_simulator(1500).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sig.toml");
+    std::fs::write(&file, incremental_pipeline(&sim, "sig")).unwrap();
+    let out = dir.path().join("out");
+    let args = ["run", file.to_str().unwrap(), "--output-dir", "out"];
+    let child = command(&args, dir.path(), &sim).spawn().unwrap();
+    let pid = child.id().expect("child is running");
+
+    // Stop it once it is paging: a few pages in, far from the end (30 pages).
+    let mut waited = 0;
+    while data_requests(&sim).len() < 3 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += 1;
+        if waited > 1500 {
+            let o = child.wait_with_output().await.unwrap();
+            panic!("the run never started paging: {}", text(&o));
+        }
+    }
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let o = child.wait_with_output().await.unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(130), "{t}");
+    let summary = summary_of(&o);
+    assert_eq!(summary["status"], "interrupted", "{t}");
+    assert_eq!(summary["exit_code"], 130, "{t}");
+    assert!(t.contains("interrupted"), "{t}");
+    // Nothing was committed: no output, no temporary file, no watermark.
+    for f in files_in(&out) {
+        let name = f.file_name().unwrap().to_string_lossy().to_string();
+        assert!(
+            !name.ends_with(".csv") && !name.ends_with(".parquet") && !name.ends_with(".tmp"),
+            "left behind: {}",
+            f.display()
+        );
+    }
+    let state = out.join("sig.state.json");
+    if state.exists() {
+        let st: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+        assert!(st["watermark"].is_null(), "the state moved: {st}");
+    }
+
+    // The next run exports every record exactly once.
+    sim.set_faults(Faults::default());
+    let o = run_bin(&args, dir.path(), &sim).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let csvs = csv_files(&out);
+    assert_eq!(csvs.len(), 1, "{csvs:?}");
+    let (_, rows) = csv_by_id(&csvs[0]);
+    assert_eq!(rows.len(), 1500);
+    let (_, all) = read_csv(&csvs[0]);
+    assert_eq!(all.len(), 1500, "no record twice");
+    sim.shutdown().await;
+}
