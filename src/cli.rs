@@ -70,6 +70,13 @@ pub enum Command {
         /// Backfill up to this instant (exclusive); default now minus the safety lag.
         #[arg(long, value_parser = parse_instant)]
         until: Option<DateTime<Utc>>,
+        /// Print the window, the requests and the files a run would make, after one count
+        /// probe; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Export a sample of at most N records; never advances the incremental state.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
     },
     /// Show a pipeline's incremental state (watermark, pending commit, recent runs).
     State {
@@ -218,6 +225,8 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
             full_refresh,
             since,
             until,
+            dry_run,
+            limit,
         } => {
             let mode = if full_refresh {
                 RunMode::FullRefresh
@@ -229,14 +238,19 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
             let p = config::load(&pipeline)?;
             let http = HttpClient::new(&p.spec.http).map_err(|e| Error::Internal(e.to_string()))?;
             let cancel = CancelToken::new();
-            let signals = stop_on_signals(cancel.clone());
             let opts = RunOptions {
                 output_dir,
                 credentials: None,
                 mode,
                 vault,
-                cancel,
+                cancel: cancel.clone(),
+                limit,
             };
+            if dry_run {
+                print!("{}", pipeline::dry_run(&p, &http, &opts).await?);
+                return Ok(ExitCode::Ok);
+            }
+            let signals = stop_on_signals(cancel);
             let outcome = pipeline::run(&p, &http, &opts).await;
             signals.abort();
             report_run(&outcome, summary.as_deref())
@@ -536,6 +550,7 @@ async fn demo(
         mode: RunMode::Auto,
         vault: None,
         cancel: CancelToken::new(),
+        limit: None,
     };
     let outcome = pipeline::run(&p, &http, &opts).await;
     sim.shutdown().await;

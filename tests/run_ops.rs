@@ -160,3 +160,71 @@ async fn sigterm_mid_run_exits_130_with_an_interrupted_summary_and_no_files_then
     assert_eq!(all.len(), 1500, "no record twice");
     sim.shutdown().await;
 }
+
+/// Every file under `dir` with its bytes.
+fn snapshot(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    files_in(dir)
+        .into_iter()
+        .map(|f| {
+            let bytes = std::fs::read(&f).unwrap();
+            (f, bytes)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_prints_window_requests_and_files_makes_only_the_printed_request_and_writes_nothing()
+ {
+    let sim = simulator(300, 5, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dry.toml");
+    std::fs::write(&file, incremental_pipeline(&sim, "dry")).unwrap();
+    let f = file.to_str().unwrap();
+
+    // Before any run: the output directory is not even created.
+    let o = run_bin(&["run", f, "--output-dir", "fresh", "--dry-run"], dir.path(), &sim).await;
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!dir.path().join("fresh").exists(), "{}", text(&o));
+
+    // After a real run: state and outputs stay byte for byte.
+    let o = run_bin(&["run", f, "--output-dir", "out"], dir.path(), &sim).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let watermark = summary_of(&o)["watermark"].as_str().unwrap().to_string();
+    let out = dir.path().join("out");
+    let before = snapshot(&out);
+    let logged = sim.request_log().len();
+    let o = run_bin(&["run", f, "--output-dir", "out", "--dry-run"], dir.path(), &sim).await;
+    let t = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(snapshot(&out), before, "the dry run changed the output directory");
+
+    // The window starts at the committed watermark.
+    let from = chrono::DateTime::parse_from_rfc3339(&watermark).unwrap();
+    let from = from.with_timezone(&chrono::Utc);
+    assert!(t.contains("window"), "{t}");
+    assert!(
+        t.contains(&expense_sync::sources::fyle::fyle_timestamp(from)),
+        "window start {watermark} not shown: {t}"
+    );
+    // The requests it would make: the first page, with its filters.
+    assert!(t.contains("order=updated_at.asc%2Cid.asc"), "{t}");
+    assert!(t.contains("limit=50"), "{t}");
+    // The files it would write.
+    assert!(t.contains(".csv") && t.contains(".parquet"), "{t}");
+    // Only data requests it printed were made (at most one count probe).
+    let data: Vec<_> = sim.request_log()[logged..]
+        .iter()
+        .filter(|r| r.server == "cluster")
+        .cloned()
+        .collect();
+    assert!(data.len() <= 1, "{data:?}");
+    for r in &data {
+        assert!(
+            t.contains(&format!("{}?{}", r.path, r.query)),
+            "request {}?{} was not printed: {t}",
+            r.path,
+            r.query
+        );
+    }
+    sim.shutdown().await;
+}

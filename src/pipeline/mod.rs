@@ -3,6 +3,7 @@
 //! outputs and the state together.
 
 mod cancel;
+mod dry_run;
 mod summary;
 mod window;
 
@@ -16,6 +17,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 pub use cancel::CancelToken;
+pub use dry_run::{DryRun, dry_run};
 pub use summary::{OutputSummary, RunStatus, RunSummary};
 pub use window::{Plan, RunMode, plan_window};
 
@@ -50,6 +52,8 @@ pub struct RunOptions {
     pub vault: Option<PathBuf>,
     /// Raised (e.g. on SIGINT/SIGTERM) to stop the run; see [`CancelToken`].
     pub cancel: CancelToken,
+    /// Export a sample of at most this many records; the state never advances.
+    pub limit: Option<u64>,
 }
 
 /// How a run ended: its summary, and the error if it failed.
@@ -165,20 +169,14 @@ fn version_of(record: &serde_json::Value, cursor: &str) -> Option<(Version, Date
     ))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn execute(
+/// The Fyle session a run uses: given credentials, a vault connection, or `[connection]`.
+fn open_session(
     pipeline: &Pipeline,
     http: &HttpClient,
     opts: &RunOptions,
-    run_id: &str,
-    started_at: DateTime<Utc>,
-    summary: &mut RunSummary,
-    grants: &mut u64,
-) -> Result<(), Error> {
+) -> Result<FyleSession, Error> {
     let spec = &pipeline.spec;
-    let SourceConfig::Fyle(source_cfg) = &spec.source;
-    let source_cfg = &push_safe_source(source_cfg, &spec.sinks);
-    let session = match (&opts.credentials, &spec.connection.vault) {
+    Ok(match (&opts.credentials, &spec.connection.vault) {
         (Some(c), _) => FyleSession::new(http.clone(), c.clone()),
         (None, Some(name)) => {
             let vault =
@@ -194,7 +192,41 @@ async fn execute(
                     problems,
                 })?,
         ),
-    };
+    })
+}
+
+/// The window this run covers, from the committed state.
+fn plan_run(
+    pipeline: &Pipeline,
+    opts: &RunOptions,
+    st: &state::State,
+    started_at: DateTime<Utc>,
+) -> Result<Plan, Error> {
+    let SourceConfig::Fyle(source_cfg) = &pipeline.spec.source;
+    plan_window(
+        &opts.mode,
+        pipeline.spec.incremental.as_ref(),
+        st,
+        started_at,
+        source_cfg.safety_lag,
+    )
+    .map_err(|m| Error::Config(ConfigError::single(&pipeline.file, "(command line)", m)))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn execute(
+    pipeline: &Pipeline,
+    http: &HttpClient,
+    opts: &RunOptions,
+    run_id: &str,
+    started_at: DateTime<Utc>,
+    summary: &mut RunSummary,
+    grants: &mut u64,
+) -> Result<(), Error> {
+    let spec = &pipeline.spec;
+    let SourceConfig::Fyle(source_cfg) = &spec.source;
+    let source_cfg = &push_safe_source(source_cfg, &spec.sinks);
+    let session = open_session(pipeline, http, opts)?;
     let projector = Projector::new(&spec.columns).map_err(|problems| ConfigError {
         file: pipeline.file.clone(),
         problems,
@@ -232,14 +264,7 @@ async fn execute(
     let mut st = state::load(&state_path, pipeline.name(), source_cfg.cursor())
         .map_err(|e| Error::State(e.to_string()))?;
 
-    let plan = plan_window(
-        &opts.mode,
-        spec.incremental.as_ref(),
-        &st,
-        started_at,
-        source_cfg.safety_lag,
-    )
-    .map_err(|m| Error::Config(ConfigError::single(&pipeline.file, "(command line)", m)))?;
+    let plan = plan_run(pipeline, opts, &st, started_at)?;
     let ctx = SinkContext {
         pipeline: pipeline.name().to_string(),
         run_id: run_id.to_string(),
@@ -262,14 +287,7 @@ async fn execute(
     summary.removed_temp_files = recovery.removed_temps.len() as u64;
     // Recovery may have advanced the watermark: plan again from the recovered state.
     let plan = if recovery.rolled_forward.is_some() {
-        plan_window(
-            &opts.mode,
-            spec.incremental.as_ref(),
-            &st,
-            started_at,
-            source_cfg.safety_lag,
-        )
-        .map_err(|m| Error::Config(ConfigError::single(&pipeline.file, "(command line)", m)))?
+        plan_run(pipeline, opts, &st, started_at)?
     } else {
         plan
     };
