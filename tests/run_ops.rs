@@ -228,3 +228,43 @@ async fn dry_run_prints_window_requests_and_files_makes_only_the_printed_request
     }
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_exports_a_sample_of_at_most_n_records_and_never_advances_the_state() {
+    use expense_sync::pipeline::{RunOptions, RunStatus};
+    let sim = simulator(500, 9, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let text = incremental_pipeline(&sim, "sample");
+    let p = expense_sync::config::load_str(&text, Path::new("sample.toml")).unwrap();
+    let http = expense_sync::http::HttpClient::new(&p.spec.http).unwrap();
+    let opts = RunOptions {
+        output_dir: Some(out.clone()),
+        credentials: Some(credentials(&sim)),
+        limit: Some(120),
+        ..RunOptions::default()
+    };
+    let outcome = expense_sync::pipeline::run(&p, &http, &opts).await;
+    assert!(outcome.error.is_none(), "{:?}", outcome.error);
+    let s = &outcome.summary;
+    assert_eq!(s.status, RunStatus::Ok);
+    assert_eq!(s.kind, "sample");
+    assert_eq!(s.records_in, 120);
+    assert!(s.watermark.is_none(), "a sample moved the watermark");
+    let csvs = csv_files(&out);
+    assert_eq!(csvs.len(), 1, "{csvs:?}");
+    let (_, rows) = csv_by_id(&csvs[0]);
+    assert_eq!(rows.len(), 120);
+    let truth = truth_by_id(&sim);
+    assert!(rows.keys().all(|id| truth.contains_key(id)));
+    let st = expense_sync::state::load(&out.join("sample.state.json"), "sample", "updated_at")
+        .unwrap();
+    assert!(st.watermark.is_none(), "the state advanced: {:?}", st.watermark);
+
+    // The next incremental run still exports everything.
+    let (_, outcome) = run_text(&sim, &text, &out).await;
+    assert!(outcome.error.is_none(), "{:?}", outcome.error);
+    assert_eq!(outcome.summary.records_out, 500);
+    assert!(outcome.summary.watermark.is_some());
+    sim.shutdown().await;
+}

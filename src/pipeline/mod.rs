@@ -203,14 +203,45 @@ fn plan_run(
     started_at: DateTime<Utc>,
 ) -> Result<Plan, Error> {
     let SourceConfig::Fyle(source_cfg) = &pipeline.spec.source;
-    plan_window(
+    let plan = plan_window(
         &opts.mode,
         pipeline.spec.incremental.as_ref(),
         st,
         started_at,
         source_cfg.safety_lag,
     )
-    .map_err(|m| Error::Config(ConfigError::single(&pipeline.file, "(command line)", m)))
+    .map_err(|m| Error::Config(ConfigError::single(&pipeline.file, "(command line)", m)))?;
+    // A sample is the start of the window, not all of it: committing it as
+    // progress would skip the rest.
+    Ok(match opts.limit {
+        Some(_) => Plan {
+            kind: "sample",
+            advance_to: None,
+            ..plan
+        },
+        None => plan,
+    })
+}
+
+/// Passes on pages until `limit` records went through, then closes the
+/// source's channel, which stops the pager after its request in flight.
+fn take_records(mut pages: mpsc::Receiver<Page>, limit: u64) -> mpsc::Receiver<Page> {
+    let (tx, rx) = mpsc::channel::<Page>(1);
+    tokio::spawn(async move {
+        let mut left = limit;
+        while left > 0 {
+            let Some(mut page) = pages.recv().await else {
+                break;
+            };
+            page.records.truncate(left as usize);
+            page.total = page.total.map(|t| t.min(limit));
+            left -= page.records.len() as u64;
+            if tx.send(page).await.is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -348,7 +379,17 @@ async fn execute(
         kept: BTreeSet::new(),
     };
     let mut quarantine = Quarantine::new(&ctx);
-    let mut exported: Option<Vec<String>> = spec.writeback.as_ref().map(|_| Vec::new());
+    // A sample is for looking at: marking it exported in Fyle could hide those
+    // records from the real runs whose filters leave exported ones out.
+    let mut exported: Option<Vec<String>> = spec
+        .writeback
+        .as_ref()
+        .filter(|_| opts.limit.is_none())
+        .map(|_| Vec::new());
+    let page_rx = match opts.limit {
+        Some(n) => take_records(page_rx, n),
+        None => page_rx,
+    };
     let mut report = TransformReport::default();
     // A stop drops the transform stage mid-page: the source sees its channel
     // close, the sinks their input end, and everything staged is aborted below.
