@@ -77,6 +77,9 @@ pub enum Command {
         /// Export a sample of at most N records; never advances the incremental state.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         limit: Option<u64>,
+        /// How often to report progress (a live line on a terminal, log lines otherwise).
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        progress_interval: Duration,
     },
     /// Show a pipeline's incremental state (watermark, pending commit, recent runs).
     State {
@@ -184,7 +187,7 @@ pub fn main() -> i32 {
             return ExitCode::Internal.code();
         }
     };
-    let result = runtime.block_on(dispatch(cli.command, cli.vault));
+    let result = runtime.block_on(dispatch(cli.command, cli.vault, cli.log_format));
     match result {
         Ok(code) => code.code(),
         Err(e) => {
@@ -207,7 +210,7 @@ fn init_logging(cli: &Cli) {
         });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::pipeline::progress::StderrBelowProgress)
         .with_ansi(std::io::stderr().is_terminal());
     let _ = match cli.log_format {
         LogFormat::Text => builder.try_init(),
@@ -215,7 +218,18 @@ fn init_logging(cli: &Cli) {
     };
 }
 
-async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, Error> {
+/// A live progress line only where a person watches plain text logs on a terminal.
+fn live_progress(format: LogFormat) -> bool {
+    matches!(format, LogFormat::Text)
+        && std::io::stderr().is_terminal()
+        && std::env::var("TERM").map_or(true, |t| t != "dumb")
+}
+
+async fn dispatch(
+    command: Command,
+    vault: Option<PathBuf>,
+    log_format: LogFormat,
+) -> Result<ExitCode, Error> {
     match command {
         Command::Auth { action } => crate::auth::cmd::run(action, vault).await,
         Command::Run {
@@ -227,6 +241,7 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
             until,
             dry_run,
             limit,
+            progress_interval,
         } => {
             let mode = if full_refresh {
                 RunMode::FullRefresh
@@ -245,6 +260,8 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
                 vault,
                 cancel: cancel.clone(),
                 limit,
+                progress_interval: Some(progress_interval),
+                live_progress: live_progress(log_format),
             };
             if dry_run {
                 print!("{}", pipeline::dry_run(&p, &http, &opts).await?);
@@ -551,6 +568,8 @@ async fn demo(
         vault: None,
         cancel: CancelToken::new(),
         limit: None,
+        progress_interval: None,
+        live_progress: false,
     };
     let outcome = pipeline::run(&p, &http, &opts).await;
     sim.shutdown().await;

@@ -36,10 +36,7 @@ fn command(args: &[&str], cwd: &Path, sim: &Simulator) -> tokio::process::Comman
 }
 
 async fn run_bin(args: &[&str], cwd: &Path, sim: &Simulator) -> Output {
-    command(args, cwd, sim)
-        .output()
-        .await
-        .expect("binary runs")
+    command(args, cwd, sim).output().await.expect("binary runs")
 }
 
 fn text(o: &Output) -> String {
@@ -182,7 +179,12 @@ async fn dry_run_prints_window_requests_and_files_makes_only_the_printed_request
     let f = file.to_str().unwrap();
 
     // Before any run: the output directory is not even created.
-    let o = run_bin(&["run", f, "--output-dir", "fresh", "--dry-run"], dir.path(), &sim).await;
+    let o = run_bin(
+        &["run", f, "--output-dir", "fresh", "--dry-run"],
+        dir.path(),
+        &sim,
+    )
+    .await;
     assert!(o.status.success(), "{}", text(&o));
     assert!(!dir.path().join("fresh").exists(), "{}", text(&o));
 
@@ -193,10 +195,19 @@ async fn dry_run_prints_window_requests_and_files_makes_only_the_printed_request
     let out = dir.path().join("out");
     let before = snapshot(&out);
     let logged = sim.request_log().len();
-    let o = run_bin(&["run", f, "--output-dir", "out", "--dry-run"], dir.path(), &sim).await;
+    let o = run_bin(
+        &["run", f, "--output-dir", "out", "--dry-run"],
+        dir.path(),
+        &sim,
+    )
+    .await;
     let t = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(snapshot(&out), before, "the dry run changed the output directory");
+    assert_eq!(
+        snapshot(&out),
+        before,
+        "the dry run changed the output directory"
+    );
 
     // The window starts at the committed watermark.
     let from = chrono::DateTime::parse_from_rfc3339(&watermark).unwrap();
@@ -257,14 +268,85 @@ async fn limit_exports_a_sample_of_at_most_n_records_and_never_advances_the_stat
     assert_eq!(rows.len(), 120);
     let truth = truth_by_id(&sim);
     assert!(rows.keys().all(|id| truth.contains_key(id)));
-    let st = expense_sync::state::load(&out.join("sample.state.json"), "sample", "updated_at")
-        .unwrap();
-    assert!(st.watermark.is_none(), "the state advanced: {:?}", st.watermark);
+    let st =
+        expense_sync::state::load(&out.join("sample.state.json"), "sample", "updated_at").unwrap();
+    assert!(
+        st.watermark.is_none(),
+        "the state advanced: {:?}",
+        st.watermark
+    );
 
     // The next incremental run still exports everything.
     let (_, outcome) = run_text(&sim, &text, &out).await;
     assert!(outcome.error.is_none(), "{:?}", outcome.error);
     assert_eq!(outcome.summary.records_out, 500);
     assert!(outcome.summary.watermark.is_some());
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_off_a_terminal_is_plain_lines_for_paging_and_write_back_without_control_sequences()
+ {
+    let sim = Simulator::start(SimConfig {
+        seed: 4,
+        expenses: 400,
+        rate_limit: None,
+        faults: Faults {
+            latency: Duration::from_millis(30),
+            ..Faults::default()
+        },
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prog.toml");
+    let pipeline = incremental_pipeline(&sim, "prog")
+        + "\n[writeback]\nurl = \"https://erp.example.com/bills?expense={id}\"\nbatch_size = 50\n";
+    std::fs::write(&file, pipeline).unwrap();
+    let o = run_bin(
+        &[
+            "run",
+            file.to_str().unwrap(),
+            "--output-dir",
+            "out",
+            "--progress-interval",
+            "20ms",
+        ],
+        dir.path(),
+        &sim,
+    )
+    .await;
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        !err.contains('\u{1b}'),
+        "control sequences off a terminal: {err:?}"
+    );
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("progress")).collect();
+    let paging: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.contains("phase=paging"))
+        .collect();
+    assert!(!paging.is_empty(), "{err}");
+    assert!(
+        paging
+            .iter()
+            .any(|l| l.contains("total=400") && l.contains("records_per_s=")),
+        "{err}"
+    );
+    // The write-back reports its requests (2 per batch of 50: in progress, complete).
+    let requests = |l: &str| -> u64 {
+        let at = l.find(" requests=").expect("requests field") + " requests=".len();
+        l[at..].split(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(
+        lines
+            .iter()
+            .filter(|l| l.contains("phase=\"write-back\"") || l.contains("phase=write-back"))
+            .any(|l| requests(l) >= 8),
+        "the write-back phase is silent: {err}"
+    );
+    assert_eq!(summary_of(&o)["records_out"], 400);
     sim.shutdown().await;
 }

@@ -4,6 +4,7 @@
 
 mod cancel;
 mod dry_run;
+pub mod progress;
 mod summary;
 mod window;
 
@@ -54,6 +55,10 @@ pub struct RunOptions {
     pub cancel: CancelToken,
     /// Export a sample of at most this many records; the state never advances.
     pub limit: Option<u64>,
+    /// How often progress is reported; default [`progress::DEFAULT_INTERVAL`].
+    pub progress_interval: Option<std::time::Duration>,
+    /// Draw progress as a live line on stderr (a terminal) instead of log lines.
+    pub live_progress: bool,
 }
 
 /// How a run ended: its summary, and the error if it failed.
@@ -342,6 +347,14 @@ async fn execute(
         }
     }
 
+    let progress = progress::Progress::start(
+        http,
+        opts.progress_interval.unwrap_or(progress::DEFAULT_INTERVAL),
+        spec.http.requests_per_second,
+        opts.live_progress,
+    );
+    progress.phase("paging", http);
+
     // Stage 1: the source pages into a bounded channel.
     let (page_tx, page_rx) = mpsc::channel::<Page>(PAGE_BUFFER);
     let source_task = {
@@ -390,6 +403,7 @@ async fn execute(
         Some(n) => take_records(page_rx, n),
         None => page_rx,
     };
+    let page_rx = progress.observe(page_rx);
     let mut report = TransformReport::default();
     // A stop drops the transform stage mid-page: the source sees its channel
     // close, the sinks their input end, and everything staged is aborted below.
@@ -478,6 +492,8 @@ async fn execute(
         return Err(Error::Sink(e.to_string()));
     }
 
+    progress.report_now(http);
+    progress.phase("finishing", http);
     // Make every output durable under its temporary name…
     let mut outputs: Vec<SinkOutput> = Vec::new();
     let mut iter = sinks.into_iter();
@@ -663,6 +679,7 @@ async fn execute(
     // The plan was committed with the outputs, so a crash here leaves it for
     // the next run, which carries out every plan still pending.
     if let Some(cfg) = &spec.writeback {
+        progress.phase("write-back", http);
         let wb = tokio::select! {
             wb = run_pending(&client, cfg, &output_dir, pipeline.name()) => wb,
             _ = opts.cancel.cancelled() => return Err(Error::Interrupted(
@@ -671,6 +688,7 @@ async fn execute(
                     .into(),
             )),
         };
+        progress.report_now(http);
         if let Some(why) = &wb.failed {
             warn!("{why}");
         }
@@ -713,11 +731,8 @@ async fn transform(
     summary: &mut RunSummary,
     exported: &mut Option<Vec<String>>,
 ) -> Result<(), Error> {
-    let mut expected: Option<u64> = None;
-    let mut last_report = Instant::now();
     while let Some(page) = pages.recv().await {
         if let Some(total) = page.total {
-            expected = Some(total);
             info!(total, "records to export");
         }
         summary.records_in += page.records.len() as u64;
@@ -760,10 +775,6 @@ async fn transform(
             if tx.send(batch.clone()).await.is_err() {
                 return Ok(());
             }
-        }
-        if last_report.elapsed().as_secs() >= 5 {
-            last_report = Instant::now();
-            info!(done = summary.records_in, total = expected, "progress");
         }
     }
     Ok(())
