@@ -127,6 +127,9 @@ impl Drop for Progress {
 
 fn report(shared: &Shared, http: &HttpClient, limit: f64, live: bool) {
     let phase = shared.phase.lock().expect("progress phase").clone();
+    if phase.name == "starting" {
+        return;
+    }
     let elapsed = phase.started.elapsed().as_secs_f64().max(0.001);
     let stats = http.stats().since(&phase.http_at_start);
     let requests_per_s = stats.requests as f64 / elapsed;
