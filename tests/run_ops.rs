@@ -350,3 +350,73 @@ async fn progress_off_a_terminal_is_plain_lines_for_paging_and_write_back_withou
     assert_eq!(summary_of(&o)["records_out"], 400);
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_the_write_back_keeps_the_commit_and_the_next_run_finishes_the_write_back() {
+    let sim = slow_simulator(400).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wb.toml");
+    let pipeline = incremental_pipeline(&sim, "wb")
+        + "\n[writeback]\nurl = \"https://erp.example.com/bills?expense={id}\"\nbatch_size = 20\n";
+    std::fs::write(&file, pipeline).unwrap();
+    let out = dir.path().join("out");
+    let args = ["run", file.to_str().unwrap(), "--output-dir", "out"];
+    let child = command(&args, dir.path(), &sim).spawn().unwrap();
+    let pid = child.id().expect("child is running");
+    let bulk = |sim: &Simulator| {
+        sim.request_log()
+            .iter()
+            .filter(|r| r.method == "POST" && r.path.ends_with("/bulk"))
+            .count()
+    };
+    // 20 batches of 20, two calls each: stop after the first few.
+    let mut waited = 0;
+    while bulk(&sim) < 3 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += 1;
+        if waited > 1500 {
+            let o = child.wait_with_output().await.unwrap();
+            panic!("the write-back never started: {}", text(&o));
+        }
+    }
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let o = child.wait_with_output().await.unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(130), "{t}");
+    let summary = summary_of(&o);
+    assert_eq!(summary["status"], "interrupted", "{t}");
+    assert!(summary["watermark"].is_string(), "the commit stands: {t}");
+    assert!(t.contains("write-back"), "{t}");
+    let csvs = csv_files(&out);
+    assert_eq!(csvs.len(), 1, "{csvs:?}");
+    assert_eq!(csv_by_id(&csvs[0]).1.len(), 400);
+    assert!(
+        files_in(&out)
+            .iter()
+            .all(|f| !f.to_string_lossy().ends_with(".tmp")),
+        "{:?}",
+        files_in(&out)
+    );
+
+    // The next run carries out the rest of the write-back and exports nothing twice.
+    sim.set_faults(Faults::default());
+    let o = run_bin(&args, dir.path(), &sim).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let s = summary_of(&o);
+    assert_eq!(s["writeback"]["failed"], serde_json::Value::Null, "{s}");
+    assert!(s["writeback"]["complete"].as_u64().unwrap() > 0, "{s}");
+    let exported = sim
+        .ground_truth("expenses")
+        .iter()
+        .filter(|e| {
+            e.pointer("/accounting_export_summary/state")
+                .and_then(|v| v.as_str())
+                == Some("COMPLETE")
+        })
+        .count();
+    assert_eq!(exported, 400);
+    sim.shutdown().await;
+}
