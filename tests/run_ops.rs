@@ -420,3 +420,59 @@ async fn sigterm_during_the_write_back_keeps_the_commit_and_the_next_run_finishe
     assert_eq!(exported, 400);
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_on_a_terminal_is_one_live_line_redrawn_below_the_log_lines() {
+    // util-linux `script` gives the binary a pseudo-terminal.
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: `script` (util-linux) is not installed");
+        return;
+    }
+    let sim = slow_simulator(600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tty.toml");
+    std::fs::write(&file, incremental_pipeline(&sim, "tty")).unwrap();
+    let typescript = dir.path().join("typescript");
+    let inner = format!(
+        "{BIN} run {} --output-dir out --progress-interval 50ms > summary.json",
+        file.display()
+    );
+    let mut cmd = tokio::process::Command::new("script");
+    cmd.args(["-qfec", &inner])
+        .arg(&typescript)
+        .current_dir(dir.path())
+        .env("TERM", "xterm")
+        .env_remove("EXPENSE_SYNC_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    for (k, v) in sim_env(&sim) {
+        cmd.env(k, v);
+    }
+    assert!(cmd.status().await.unwrap().success());
+    let screen = std::fs::read_to_string(&typescript).unwrap();
+    assert!(
+        screen.contains("\r\u{1b}[2Kpaging: ") && screen.contains("/600 records"),
+        "{screen:?}"
+    );
+    assert!(
+        screen.contains("records/s") && screen.contains("ETA"),
+        "{screen:?}"
+    );
+    // A log line first clears the live line, then the live line is drawn again below it.
+    let log = screen.find("records to export").expect("log line shown");
+    let before = &screen[..log];
+    let line_start = before.rfind('\r').unwrap();
+    assert!(
+        before[line_start..].starts_with("\r\u{1b}[2K"),
+        "{screen:?}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["records_out"], 600);
+    sim.shutdown().await;
+}
