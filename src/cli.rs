@@ -13,7 +13,7 @@ use crate::auth::{FyleCredentials, FyleSession};
 use crate::config::{self, Pipeline};
 use crate::error::{Error, ExitCode};
 use crate::http::HttpClient;
-use crate::pipeline::{self, RunMode, RunOptions, RunOutcome};
+use crate::pipeline::{self, CancelToken, RunMode, RunOptions, RunOutcome};
 use crate::simulator::{Faults, SimConfig, Simulator};
 use crate::sources::SourceConfig;
 use crate::sources::fyle::FyleClient;
@@ -108,6 +108,16 @@ pub enum Command {
         /// preset, resource, role, columns, filter transforms) changed since the last run.
         #[arg(long)]
         accept_selection_change: bool,
+        /// Print the window, the requests and the files a run would make, after one count
+        /// probe; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Export a sample of at most N records; never advances the incremental state.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
+        /// How often to report progress (a live line on a terminal, log lines otherwise).
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        progress_interval: Duration,
     },
     /// Show a pipeline's incremental state (watermark, pending commit, recent runs).
     State {
@@ -243,7 +253,7 @@ pub fn main() -> i32 {
             return ExitCode::Internal.code();
         }
     };
-    let result = runtime.block_on(dispatch(cli.command, cli.vault));
+    let result = runtime.block_on(dispatch(cli.command, cli.vault, cli.log_format));
     match result {
         Ok(code) => code.code(),
         Err(e) => {
@@ -307,7 +317,7 @@ fn init_logging(cli: &Cli) {
         .unwrap_or_else(|| EnvFilter::new(format!("warn,expense_sync={}", level.as_str())));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::pipeline::progress::StderrBelowProgress)
         .with_ansi(use_colour(
             std::io::stderr().is_terminal(),
             std::env::var_os("NO_COLOR"),
@@ -319,7 +329,19 @@ fn init_logging(cli: &Cli) {
     };
 }
 
-async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, Error> {
+/// A live progress line only where a person watches plain text logs on a terminal.
+fn live_progress(format: LogFormat) -> bool {
+    matches!(format, LogFormat::Text)
+        && !QUIET.load(Ordering::Relaxed)
+        && std::io::stderr().is_terminal()
+        && std::env::var("TERM").map_or(true, |t| t != "dumb")
+}
+
+async fn dispatch(
+    command: Command,
+    vault: Option<PathBuf>,
+    log_format: LogFormat,
+) -> Result<ExitCode, Error> {
     match command {
         Command::Auth { action } => crate::auth::cmd::run(action, vault).await,
         Command::Run {
@@ -330,6 +352,9 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
             since,
             until,
             accept_selection_change,
+            dry_run,
+            limit,
+            progress_interval,
         } => {
             let mode = if full_refresh {
                 RunMode::FullRefresh
@@ -343,14 +368,25 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
                 Err(e) => return report_unloadable(&pipeline, e, summary.as_deref()),
             };
             let http = HttpClient::new(&p.spec.http).map_err(|e| Error::Internal(e.to_string()))?;
+            let cancel = CancelToken::new();
             let opts = RunOptions {
                 output_dir,
                 credentials: None,
                 mode,
                 vault,
                 accept_selection_change,
+                cancel: cancel.clone(),
+                limit,
+                progress_interval: Some(progress_interval),
+                live_progress: live_progress(log_format),
             };
+            if dry_run {
+                print!("{}", pipeline::dry_run(&p, &http, &opts).await?);
+                return Ok(ExitCode::Ok);
+            }
+            let signals = stop_on_signals(cancel);
             let outcome = pipeline::run(&p, &http, &opts).await;
+            signals.abort();
             report_run(&outcome, summary.as_deref())
         }
         Command::Check { pipeline, offline } => check(&pipeline, offline, vault).await,
@@ -468,6 +504,48 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
             Ok(ExitCode::Ok)
         }
     }
+}
+
+/// Cancels `cancel` on the first SIGINT or SIGTERM so the run stops cleanly;
+/// a second one exits at once (the next run removes what is left behind).
+fn stop_on_signals(cancel: CancelToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        loop {
+            #[cfg(unix)]
+            let terminate = async {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let terminate = std::future::pending::<()>();
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => {
+                    if r.is_err() {
+                        // No SIGINT handler could be installed: wait for SIGTERM only.
+                        std::future::pending::<()>().await;
+                    }
+                }
+                _ = terminate => {}
+            }
+            if cancel.is_cancelled() {
+                eprintln!(
+                    "error: stopped at once by a second signal; temporary files may be left, the next run removes them"
+                );
+                std::process::exit(ExitCode::Interrupted.code());
+            }
+            tracing::warn!(
+                "stop requested: removing temporary files and stopping (send the signal again to exit at once)"
+            );
+            cancel.cancel();
+        }
+    })
 }
 
 /// Prints the JSON summary on stdout (and to `summary_file`), the error on stderr.
@@ -691,6 +769,10 @@ async fn demo(
         mode: RunMode::Auto,
         vault: None,
         accept_selection_change: false,
+        cancel: CancelToken::new(),
+        limit: None,
+        progress_interval: None,
+        live_progress: false,
     };
     let outcome = pipeline::run(&p, &http, &opts).await;
     sim.shutdown().await;

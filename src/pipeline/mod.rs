@@ -2,6 +2,9 @@
 //! wires source → transform → sinks with bounded channels, and commits the
 //! outputs and the state together.
 
+mod cancel;
+mod dry_run;
+pub mod progress;
 mod selection;
 mod summary;
 mod window;
@@ -15,6 +18,8 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+pub use cancel::CancelToken;
+pub use dry_run::{DryRun, dry_run};
 pub use summary::{OutputSummary, RunStatus, RunSummary};
 pub use window::{Plan, RunMode, plan_window};
 
@@ -56,6 +61,14 @@ pub struct RunOptions {
     pub vault: Option<PathBuf>,
     /// Carry on from the watermark even though the selection changed since it was set.
     pub accept_selection_change: bool,
+    /// Raised (e.g. on SIGINT/SIGTERM) to stop the run; see [`CancelToken`].
+    pub cancel: CancelToken,
+    /// Export a sample of at most this many records; the state never advances.
+    pub limit: Option<u64>,
+    /// How often progress is reported; default [`progress::DEFAULT_INTERVAL`].
+    pub progress_interval: Option<std::time::Duration>,
+    /// Draw progress as a live line on stderr (a terminal) instead of log lines.
+    pub live_progress: bool,
 }
 
 /// How a run ended: its summary, and the error if it failed.
@@ -109,6 +122,7 @@ pub async fn run(pipeline: &Pipeline, http: &HttpClient, opts: &RunOptions) -> R
     summary.finish(clock.elapsed(), http.stats().since(&stats_before), grants);
     let error = result.err();
     summary.status = match (&error, summary.quarantined + summary.rejected) {
+        (Some(Error::Interrupted(_)), _) => RunStatus::Interrupted,
         (Some(_), _) => RunStatus::Failed,
         (None, 0) => RunStatus::Ok,
         (None, _) => RunStatus::Partial,
@@ -179,21 +193,13 @@ fn version_of(record: &serde_json::Value, cursor: &str) -> Option<(Version, Date
     ))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn execute(
+/// The Fyle session a run uses: given credentials, a vault connection, or `[connection]`.
+fn open_session(
     pipeline: &Pipeline,
     http: &HttpClient,
     opts: &RunOptions,
-    run_id: &str,
-    started_at: DateTime<Utc>,
-    summary: &mut RunSummary,
-    grants: &mut u64,
-) -> Result<(), Error> {
+) -> Result<FyleSession, Error> {
     let spec = &pipeline.spec;
-    let SourceConfig::Fyle(source_cfg) = &spec.source;
-    let source_cfg = &push_safe_source(source_cfg, &spec.sinks);
-    // Every secret is read before anything starts, so a missing one is a
-    // configuration error (exit 2) listed with the others, not a sink failure.
     let mut problems = Vec::new();
     let credentials = match (&opts.credentials, &spec.connection.vault) {
         (Some(c), _) => Some(c.clone()),
@@ -214,7 +220,7 @@ async fn execute(
         }
         .into());
     }
-    let session = match (credentials, &spec.connection.vault) {
+    Ok(match (credentials, &spec.connection.vault) {
         (Some(c), _) => FyleSession::new(http.clone(), c),
         (None, Some(name)) => {
             let vault =
@@ -222,7 +228,72 @@ async fn execute(
             FyleSession::from_vault(http.clone(), vault, name)?
         }
         (None, None) => unreachable!("connection secrets were resolved above"),
-    };
+    })
+}
+
+/// The window this run covers, from the committed state.
+fn plan_run(
+    pipeline: &Pipeline,
+    opts: &RunOptions,
+    st: &state::State,
+    started_at: DateTime<Utc>,
+) -> Result<Plan, Error> {
+    let SourceConfig::Fyle(source_cfg) = &pipeline.spec.source;
+    let plan = plan_window(
+        &opts.mode,
+        pipeline.spec.incremental.as_ref(),
+        st,
+        started_at,
+        source_cfg.safety_lag,
+    )
+    .map_err(|m| Error::Config(ConfigError::single(&pipeline.file, "(command line)", m)))?;
+    // A sample is the start of the window, not all of it: committing it as
+    // progress would skip the rest.
+    Ok(match opts.limit {
+        Some(_) => Plan {
+            kind: "sample",
+            advance_to: None,
+            ..plan
+        },
+        None => plan,
+    })
+}
+
+/// Passes on pages until `limit` records went through, then closes the
+/// source's channel, which stops the pager after its request in flight.
+fn take_records(mut pages: mpsc::Receiver<Page>, limit: u64) -> mpsc::Receiver<Page> {
+    let (tx, rx) = mpsc::channel::<Page>(1);
+    tokio::spawn(async move {
+        let mut left = limit;
+        while left > 0 {
+            let Some(mut page) = pages.recv().await else {
+                break;
+            };
+            page.records.truncate(left as usize);
+            page.total = page.total.map(|t| t.min(limit));
+            left -= page.records.len() as u64;
+            if tx.send(page).await.is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn execute(
+    pipeline: &Pipeline,
+    http: &HttpClient,
+    opts: &RunOptions,
+    run_id: &str,
+    started_at: DateTime<Utc>,
+    summary: &mut RunSummary,
+    grants: &mut u64,
+) -> Result<(), Error> {
+    let spec = &pipeline.spec;
+    let SourceConfig::Fyle(source_cfg) = &spec.source;
+    let source_cfg = &push_safe_source(source_cfg, &spec.sinks);
+    let session = open_session(pipeline, http, opts)?;
     let projector = Projector::new(&spec.columns).map_err(|problems| ConfigError {
         file: pipeline.file.clone(),
         problems,
@@ -242,7 +313,10 @@ async fn execute(
     let session = Arc::new(session);
     let client = FyleClient::new(session.clone());
     // Authenticate before touching the disk: bad credentials must leave nothing behind.
-    let auth = session.token().await;
+    let auth = tokio::select! {
+        auth = session.token() => auth,
+        _ = opts.cancel.cancelled() => return Err(interrupted_before_commit()),
+    };
     *grants = session.refresh_count();
     auth?;
 
@@ -264,14 +338,7 @@ async fn execute(
         .await
         .map_err(|e| source_error(e, source_cfg))?;
     let plan_now = window::planning_now(started_at, server_clock);
-    let plan = plan_window(
-        &opts.mode,
-        spec.incremental.as_ref(),
-        &st,
-        plan_now,
-        source_cfg.safety_lag,
-    )
-    .map_err(|m| Error::Config(ConfigError::single(&pipeline.file, "(command line)", m)))?;
+    let plan = plan_run(pipeline, opts, &st, plan_now)?;
     let ctx = SinkContext {
         pipeline: pipeline.name().to_string(),
         run_id: run_id.to_string(),
@@ -294,14 +361,7 @@ async fn execute(
     summary.removed_temp_files = recovery.removed_temps.len() as u64;
     // Recovery may have advanced the watermark: plan again from the recovered state.
     let plan = if recovery.rolled_forward.is_some() {
-        plan_window(
-            &opts.mode,
-            spec.incremental.as_ref(),
-            &st,
-            plan_now,
-            source_cfg.safety_lag,
-        )
-        .map_err(|m| Error::Config(ConfigError::single(&pipeline.file, "(command line)", m)))?
+        plan_run(pipeline, opts, &st, plan_now)?
     } else {
         plan
     };
@@ -369,6 +429,14 @@ async fn execute(
         }
     }
 
+    let progress = progress::Progress::start(
+        http,
+        opts.progress_interval.unwrap_or(progress::DEFAULT_INTERVAL),
+        spec.http.requests_per_second,
+        opts.live_progress,
+    );
+    progress.phase("paging", http);
+
     // Stage 1: the source pages into a bounded channel.
     let (page_tx, page_rx) = mpsc::channel::<Page>(PAGE_BUFFER);
     let source_task = {
@@ -406,21 +474,41 @@ async fn execute(
         kept: BTreeSet::new(),
     };
     let mut quarantine = Quarantine::new(&ctx);
-    let mut exported: Option<Vec<String>> = spec.writeback.as_ref().map(|_| Vec::new());
+    // A sample is for looking at: marking it exported in Fyle could hide those
+    // records from the real runs whose filters leave exported ones out.
+    let mut exported: Option<Vec<String>> = spec
+        .writeback
+        .as_ref()
+        .filter(|_| opts.limit.is_none())
+        .map(|_| Vec::new());
+    let page_rx = match opts.limit {
+        Some(n) => take_records(page_rx, n),
+        None => page_rx,
+    };
+    let page_rx = progress.observe(page_rx);
     let mut report = TransformReport::default();
-    let mut transformed = transform(
-        page_rx,
-        &transforms,
-        &mut report,
-        &projector,
-        &sink_txs,
-        &mut quarantine,
-        &mut dedup,
-        summary,
-        &mut exported,
-    )
-    .await;
+    // A stop drops the transform stage mid-page: the source sees its channel
+    // close, the sinks their input end, and everything staged is aborted below.
+    let mut transformed = tokio::select! {
+        t = transform(
+            page_rx,
+            &transforms,
+            &mut report,
+            &projector,
+            &sink_txs,
+            &mut quarantine,
+            &mut dedup,
+            summary,
+            &mut exported,
+        ) => t,
+        _ = opts.cancel.cancelled() => Err(interrupted_before_commit()),
+    };
     drop(sink_txs);
+    let interrupted = matches!(transformed, Err(Error::Interrupted(_)));
+    if interrupted {
+        // It may be waiting out a retry; nothing it fetches now is used.
+        source_task.abort();
+    }
     summary.filtered = report.filtered;
     summary.skipped = report.skipped;
     summary.skipped_records = std::mem::take(&mut report.skipped_records);
@@ -458,6 +546,10 @@ async fn execute(
         quarantine.discard();
     };
 
+    if interrupted {
+        abort_all(sinks, quarantine);
+        return Err(interrupted_before_commit());
+    }
     let pager_stats: PagerStats = match source_result {
         Ok(Ok(stats)) => stats,
         Ok(Err(e)) => {
@@ -493,6 +585,8 @@ async fn execute(
         }
     }
 
+    progress.report_now(http);
+    progress.phase("finishing", http);
     // Make every output durable under its temporary name…
     let mut outputs: Vec<SinkOutput> = Vec::new();
     let mut iter = sinks.into_iter();
@@ -517,6 +611,14 @@ async fn execute(
             return Err(Error::Sink(format!("quarantine file: {e}")));
         }
     };
+    // The last moment a stop can still leave everything as it was.
+    if opts.cancel.is_cancelled() {
+        outputs.iter().for_each(SinkOutput::discard);
+        if let Some(q) = &quarantine_staged {
+            q.discard();
+        }
+        return Err(interrupted_before_commit());
+    }
 
     // …then commit: write the plan into the state, move files into place,
     // advance the state (see state::commit for why this order is crash-safe).
@@ -696,7 +798,16 @@ async fn execute(
     // The plan was committed with the outputs, so a crash here leaves it for
     // the next run, which carries out every plan still pending.
     if let Some(cfg) = &spec.writeback {
-        let wb = run_pending(&client, cfg, &output_dir, pipeline.name()).await;
+        progress.phase("write-back", http);
+        let wb = tokio::select! {
+            wb = run_pending(&client, cfg, &output_dir, pipeline.name()) => wb,
+            _ = opts.cancel.cancelled() => return Err(Error::Interrupted(
+                "interrupted during the write-back to Fyle: the run's outputs and state were \
+                 committed; the write-back plan stays pending and the next run carries it out"
+                    .into(),
+            )),
+        };
+        progress.report_now(http);
         if let Some(why) = &wb.failed {
             warn!("{why}");
         }
@@ -760,11 +871,8 @@ async fn transform(
     summary: &mut RunSummary,
     exported: &mut Option<Vec<String>>,
 ) -> Result<(), Error> {
-    let mut expected: Option<u64> = None;
-    let mut last_report = Instant::now();
     while let Some(page) = pages.recv().await {
         if let Some(total) = page.total {
-            expected = Some(total);
             info!(total, "records to export");
         }
         summary.records_in += page.records.len() as u64;
@@ -812,10 +920,6 @@ async fn transform(
                 return Ok(());
             }
         }
-        if last_report.elapsed().as_secs() >= 5 {
-            last_report = Instant::now();
-            info!(done = summary.records_in, total = expected, "progress");
-        }
     }
     Ok(())
 }
@@ -852,6 +956,14 @@ async fn read_server_clock(
         ),
     }
     Ok(clock)
+}
+
+fn interrupted_before_commit() -> Error {
+    Error::Interrupted(
+        "interrupted before the commit: nothing was written, temporary files were removed and \
+         the state is unchanged; the next run exports this window again"
+            .into(),
+    )
 }
 
 fn source_error(e: FyleError, cfg: &crate::sources::fyle::FyleSourceConfig) -> Error {

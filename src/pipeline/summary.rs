@@ -20,6 +20,8 @@ pub enum RunStatus {
     Partial,
     /// Nothing was committed.
     Failed,
+    /// Stopped by SIGINT/SIGTERM; `error` says whether the commit point was passed.
+    Interrupted,
 }
 
 /// One committed output file.

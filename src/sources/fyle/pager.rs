@@ -247,6 +247,42 @@ pub async fn fetch_window(
     Ok(stats)
 }
 
+/// The query of the first page of `window`: what a run asks first (shown by `run --dry-run`).
+pub fn first_page_query(cfg: &FyleSourceConfig, window: Window) -> Vec<(String, String)> {
+    page_query(cfg, window.from, window.to, None)
+}
+
+/// The query of one page of the slice `[from, to)`, after `seek` if given.
+fn page_query(
+    cfg: &FyleSourceConfig,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    seek: Option<&Key>,
+) -> Vec<(String, String)> {
+    let cursor = cfg.cursor();
+    let mut query = cfg.filter_pairs();
+    if let Some(from) = from {
+        query.push((cursor.to_string(), format!("gte.{}", fyle_timestamp(from))));
+    }
+    if let Some(to) = to {
+        query.push((cursor.to_string(), format!("lt.{}", fyle_timestamp(to))));
+    }
+    if let Some(k) = seek {
+        query.push((
+            "and".into(),
+            format!(
+                "(or({cursor}.gt.{t},and({cursor}.eq.{t},id.gt.{id})))",
+                t = literal(&k.text),
+                id = k.id_literal
+            ),
+        ));
+    }
+    query.push(("order".into(), format!("{cursor}.asc,id.asc")));
+    query.push(("limit".into(), cfg.page_size.to_string()));
+    query.push(("offset".into(), "0".into()));
+    query
+}
+
 async fn fetch_slice(
     client: &FyleClient,
     cfg: &FyleSourceConfig,
@@ -265,26 +301,7 @@ async fn fetch_slice(
     let mut tie: HashSet<String> = HashSet::new();
     let mut first = true;
     loop {
-        let mut query = cfg.filter_pairs();
-        if let Some(from) = slice.from {
-            query.push((cursor.to_string(), format!("gte.{}", fyle_timestamp(from))));
-        }
-        if let Some(to) = slice.to {
-            query.push((cursor.to_string(), format!("lt.{}", fyle_timestamp(to))));
-        }
-        if let Some(k) = &seek {
-            query.push((
-                "and".into(),
-                format!(
-                    "(or({cursor}.gt.{t},and({cursor}.eq.{t},id.gt.{id})))",
-                    t = literal(&k.text),
-                    id = k.id_literal
-                ),
-            ));
-        }
-        query.push(("order".into(), format!("{cursor}.asc,id.asc")));
-        query.push(("limit".into(), cfg.page_size.to_string()));
-        query.push(("offset".into(), "0".into()));
+        let query = page_query(cfg, slice.from, slice.to, seek.as_ref());
         if shared.failed.load(AtomicOrdering::SeqCst) {
             return Ok(());
         }
