@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::*;
@@ -64,31 +63,6 @@ async fn skewed_simulator(expenses: usize, seed: u64, offset_secs: i64) -> Simul
     })
     .await
     .expect("simulator starts")
-}
-
-/// Every (id, updated_at) of every committed CSV in `dir`, with its count.
-fn committed_versions(dir: &Path) -> BTreeMap<(String, String), usize> {
-    let mut seen = BTreeMap::new();
-    for f in files_in(dir) {
-        if f.extension().is_some_and(|e| e == "csv") {
-            for r in read_csv(&f).1 {
-                *seen.entry((r[0].clone(), r[1].clone())).or_insert(0) += 1;
-            }
-        }
-    }
-    seen
-}
-
-fn truth_versions(sim: &Simulator) -> BTreeSet<(String, String)> {
-    sim.ground_truth("expenses")
-        .into_iter()
-        .map(|r| {
-            (
-                r["id"].as_str().unwrap().to_string(),
-                r["updated_at"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
@@ -59,55 +59,6 @@ path = "{{pipeline}}-{{run_id}}.csv"
 "#,
         accounts = sim.accounts_url()
     )
-}
-
-/// Every (id, updated_at) row of every committed CSV in `dir`, with its count.
-fn committed_versions(dir: &Path) -> BTreeMap<(String, String), usize> {
-    let mut seen = BTreeMap::new();
-    for f in files_in(dir) {
-        let name = f.file_name().unwrap().to_string_lossy().into_owned();
-        if !name.ends_with(".csv") {
-            continue;
-        }
-        assert!(
-            !name.starts_with('.'),
-            "a temporary file sits at a final path: {name}"
-        );
-        let (_, rows) = read_csv(&f);
-        for r in rows {
-            *seen.entry((r[0].clone(), r[1].clone())).or_insert(0) += 1;
-        }
-    }
-    seen
-}
-
-fn truth_versions(sim: &Simulator) -> BTreeSet<(String, String)> {
-    sim.ground_truth("expenses")
-        .into_iter()
-        .map(|r| {
-            (
-                r["id"].as_str().unwrap().to_string(),
-                r["updated_at"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
-fn assert_exactly_once(dir: &Path, sim: &Simulator) {
-    let seen = committed_versions(dir);
-    let doubled: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(doubled.is_empty(), "versions delivered twice: {doubled:?}");
-    let delivered: BTreeSet<_> = seen.into_keys().collect();
-    let missing: Vec<_> = truth_versions(sim)
-        .difference(&delivered)
-        .cloned()
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} current versions never delivered, e.g. {:?}",
-        missing.len(),
-        &missing[..missing.len().min(3)]
-    );
 }
 
 async fn run_bin(

@@ -11,11 +11,11 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{files_in, read_csv};
+use common::{committed_versions, files_in, truth_versions};
 use expense_sync::simulator::receiver::{Receiver, ReceiverConfig};
 use expense_sync::simulator::{Collation, Faults, SimConfig, Simulator};
 use expense_sync::sinks::http::record_key;
@@ -104,38 +104,6 @@ fn spawn_bin(pipeline: &Path, sim: &Simulator) -> tokio::process::Child {
     cmd.spawn().unwrap()
 }
 
-/// Every (id, updated_at) row of every committed CSV, with how often it occurs.
-fn committed_versions(out: &Path) -> BTreeMap<(String, String), usize> {
-    let mut seen = BTreeMap::new();
-    for f in files_in(out) {
-        let name = f.file_name().unwrap().to_string_lossy().into_owned();
-        if !name.ends_with(".csv") {
-            continue;
-        }
-        assert!(
-            !name.starts_with('.'),
-            "a temporary file sits at a final path: {name}"
-        );
-        let (_, rows) = read_csv(&f);
-        for r in rows {
-            *seen.entry((r[0].clone(), r[1].clone())).or_insert(0) += 1;
-        }
-    }
-    seen
-}
-
-fn final_versions(sim: &Simulator) -> BTreeSet<(String, String)> {
-    sim.ground_truth("expenses")
-        .into_iter()
-        .map(|r| {
-            (
-                r["id"].as_str().unwrap().to_string(),
-                r["updated_at"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
 fn adverse_faults(rng: &mut rand::rngs::StdRng) -> Faults {
     Faults {
         error_rate: 0.04,
@@ -218,7 +186,7 @@ async fn soak(iterations: usize, seed: u64) {
     let doubled: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
     assert!(doubled.is_empty(), "versions in two files: {doubled:?}");
     let delivered: BTreeSet<_> = seen.into_keys().collect();
-    let missing: Vec<_> = final_versions(&sim)
+    let missing: Vec<_> = truth_versions(&sim)
         .difference(&delivered)
         .cloned()
         .collect();
@@ -232,7 +200,7 @@ async fn soak(iterations: usize, seed: u64) {
     let applied = rx.applied_key_counts();
     let twice: Vec<_> = applied.iter().filter(|(_, n)| **n > 1).take(5).collect();
     assert!(twice.is_empty(), "versions applied twice: {twice:?}");
-    for (id, at) in final_versions(&sim) {
+    for (id, at) in truth_versions(&sim) {
         let key = record_key(&id, &at);
         assert!(
             applied.contains_key(&key),

@@ -206,3 +206,53 @@ pub fn manifest_exists(file: &Path) -> bool {
     name.push(".manifest.json");
     file.with_file_name(name).exists()
 }
+
+/// Every (id, updated_at) row of every committed CSV in `dir` (first two
+/// columns), with how often it occurs. A temporary file at a final path fails the test.
+pub fn committed_versions(dir: &Path) -> BTreeMap<(String, String), usize> {
+    let mut seen = BTreeMap::new();
+    for f in files_in(dir) {
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.ends_with(".csv") {
+            continue;
+        }
+        assert!(
+            !name.starts_with('.'),
+            "a temporary file sits at a final path: {name}"
+        );
+        for r in read_csv(&f).1 {
+            *seen.entry((r[0].clone(), r[1].clone())).or_insert(0) += 1;
+        }
+    }
+    seen
+}
+
+/// The current (id, updated_at) of every expense in the simulator.
+pub fn truth_versions(sim: &Simulator) -> std::collections::BTreeSet<(String, String)> {
+    sim.ground_truth("expenses")
+        .into_iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_string(),
+                r["updated_at"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Every current expense version is in the committed CSVs of `dir`, and no version is there twice.
+pub fn assert_exactly_once(dir: &Path, sim: &Simulator) {
+    let seen = committed_versions(dir);
+    let doubled: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(doubled.is_empty(), "versions delivered twice: {doubled:?}");
+    let missing: Vec<_> = truth_versions(sim)
+        .into_iter()
+        .filter(|v| !seen.contains_key(v))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} current versions never delivered, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(3)]
+    );
+}
