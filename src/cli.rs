@@ -1,4 +1,4 @@
-//! Command line: `run`, `check`, `demo`, `simulate`.
+//! Command line: `run`, `check`, `demo`, `simulate`, `completions`, `man`.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -48,6 +48,17 @@ pub enum LogFormat {
     Json,
 }
 
+/// What `run` prints on stdout when it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SummaryFormat {
+    /// The full run summary as JSON.
+    Json,
+    /// One line for people, e.g. for cron mail.
+    Text,
+    /// Nothing (errors and warnings still go to stderr).
+    None,
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -61,6 +72,15 @@ pub enum Command {
         /// Also write the JSON run summary to this file.
         #[arg(long)]
         summary: Option<PathBuf>,
+        /// What to print on stdout at the end: the JSON summary, one line for people (cron mail), or nothing.
+        #[arg(long, value_enum, default_value = "json")]
+        summary_format: SummaryFormat,
+        /// Write run metrics (OpenMetrics text) to this file for node-exporter's textfile collector; overrides [metrics] textfile.
+        #[arg(long, value_name = "FILE")]
+        metrics_file: Option<PathBuf>,
+        /// Push run metrics to this Pushgateway base URL; overrides [metrics] pushgateway.
+        #[arg(long, value_name = "URL")]
+        metrics_push: Option<String>,
         /// Export everything from incremental.start and reset the watermark to now.
         #[arg(long, conflicts_with_all = ["since", "until"])]
         full_refresh: bool,
@@ -149,6 +169,14 @@ pub enum Command {
         )]
         receiver_secret: Option<String>,
     },
+    /// Print a shell completion script on stdout, e.g. `expense-sync completions bash > /etc/bash_completion.d/expense-sync`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout, e.g. `expense-sync man > /usr/local/share/man/man1/expense-sync.1`.
+    Man,
 }
 
 /// Parses the command line, runs the command and returns the process exit code.
@@ -200,6 +228,9 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
             pipeline,
             output_dir,
             summary,
+            summary_format,
+            metrics_file,
+            metrics_push,
             full_refresh,
             since,
             until,
@@ -220,7 +251,32 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
                 vault,
             };
             let outcome = pipeline::run(&p, &http, &opts).await;
-            report_run(&outcome, summary.as_deref())
+            let mut metrics = p.spec.metrics.clone().unwrap_or_default();
+            if metrics_file.is_some() {
+                metrics.textfile = metrics_file;
+            }
+            if metrics_push.is_some() {
+                metrics.pushgateway = metrics_push;
+            }
+            if metrics.is_enabled() {
+                for problem in crate::metrics::export(&metrics, &outcome.summary).await {
+                    eprintln!("warning: {problem}");
+                }
+            }
+            report_run(&outcome, summary.as_deref(), summary_format)
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "expense-sync", &mut std::io::stdout());
+            Ok(ExitCode::Ok)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map_err(|e| Error::Internal(format!("cannot write the man page: {e}")))?;
+            Ok(ExitCode::Ok)
         }
         Command::Check { pipeline, offline } => check(&pipeline, offline, vault).await,
         Command::State {
@@ -315,11 +371,19 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
     }
 }
 
-/// Prints the JSON summary on stdout (and to `summary_file`), the error on stderr.
-fn report_run(outcome: &RunOutcome, summary_file: Option<&Path>) -> Result<ExitCode, Error> {
+/// Prints the summary on stdout in `format` (and the JSON to `summary_file`), the error on stderr.
+fn report_run(
+    outcome: &RunOutcome,
+    summary_file: Option<&Path>,
+    format: SummaryFormat,
+) -> Result<ExitCode, Error> {
     let json = serde_json::to_string_pretty(&outcome.summary)
         .map_err(|e| Error::Internal(format!("cannot render the summary: {e}")))?;
-    println!("{json}");
+    match format {
+        SummaryFormat::Json => println!("{json}"),
+        SummaryFormat::Text => println!("{}", summary_line(&outcome.summary)),
+        SummaryFormat::None => {}
+    }
     if let Some(path) = summary_file {
         crate::fsutil::write_atomic(path, json.as_bytes(), &outcome.summary.run_id)
             .map_err(|e| Error::Sink(format!("cannot write the run summary: {e}")))?;
@@ -334,6 +398,58 @@ fn report_run(outcome: &RunOutcome, summary_file: Option<&Path>) -> Result<ExitC
         );
     }
     Ok(outcome.exit_code())
+}
+
+/// The run in one line for people: status, counts, files, requests.
+pub fn summary_line(s: &crate::pipeline::RunSummary) -> String {
+    use crate::pipeline::RunStatus;
+    let secs = s.duration_ms as f64 / 1000.0;
+    let head = format!("expense-sync {}:", s.pipeline);
+    if s.status == RunStatus::Failed {
+        let why = s
+            .error
+            .as_deref()
+            .and_then(|e| e.lines().next())
+            .unwrap_or("unknown error");
+        return format!(
+            "{head} FAILED (exit {}) after {secs:.1}s, nothing committed: {why}",
+            s.exit_code
+        );
+    }
+    let mut line = format!(
+        "{head} {} — {} of {} record(s) exported in {secs:.1}s",
+        if s.status == RunStatus::Partial {
+            "PARTIAL"
+        } else {
+            "ok"
+        },
+        s.records_out,
+        s.records_in
+    );
+    if s.outputs.is_empty() {
+        line.push_str(", nothing written");
+    } else {
+        let paths: Vec<String> = s
+            .outputs
+            .iter()
+            .map(|o| o.path.display().to_string())
+            .collect();
+        line.push_str(&format!(" to {}", paths.join(", ")));
+    }
+    if s.quarantined > 0 {
+        line.push_str(&format!("; {} quarantined", s.quarantined));
+    }
+    if s.rejected > 0 {
+        line.push_str(&format!("; {} rejected", s.rejected));
+    }
+    line.push_str(&format!(
+        "; {} request(s), {} retried, {} throttled",
+        s.http.requests, s.http.retries, s.http.throttled_429
+    ));
+    if s.exit_code != 0 {
+        line.push_str(&format!(" (exit {})", s.exit_code));
+    }
+    line
 }
 
 async fn check(path: &Path, offline: bool, vault: Option<PathBuf>) -> Result<ExitCode, Error> {
