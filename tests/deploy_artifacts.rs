@@ -89,7 +89,10 @@ fn dockerfile_is_multi_stage_non_root_and_bakes_in_no_secret() {
         let upper = arg.to_uppercase();
         if op == "ENV" || op == "ARG" {
             for word in ["SECRET", "TOKEN", "PASSWORD", "VAULT_KEY"] {
-                assert!(!upper.contains(word), "{op} {arg} looks like a baked-in secret");
+                assert!(
+                    !upper.contains(word),
+                    "{op} {arg} looks like a baked-in secret"
+                );
             }
         }
         if op == "COPY" && !arg.starts_with("--from") {
@@ -97,7 +100,10 @@ fn dockerfile_is_multi_stage_non_root_and_bakes_in_no_secret() {
             let parts: Vec<&str> = arg.split_whitespace().collect();
             for src in &parts[..parts.len() - 1] {
                 assert!(repo(src).exists(), "COPY {src}: not in the repository");
-                assert!(!src.contains("vault") && !src.contains(".env"), "COPY {src}");
+                assert!(
+                    !src.contains("vault") && !src.contains(".env"),
+                    "COPY {src}"
+                );
             }
         }
     }
@@ -123,7 +129,10 @@ fn dockerignore_keeps_build_output_state_and_secrets_out_of_the_context() {
         "**/vault*.json",
         "**/*.state.json",
     ] {
-        assert!(lines.contains(&needed), "{needed} missing from .dockerignore");
+        assert!(
+            lines.contains(&needed),
+            "{needed} missing from .dockerignore"
+        );
     }
     for kept in ["Cargo.toml", "src/", "pipelines/", "Cargo.lock"] {
         assert!(
@@ -203,7 +212,10 @@ fn kubernetes_cronjob_forbids_overlap_runs_non_root_and_mounts_secret_and_volume
         .iter()
         .map(|m| {
             let name = m["name"].as_str().unwrap();
-            assert!(volumes.contains_key(name), "mount of undeclared volume {name}");
+            assert!(
+                volumes.contains_key(name),
+                "mount of undeclared volume {name}"
+            );
             (name, m["mountPath"].as_str().unwrap())
         })
         .collect();
@@ -277,7 +289,11 @@ fn unit(path: &str) -> BTreeMap<String, Vec<(String, String)>> {
     sections
 }
 
-fn values<'a>(u: &'a BTreeMap<String, Vec<(String, String)>>, sec: &str, key: &str) -> Vec<&'a str> {
+fn values<'a>(
+    u: &'a BTreeMap<String, Vec<(String, String)>>,
+    sec: &str,
+    key: &str,
+) -> Vec<&'a str> {
     u.get(sec)
         .into_iter()
         .flatten()
@@ -303,7 +319,10 @@ fn systemd_service_loads_credentials_and_is_hardened() {
     let exec = values(&s, "Service", "ExecStart");
     assert_eq!(exec.len(), 1);
     let argv: Vec<&str> = exec[0].split_whitespace().collect();
-    assert!(argv[0].ends_with("/expense-sync") && argv[1] == "run", "{exec:?}");
+    assert!(
+        argv[0].ends_with("/expense-sync") && argv[1] == "run",
+        "{exec:?}"
+    );
     for (key, value) in [
         ("NoNewPrivileges", "yes"),
         ("ProtectSystem", "strict"),
@@ -337,7 +356,8 @@ fn systemd_units_pass_systemd_analyze_verify_where_available() {
     // verify checks ExecStart= exists; point it at the binary under test.
     let dir = tempfile::tempdir().unwrap();
     for name in ["expense-sync@.service", "expense-sync@.timer"] {
-        let text = read(&format!("deploy/systemd/{name}")).replace("/usr/local/bin/expense-sync", BIN);
+        let text =
+            read(&format!("deploy/systemd/{name}")).replace("/usr/local/bin/expense-sync", BIN);
         std::fs::write(dir.path().join(name), text).unwrap();
     }
     let o = std::process::Command::new("systemd-analyze")
@@ -388,7 +408,10 @@ async fn systemd_example_pipeline_reads_its_secrets_from_the_credentials_directo
         "{stdout}{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    assert!(stdout.starts_with("expense-sync approved-expenses: ok"), "{stdout}");
+    assert!(
+        stdout.starts_with("expense-sync approved-expenses: ok"),
+        "{stdout}"
+    );
 
     // Outside systemd the variable is unset: the error says which and why.
     let o = tokio::process::Command::new(BIN)
@@ -449,9 +472,22 @@ async fn completions_name_every_subcommand_for_bash_zsh_and_fish() {
             .output()
             .await
             .unwrap();
-        assert!(o.status.success(), "{shell}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{shell}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         let text = String::from_utf8(o.stdout).unwrap();
-        for sub in ["run", "check", "demo", "simulate", "state", "auth", "completions", "man"] {
+        for sub in [
+            "run",
+            "check",
+            "demo",
+            "simulate",
+            "state",
+            "auth",
+            "completions",
+            "man",
+        ] {
             assert!(text.contains(sub), "{shell} completion lacks `{sub}`");
         }
         assert!(text.contains("--summary-format"), "{shell}");
@@ -461,7 +497,11 @@ async fn completions_name_every_subcommand_for_bash_zsh_and_fish() {
         .output()
         .await
         .unwrap();
-    assert_eq!(o.status.code(), Some(2), "an unknown shell is a usage error");
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
 }
 
 #[tokio::test]
@@ -473,9 +513,16 @@ async fn man_page_is_roff_naming_the_subcommands() {
         .unwrap();
     assert!(o.status.success());
     let text = String::from_utf8(o.stdout).unwrap();
-    assert!(text.starts_with(".ie") || text.starts_with(".TH"), "{}", &text[..80]);
+    assert!(
+        text.starts_with(".ie") || text.starts_with(".TH"),
+        "{}",
+        &text[..80]
+    );
     assert!(text.contains(".TH expense-sync 1"), "{}", &text[..200]);
     for sub in ["run", "check", "demo", "simulate", "completions"] {
-        assert!(text.contains(&format!("expense\\-sync\\-{sub}(1)")) || text.contains(sub), "{sub}");
+        assert!(
+            text.contains(&format!("expense\\-sync\\-{sub}(1)")) || text.contains(sub),
+            "{sub}"
+        );
     }
 }

@@ -59,10 +59,7 @@ fn parse_openmetrics(text: &str, pipeline: &str) -> BTreeMap<String, f64> {
         if let Some(rest) = line.strip_prefix("# HELP ") {
             let (name, help) = rest.split_once(' ').expect("HELP has text");
             assert!(valid_name(name) && !help.is_empty(), "{line}");
-            assert!(
-                !families.contains_key(name),
-                "family {name} appears twice"
-            );
+            assert!(!families.contains_key(name), "family {name} appears twice");
             families.insert(name.to_string(), (false, None));
             current = Some(name.to_string());
         } else if let Some(rest) = line.strip_prefix("# TYPE ") {
@@ -116,7 +113,10 @@ async fn metrics_file_parses_as_openmetrics_with_the_runs_counts() {
     let sim = simulator(90, 21, None).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("m.toml");
-    let prom = dir.path().join("textfile").join("expense_sync_{pipeline}.prom");
+    let prom = dir
+        .path()
+        .join("textfile")
+        .join("expense_sync_{pipeline}.prom");
     std::fs::write(
         &file,
         pipeline(
@@ -155,7 +155,10 @@ async fn metrics_file_parses_as_openmetrics_with_the_runs_counts() {
         .iter()
         .map(|o| {
             let p = o["path"].as_str().unwrap();
-            assert_eq!(std::fs::metadata(p).unwrap().len(), o["bytes"].as_u64().unwrap());
+            assert_eq!(
+                std::fs::metadata(p).unwrap().len(),
+                o["bytes"].as_u64().unwrap()
+            );
             o["bytes"].as_u64().unwrap()
         })
         .sum();
@@ -175,7 +178,10 @@ async fn metrics_file_parses_as_openmetrics_with_the_runs_counts() {
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(names, vec![std::ffi::OsString::from("expense_sync_metered.prom")]);
+    assert_eq!(
+        names,
+        vec![std::ffi::OsString::from("expense_sync_metered.prom")]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,29 +232,31 @@ async fn start_gateway() -> (Gateway, SocketAddr) {
             };
             let g = g.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let g = g.clone();
-                    async move {
-                        let method = req.method().to_string();
-                        let path = req.uri().path().to_string();
-                        let ctype = req
-                            .headers()
-                            .get("content-type")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("")
-                            .to_string();
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        g.seen.lock().unwrap().push((
-                            method,
-                            path,
-                            ctype,
-                            String::from_utf8_lossy(&body).into_owned(),
-                        ));
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                            http_body_util::Full::new(bytes::Bytes::new()),
-                        ))
-                    }
-                });
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let g = g.clone();
+                        async move {
+                            let method = req.method().to_string();
+                            let path = req.uri().path().to_string();
+                            let ctype = req
+                                .headers()
+                                .get("content-type")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_string();
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            g.seen.lock().unwrap().push((
+                                method,
+                                path,
+                                ctype,
+                                String::from_utf8_lossy(&body).into_owned(),
+                            ));
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::new()),
+                            ))
+                        }
+                    },
+                );
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                     .await;
@@ -332,8 +340,8 @@ name = "x"
 [connection]
 accounts_url = "http://127.0.0.1:1"
 client_id = "a"
-client_secret = "b"
-refresh_token = "c"
+client_secret = { env = "FYLE_CLIENT_SECRET" }
+refresh_token = { env = "FYLE_REFRESH_TOKEN" }
 [source]
 type = "fyle"
 resource = "expenses"

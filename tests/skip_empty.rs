@@ -79,14 +79,22 @@ async fn skip_empty_writes_no_file_for_an_empty_run_but_advances_the_state() {
     let (_, second) = run_text(&sim, &text, out.path()).await;
     assert!(second.error.is_none(), "{:?}", second.error);
     assert_eq!(second.summary.records_out, 0);
-    assert!(second.summary.outputs.is_empty(), "{:?}", second.summary.outputs);
-    assert_eq!(data_files(out.path()), after_first, "an empty run wrote files");
+    assert!(
+        second.summary.outputs.is_empty(),
+        "{:?}",
+        second.summary.outputs
+    );
+    assert_eq!(
+        data_files(out.path()),
+        after_first,
+        "an empty run wrote files"
+    );
     assert_eq!(second.exit_code(), expense_sync::ExitCode::Ok);
 
     let st = expense_sync::state::load(&p.state_path(out.path()), "quiet", "updated_at").unwrap();
     assert_eq!(st.runs.last().unwrap().run_id, second.summary.run_id);
-    assert_eq!(st.watermark, second.summary.window_to);
-    assert!(st.watermark >= first.summary.window_to);
+    assert_eq!(st.watermark, second.summary.watermark);
+    assert!(second.summary.watermark >= first.summary.watermark);
     assert!(st.pending.is_none());
     let leftovers: Vec<_> = files_in(out.path())
         .into_iter()
@@ -163,8 +171,16 @@ async fn summary_format_text_prints_one_line_and_none_prints_nothing() {
     )
     .await;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(o.stdout.is_empty(), "{}", String::from_utf8_lossy(&o.stdout));
-    assert!(o.stderr.is_empty(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(
+        o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -148,7 +148,8 @@ mod tests {
         .resolve("k", false)
         .unwrap_err();
         assert!(
-            p.message.contains("${EXPENSE_SYNC_TEST_SURELY_UNSET}, which is not set"),
+            p.message
+                .contains("${EXPENSE_SYNC_TEST_SURELY_UNSET}, which is not set"),
             "{}",
             p.message
         );
