@@ -213,10 +213,13 @@ async fn a_failed_run_keeps_the_previous_last_success_time() {
     );
 }
 
-/// A stand-in Pushgateway: records method, path, content type and body of every request.
+/// One request as the stand-in Pushgateway saw it: method, path, content type, body.
+type Seen = (String, String, String, String);
+
+/// A stand-in Pushgateway: records every request.
 #[derive(Clone, Default)]
 struct Gateway {
-    seen: Arc<Mutex<Vec<(String, String, String, String)>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 async fn start_gateway() -> (Gateway, SocketAddr) {
