@@ -25,6 +25,8 @@ async fn run_bin(sim: &Simulator, file: &Path, args: &[&str], secret: Option<&st
     tokio::process::Command::new(BIN)
         .arg("run")
         .arg(file)
+        // Relative output_dir ("out") lands beside the pipeline file, not in the repository.
+        .current_dir(file.parent().unwrap())
         .args(args)
         .env_remove("EXPENSE_SYNC_LOG")
         .env("FYLE_CLIENT_ID", &c.client_id)
@@ -156,7 +158,7 @@ async fn metrics_file_parses_as_openmetrics_with_the_runs_counts() {
         .map(|o| {
             let p = o["path"].as_str().unwrap();
             assert_eq!(
-                std::fs::metadata(p).unwrap().len(),
+                std::fs::metadata(dir.path().join(p)).unwrap().len(),
                 o["bytes"].as_u64().unwrap()
             );
             o["bytes"].as_u64().unwrap()

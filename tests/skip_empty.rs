@@ -122,6 +122,8 @@ async fn run_bin(sim: &Simulator, file: &Path, args: &[&str]) -> Output {
     tokio::process::Command::new(BIN)
         .arg("run")
         .arg(file)
+        // Relative output_dir ("out") lands beside the pipeline file, not in the repository.
+        .current_dir(file.parent().unwrap())
         .args(args)
         .env_remove("EXPENSE_SYNC_LOG")
         .env("FYLE_CLIENT_ID", &c.client_id)
@@ -191,6 +193,7 @@ async fn summary_format_text_names_the_failure_and_its_exit_code() {
     std::fs::write(&file, pipeline(&sim, "bad", true)).unwrap();
     let o = tokio::process::Command::new(BIN)
         .args(["run", file.to_str().unwrap(), "--summary-format", "text"])
+        .current_dir(dir.path())
         .env_remove("EXPENSE_SYNC_LOG")
         .env("FYLE_CLIENT_ID", "nobody")
         .env("FYLE_CLIENT_SECRET", "wrong")
