@@ -2,17 +2,18 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 use secrecy::SecretString;
 
 use crate::auth::{FyleCredentials, FyleSession};
 use crate::config::{self, Pipeline};
 use crate::error::{Error, ExitCode};
 use crate::http::HttpClient;
-use crate::pipeline::{self, RunMode, RunOptions, RunOutcome};
+use crate::pipeline::{self, CancelToken, RunMode, RunOptions, RunOutcome};
 use crate::simulator::{Faults, SimConfig, Simulator};
 use crate::sources::SourceConfig;
 use crate::sources::fyle::FyleClient;
@@ -24,11 +25,17 @@ pub const DEMO_PIPELINE: &str = include_str!("../pipelines/demo.toml");
 #[derive(Debug, Parser)]
 #[command(name = "expense-sync", version, about, long_about = None)]
 pub struct Cli {
-    /// Log detail for expense-sync's own messages (error, warn, info, debug, trace).
+    /// Log detail for expense-sync's own messages.
     /// EXPENSE_SYNC_LOG, if set, is used instead as a full tracing filter.
-    #[arg(long, global = true, default_value = "info")]
-    pub log_level: String,
-    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "info")]
+    pub log_level: LogLevel,
+    /// Only errors on stderr (same as --log-level error; also hides the demo's report).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// More detail: -v for debug, -vv for trace (overrides --log-level).
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+    /// Log line format on stderr; `json` also writes the final error and the demo's report as JSON lines.
     #[arg(long, global = true, value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// Credential vault file (default: $XDG_CONFIG_HOME/expense-sync/vault.json).
@@ -37,6 +44,33 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Log levels for expense-sync's own messages.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogLevel {
+    /// Failures only.
+    Error,
+    /// Failures and retries.
+    Warn,
+    /// Progress of a run.
+    Info,
+    /// Every request and response status.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
 }
 
 /// Log formats.
@@ -90,6 +124,20 @@ pub enum Command {
         /// Backfill up to this instant (exclusive); default now minus the safety lag.
         #[arg(long, value_parser = parse_instant)]
         until: Option<DateTime<Utc>>,
+        /// Carry on from the watermark although the selection (filters, fund_source,
+        /// preset, resource, role, columns, filter transforms) changed since the last run.
+        #[arg(long)]
+        accept_selection_change: bool,
+        /// Print the window, the requests and the files a run would make, after one count
+        /// probe; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Export a sample of at most N records; never advances the incremental state.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
+        /// How often to report progress (a live line on a terminal, log lines otherwise).
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        progress_interval: Duration,
     },
     /// Show a pipeline's incremental state (watermark, pending commit, recent runs).
     State {
@@ -157,6 +205,34 @@ pub enum Command {
         /// Expenses changed per second in the background while clients page.
         #[arg(long, default_value_t = 0)]
         mutate_per_sec: u32,
+        /// Background changes come in bulk updates of this many expenses sharing one `updated_at`.
+        #[arg(long, default_value_t = 0)]
+        bulk_update_size: u32,
+        /// Text collation of the simulated database: `C` (byte order) or `en_US` (case-insensitive first).
+        #[arg(long, default_value = "C")]
+        collation: crate::simulator::Collation,
+        /// Probability (0–1) that a list page is cut short although more records match.
+        #[arg(long, default_value_t = 0.0)]
+        short_page_rate: f64,
+        /// Overstate every list `count` by this many records (a misbehaving server).
+        #[arg(long, default_value_t = 0)]
+        count_excess: u64,
+        /// Mishandle clients' `and=`/`or=` seek filters: none, repeat-boundary or ignore.
+        #[arg(long, default_value = "none")]
+        seek_fault: crate::simulator::SeekFault,
+        /// The org's currency for every amount, e.g. KWD (3 decimals) or JPY (none).
+        #[arg(long, default_value = "USD")]
+        currency: String,
+        /// Share (0–1) of expense amounts printed with binary-float noise (`0.30000000000000004`).
+        #[arg(long, default_value_t = 0.0)]
+        float_noise: f64,
+        /// Share (0–1) of personal-cash expenses marked not reimbursable.
+        #[arg(long, default_value_t = 0.0)]
+        non_reimbursable_cash: f64,
+        /// Seconds the simulator's clock (`Date` headers, `updated_at` of changes)
+        /// runs ahead of the real one; negative: behind, as if this machine's clock were ahead.
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        clock_offset: i64,
         /// Also serve the test receiver for HTTP pushes on this port (see `pipelines/push-to-receiver.toml`).
         #[arg(long)]
         receiver_port: Option<u16>,
@@ -168,6 +244,13 @@ pub enum Command {
             hide_env_values = true
         )]
         receiver_secret: Option<String>,
+        /// Make the receiver answer pushes to `/expenses` with a redirect,
+        /// as `STATUS:LOCATION`, e.g. `301:/v2/expenses` or `307:http://127.0.0.1:8800/expenses`.
+        #[arg(long, value_parser = parse_redirect)]
+        receiver_redirect: Option<crate::simulator::receiver::Redirect>,
+        /// Make the receiver also de-duplicate records by this body field (e.g. `_idempotency_key`).
+        #[arg(long)]
+        receiver_record_key: Option<String>,
     },
     /// Print a shell completion script on stdout, e.g. `expense-sync completions bash > /etc/bash_completion.d/expense-sync`.
     Completions {
@@ -179,6 +262,11 @@ pub enum Command {
     Man,
 }
 
+/// Whether stderr lines are JSON (`--log-format json`).
+static JSON_LINES: AtomicBool = AtomicBool::new(false);
+/// Whether `-q` asked for errors only.
+static QUIET: AtomicBool = AtomicBool::new(false);
+
 /// Parses the command line, runs the command and returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
@@ -186,42 +274,102 @@ pub fn main() -> i32 {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            report_error(
+                &format!("cannot start the async runtime: {e}"),
+                ExitCode::Internal,
+            );
             return ExitCode::Internal.code();
         }
     };
-    let result = runtime.block_on(dispatch(cli.command, cli.vault));
+    let result = runtime.block_on(dispatch(cli.command, cli.vault, cli.log_format));
     match result {
         Ok(code) => code.code(),
         Err(e) => {
-            eprintln!("error: {e}");
+            report_error(&e.to_string(), e.exit_code());
             e.exit_code().code()
         }
     }
 }
 
+/// The final error on stderr: `error: …`, or a JSON line in `--log-format json`.
+fn report_error(message: &str, code: ExitCode) {
+    if JSON_LINES.load(Ordering::Relaxed) {
+        tracing::error!(exit_code = code.code(), "{message}");
+    } else {
+        eprintln!("error: {message}");
+    }
+}
+
+/// A failed `check` step on stderr: `FAIL …`, or a JSON line in `--log-format json`.
+fn check_failed(message: &str, code: ExitCode) {
+    if JSON_LINES.load(Ordering::Relaxed) {
+        report_error(message, code);
+    } else {
+        eprintln!("FAIL {message}");
+    }
+}
+
+/// A line for people on stderr (demo report, warnings): plain text, a JSON
+/// line in `--log-format json`, nothing with `-q`.
+fn say(message: &str) {
+    if QUIET.load(Ordering::Relaxed) {
+    } else if JSON_LINES.load(Ordering::Relaxed) {
+        tracing::info!("{message}");
+    } else {
+        eprintln!("{message}");
+    }
+}
+
+/// Colours only on a terminal, and never when `NO_COLOR` is set to anything
+/// but the empty string (<https://no-color.org>).
+fn use_colour(is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 fn init_logging(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
+    let json = matches!(cli.log_format, LogFormat::Json);
+    JSON_LINES.store(json, Ordering::Relaxed);
+    QUIET.store(cli.quiet, Ordering::Relaxed);
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => LogLevel::Error,
+        (false, 0) => cli.log_level,
+        (false, 1) => LogLevel::Debug,
+        (false, _) => LogLevel::Trace,
+    };
     // Other crates stay at warn unless the user asks for them explicitly:
     // their trace output is not written with secrets in mind.
     let filter = std::env::var("EXPENSE_SYNC_LOG")
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| {
-            EnvFilter::try_new(format!("warn,expense_sync={}", cli.log_level))
-                .unwrap_or_else(|_| EnvFilter::new("warn,expense_sync=info"))
-        });
+        .unwrap_or_else(|| EnvFilter::new(format!("warn,expense_sync={}", level.as_str())));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    let _ = match cli.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        .with_writer(crate::pipeline::progress::StderrBelowProgress)
+        .with_ansi(use_colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ));
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
     };
 }
 
-async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, Error> {
+/// A live progress line only where a person watches plain text logs on a terminal.
+fn live_progress(format: LogFormat) -> bool {
+    matches!(format, LogFormat::Text)
+        && !QUIET.load(Ordering::Relaxed)
+        && std::io::stderr().is_terminal()
+        && std::env::var("TERM").map_or(true, |t| t != "dumb")
+}
+
+async fn dispatch(
+    command: Command,
+    vault: Option<PathBuf>,
+    log_format: LogFormat,
+) -> Result<ExitCode, Error> {
     match command {
         Command::Auth { action } => crate::auth::cmd::run(action, vault).await,
         Command::Run {
@@ -234,6 +382,10 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
             full_refresh,
             since,
             until,
+            accept_selection_change,
+            dry_run,
+            limit,
+            progress_interval,
         } => {
             let mode = if full_refresh {
                 RunMode::FullRefresh
@@ -242,14 +394,30 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
             } else {
                 RunMode::Auto
             };
-            let p = config::load(&pipeline)?;
+            let p = match config::load(&pipeline) {
+                Ok(p) => p,
+                Err(e) => {
+                    return report_unloadable(&pipeline, e, summary.as_deref(), summary_format);
+                }
+            };
             let http = HttpClient::new(&p.spec.http).map_err(|e| Error::Internal(e.to_string()))?;
+            let cancel = CancelToken::new();
             let opts = RunOptions {
                 output_dir,
                 credentials: None,
                 mode,
                 vault,
+                accept_selection_change,
+                cancel: cancel.clone(),
+                limit,
+                progress_interval: Some(progress_interval),
+                live_progress: live_progress(log_format),
             };
+            if dry_run {
+                print!("{}", pipeline::dry_run(&p, &http, &opts).await?);
+                return Ok(ExitCode::Ok);
+            }
+            let signals = stop_on_signals(cancel);
             let outcome = pipeline::run(&p, &http, &opts).await;
             let mut metrics = p.spec.metrics.clone().unwrap_or_default();
             if metrics_file.is_some() {
@@ -263,6 +431,7 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
                     eprintln!("warning: {problem}");
                 }
             }
+            signals.abort();
             report_run(&outcome, summary.as_deref(), summary_format)
         }
         Command::Completions { shell } => {
@@ -312,8 +481,19 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
             error_rate,
             latency,
             mutate_per_sec,
+            bulk_update_size,
+            collation,
+            short_page_rate,
+            count_excess,
+            seek_fault,
+            currency,
+            float_noise,
+            non_reimbursable_cash,
+            clock_offset,
             receiver_port,
             receiver_secret,
+            receiver_redirect,
+            receiver_record_key,
         } => {
             let cfg = SimConfig {
                 seed,
@@ -324,11 +504,22 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
                     error_rate,
                     latency,
                     mutations_per_sec: mutate_per_sec,
+                    bulk_update_size,
+                    short_page_rate,
+                    count_excess,
+                    seek_fault,
                     ..Faults::default()
                 },
+                collation,
+                currency,
+                float_noise,
+                non_reimbursable_cash,
+                clock_offset: chrono::TimeDelta::seconds(clock_offset),
                 ..SimConfig::default()
             };
-            let cluster_port = cluster_port.unwrap_or(port.saturating_add(1));
+            // Port 0 asks the OS for a free port: the cluster gets its own free one.
+            let cluster_port =
+                cluster_port.unwrap_or(if port == 0 { 0 } else { port.saturating_add(1) });
             let receiver = match receiver_port {
                 None => None,
                 Some(rp) => {
@@ -337,6 +528,8 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
                     let r = Receiver::start_on(
                         ReceiverConfig {
                             secret: receiver_secret,
+                            redirect: receiver_redirect,
+                            record_key_field: receiver_record_key,
                             ..ReceiverConfig::default()
                         },
                         rp,
@@ -371,6 +564,48 @@ async fn dispatch(command: Command, vault: Option<PathBuf>) -> Result<ExitCode, 
     }
 }
 
+/// Cancels `cancel` on the first SIGINT or SIGTERM so the run stops cleanly;
+/// a second one exits at once (the next run removes what is left behind).
+fn stop_on_signals(cancel: CancelToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        loop {
+            #[cfg(unix)]
+            let terminate = async {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let terminate = std::future::pending::<()>();
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => {
+                    if r.is_err() {
+                        // No SIGINT handler could be installed: wait for SIGTERM only.
+                        std::future::pending::<()>().await;
+                    }
+                }
+                _ = terminate => {}
+            }
+            if cancel.is_cancelled() {
+                eprintln!(
+                    "error: stopped at once by a second signal; temporary files may be left, the next run removes them"
+                );
+                std::process::exit(ExitCode::Interrupted.code());
+            }
+            tracing::warn!(
+                "stop requested: removing temporary files and stopping (send the signal again to exit at once)"
+            );
+            cancel.cancel();
+        }
+    })
+}
+
 /// Prints the summary on stdout in `format` (and the JSON to `summary_file`), the error on stderr.
 fn report_run(
     outcome: &RunOutcome,
@@ -389,13 +624,18 @@ fn report_run(
             .map_err(|e| Error::Sink(format!("cannot write the run summary: {e}")))?;
     }
     if let Some(e) = &outcome.error {
-        eprintln!("error: {e}");
+        report_error(&e.to_string(), e.exit_code());
     } else if let Some(q) = &outcome.summary.quarantine_file {
-        eprintln!(
-            "warning: {} record(s) could not be exported and were quarantined with their reasons in {}",
+        let message = format!(
+            "{} record(s) could not be exported and were quarantined with their reasons in {}",
             outcome.summary.quarantined,
             q.display()
         );
+        if JSON_LINES.load(Ordering::Relaxed) {
+            tracing::warn!("{message}");
+        } else {
+            eprintln!("warning: {message}");
+        }
     }
     Ok(outcome.exit_code())
 }
@@ -405,14 +645,19 @@ pub fn summary_line(s: &crate::pipeline::RunSummary) -> String {
     use crate::pipeline::RunStatus;
     let secs = s.duration_ms as f64 / 1000.0;
     let head = format!("expense-sync {}:", s.pipeline);
-    if s.status == RunStatus::Failed {
+    if !matches!(s.status, RunStatus::Ok | RunStatus::Partial) {
         let why = s
             .error
             .as_deref()
             .and_then(|e| e.lines().next())
             .unwrap_or("unknown error");
+        let what = if s.status == RunStatus::Interrupted {
+            "INTERRUPTED"
+        } else {
+            "FAILED"
+        };
         return format!(
-            "{head} FAILED (exit {}) after {secs:.1}s, nothing committed: {why}",
+            "{head} {what} (exit {}) after {secs:.1}s: {why}",
             s.exit_code
         );
     }
@@ -452,13 +697,77 @@ pub fn summary_line(s: &crate::pipeline::RunSummary) -> String {
     line
 }
 
+/// A pipeline file that cannot be loaded still gets a run summary, so a
+/// scheduler reading stdout sees every failure the same way.
+fn report_unloadable(
+    file: &Path,
+    error: config::ConfigError,
+    summary_file: Option<&Path>,
+    format: SummaryFormat,
+) -> Result<ExitCode, Error> {
+    let started_at = Utc::now();
+    let name = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let run_id = format!("{}-0000", started_at.format("%Y%m%dT%H%M%SZ"));
+    let mut summary = pipeline::RunSummary::new(&name, &run_id, started_at);
+    let error = Error::Config(error);
+    summary.status = pipeline::RunStatus::Failed;
+    summary.exit_code = error.exit_code().code();
+    summary.error = Some(error.to_string());
+    let outcome = RunOutcome {
+        summary,
+        error: Some(error),
+    };
+    report_run(&outcome, summary_file, format)
+}
+
 async fn check(path: &Path, offline: bool, vault: Option<PathBuf>) -> Result<ExitCode, Error> {
     let p = config::load(path)?;
     println!("ok   pipeline file {} is valid", path.display());
     if offline {
         return Ok(ExitCode::Ok);
     }
-    let http = HttpClient::new(&p.spec.http).map_err(|e| Error::Internal(e.to_string()))?;
+    let sink_problems: Vec<config::Problem> = p
+        .spec
+        .sinks
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| s.resolve_secrets(&format!("sinks[{i}]")))
+        .collect();
+    let connection_problems = match &p.spec.connection.vault {
+        Some(_) => Vec::new(),
+        None => p
+            .spec
+            .connection
+            .resolve("connection")
+            .err()
+            .unwrap_or_default(),
+    };
+    let problems: Vec<_> = connection_problems
+        .into_iter()
+        .chain(sink_problems)
+        .collect();
+    if !problems.is_empty() {
+        return Err(config::ConfigError {
+            file: path.to_path_buf(),
+            problems,
+        }
+        .into());
+    }
+    let output_dir = &p.spec.pipeline.output_dir;
+    if let Err(e) = crate::fsutil::check_writable_dir(output_dir) {
+        check_failed(
+            &pipeline::unwritable_output_dir(output_dir, &e),
+            ExitCode::Sink,
+        );
+        return Ok(ExitCode::Sink);
+    }
+    println!("ok   output directory {} is writable", output_dir.display());
+    // Short timeouts and few retries: check answers within seconds.
+    let http =
+        HttpClient::new(&p.spec.http.for_check()).map_err(|e| Error::Internal(e.to_string()))?;
     let session = match &p.spec.connection.vault {
         Some(name) => {
             let v = crate::auth::Vault::open(&crate::auth::vault::vault_path(vault.as_deref()));
@@ -520,10 +829,13 @@ async fn check_connection(p: &Pipeline, session: FyleSession) -> Result<ExitCode
         .iter()
         .any(|r| *r == needed || (needed == "SPENDER" && r == "FYLER"));
     if !has_role {
-        eprintln!(
-            "FAIL source.role is `{}` but {email} has roles [{}]; use a user with that role or change source.role",
-            src.role,
-            roles.join(", ")
+        check_failed(
+            &format!(
+                "source.role is `{}` but {email} has roles [{}]; use a user with that role or change source.role",
+                src.role,
+                roles.join(", ")
+            ),
+            ExitCode::Auth,
         );
         return Ok(ExitCode::Auth);
     }
@@ -562,10 +874,10 @@ async fn demo(
     })
     .await
     .map_err(|e| Error::Internal(format!("cannot start the simulator: {e}")))?;
-    eprintln!(
+    say(&format!(
         "simulator: {expenses} expenses (seed {seed}) at {} — local only, no credentials, no network",
         sim.accounts_url()
-    );
+    ));
     let c = sim.credentials();
     let creds = FyleCredentials {
         accounts_url: url::Url::parse(&sim.accounts_url())
@@ -580,6 +892,11 @@ async fn demo(
         credentials: Some(creds),
         mode: RunMode::Auto,
         vault: None,
+        accept_selection_change: false,
+        cancel: CancelToken::new(),
+        limit: None,
+        progress_interval: None,
+        live_progress: false,
     };
     let outcome = pipeline::run(&p, &http, &opts).await;
     sim.shutdown().await;
@@ -587,26 +904,30 @@ async fn demo(
         return Err(e);
     }
     let s = &outcome.summary;
-    eprintln!(
-        "\nexported {} of {} records in {:.1}s ({} requests, {} retries, {} throttled)",
+    say(&format!(
+        "exported {} of {} records in {:.1}s ({} requests, {} retries, {} throttled)",
         s.records_out,
         s.records_in,
         s.duration_ms as f64 / 1000.0,
         s.http.requests,
         s.http.retries,
         s.http.throttled_429
-    );
+    ));
     for o in &s.outputs {
-        eprintln!(
+        say(&format!(
             "  {:<8} {} ({} rows, {} bytes)",
             o.kind,
             o.path.display(),
             o.rows,
             o.bytes
-        );
+        ));
     }
     if let Some(q) = &s.quarantine_file {
-        eprintln!("  quarantined {} record(s): {}", s.quarantined, q.display());
+        say(&format!(
+            "  quarantined {} record(s): {}",
+            s.quarantined,
+            q.display()
+        ));
     }
     Ok(outcome_code(s.quarantined))
 }
@@ -627,4 +948,36 @@ fn parse_instant(s: &str) -> Result<DateTime<Utc>, String> {
     NaiveDate::parse_from_str(s, "%Y-%m-%d")
         .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc())
         .map_err(|_| format!("`{s}` is not a time; write 2024-03-01T00:00:00Z or 2024-03-01"))
+}
+
+/// `STATUS:LOCATION` for `--receiver-redirect`.
+fn parse_redirect(s: &str) -> Result<crate::simulator::receiver::Redirect, String> {
+    let (status, location) = s
+        .split_once(':')
+        .ok_or_else(|| format!("expected STATUS:LOCATION, e.g. 301:/v2/expenses, got `{s}`"))?;
+    let status: u16 = status
+        .parse()
+        .ok()
+        .filter(|c| (300..=399).contains(c))
+        .ok_or_else(|| format!("`{status}` is not a 3xx status"))?;
+    if location.is_empty() {
+        return Err("the redirect needs a location after the colon".into());
+    }
+    Ok(crate::simulator::receiver::Redirect {
+        status,
+        location: location.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(use_colour(true, None));
+        assert!(use_colour(true, Some("".into())));
+        assert!(!use_colour(true, Some("1".into())));
+        assert!(!use_colour(false, None));
+    }
 }

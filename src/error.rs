@@ -28,6 +28,8 @@ pub enum ExitCode {
     Reconnect = 9,
     /// The run committed, but writing the export status back to Fyle failed.
     WriteBack = 10,
+    /// Stopped by SIGINT/SIGTERM: nothing committed (unless the commit point was passed), see the summary.
+    Interrupted = 130,
 }
 
 impl ExitCode {
@@ -64,6 +66,9 @@ pub enum Error {
     /// A stored connection must be authorised again by a person (`auth login`).
     #[error("{0}")]
     Reconnect(String),
+    /// The run was stopped by a signal (or its cancel token); the message says what was kept.
+    #[error("{0}")]
+    Interrupted(String),
 }
 
 impl Error {
@@ -78,6 +83,7 @@ impl Error {
             Error::State(_) => ExitCode::State,
             Error::Internal(_) => ExitCode::Internal,
             Error::Reconnect(_) => ExitCode::Reconnect,
+            Error::Interrupted(_) => ExitCode::Interrupted,
         }
     }
 }

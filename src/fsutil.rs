@@ -78,6 +78,66 @@ impl StagedFile {
     }
 }
 
+/// Moves `from` to `to` only if nothing exists at `to`: a committed file is
+/// never replaced. Fails with [`io::ErrorKind::AlreadyExists`] when `to` exists.
+///
+/// Linux uses `renameat2(RENAME_NOREPLACE)`; where the file system or OS
+/// lacks it, a hard link to `to` (which also refuses an existing name)
+/// followed by unlinking `from`. A crash between those two steps leaves both
+/// names on one file; [`same_file`] lets recovery recognise that.
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let c = |p: &Path| {
+            CString::new(p.as_os_str().as_bytes()).map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte")
+            })
+        };
+        let (old, new) = (c(from)?, c(to)?);
+        // SAFETY: both pointers are valid NUL-terminated strings for the duration of the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_renameat2,
+                libc::AT_FDCWD,
+                old.as_ptr(),
+                libc::AT_FDCWD,
+                new.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            // Not supported by this kernel or file system: fall back below.
+            Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => {}
+            _ => return Err(err),
+        }
+    }
+    fs::hard_link(from, to)?;
+    fs::remove_file(from)
+}
+
+/// Whether `a` and `b` are names of one file (same device and inode).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (fs::symlink_metadata(a), fs::symlink_metadata(b)) {
+            (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (a, b);
+        false
+    }
+}
+
 /// Flushes a file's data and metadata to disk.
 pub fn sync_file(file: &File, path: &Path) -> io::Result<()> {
     file.sync_all().map_err(|e| annotate(e, path, "fsync"))
@@ -131,6 +191,49 @@ pub fn annotate(err: io::Error, path: &Path, what: &str) -> io::Error {
     )
 }
 
+/// Creates `dir` if needed and proves a file can be created in it (a probe
+/// file is written and removed), so an unwritable output directory is found
+/// before a run fetches anything.
+pub fn ensure_writable_dir(dir: &Path) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    probe(dir)
+}
+
+/// Like [`ensure_writable_dir`] but creates nothing: the nearest existing
+/// ancestor of `dir` must be a directory that accepts new files.
+pub fn check_writable_dir(dir: &Path) -> io::Result<()> {
+    let mut at = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    loop {
+        match fs::metadata(at) {
+            Ok(m) if m.is_dir() => return probe(at),
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotADirectory,
+                    format!("{} is a file, not a directory", at.display()),
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match at.parent() {
+                Some(p) if !p.as_os_str().is_empty() => at = p,
+                _ => at = Path::new("."),
+            },
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn probe(dir: &Path) -> io::Result<()> {
+    let path = dir.join(format!(".expense-sync-write-test-{}", std::process::id()));
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    fs::remove_file(&path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +250,37 @@ mod tests {
         staged.commit().unwrap();
         assert_eq!(fs::read(&final_path).unwrap(), b"a,b\n");
         assert!(!staged.temp_path.exists());
+    }
+
+    #[test]
+    fn rename_noreplace_refuses_to_replace_an_existing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        fs::write(&a, "new").unwrap();
+        fs::write(&b, "committed").unwrap();
+        let err = rename_noreplace(&a, &b).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(&b).unwrap(), b"committed");
+        assert_eq!(fs::read(&a).unwrap(), b"new");
+        fs::remove_file(&b).unwrap();
+        rename_noreplace(&a, &b).unwrap();
+        assert_eq!(fs::read(&b).unwrap(), b"new");
+        assert!(!a.exists());
+    }
+
+    #[test]
+    fn same_file_recognises_two_names_of_one_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            dir.path().join("a"),
+            dir.path().join("b"),
+            dir.path().join("c"),
+        );
+        fs::write(&a, "x").unwrap();
+        fs::hard_link(&a, &b).unwrap();
+        fs::write(&c, "x").unwrap();
+        assert!(same_file(&a, &b));
+        assert!(!same_file(&a, &c));
     }
 
     #[test]

@@ -49,7 +49,8 @@ pub enum Cell {
     Null,
     /// Text.
     Str(String),
-    /// Exact decimal, already at the column's scale.
+    /// Exact decimal, already at the column's scale (a `scale = "currency"`
+    /// column: at the record currency's minor units, at most the column's scale).
     Decimal(Decimal),
     /// Integer.
     Int(i64),

@@ -17,7 +17,9 @@ use expense_sync::auth::vault::{ClientAuth, ConnectionStatus, GrantKind, Profile
 use expense_sync::auth::{AuthError, Connection, FyleSession, Vault, VaultAuth};
 use expense_sync::http::{HttpClient, HttpConfig};
 use expense_sync::pipeline::{self, RunOptions};
-use expense_sync::simulator::{SIM_PASSWORD, SIM_PUBLIC_CLIENT_ID, SIM_USERNAME, Simulator};
+use expense_sync::simulator::{
+    Faults, SIM_PASSWORD, SIM_PUBLIC_CLIENT_ID, SIM_USERNAME, Simulator, TokenFault,
+};
 use expense_sync::sources::fyle::FyleClient;
 use expense_sync::{ExitCode, config};
 use secrecy::{ExposeSecret, SecretString};
@@ -1066,4 +1068,191 @@ async fn simulator_token_errors_use_each_dialects_shape() {
     assert_eq!(r.status().as_u16(), 401);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["message"], "invalid token", "{body}");
+}
+
+fn token_calls(sim: &Simulator) -> usize {
+    sim.request_log()
+        .iter()
+        .filter(|r| r.path == "/oauth/token")
+        .count()
+}
+
+fn lose_next_token_answer(sim: &Simulator, kind: TokenFault) {
+    sim.set_faults(Faults {
+        lost_token_answers: 1,
+        token_fault: kind,
+        ..Faults::default()
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotating_refresh_whose_answer_is_lost_is_never_repeated_and_says_what_happened() {
+    let sim = simulator(10, 21, None).await;
+    for kind in [
+        TokenFault::Reset,
+        TokenFault::Truncate,
+        TokenFault::ServerError,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = new_vault(dir.path());
+        add(
+            &vault,
+            "rc",
+            standard_app(&sim, GrantKind::AuthorizationCode),
+        );
+        login_in_browser(&vault, &http(), "rc").await;
+        // The provider rotates the refresh token, then its answer is lost.
+        lose_next_token_answer(&sim, kind);
+        let before = token_calls(&sim);
+        let err = VaultAuth::new(vault.clone(), "rc", http())
+            .access_token(None, true)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            token_calls(&sim) - before,
+            1,
+            "{kind:?}: the spent refresh token was sent again"
+        );
+        let msg = err.to_string();
+        for part in [
+            "connection `rc`",
+            "may have rotated the refresh token",
+            "answer was lost",
+            "expense-sync auth login rc",
+        ] {
+            assert!(msg.contains(part), "{kind:?}: `{part}` missing from: {msg}");
+        }
+        assert_eq!(
+            expense_sync::error::Error::from(err).exit_code(),
+            ExitCode::Reconnect,
+            "{kind:?}"
+        );
+        // What happened is recorded for `auth list`, and no secret is in it.
+        let conn = vault.get("rc").unwrap();
+        let recorded = conn.last_error.clone().unwrap_or_default();
+        assert!(recorded.contains("answer was lost"), "{kind:?}: {recorded}");
+        let rt = conn.refresh_token.unwrap();
+        assert!(!msg.contains(rt.expose_secret()) && !recorded.contains(rt.expose_secret()));
+        // The next refresh finds the stored token spent: reconnect needed, saying why.
+        let again = VaultAuth::new(vault.clone(), "rc", http())
+            .access_token(None, true)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            again.contains("reconnect needed") && again.contains("answer was lost"),
+            "{kind:?}: {again}"
+        );
+        assert_eq!(
+            vault.get("rc").unwrap().status,
+            ConnectionStatus::ReconnectNeeded
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_whose_refresh_answer_is_lost_exits_reconnect_needed_and_writes_nothing() {
+    let sim = simulator(30, 22, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let vault = new_vault(dir.path());
+    add(
+        &vault,
+        "acme",
+        standard_app(&sim, GrantKind::AuthorizationCode),
+    );
+    login_in_browser(&vault, &http(), "acme").await;
+    // The stored access token is rejected, so the run must refresh.
+    sim.expire_tokens();
+    lose_next_token_answer(&sim, TokenFault::Reset);
+    let before = token_calls(&sim);
+    let out = dir.path().join("out");
+    let o = run_vault_pipeline(&vault, "p", "acme", &out).await;
+    let msg = o.error.as_ref().map(|e| e.to_string()).unwrap_or_default();
+    assert_eq!(o.exit_code(), ExitCode::Reconnect, "{msg}");
+    assert!(msg.contains("expense-sync auth login acme"), "{msg}");
+    assert!(msg.contains("answer was lost"), "{msg}");
+    assert_eq!(token_calls(&sim) - before, 1);
+    assert!(!out.join("p.csv").exists());
+    // Logging in again heals it.
+    login_in_browser(&vault, &http(), "acme").await;
+    let o = run_vault_pipeline(&vault, "p", "acme", &out).await;
+    assert!(o.error.is_none(), "{:?}", o.error);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_refresh_answer_falls_back_to_the_connections_own_grant() {
+    let sim = simulator(10, 23, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let vault = new_vault(dir.path());
+    let mut c = standard_app(&sim, GrantKind::JwtBearer);
+    c.assertion = secret(&sim.issue_jwt_credential(Duration::from_secs(3600)));
+    add(&vault, "j", c);
+    login::login_direct(&vault, &http(), "j").await.unwrap();
+    lose_next_token_answer(&sim, TokenFault::Truncate);
+    let before = token_calls(&sim);
+    let t = VaultAuth::new(vault.clone(), "j", http())
+        .access_token(None, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        token_calls(&sim) - before,
+        2,
+        "refresh (lost), then the JWT grant"
+    );
+    let conn = vault.get("j").unwrap();
+    assert_eq!(conn.status, ConnectionStatus::Ok);
+    assert_eq!(
+        t.access.expose_secret(),
+        conn.access_token.unwrap().expose_secret()
+    );
+    assert!(sim.refresh_token_is_live(conn.refresh_token.unwrap().expose_secret()));
+    assert!(profile_with(&vault, "j").await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_must_not_repeat_is_retried_only_when_it_never_connected() {
+    use expense_sync::http::{HttpError, Request};
+    let http = HttpClient::new(&HttpConfig {
+        requests_per_second: 1000.0,
+        max_retries: 2,
+        initial_backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(20),
+        ..HttpConfig::default()
+    })
+    .unwrap();
+    // Nothing listens: the request never left, so it is retried (briefly: a
+    // host that never answered gets one quick second try, not the full policy).
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mut req = Request::post_json(
+        url::Url::parse(&format!("http://127.0.0.1:{port}/oauth/token")).unwrap(),
+        serde_json::json!({}),
+    );
+    req.retry_unsent_only = true;
+    match http.execute(&req).await {
+        Err(HttpError::RetriesExhausted { attempts, .. }) => assert_eq!(attempts, 2),
+        other => panic!("expected retries, got {other:?}"),
+    }
+    // A server that reads the request and hangs up: it may have acted on it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+        }
+    });
+    req.url = url::Url::parse(&format!("http://127.0.0.1:{port}/oauth/token")).unwrap();
+    match http.execute(&req).await {
+        Err(e @ HttpError::OutcomeUnknown { .. }) => {
+            assert!(e.to_string().contains("not repeated"), "{e}")
+        }
+        other => panic!("expected an unknown outcome, got {other:?}"),
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
 }

@@ -561,9 +561,10 @@ fn fyle_expense_reaches_csv_and_parquet_to_the_cent() {
         .as_any()
         .downcast_ref::<Decimal128Array>()
         .unwrap();
-    assert_eq!(amount.value(0), -123_450);
+    // Default amounts are `scale = "currency"`: Parquet holds every currency's minor units (3).
+    assert_eq!(amount.value(0), -1_234_500);
     assert_eq!(amount.precision(), 18);
-    assert_eq!(amount.scale(), 2);
+    assert_eq!(amount.scale(), 3);
 }
 
 #[test]

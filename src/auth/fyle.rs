@@ -228,6 +228,20 @@ pub enum AuthError {
         /// The provider's words.
         reason: String,
     },
+    /// A refresh of a stored connection may have reached the provider, which
+    /// may have rotated the refresh token, but the answer was lost.
+    #[error(
+        "connection `{connection}`: the token endpoint may have rotated the refresh token but its answer was lost \
+         ({detail}). The refresh was not repeated: a rotated refresh token is spent, and sending it again is refused \
+         (some providers then revoke the whole grant). Run `expense-sync auth login {connection}` to authorise it again; \
+         the stored refresh token is kept, so if the provider had not rotated it after all, the next run simply works"
+    )]
+    RefreshLost {
+        /// Vault connection name.
+        connection: String,
+        /// The request and how its answer was lost (never a secret).
+        detail: String,
+    },
     /// The credential vault could not be used.
     #[error(transparent)]
     Vault(#[from] VaultError),
@@ -236,7 +250,9 @@ pub enum AuthError {
 impl From<AuthError> for crate::error::Error {
     fn from(e: AuthError) -> Self {
         match e {
-            AuthError::ReconnectNeeded { .. } => crate::error::Error::Reconnect(e.to_string()),
+            AuthError::ReconnectNeeded { .. } | AuthError::RefreshLost { .. } => {
+                crate::error::Error::Reconnect(e.to_string())
+            }
             other => crate::error::Error::Auth(other.to_string()),
         }
     }

@@ -249,6 +249,11 @@ fn login_error(name: &str, e: TokenError) -> AuthError {
         TokenError::GrantRefused(reason) => AuthError::Protocol(format!(
             "the token endpoint refused the login of `{name}`: {reason}"
         )),
+        TokenError::Lost(m) => AuthError::Protocol(format!(
+            "the token endpoint may have redeemed the login of `{name}` but its answer was lost ({m}); \
+             it was not repeated because codes and rotated refresh tokens work only once: \
+             run `expense-sync auth login {name}` again"
+        )),
         TokenError::Other(m) => AuthError::Protocol(m),
     }
 }

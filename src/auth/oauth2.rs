@@ -88,6 +88,11 @@ pub enum TokenError {
     /// endpoint): a person must authorise again; retrying cannot help.
     #[error("{0}")]
     GrantRefused(String),
+    /// The request may have reached the token endpoint but its answer was
+    /// lost (reset, timeout, cut-off body, 5xx). It was not repeated: a
+    /// rotating refresh token or a code may already be spent.
+    #[error("{0}")]
+    Lost(String),
     /// Any other failure (network, 5xx after retries, bad request, bad answer).
     #[error("{0}")]
     Other(String),
@@ -102,7 +107,15 @@ pub async fn request_token(
     let url = Url::parse(&conn.token_url).map_err(|e| {
         TokenError::Other(format!("token_url `{}` is not a URL: {e}", conn.token_url))
     })?;
-    let req = build_request(url, conn, grant);
+    let mut req = build_request(url, conn, grant);
+    // Sending a spent code or rotated refresh token again is refused (and
+    // providers with reuse detection revoke the whole grant): repeat only
+    // what certainly never arrived. Fyle's refresh tokens do not rotate.
+    req.retry_unsent_only = match grant {
+        Grant::AuthorizationCode { .. } => true,
+        Grant::RefreshToken(_) => conn.profile == Profile::Oauth2,
+        _ => false,
+    };
     let resp = http.execute(&req).await.map_err(classify)?;
     parse_tokens(&resp.json, &conn.token_url)
 }
@@ -212,6 +225,11 @@ fn classify(e: HttpError) -> TokenError {
             message,
             ..
         } if kind == "invalid_grant" => TokenError::GrantRefused(message.clone()),
+        HttpError::OutcomeUnknown {
+            method,
+            url,
+            reason,
+        } => TokenError::Lost(format!("{method} {url}: {reason}")),
         _ => TokenError::Other(e.to_string()),
     }
 }

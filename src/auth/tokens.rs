@@ -19,6 +19,9 @@ use super::oauth2::{Grant, TokenError, Tokens, request_token};
 use super::vault::{Connection, ConnectionStatus, GrantKind, Vault};
 use crate::http::HttpClient;
 
+/// How a lost refresh answer is recorded in `last_error` (and recognised later).
+const LOST: &str = "the token endpoint may have rotated the refresh token but its answer was lost";
+
 /// Access tokens whose lifetime the provider did not state are trusted this long.
 const ASSUMED_LIFETIME: Duration = Duration::from_secs(55 * 60);
 
@@ -148,6 +151,9 @@ impl VaultAuth {
             ConnectionStatus::New | ConnectionStatus::Ok => {}
         }
         let result = self.obtain(&conn).await;
+        if let Err(TokenError::Lost(detail)) = result {
+            return self.after_lost_answer(&lock, &conn, rejected, detail);
+        }
         let entry = all.get_mut(&self.name).expect("present above");
         match result {
             Ok(tokens) => {
@@ -167,6 +173,11 @@ impl VaultAuth {
                 Ok(token)
             }
             Err(TokenError::GrantRefused(reason)) => {
+                // A refused token right after a lost answer: say why it is spent.
+                let reason = match entry.last_error.as_deref() {
+                    Some(prev) if prev.contains(LOST) => format!("{reason}; earlier, {prev}"),
+                    _ => reason,
+                };
                 entry.status = ConnectionStatus::ReconnectNeeded;
                 entry.last_error = Some(reason.clone());
                 entry.access_token = None;
@@ -177,11 +188,50 @@ impl VaultAuth {
                 }
                 Err(reconnect(&self.name, reason))
             }
-            Err(TokenError::Other(m)) => Err(AuthError::Protocol(format!(
+            Err(TokenError::Other(m) | TokenError::Lost(m)) => Err(AuthError::Protocol(format!(
                 "refreshing connection `{}` failed: {m}",
                 self.name
             ))),
         }
+    }
+
+    /// A refresh whose answer was lost: the provider may have rotated the
+    /// refresh token, so it is not sent again. Another process (one outside
+    /// our lock, e.g. on another host sharing the vault) may have stored newer
+    /// tokens meanwhile: use them if so; otherwise record what happened.
+    fn after_lost_answer(
+        &self,
+        lock: &super::vault::VaultLock,
+        sent: &Connection,
+        rejected: Option<&SecretString>,
+        detail: String,
+    ) -> Result<StoredToken, AuthError> {
+        let mut all = self.vault.load().map_err(AuthError::Vault)?;
+        let entry = all
+            .get_mut(&self.name)
+            .ok_or_else(|| AuthError::Vault(self.vault.unknown(&self.name)))?;
+        let same = |a: &Option<SecretString>, b: &Option<SecretString>| {
+            a.as_ref().map(ExposeSecret::expose_secret)
+                == b.as_ref().map(ExposeSecret::expose_secret)
+        };
+        if !same(&entry.refresh_token, &sent.refresh_token)
+            && let Some(t) = usable(entry, rejected)
+        {
+            info!(connection = %self.name, "the refresh's answer was lost, but another process stored newer tokens; using them");
+            return Ok(t);
+        }
+        warn!(connection = %self.name, %detail, "{LOST} after the refresh request may have reached the provider");
+        entry.last_error = Some(format!(
+            "{LOST} at {} ({detail})",
+            Utc::now().format("%Y-%m-%d %H:%M:%SZ")
+        ));
+        if let Err(e) = self.vault.save(lock, &all) {
+            warn!(connection = %self.name, error = %e, "could not record the lost refresh answer in the vault");
+        }
+        Err(AuthError::RefreshLost {
+            connection: self.name.clone(),
+            detail,
+        })
     }
 
     /// Runs the right grant for `conn`: refresh if it has a refresh token,
@@ -192,6 +242,10 @@ impl VaultAuth {
             match request_token(&self.http, conn, &Grant::RefreshToken(rt)).await {
                 Err(TokenError::GrantRefused(reason)) if direct_grant_possible(conn) => {
                     info!(connection = %self.name, %reason, "refresh token refused; using the connection's own grant instead");
+                }
+                // The refresh token may be spent; the connection's own grant is not.
+                Err(TokenError::Lost(detail)) if direct_grant_possible(conn) => {
+                    info!(connection = %self.name, %detail, "the answer to the refresh was lost; using the connection's own grant instead");
                 }
                 other => return other,
             }

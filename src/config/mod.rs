@@ -21,6 +21,10 @@ use crate::transforms::{ColumnSpec, default_columns};
 /// `EXPENSE_SYNC__SOURCE__PAGE_SIZE=100` sets `source.page_size`.
 pub const ENV_PREFIX: &str = "EXPENSE_SYNC";
 
+/// Environment variable that overrides `connection.accounts_url` (what
+/// `expense-sync simulate` prints), unless `EXPENSE_SYNC__CONNECTION__ACCOUNTS_URL` is set.
+pub const ACCOUNTS_URL_ENV: &str = "FYLE_ACCOUNTS_URL";
+
 /// One thing wrong in a pipeline file: the key and what was expected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -28,6 +32,9 @@ pub struct Problem {
     pub key: String,
     /// What is wrong and what is expected.
     pub message: String,
+    /// Where the value came from: `file:line:column`, or the environment
+    /// variable that set it; `None` when it cannot be pinned down.
+    pub origin: Option<String>,
 }
 
 impl Problem {
@@ -36,6 +43,7 @@ impl Problem {
         Self {
             key: key.into(),
             message: message.into(),
+            origin: None,
         }
     }
 }
@@ -63,7 +71,10 @@ impl ConfigError {
 fn render(file: &Path, problems: &[Problem]) -> String {
     let mut s = format!("invalid pipeline file {}:", file.display());
     for p in problems {
-        s.push_str(&format!("\n  - key `{}`: {}", p.key, p.message));
+        match &p.origin {
+            Some(origin) => s.push_str(&format!("\n  - {origin}: key `{}`: {}", p.key, p.message)),
+            None => s.push_str(&format!("\n  - key `{}`: {}", p.key, p.message)),
+        }
     }
     s
 }
@@ -178,6 +189,34 @@ pub fn load(path: &Path) -> Result<Pipeline, ConfigError> {
 
 /// Like [`load`], for text already in memory; `origin` names it in errors.
 pub fn load_str(text: &str, origin: &Path) -> Result<Pipeline, ConfigError> {
+    let overrides = env_overrides();
+    let place = |mut problems: Vec<Problem>| ConfigError {
+        problems: {
+            for p in &mut problems {
+                p.origin = p.origin.take().or_else(|| {
+                    where_is(
+                        &p.key,
+                        p.message.starts_with("unknown key"),
+                        text,
+                        origin,
+                        &overrides,
+                    )
+                });
+            }
+            problems
+        },
+        file: origin.to_path_buf(),
+    };
+    // TOML's own parser first: its syntax errors carry the position.
+    if let Err(e) = toml::de::DeTable::parse(text) {
+        let mut p = Problem::new("(syntax)", e.message().trim().to_string());
+        p.origin = e.span().map(|s| position(text, origin, s.start));
+        return Err(place(vec![p]));
+    }
+    let accounts_url = std::env::var(ACCOUNTS_URL_ENV)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .filter(|_| std::env::var_os("EXPENSE_SYNC__CONNECTION__ACCOUNTS_URL").is_none());
     let built = config::Config::builder()
         .add_source(config::File::from_str(text, config::FileFormat::Toml))
         .add_source(
@@ -186,21 +225,185 @@ pub fn load_str(text: &str, origin: &Path) -> Result<Pipeline, ConfigError> {
                 .separator("__")
                 .try_parsing(true),
         )
-        .build()
+        .set_override_option("connection.accounts_url", accounts_url)
+        .and_then(|b| b.build())
         .map_err(|e| {
-            ConfigError::single(origin, "(syntax)", clean_config_message(&e.to_string()))
+            place(vec![Problem::new(
+                "(syntax)",
+                clean_config_message(&e.to_string()),
+            )])
         })?;
     // `config` layers the file and the environment; its own deserializer
     // blurs which key was wrong, so the merged tree is handed to TOML's,
     // whose errors name the exact key.
     let tree: toml::Value = built.try_deserialize().map_err(|e| {
-        ConfigError::single(origin, "(top level)", clean_config_message(&e.to_string()))
+        place(vec![Problem::new(
+            "(top level)",
+            clean_config_message(&e.to_string()),
+        )])
     })?;
-    let spec: PipelineFile = serde_path_to_error::deserialize(tree).map_err(|e| {
-        let (key, message) = locate(e.path().to_string(), e.inner().message());
-        ConfigError::single(origin, key, message)
-    })?;
-    validate(spec, origin)
+    match deserialize_all(tree) {
+        (Some(spec), problems) if problems.is_empty() => {
+            validate(spec, origin).map_err(|e| place(e.problems))
+        }
+        // The rest of the file, without the bad keys, is checked too.
+        (Some(spec), mut problems) => {
+            if let Err(e) = validate(spec, origin) {
+                problems.extend(e.problems);
+            }
+            Err(place(problems))
+        }
+        (None, problems) => Err(place(problems)),
+    }
+}
+
+/// Deserializes the file, collecting every problem rather than the first:
+/// after each error the offending key is taken out and the rest tried again.
+/// Returns the file without its bad keys, if that much could be read.
+fn deserialize_all(mut tree: toml::Value) -> (Option<PipelineFile>, Vec<Problem>) {
+    let mut problems: Vec<Problem> = Vec::new();
+    // Each round removes one key, so this bounds the rounds by the file's size too.
+    for _ in 0..100 {
+        match serde_path_to_error::deserialize::<_, PipelineFile>(tree.clone()) {
+            Ok(spec) => return (Some(spec), problems),
+            Err(e) => {
+                let (key, message) = locate(e.path().to_string(), e.inner().message());
+                if problems.iter().any(|p| p.key == key) {
+                    // Taking a required key out makes it "missing": nothing more to learn.
+                    return (None, problems);
+                }
+                let removed = remove_key(&mut tree, &key);
+                problems.push(Problem::new(key, message));
+                if !removed {
+                    return (None, problems);
+                }
+            }
+        }
+    }
+    (None, problems)
+}
+
+/// A dotted key split into table keys and array indexes: `sinks[0].path` → sinks, 0, path.
+fn key_segments(key: &str) -> Vec<Result<&str, usize>> {
+    let mut out = Vec::new();
+    for part in key.split('.') {
+        let (name, mut rest) = part.split_once('[').map_or((part, ""), |(n, r)| (n, r));
+        if !name.is_empty() {
+            out.push(Ok(name));
+        }
+        while let Some((index, after)) = rest.split_once(']') {
+            if let Ok(i) = index.parse() {
+                out.push(Err(i));
+            }
+            rest = after.strip_prefix('[').unwrap_or(after);
+        }
+    }
+    out
+}
+
+fn remove_key(tree: &mut toml::Value, key: &str) -> bool {
+    let segments = key_segments(key);
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut at = tree;
+    for seg in parents {
+        let next = match (seg, at) {
+            (Ok(name), toml::Value::Table(t)) => t.get_mut(*name),
+            (Err(i), toml::Value::Array(a)) => a.get_mut(*i),
+            _ => None,
+        };
+        match next {
+            Some(v) => at = v,
+            None => return false,
+        }
+    }
+    match (last, at) {
+        (Ok(name), toml::Value::Table(t)) => t.remove(*name).is_some(),
+        (Err(i), toml::Value::Array(a)) if *i < a.len() => {
+            a.remove(*i);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// `EXPENSE_SYNC__…` variables in force, with the dotted key each one sets.
+fn env_overrides() -> Vec<(String, String)> {
+    let prefix = format!("{ENV_PREFIX}__");
+    let mut out: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter_map(|k| {
+            let key = k.strip_prefix(&prefix)?.to_lowercase().replace("__", ".");
+            Some((k, key))
+        })
+        .collect();
+    if std::env::var(ACCOUNTS_URL_ENV).is_ok_and(|v| !v.trim().is_empty())
+        && !out.iter().any(|(_, k)| k == "connection.accounts_url")
+    {
+        out.push((ACCOUNTS_URL_ENV.into(), "connection.accounts_url".into()));
+    }
+    out
+}
+
+/// Where the value at `key` came from: the environment variable that set it,
+/// else its `file:line:column` (the key itself for an unknown key, else the value).
+fn where_is(
+    key: &str,
+    at_key: bool,
+    text: &str,
+    file: &Path,
+    overrides: &[(String, String)],
+) -> Option<String> {
+    let covers = |set: &str| {
+        key == set
+            || key
+                .strip_prefix(set)
+                .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+    };
+    if let Some((var, _)) = overrides.iter().find(|(_, set)| covers(set)) {
+        return Some(format!("environment variable {var}"));
+    }
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let mut table = doc.get_ref();
+    let mut value: Option<&toml::Spanned<toml::de::DeValue>> = None;
+    let mut span = None;
+    for seg in key_segments(key) {
+        let next = match (seg, value.map(|v| v.get_ref())) {
+            (Ok(name), None) => table
+                .iter()
+                .find(|(k, _)| k.get_ref() == name)
+                .map(|(k, v)| (k.span(), v)),
+            (Ok(name), Some(toml::de::DeValue::Table(t))) => t
+                .iter()
+                .find(|(k, _)| k.get_ref() == name)
+                .map(|(k, v)| (k.span(), v)),
+            (Err(i), Some(v @ toml::de::DeValue::Array(_))) => {
+                v.get(i).map(|item| (item.span(), item))
+            }
+            _ => None,
+        };
+        let Some((key_span, v)) = next else { break };
+        span = Some(if at_key { key_span } else { v.span() });
+        if let toml::de::DeValue::Table(t) = v.get_ref() {
+            table = t;
+        }
+        value = Some(v);
+    }
+    span.map(|s| position(text, file, s.start))
+}
+
+/// `file:line:column` (both from 1) of byte `offset` in `text`.
+fn position(text: &str, file: &Path, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit_once('\n')
+        .map_or(before, |(_, l)| l)
+        .chars()
+        .count()
+        + 1;
+    format!("{}:{line}:{column}", file.display())
 }
 
 fn validate(mut spec: PipelineFile, origin: &Path) -> Result<Pipeline, ConfigError> {
@@ -275,18 +478,8 @@ fn validate(mut spec: PipelineFile, origin: &Path) -> Result<Pipeline, ConfigErr
     for (i, sink) in spec.sinks.iter().enumerate() {
         problems.extend(sink.validate(&format!("sinks[{i}]")));
         problems.extend(sink.validate_columns(&format!("sinks[{i}]"), &column_names));
-        if spec.incremental.is_some()
-            && !["{run_id}", "{run_time}", "{window_start}", "{window_end}"]
-                .iter()
-                .any(|ph| sink.path_template().contains(ph))
-        {
-            problems.push(Problem::new(
-                format!("sinks[{i}].path"),
-                "an incremental pipeline writes new files every run, so the path needs a per-run \
-                 placeholder: {run_id}, {run_time}, {window_start} or {window_end} \
-                 (e.g. \"expenses-{window_end}.csv\")",
-            ));
-        }
+        problems
+            .extend(sink.validate_run_unique(&format!("sinks[{i}]"), spec.incremental.is_some()));
         if let Some(prev) = paths.insert(sink.path_template().to_string(), i) {
             problems.push(Problem::new(
                 format!("sinks[{i}].path"),
@@ -365,8 +558,13 @@ fn locate(path: String, message: &str) -> (String, String) {
     if let Some(rest) = message.strip_prefix("unknown field `")
         && let Some(end) = rest.find('`')
     {
+        let unknown = &rest[..end];
         let expected = rest[end + 1..].trim_start_matches(", ");
-        return (join_once(&rest[..end]), format!("unknown key; {expected}"));
+        let message = match closest(unknown, expected) {
+            Some(near) => format!("unknown key; did you mean `{near}`? ({expected})"),
+            None => format!("unknown key; {expected}"),
+        };
+        return (join_once(unknown), message);
     }
     if let Some(rest) = message.strip_prefix("missing field `")
         && let Some(end) = rest.find('`')
@@ -384,6 +582,44 @@ fn locate(path: String, message: &str) -> (String, String) {
         },
         message,
     )
+}
+
+/// The valid key (backquoted in serde's "expected one of `a`, `b`") closest
+/// to `unknown`, if one is close enough to be the likely intent.
+fn closest<'a>(unknown: &str, expected: &'a str) -> Option<&'a str> {
+    expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|candidate| (edit_distance(unknown, candidate), candidate))
+        .filter(|(d, c)| *d <= (c.chars().count() / 3).max(2))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance, counting an adjacent swap as one edit (the common typo).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 /// The `config` crate appends its own location text; ours is clearer.

@@ -1,20 +1,24 @@
 //! The shared client: rate limiter → request with timeout → classify → retry.
 
+use std::collections::HashSet;
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::Method;
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, LOCATION, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use tracing::{debug, warn};
 use url::Url;
 
 use super::{HttpConfig, HttpError};
+
+/// Same-origin 307/308 hops followed for one request before giving up.
+const MAX_REDIRECTS: u32 = 5;
 
 /// One request to make; the client adds rate limiting, timeouts and retries.
 #[derive(Clone)]
@@ -40,10 +44,16 @@ pub struct Request {
     pub headers: Vec<(String, String)>,
     /// Extra headers whose values are secrets (API keys, basic auth): marked sensitive, never logged.
     pub secret_headers: Vec<(String, SecretString)>,
-    /// Accept a 2xx body that is not JSON (kept as `Value::Null`) instead of retrying it as cut off.
+    /// Accept a 2xx body that is not JSON (kept as `Value::Null`) instead of
+    /// retrying it as cut off; a body whose `Content-Type` says JSON but does
+    /// not parse is still retried (it was cut off or garbled on the way).
     pub any_success_body: bool,
     /// Signs the `raw` body on every attempt (fresh timestamp per retry).
     pub signer: Option<super::Signer>,
+    /// Must not be repeated once it may have reached the server (a rotating
+    /// refresh token, a single-use code): retry only when it certainly did not
+    /// (could not connect, or 429); anything else is [`HttpError::OutcomeUnknown`].
+    pub retry_unsent_only: bool,
 }
 
 // Bodies of token requests carry client secrets, codes and refresh tokens:
@@ -102,6 +112,7 @@ impl Request {
             secret_headers: Vec::new(),
             any_success_body: false,
             signer: None,
+            retry_unsent_only: false,
         }
     }
 
@@ -120,6 +131,7 @@ impl Request {
             secret_headers: Vec::new(),
             any_success_body: false,
             signer: None,
+            retry_unsent_only: false,
         }
     }
 
@@ -138,6 +150,7 @@ impl Request {
             secret_headers: Vec::new(),
             any_success_body: false,
             signer: None,
+            retry_unsent_only: false,
         }
     }
 
@@ -223,7 +236,15 @@ struct Inner {
     limiter: DefaultDirectRateLimiter,
     config: HttpConfig,
     stats: HttpStats,
+    /// Hosts (`host:port`) that have sent at least one HTTP response: a
+    /// refused connection to one of them is a restart, worth full retries.
+    answered: Mutex<HashSet<String>>,
+    clocks: super::clock::Clocks,
 }
+
+/// Attempts made when a host that never answered refuses the connection or
+/// its name does not resolve: a typo in a URL, not a passing fault.
+const UNREACHABLE_ATTEMPTS: u32 = 2;
 
 /// The process-wide HTTP client. Cheap to clone; clones share the limiter and counters.
 #[derive(Clone)]
@@ -246,16 +267,73 @@ impl std::fmt::Debug for HttpClient {
 enum Attempt {
     Done(Response),
     Fatal(HttpError),
+    /// A 307/308 to the same origin: send the same request there.
+    Redirect(Url),
     Retry {
         reason: String,
         wait: Option<Duration>,
+        /// The host never answered and cannot be reached (refused, unknown
+        /// name): retried only briefly.
+        unreachable: bool,
+        /// The server certainly did not act on this attempt (no connection, or a 429).
+        unsent: bool,
     },
+}
+
+/// The backoff delays for one request: exponential with jitter, each at most `max_backoff`.
+fn backoff(cfg: &HttpConfig) -> impl Iterator<Item = Duration> + use<> {
+    let max = cfg.max_backoff;
+    // backon adds the jitter after applying its cap, so cap again.
+    ExponentialBuilder::default()
+        .with_min_delay(cfg.initial_backoff)
+        .with_max_delay(cfg.max_backoff)
+        .with_jitter()
+        .with_max_times(cfg.max_retries as usize)
+        .build()
+        .map(move |d| d.min(max))
+}
+
+/// `host:port` of `url`, the unit a connection goes to.
+fn authority(url: &Url) -> String {
+    format!(
+        "{}:{}",
+        url.host_str().unwrap_or_default(),
+        url.port_or_known_default().unwrap_or_default()
+    )
+}
+
+/// Whether a transport failure means the server cannot be reached at all:
+/// the connection was refused or the host name does not resolve.
+fn is_unreachable(e: &reqwest::Error) -> bool {
+    if !e.is_connect() {
+        return false;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        if let Some(io) = inner.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        // hyper-util names resolver failures "dns error"; the OS adds
+        // "failed to lookup address information".
+        let text = inner.to_string();
+        if text.starts_with("dns error") || text.contains("failed to lookup address") {
+            return true;
+        }
+        source = inner.source();
+    }
+    false
 }
 
 impl HttpClient {
     /// Builds the client; call once per process and share it.
     pub fn new(config: &HttpConfig) -> Result<Self, HttpError> {
         let client = reqwest::Client::builder()
+            // Redirects are handled in `attempt`: reqwest would turn a 301/302
+            // POST into a body-less GET, and its cross-host filtering knows
+            // only the standard auth headers, not custom secret ones.
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)
             .user_agent(concat!("expense-sync/", env!("CARGO_PKG_VERSION")))
@@ -276,6 +354,8 @@ impl HttpClient {
                 limiter: RateLimiter::direct(quota),
                 config: config.clone(),
                 stats: HttpStats::default(),
+                answered: Mutex::new(HashSet::new()),
+                clocks: Default::default(),
             }),
         })
     }
@@ -283,6 +363,11 @@ impl HttpClient {
     /// The configuration this client was built with.
     pub fn config(&self) -> &HttpConfig {
         &self.inner.config
+    }
+
+    /// The last `Date` reading of the server at `url`'s origin, if it sent one.
+    pub fn server_clock(&self, url: &Url) -> Option<super::ServerClock> {
+        self.inner.clocks.get(url)
     }
 
     /// The counters so far.
@@ -301,24 +386,66 @@ impl HttpClient {
     /// connection failures with exponential backoff and jitter.
     pub async fn execute(&self, req: &Request) -> Result<Response, HttpError> {
         let cfg = &self.inner.config;
-        let mut backoff = ExponentialBuilder::default()
-            .with_min_delay(cfg.initial_backoff)
-            .with_max_delay(cfg.max_backoff)
-            .with_jitter()
-            .with_max_times(cfg.max_retries as usize)
-            .build();
+        let mut backoff = backoff(cfg);
         let started = Instant::now();
         let mut attempts = 0u32;
+        // After a same-origin 307/308: the same request at the new URL.
+        let mut moved: Option<Request> = None;
+        let mut hops = 0u32;
+        let mut retry = false;
         loop {
             attempts += 1;
-            if attempts > 1 {
+            if retry {
                 self.inner.stats.retries.fetch_add(1, Ordering::Relaxed);
             }
-            match self.attempt(req, attempts).await {
+            retry = true;
+            match self.attempt(moved.as_ref().unwrap_or(req), attempts).await {
                 Attempt::Done(resp) => return Ok(resp),
                 Attempt::Fatal(err) => return Err(err),
-                Attempt::Retry { reason, wait } => {
-                    let Some(delay) = backoff.next() else {
+                Attempt::Redirect(url) => {
+                    hops += 1;
+                    if hops > MAX_REDIRECTS {
+                        return Err(HttpError::Redirected {
+                            method: req.method.to_string(),
+                            url: req.display_url(),
+                            status: 307,
+                            location: format!(
+                                "{} (more than {MAX_REDIRECTS} redirects in a row)",
+                                redacted_location(url.as_str())
+                            ),
+                        });
+                    }
+                    debug!(method = %req.method, from = %req.url, to = %url, "following a same-origin redirect");
+                    let mut next = req.clone();
+                    next.url = url;
+                    // The Location carries its own query.
+                    next.query.clear();
+                    moved = Some(next);
+                    retry = false;
+                }
+                Attempt::Retry { reason, unsent, .. } if req.retry_unsent_only && !unsent => {
+                    return Err(HttpError::OutcomeUnknown {
+                        method: req.method.to_string(),
+                        url: req.display_url(),
+                        reason,
+                    });
+                }
+                Attempt::Retry {
+                    reason,
+                    wait,
+                    unreachable,
+                    ..
+                } => {
+                    let next = backoff.next();
+                    let next = if unreachable && attempts >= UNREACHABLE_ATTEMPTS {
+                        None
+                    } else if unreachable {
+                        // One quick second try, in case of a blip.
+                        next.map(|d| d.min(cfg.initial_backoff))
+                    } else {
+                        next
+                    };
+                    let Some(delay) = next else {
                         return Err(HttpError::RetriesExhausted {
                             method: req.method.to_string(),
                             url: req.display_url(),
@@ -401,14 +528,32 @@ impl HttpClient {
                     .stats
                     .transport_errors
                     .fetch_add(1, Ordering::Relaxed);
+                let unreachable = is_unreachable(&e)
+                    && !self
+                        .inner
+                        .answered
+                        .lock()
+                        .expect("not poisoned")
+                        .contains(&authority(&req.url));
+                // A failed connect sent nothing; any later failure may follow the server acting.
                 return Attempt::Retry {
                     reason: describe_transport(&e),
                     wait: None,
+                    unreachable,
+                    unsent: e.is_connect(),
                 };
             }
         };
         let status = resp.status().as_u16();
+        self.inner
+            .answered
+            .lock()
+            .expect("not poisoned")
+            .insert(authority(&req.url));
         let headers = resp.headers().clone();
+        self.inner
+            .clocks
+            .observe(&req.url, &headers, chrono::Utc::now());
         let body = match resp.bytes().await {
             Ok(b) => b,
             Err(e) => {
@@ -422,6 +567,8 @@ impl HttpClient {
                         describe_transport(&e)
                     ),
                     wait: None,
+                    unreachable: false,
+                    unsent: false,
                 };
             }
         };
@@ -444,11 +591,13 @@ impl HttpClient {
                         headers,
                         json,
                     }),
-                    Err(_) if req.any_success_body => Attempt::Done(Response {
-                        status,
-                        headers,
-                        json: Value::Null,
-                    }),
+                    Err(_) if req.any_success_body && !declares_json(&headers) => {
+                        Attempt::Done(Response {
+                            status,
+                            headers,
+                            json: Value::Null,
+                        })
+                    }
                     Err(e) => {
                         // A cut-off body parses as invalid JSON: worth another try.
                         self.inner
@@ -460,8 +609,29 @@ impl HttpClient {
                                 "HTTP {status} with a body that is not valid JSON ({e}); it may have been cut off"
                             ),
                             wait: None,
+                            unreachable: false,
+                            unsent: false,
                         }
                     }
+                }
+            }
+            300..=399 => {
+                let location = headers.get(LOCATION).and_then(|v| v.to_str().ok());
+                let mut requested = req.url.clone();
+                if !req.query.is_empty() {
+                    requested.query_pairs_mut().extend_pairs(req.query.iter());
+                }
+                match location.and_then(|l| requested.join(l).ok()) {
+                    Some(to) if matches!(status, 307 | 308) && to.origin() == req.url.origin() => {
+                        Attempt::Redirect(to)
+                    }
+                    _ => Attempt::Fatal(HttpError::Redirected {
+                        method: req.method.to_string(),
+                        url: req.display_url(),
+                        status,
+                        location: location
+                            .map_or_else(|| "(no Location header)".into(), redacted_location),
+                    }),
                 }
             }
             429 => {
@@ -469,6 +639,8 @@ impl HttpClient {
                 Attempt::Retry {
                     reason: "HTTP 429 Too Many Requests".into(),
                     wait: Some(retry_after(&headers).unwrap_or(Duration::from_secs(1))),
+                    unreachable: false,
+                    unsent: true,
                 }
             }
             500..=599 => {
@@ -479,6 +651,8 @@ impl HttpClient {
                 Attempt::Retry {
                     reason: format!("HTTP {status}: {}", server_message(&body).1),
                     wait: retry_after(&headers),
+                    unreachable: false,
+                    unsent: false,
                 }
             }
             401 | 498 => Attempt::Fatal(HttpError::Unauthorized {
@@ -518,6 +692,30 @@ fn describe_transport(e: &reqwest::Error) -> String {
         source = inner.source();
     }
     s
+}
+
+/// Whether a response says its body is JSON (`application/json`, `…+json`).
+fn declares_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| {
+            let m = m.trim().to_ascii_lowercase();
+            m == "application/json" || m.ends_with("+json")
+        })
+}
+
+/// A `Location` for messages: without any user or password it may carry.
+fn redacted_location(location: &str) -> String {
+    match Url::parse(location) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        _ => truncate(location),
+    }
 }
 
 /// Parses `Retry-After` as seconds or an HTTP date.
@@ -585,5 +783,36 @@ mod tests {
         let (k, m) = server_message(b"<html>Bad gateway</html>");
         assert_eq!(k, None);
         assert_eq!(m, "<html>Bad gateway</html>");
+    }
+
+    #[test]
+    fn waits_never_exceed_max_backoff_even_with_jitter() {
+        let cfg = HttpConfig {
+            initial_backoff: Duration::from_secs(40),
+            max_backoff: Duration::from_secs(60),
+            max_retries: 50,
+            ..HttpConfig::default()
+        };
+        let waits: Vec<Duration> = backoff(&cfg).collect();
+        assert_eq!(waits.len(), 50);
+        assert!(waits.iter().all(|w| *w <= cfg.max_backoff), "{waits:?}");
+    }
+
+    #[tokio::test]
+    async fn refused_connection_to_a_host_that_never_answered_fails_after_two_attempts() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let client = HttpClient::new(&HttpConfig {
+            initial_backoff: Duration::from_millis(10),
+            ..HttpConfig::default()
+        })
+        .unwrap();
+        let url = Url::parse(&format!("http://127.0.0.1:{port}/x")).unwrap();
+        let err = client.execute(&Request::get(url)).await.unwrap_err();
+        assert!(err.to_string().contains("refused"), "{err}");
+        assert_eq!(client.stats().requests, 2, "{err}");
     }
 }

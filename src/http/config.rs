@@ -42,6 +42,20 @@ impl Default for HttpConfig {
 }
 
 impl HttpConfig {
+    /// The same limits with short timeouts and few, short retries, so that
+    /// `check` answers within seconds whatever is wrong.
+    pub fn for_check(&self) -> HttpConfig {
+        let max_backoff = self.max_backoff.min(Duration::from_secs(2));
+        HttpConfig {
+            requests_per_second: self.requests_per_second,
+            connect_timeout: self.connect_timeout.min(Duration::from_secs(5)),
+            request_timeout: self.request_timeout.min(Duration::from_secs(20)),
+            max_retries: self.max_retries.min(2),
+            initial_backoff: self.initial_backoff.min(max_backoff),
+            max_backoff,
+        }
+    }
+
     /// Checks values a request could not work with.
     pub fn validate(&self, prefix: &str) -> Vec<Problem> {
         let mut p = Vec::new();

@@ -45,6 +45,36 @@ pub enum HttpError {
         /// The last failure.
         last: String,
     },
+    /// The server answered with a redirect that is not followed: a redirect
+    /// may turn a POST into a body-less GET or carry credentials to another host.
+    #[error(
+        "{method} {url} answered HTTP {status} redirecting to {location}; redirects are not followed \
+             (only 307/308 to the same scheme, host and port are, re-sending the same request). \
+             Nothing was sent there: configure the final URL instead"
+    )]
+    Redirected {
+        /// Request method.
+        method: String,
+        /// URL that redirected.
+        url: String,
+        /// 3xx status.
+        status: u16,
+        /// The `Location` header, as sent (or `(no Location header)`).
+        location: String,
+    },
+    /// A request that must not be repeated failed after it may have reached
+    /// the server, so whether the server acted on it is unknown.
+    #[error(
+        "{method} {url} failed after the request may have reached the server ({reason}); it was not repeated"
+    )]
+    OutcomeUnknown {
+        /// Request method.
+        method: String,
+        /// URL.
+        url: String,
+        /// What went wrong (reset, timeout, cut-off body, 5xx).
+        reason: String,
+    },
     /// The request could not even be built (a bug or a bad URL in the pipeline file).
     #[error("cannot build request to {url}: {message}")]
     Invalid {
@@ -59,9 +89,9 @@ impl HttpError {
     /// HTTP status, when the server answered.
     pub fn status(&self) -> Option<u16> {
         match self {
-            HttpError::Unauthorized { status, .. } | HttpError::Rejected { status, .. } => {
-                Some(*status)
-            }
+            HttpError::Unauthorized { status, .. }
+            | HttpError::Rejected { status, .. }
+            | HttpError::Redirected { status, .. } => Some(*status),
             _ => None,
         }
     }

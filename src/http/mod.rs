@@ -3,11 +3,13 @@
 //! and error classification. Nothing else in the crate builds requests.
 
 mod client;
+mod clock;
 mod config;
 mod error;
 mod signature;
 
 pub use client::{HttpClient, HttpStats, Request, Response, StatsSnapshot};
+pub use clock::{ServerClock, describe_skew};
 pub use config::HttpConfig;
 pub use error::HttpError;
 pub use signature::{Signer, sign};

@@ -20,6 +20,8 @@ pub enum RunStatus {
     Partial,
     /// Nothing was committed.
     Failed,
+    /// Stopped by SIGINT/SIGTERM; `error` says whether the commit point was passed.
+    Interrupted,
 }
 
 /// One committed output file.
@@ -81,6 +83,9 @@ pub struct RunSummary {
     pub records_out: u64,
     /// Records that could not be transformed.
     pub quarantined: u64,
+    /// Amounts carrying binary-float noise (`0.30000000000000004`) that were
+    /// normalised to their exact decimal (see "Money" in the README).
+    pub amounts_normalised: u64,
     /// Where quarantined records went.
     pub quarantine_file: Option<PathBuf>,
     /// Records a receiver rejected (every HTTP sink together); see each output's dead-letter file.
@@ -128,6 +133,7 @@ impl RunSummary {
             records_in: 0,
             records_out: 0,
             quarantined: 0,
+            amounts_normalised: 0,
             quarantine_file: None,
             rejected: 0,
             writeback: None,

@@ -6,6 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::config::IncrementalConfig;
+use crate::http::{ServerClock, describe_skew};
 use crate::sources::fyle::Window;
 use crate::state::State;
 
@@ -39,6 +40,46 @@ pub struct Plan {
     pub dedup_against_state: bool,
     /// The lookback in force.
     pub lookback: chrono::Duration,
+}
+
+/// The instant a window is planned from: this machine's clock, but never
+/// later than the data server's clock can read, because the server stamps
+/// the cursor with its own clock (a client running ahead would otherwise
+/// close windows the server is still writing into).
+pub fn planning_now(client_now: DateTime<Utc>, server: Option<ServerClock>) -> DateTime<Utc> {
+    match server {
+        Some(c) => client_now.min(c.latest_now(client_now)),
+        None => client_now,
+    }
+}
+
+/// Before the state moves to `window_end`: the data server's clock must have
+/// passed it, or records it stamps later inside the window would never be
+/// read (the next run starts after them). `server` is its latest reading.
+pub fn check_window_closed(
+    window_end: DateTime<Utc>,
+    server: Option<ServerClock>,
+    local_now: DateTime<Utc>,
+    safety_lag: Duration,
+) -> Result<(), String> {
+    let Some(c) = server else { return Ok(()) };
+    let server_now = c.latest_now(local_now);
+    if server_now >= window_end {
+        return Ok(());
+    }
+    let skew = c.skew();
+    let needed =
+        (window_end - server_now).num_milliseconds() as f64 / 1000.0 + safety_lag.as_secs_f64();
+    Err(format!(
+        "the data server's clock (Date: {}) is {} this machine's clock and has not reached the end of \
+         this run's window ({}) yet: records it stamps before then would be skipped by the next run, \
+         so nothing was committed and the incremental state was not advanced. Fix the clock of this \
+         machine or of the server (NTP), or raise source.safety_lag to at least {:.0}s",
+        c.date.to_rfc2822(),
+        describe_skew(skew),
+        window_end.to_rfc3339(),
+        needed.ceil()
+    ))
 }
 
 /// Decides the window for `mode` from the state at `now`.
@@ -159,6 +200,52 @@ mod tests {
             until: Some(at("2024-02-01T00:00:00Z")),
         };
         assert!(plan_window(&bad, Some(&inc()), &st, Utc::now(), Duration::ZERO).is_err());
+    }
+
+    #[test]
+    fn windows_end_by_the_server_clock_when_it_is_behind() {
+        let client = at("2024-01-01T12:00:00Z");
+        let behind = ServerClock {
+            date: at("2024-01-01T11:59:00Z"),
+            received_at: client,
+        };
+        assert_eq!(
+            planning_now(client, Some(behind)),
+            at("2024-01-01T11:59:01Z")
+        );
+        let ahead = ServerClock {
+            date: at("2024-01-01T12:01:00Z"),
+            received_at: client,
+        };
+        assert_eq!(planning_now(client, Some(ahead)), client);
+        assert_eq!(planning_now(client, None), client);
+    }
+
+    #[test]
+    fn state_does_not_advance_past_the_server_clock() {
+        let local = at("2024-01-01T12:00:00Z");
+        let behind = ServerClock {
+            date: at("2024-01-01T11:59:30Z"),
+            received_at: local,
+        };
+        let err = check_window_closed(
+            at("2024-01-01T11:59:55Z"),
+            Some(behind),
+            local,
+            Duration::from_secs(5),
+        )
+        .unwrap_err();
+        assert!(err.contains("29.5 s behind"), "{err}");
+        assert!(err.contains("safety_lag to at least 29s"), "{err}");
+        assert!(err.contains("NTP"), "{err}");
+        check_window_closed(
+            at("2024-01-01T11:59:25Z"),
+            Some(behind),
+            local,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        check_window_closed(local, None, local, Duration::ZERO).unwrap();
     }
 
     #[test]

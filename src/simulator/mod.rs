@@ -38,6 +38,7 @@ use store::Store;
 pub use oauth::{REFRESH_TOKEN_TTL, SIM_PASSWORD, SIM_PUBLIC_CLIENT_ID, SIM_USERNAME};
 pub use query::{DEFAULT_LIMIT, MAX_LIMIT};
 pub use store::RESOURCES;
+pub use values::Collation;
 
 /// 401 body message for a missing, unknown, expired or revoked token (and a wrong refresh token).
 pub const MSG_INVALID_TOKEN: &str = "invalid token";
@@ -63,6 +64,43 @@ pub struct SimConfig {
     pub faults: Faults,
     /// The only credentials the accounts server accepts.
     pub credentials: SimCredentials,
+    /// Text collation of the simulated database, for `order=` and text comparisons alike.
+    pub collation: Collation,
+    /// The org's currency, in which every `amount` is printed (default `USD`);
+    /// one of [`SIM_CURRENCIES`], e.g. `KWD` (3 decimals) or `JPY` (none).
+    pub currency: String,
+    /// Share (0–1) of expense `amount`/`tax_amount` values printed with
+    /// binary-float noise, e.g. `0.30000000000000004` for 0.3 (default 0).
+    pub float_noise: f64,
+    /// Share (0–1) of personal-cash expenses with `is_reimbursable = false`
+    /// (the employee paid but claims nothing back); default 0.
+    pub non_reimbursable_cash: f64,
+    /// How far the simulator's clock runs ahead of (negative: behind) the
+    /// real one: its `Date` headers and the timestamps it stamps on changes.
+    /// Zero by default; change it later with [`Simulator::set_clock_offset`].
+    pub clock_offset: chrono::TimeDelta,
+}
+
+/// Org currencies the simulator can use, with their ISO 4217 minor units.
+pub const SIM_CURRENCIES: &[(&str, u32)] = &[
+    ("USD", 2),
+    ("EUR", 2),
+    ("GBP", 2),
+    ("INR", 2),
+    ("KWD", 3),
+    ("BHD", 3),
+    ("OMR", 3),
+    ("JOD", 3),
+    ("JPY", 0),
+    ("KRW", 0),
+];
+
+/// The [`SIM_CURRENCIES`] entry for `code` (case-insensitive).
+pub fn sim_currency(code: &str) -> Option<(&'static str, u32)> {
+    SIM_CURRENCIES
+        .iter()
+        .find(|(c, _)| c.eq_ignore_ascii_case(code))
+        .copied()
 }
 
 impl Default for SimConfig {
@@ -74,6 +112,11 @@ impl Default for SimConfig {
             token_ttl: Duration::from_secs(3600),
             faults: Faults::default(),
             credentials: SimCredentials::default(),
+            collation: Collation::C,
+            currency: "USD".into(),
+            float_noise: 0.0,
+            non_reimbursable_cash: 0.0,
+            clock_offset: chrono::TimeDelta::zero(),
         }
     }
 }
@@ -93,6 +136,64 @@ pub struct Faults {
     /// Expenses changed per second in the background (new `updated_at`, amount
     /// or state), as users edit data while clients page; 0 = off.
     pub mutations_per_sec: u32,
+    /// Background changes come as bulk updates of this many expenses sharing
+    /// one `updated_at` (a nightly job, an approval of a whole report); 0 or 1 = one at a time.
+    pub bulk_update_size: u32,
+    /// Probability that a list page is cut short (fewer rows than `limit`
+    /// although more match), as APIs that cap pages by bytes or time do.
+    pub short_page_rate: f64,
+    /// Added to every list `count`: the server promises records it never returns.
+    pub count_excess: u64,
+    /// How the server mishandles `and=(…)`/`or=(…)` filters, i.e. a client's seek condition.
+    pub seek_fault: SeekFault,
+    /// Write-back calls (`accounting_export_summary/bulk`) answer this status
+    /// with a Fyle error body instead of recording anything; `None` = off.
+    pub writeback_status: Option<u16>,
+    /// The next N successful answers of the accounts server's `/oauth/token`
+    /// (either dialect) are lost *after* the grant took effect: a rotating
+    /// refresh token is already spent, its successor never arrives.
+    pub lost_token_answers: u32,
+    /// How those token answers are lost.
+    pub token_fault: TokenFault,
+}
+
+/// A server bug in the logic-group filters a keyset pager seeks with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SeekFault {
+    /// Filters work as documented.
+    #[default]
+    None,
+    /// `id.gt.X` inside a group acts as `id.gte.X`: the boundary record comes again.
+    RepeatBoundary,
+    /// `and=`/`or=` are ignored: every page starts from the beginning again.
+    Ignore,
+}
+
+impl std::str::FromStr for SeekFault {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(SeekFault::None),
+            "repeat-boundary" => Ok(SeekFault::RepeatBoundary),
+            "ignore" => Ok(SeekFault::Ignore),
+            _ => Err(format!(
+                "unknown seek fault \"{s}\": use none, repeat-boundary or ignore"
+            )),
+        }
+    }
+}
+
+/// How a token answer is lost (see [`Faults::lost_token_answers`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TokenFault {
+    /// The connection is closed without a response.
+    #[default]
+    Reset,
+    /// Headers and half the body, then the connection is cut.
+    Truncate,
+    /// A 502 from a gateway in front of the token service.
+    ServerError,
 }
 
 /// Client credentials of the simulated internal app.
@@ -191,10 +292,36 @@ impl Simulator {
         let cluster = TcpListener::bind(("127.0.0.1", cluster_port)).await?;
         let accounts_url = format!("http://127.0.0.1:{}", accounts.local_addr()?.port());
         let cluster_url = format!("http://127.0.0.1:{}", cluster.local_addr()?.port());
-        let (seed, n) = (cfg.seed, cfg.expenses);
-        let store = tokio::task::spawn_blocking(move || Store::new(seed, n))
-            .await
-            .map_err(std::io::Error::other)?;
+        let (seed, n, noise, unreimbursed, collation) = (
+            cfg.seed,
+            cfg.expenses,
+            cfg.float_noise,
+            cfg.non_reimbursable_cash,
+            cfg.collation,
+        );
+        let currency = sim_currency(&cfg.currency).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "simulator currency `{}` is not supported; use one of {}",
+                    cfg.currency,
+                    SIM_CURRENCIES
+                        .iter()
+                        .map(|c| c.0)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })?;
+        let offset_us = cfg.clock_offset.num_microseconds().unwrap_or(0);
+        let mut store = tokio::task::spawn_blocking(move || {
+            let mut s = Store::with_money(seed, n, currency, noise, unreimbursed);
+            s.collation = collation;
+            s
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        store.clock_offset_us = offset_us;
         let shared = Arc::new(Shared {
             store: RwLock::new(store),
             credentials: cfg.credentials,
@@ -206,6 +333,7 @@ impl Simulator {
             log: Mutex::new(Vec::new()),
             cluster_url: cluster_url.clone(),
             oauth: Mutex::new(oauth::OAuthBook::new(cfg.seed)),
+            clock_offset_us: std::sync::atomic::AtomicI64::new(offset_us),
         });
         let (tx, rx) = watch::channel(false);
         let mutator = tokio::spawn(mutate_in_background(Arc::clone(&shared), rx.clone()));
@@ -268,6 +396,17 @@ impl Simulator {
     /// Replaces the active faults (a new `burst_429` restarts the burst count).
     pub fn set_faults(&self, faults: Faults) {
         *self.inner.shared.faults.lock().expect("faults") = faults;
+    }
+
+    /// Sets how far the simulator's clock runs ahead of (negative: behind)
+    /// the real one, from now on (see [`SimConfig::clock_offset`]).
+    pub fn set_clock_offset(&self, offset: chrono::TimeDelta) {
+        let us = offset.num_microseconds().unwrap_or(0);
+        let shared = &self.inner.shared;
+        shared
+            .clock_offset_us
+            .store(us, std::sync::atomic::Ordering::Relaxed);
+        shared.store.write().expect("store").clock_offset_us = us;
     }
 
     /// Changes the per-IP rate limit at runtime (`None` = off).
@@ -350,6 +489,17 @@ impl Simulator {
         Arc::new(move |token: &str| shared.tokens.lock().expect("tokens").valid(token))
     }
 
+    /// Changes `n` random expenses in one bulk update: like [`Simulator::mutate`]
+    /// but all of them get the same new `updated_at`.
+    pub fn bulk_update(&self, n: usize) {
+        self.inner
+            .shared
+            .store
+            .write()
+            .expect("store")
+            .bulk_update(n);
+    }
+
     /// Expenses as they were at instant `at` (what a client could have seen
     /// then), sorted by id; other resources do not change.
     pub fn expenses_as_of(&self, at: chrono::DateTime<chrono::Utc>) -> Vec<serde_json::Value> {
@@ -385,12 +535,22 @@ async fn mutate_in_background(shared: Arc<Shared>, mut stop: watch::Receiver<boo
             _ = tokio::time::sleep(step) => {}
             _ = stop.changed() => return,
         }
-        let rate = shared.faults.lock().expect("faults").mutations_per_sec;
+        let (rate, bulk) = {
+            let f = shared.faults.lock().expect("faults");
+            (f.mutations_per_sec, f.bulk_update_size as usize)
+        };
         if rate == 0 {
             owed = 0.0;
             continue;
         }
         owed += f64::from(rate) * step.as_secs_f64();
+        if bulk > 1 {
+            while owed >= bulk as f64 {
+                owed -= bulk as f64;
+                shared.store.write().expect("store").bulk_update(bulk);
+            }
+            continue;
+        }
         let n = owed.floor() as usize;
         if n > 0 {
             owed -= n as f64;
@@ -414,11 +574,13 @@ pub async fn run_until_ctrl_c(
     println!("  accounts server: {}", sim.accounts_url());
     println!("  cluster server:  {}", sim.cluster_url());
     println!();
-    println!("Demo credentials for this local simulator:");
-    println!("FYLE_ACCOUNTS_URL={}", sim.accounts_url());
-    println!("FYLE_CLIENT_ID={}", c.client_id);
-    println!("FYLE_CLIENT_SECRET={}", c.client_secret);
-    println!("FYLE_REFRESH_TOKEN={}", c.refresh_token);
+    // Lines a shell can run as printed; FYLE_ACCOUNTS_URL overrides any
+    // pipeline's connection.accounts_url, so every port works.
+    println!("Demo credentials for this local simulator (paste into your shell):");
+    println!("export FYLE_ACCOUNTS_URL={}", sim.accounts_url());
+    println!("export FYLE_CLIENT_ID={}", c.client_id);
+    println!("export FYLE_CLIENT_SECRET={}", c.client_secret);
+    println!("export FYLE_REFRESH_TOKEN={}", c.refresh_token);
     println!();
     println!(
         "OAuth 2.0 apps (auth add/login): authorize at {}/app/developers/oauth/authorize",

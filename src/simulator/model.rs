@@ -8,7 +8,7 @@
 use rust_decimal::Decimal;
 use serde_json::{Map, Value, json};
 
-use super::values::{Cell, fmt_ts, money_value};
+use super::values::{Cell, fmt_ts, money_value, noisy_money_value};
 
 /// Expense states in workflow order (the order `mutate` advances them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -161,6 +161,12 @@ pub(crate) struct Ctx {
     pub(crate) org_id: String,
     pub(crate) org_name: &'static str,
     pub(crate) currency: &'static str,
+    /// Digits after the point of `currency` (ISO 4217 minor units); amounts are stored in those units.
+    pub(crate) minor_digits: u32,
+    /// Share of expense amounts printed with binary-float noise (0 = none).
+    pub(crate) float_noise: f64,
+    /// Share of personal-cash expenses the employee marked not reimbursable (0 = none).
+    pub(crate) non_reimbursable_cash: f64,
     pub(crate) employees: Vec<Employee>,
     pub(crate) categories: Vec<Category>,
     pub(crate) projects: Vec<Embedded>,
@@ -443,6 +449,36 @@ fn opt_str<'a>(s: Option<&'a str>) -> Cell<'a> {
 }
 
 impl Ctx {
+    /// An amount held in minor units of the org currency, as the server prints it.
+    pub(crate) fn money<'a>(&self, minor: i64) -> Cell<'a> {
+        if self.minor_digits == 2 {
+            Cell::Money(minor)
+        } else {
+            Cell::Dec(Decimal::new(minor, self.minor_digits))
+        }
+    }
+
+    /// [`Ctx::money`] as a JSON value.
+    pub(crate) fn money_json(&self, minor: i64) -> Value {
+        if self.minor_digits == 2 {
+            money_value(minor)
+        } else {
+            self.money(minor).to_value()
+        }
+    }
+
+    /// An expense amount; with `float_noise`, a stable share of them carry the
+    /// one-ulp error an upstream `float` computation leaves (`0.30000000000000004`).
+    fn expense_money<'a>(&self, e: &Expense, field: u64, minor: i64) -> Cell<'a> {
+        if self.float_noise > 0.0
+            && minor != 0
+            && noise_draw(&e.id, field, minor) < self.float_noise
+        {
+            return Cell::Owned(noisy_money_value(Decimal::new(minor, self.minor_digits)));
+        }
+        self.money(minor)
+    }
+
     /// The value of one column of one expense; rendering and filtering both
     /// go through here so they can never disagree.
     pub(crate) fn expense_cell<'a>(&'a self, e: &'a Expense, col: Col) -> Cell<'a> {
@@ -463,7 +499,7 @@ impl Ctx {
             Col::source => Cell::Str(e.source),
             Col::merchant => opt_str(e.merchant),
             Col::currency => Cell::Str(self.currency),
-            Col::amount | Col::claim_amount => Cell::Money(e.amount),
+            Col::amount | Col::claim_amount => self.expense_money(e, 1, e.amount),
             Col::policy_amount | Col::admin_amount => Cell::Null,
             Col::foreign_currency => e.foreign.map_or(Cell::Null, |(c, _)| {
                 Cell::Str(self.currencies[c as usize].code)
@@ -487,20 +523,26 @@ impl Ctx {
             Col::source_account_id => Cell::Str(&emp().account_ids[e.account as usize]),
             Col::advance_wallet_id => Cell::Null,
             Col::source_account => Cell::Val(&emp().account_embeds[e.account as usize]),
-            Col::tax_amount | Col::calculated_tax_amount => e.tax.map_or(Cell::Null, Cell::Money),
+            Col::tax_amount | Col::calculated_tax_amount => {
+                e.tax.map_or(Cell::Null, |t| self.expense_money(e, 2, t))
+            }
             Col::tax_group_id => e.tax.map_or(Cell::Null, |_| Cell::Str(&self.tax_group_id)),
             Col::tax_group => e.tax.map_or(Cell::Null, |_| {
                 Cell::Owned(json!({"name": "GST 5%", "percentage": 5}))
             }),
             Col::is_billable => Cell::Bool(e.has(flag::BILLABLE)),
-            Col::is_reimbursable => Cell::Bool(e.account == Account::Cash),
+            Col::is_reimbursable => Cell::Bool(
+                e.account == Account::Cash
+                    && !(self.non_reimbursable_cash > 0.0
+                        && noise_draw(&e.id, 3, 0) < self.non_reimbursable_cash),
+            ),
             Col::distance | Col::mileage_calculated_distance => e
                 .distance_tenths
                 .map_or(Cell::Null, |d| Cell::Dec(Decimal::new(d, 1))),
             Col::distance_unit => e.distance_tenths.map_or(Cell::Null, |_| Cell::Str("MILES")),
             Col::mileage_calculated_amount => e
                 .distance_tenths
-                .map_or(Cell::Null, |_| Cell::Money(e.amount)),
+                .map_or(Cell::Null, |_| self.money(e.amount)),
             Col::selected_vehicle_ownership => e
                 .distance_tenths
                 .map_or(Cell::Null, |_| Cell::Str("PERSONAL")),
@@ -619,7 +661,7 @@ impl Ctx {
             Col::extracted_data => {
                 if e.has(flag::EXTRACTED) {
                     Cell::Owned(json!({
-                        "amount": money_value(e.amount),
+                        "amount": self.money_json(e.amount),
                         "vendor_name": e.merchant,
                         "currency": self.currency,
                         "category": cat().map(|c| c.name.as_str()),
@@ -632,7 +674,7 @@ impl Ctx {
             Col::is_manually_flagged => Cell::Bool(e.has(flag::MANUALLY_FLAGGED)),
             Col::is_policy_flagged => Cell::Bool(e.has(flag::POLICY_FLAGGED)),
             Col::split_group_id => Cell::Str(&e.split_group_id),
-            Col::split_group_amount => Cell::Money(e.split_group_amount),
+            Col::split_group_amount => self.money(e.split_group_amount),
             Col::is_physical_bill_submitted => Cell::Bool(false),
             Col::physical_bill_submitted_at => Cell::Null,
             Col::expense_rule_id | Col::expense_rule_data => Cell::Null,
@@ -705,7 +747,7 @@ impl Ctx {
                     "last_approved_at" => opt_ts(e.approved_at),
                     "last_paid_at" => opt_ts(e.paid_at),
                     "last_submitted_at" => opt_ts(e.submitted_at),
-                    "amount" => Cell::Money(e.report_amount),
+                    "amount" => self.money(e.report_amount),
                     _ => return None,
                 })
             }
@@ -733,7 +775,7 @@ impl Ctx {
             "last_paid_at": e.paid_at.map(fmt_ts),
             "reimbursement_id": if reimbursed { Some(&info.reimbursement_id) } else { None },
             "reimbursement_seq_num": if reimbursed { Some(&info.reimbursement_seq_num) } else { None },
-            "amount": money_value(e.report_amount),
+            "amount": self.money_json(e.report_amount),
             "last_verified_at": null,
             "approvals": self.approvals(e),
         })
@@ -770,7 +812,7 @@ impl Ctx {
             "masked_corporate_card_number": emp.card_number,
             "bank_name": "Sim National Bank",
             "corporate_card_user_full_name": emp.full_name,
-            "amount": money_value(e.amount),
+            "amount": self.money_json(e.amount),
             "currency": self.currency,
             "spent_at": fmt_ts(e.spent_at),
             "posted_at": fmt_ts(e.spent_at + 2 * 86_400_000_000),
@@ -858,4 +900,16 @@ fn file_id(e: &Expense) -> String {
 
 fn card_txn_id(e: &Expense) -> String {
     format!("btxn{}", &e.id[2..])
+}
+
+/// A number in [0, 1) fixed by the expense, the field and its amount, so the
+/// same version always prints the same way (ground truth equals the wire).
+fn noise_draw(id: &str, field: u64, minor: i64) -> f64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ field;
+    for b in id.bytes().chain(minor.to_le_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    (h >> 11) as f64 / (1u64 << 53) as f64
 }

@@ -3,7 +3,7 @@
 
 use std::cmp::Ordering;
 
-use super::values::{Cell, Lit, Pattern, cmp_cells, cmp_lit};
+use super::values::{Cell, Collation, Lit, Pattern, cmp_cells, cmp_lit};
 
 /// Default page size when `limit` is absent, per the reference's `limit` parameter.
 pub const DEFAULT_LIMIT: usize = 50;
@@ -399,12 +399,17 @@ fn parse_condition<T: Table>(cond: &str, t: &T) -> Result<Expr, String> {
 }
 
 /// Three-valued evaluation: `Ok(None)` is SQL unknown (a NULL was compared).
-pub(crate) fn eval<T: Table>(e: &Expr, t: &T, row: usize) -> Result<Option<bool>, String> {
+pub(crate) fn eval<T: Table>(
+    e: &Expr,
+    t: &T,
+    row: usize,
+    coll: Collation,
+) -> Result<Option<bool>, String> {
     Ok(match e {
         Expr::And(items) => {
             let mut unknown = false;
             for i in items {
-                match eval(i, t, row)? {
+                match eval(i, t, row, coll)? {
                     Some(false) => return Ok(Some(false)),
                     None => unknown = true,
                     Some(true) => {}
@@ -415,7 +420,7 @@ pub(crate) fn eval<T: Table>(e: &Expr, t: &T, row: usize) -> Result<Option<bool>
         Expr::Or(items) => {
             let mut unknown = false;
             for i in items {
-                match eval(i, t, row)? {
+                match eval(i, t, row, coll)? {
                     Some(true) => return Ok(Some(true)),
                     None => unknown = true,
                     Some(false) => {}
@@ -423,10 +428,10 @@ pub(crate) fn eval<T: Table>(e: &Expr, t: &T, row: usize) -> Result<Option<bool>
             }
             if unknown { None } else { Some(false) }
         }
-        Expr::Not(inner) => eval(inner, t, row)?.map(|b| !b),
+        Expr::Not(inner) => eval(inner, t, row, coll)?.map(|b| !b),
         Expr::Leaf(c, op) => {
             let cell = t.cell(row, c.col, &c.path);
-            eval_op(&cell, op)?
+            eval_op(&cell, op, coll)?
         }
     })
 }
@@ -455,7 +460,7 @@ fn element_text(v: &serde_json::Value) -> String {
     }
 }
 
-fn eval_op(cell: &Cell<'_>, op: &Op) -> Result<Option<bool>, String> {
+fn eval_op(cell: &Cell<'_>, op: &Op, coll: Collation) -> Result<Option<bool>, String> {
     if let Op::IsNull = op {
         return Ok(Some(cell.is_null()));
     }
@@ -471,13 +476,13 @@ fn eval_op(cell: &Cell<'_>, op: &Op) -> Result<Option<bool>, String> {
         return Ok(None);
     }
     Ok(Some(match op {
-        Op::Cmp(c, lit) => match cmp_lit(cell, lit)? {
+        Op::Cmp(c, lit) => match cmp_lit(cell, lit, coll)? {
             Some(o) => c.test(o),
             None => return Ok(None),
         },
         Op::In(lits) => {
             for l in lits {
-                if cmp_lit(cell, l)? == Some(Ordering::Equal) {
+                if cmp_lit(cell, l, coll)? == Some(Ordering::Equal) {
                     return Ok(Some(true));
                 }
             }
@@ -500,9 +505,10 @@ fn eval_op(cell: &Cell<'_>, op: &Op) -> Result<Option<bool>, String> {
     }))
 }
 
-/// Row indices in the requested order; ties keep row (id) order so paging
-/// with `offset` is stable even without a unique sort key.
-pub(crate) fn sort_perm<T: Table>(t: &T, order: &[OrderTerm]) -> Vec<u32> {
+/// Row indices in the requested order, text compared under `coll`; ties
+/// keep row (id) order so paging with `offset` is stable even without a
+/// unique sort key.
+pub(crate) fn sort_perm<T: Table>(t: &T, order: &[OrderTerm], coll: Collation) -> Vec<u32> {
     let n = t.len();
     let mut perm: Vec<u32> = (0..n as u32).collect();
     if order.is_empty() {
@@ -532,7 +538,7 @@ pub(crate) fn sort_perm<T: Table>(t: &T, order: &[OrderTerm]) -> Vec<u32> {
                     }
                 }
                 (false, false) => {
-                    let c = cmp_cells(x, y);
+                    let c = cmp_cells(x, y, coll);
                     if o.desc { c.reverse() } else { c }
                 }
             };
@@ -546,14 +552,19 @@ pub(crate) fn sort_perm<T: Table>(t: &T, order: &[OrderTerm]) -> Vec<u32> {
 }
 
 /// Counts every matching row and collects the requested page.
-pub(crate) fn run<T: Table>(t: &T, q: &Query, perm: &[u32]) -> Result<(usize, Vec<u32>), String> {
+pub(crate) fn run<T: Table>(
+    t: &T,
+    q: &Query,
+    perm: &[u32],
+    coll: Collation,
+) -> Result<(usize, Vec<u32>), String> {
     // Filter in storage order (sequential memory, several times faster over
     // 100k rows than hopping through the sort permutation), then walk the
     // permutation only to cut the page.
     let mut matched = vec![false; t.len()];
     let mut count = 0usize;
     for (row, m) in matched.iter_mut().enumerate() {
-        if eval(&q.filter, t, row)? == Some(true) {
+        if eval(&q.filter, t, row, coll)? == Some(true) {
             *m = true;
             count += 1;
         }
@@ -616,8 +627,8 @@ mod tests {
     fn ids(q: &str) -> Result<Vec<String>, String> {
         let t = rows();
         let q = parse_query(q, &t)?;
-        let perm = sort_perm(&t, &q.order);
-        let (_, page) = run(&t, &q, &perm)?;
+        let perm = sort_perm(&t, &q.order, Collation::C);
+        let (_, page) = run(&t, &q, &perm, Collation::C)?;
         Ok(page
             .into_iter()
             .map(|r| t.0[r as usize]["id"].as_str().unwrap().to_owned())
@@ -645,6 +656,53 @@ mod tests {
         assert_eq!(ids("s=ilike.X").unwrap(), ["a"]);
         assert_eq!(ids("l=cs.{B}").unwrap(), ["a", "c"]);
         assert_eq!(ids("l=ov.{A,Z}").unwrap(), ["a"]);
+    }
+
+    #[test]
+    fn literals_in_logic_groups_may_be_quoted_or_not() {
+        for q in [
+            "or=(t.gt.2024-01-01T00:00:00%2B00:00,and(t.eq.2024-01-01T00:00:00%2B00:00,id.gt.a))",
+            "or=(t.gt.\"2024-01-01T00:00:00%2B00:00\",and(t.eq.\"2024-01-01T00:00:00%2B00:00\",id.gt.\"a\"))",
+            "and=(t.gte.2024-01-01T00:00:00.000000%2B00:00,id.neq.a)",
+        ] {
+            assert_eq!(ids(q).unwrap(), ["b", "c"], "{q}");
+        }
+    }
+
+    #[test]
+    fn locale_collation_orders_and_compares_text_alike() {
+        let t = Rows(
+            ["txB", "txa", "txC", "txb"]
+                .iter()
+                .map(|id| json!({"id": id}))
+                .collect(),
+            vec!["id"],
+        );
+        let run_in = |q: &str, coll| {
+            let q = parse_query(q, &t).unwrap();
+            let perm = sort_perm(&t, &q.order, coll);
+            let (_, page) = run(&t, &q, &perm, coll).unwrap();
+            page.into_iter()
+                .map(|r| t.0[r as usize]["id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            run_in("order=id.asc", Collation::C),
+            ["txB", "txC", "txa", "txb"]
+        );
+        assert_eq!(
+            run_in("order=id.asc", Collation::EnUs),
+            ["txa", "txb", "txB", "txC"]
+        );
+        // Seeking past the second row of the locale order yields exactly the rest of it.
+        assert_eq!(
+            run_in("order=id.asc&id=gt.txb", Collation::EnUs),
+            ["txB", "txC"]
+        );
+        assert_eq!(
+            run_in("order=id.asc&id=gt.txb", Collation::C),
+            Vec::<String>::new()
+        );
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //! batches by `Idempotency-Key` (a repeated key gets the first answer again,
 //! and nothing is accepted twice), and records what it accepted. On demand it
 //! answers 500, 429 with `Retry-After`, answers too late (after accepting, so
-//! the client times out and retries), and rejects chosen records, either in
-//! the 2xx body's `errors` list or with a 4xx for the whole batch.
+//! the client times out and retries), answers an applied batch with an
+//! unreadable body, redirects, de-duplicates per record key, and rejects
+//! chosen records, either in the 2xx body's `errors` list or with a 4xx for
+//! the whole batch.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -16,7 +18,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde_json::{Value, json};
@@ -40,6 +44,24 @@ pub struct ReceiverConfig {
     /// When set, the bearer token must satisfy this check (e.g. an access token
     /// the simulator's accounts server issued: [`super::Simulator::token_checker`]).
     pub accept_token: Option<TokenCheck>,
+    /// When set, every request to the receiver's own path (`/expenses`) is
+    /// answered with this redirect and nothing is applied; other paths are
+    /// served normally, and a GET anywhere answers `200 []` (a listing, as a
+    /// real endpoint behind the new location might).
+    pub redirect: Option<Redirect>,
+    /// When set, records are also de-duplicated by the value of this body
+    /// field (e.g. `_idempotency_key`): a record whose key was applied before
+    /// is not applied again, whatever batch it comes in.
+    pub record_key_field: Option<String>,
+}
+
+/// A redirect the receiver answers with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Redirect {
+    /// 301, 302, 303, 307 or 308.
+    pub status: u16,
+    /// The `Location` header: a path (same origin) or an absolute URL (any origin).
+    pub location: String,
 }
 
 /// Decides whether a bearer token is acceptable.
@@ -52,6 +74,8 @@ impl std::fmt::Debug for ReceiverConfig {
             .field("tolerance", &self.tolerance)
             .field("bearer", &self.bearer.as_ref().map(|_| "[redacted]"))
             .field("accept_token", &self.accept_token.is_some())
+            .field("redirect", &self.redirect)
+            .field("record_key_field", &self.record_key_field)
             .finish()
     }
 }
@@ -68,6 +92,11 @@ pub enum Fault {
     },
     /// Accept the batch, then hold the answer this long (longer than the client's timeout).
     SlowAnswer(Duration),
+    /// Accept the batch, then answer 200 `application/json` with a body cut
+    /// off mid-JSON (complete per its Content-Length, so only parsing fails).
+    UnreadableAnswer,
+    /// Accept the batch, then promise a longer body than is sent and cut the connection.
+    TruncatedAnswer,
 }
 
 /// How records marked for rejection are refused.
@@ -99,6 +128,12 @@ pub struct ReceiverStats {
     pub largest_body: u64,
     /// Requests per HTTP method, e.g. `{"POST": 12}`.
     pub methods: std::collections::BTreeMap<String, u64>,
+    /// Requests carrying each header, by lowercase name (values are never kept).
+    pub headers_seen: std::collections::BTreeMap<String, u64>,
+    /// Redirects answered.
+    pub redirects: u64,
+    /// Records not applied because their record key was applied before.
+    pub duplicate_records: u64,
 }
 
 #[derive(Default)]
@@ -110,6 +145,7 @@ struct State {
     answers: HashMap<String, (u16, Value)>,
     accepted: Vec<Value>,
     counts: HashMap<String, u32>,
+    applied_keys: HashMap<String, u32>,
     stats: ReceiverStats,
 }
 
@@ -117,6 +153,8 @@ struct Inner {
     secret: Option<Vec<u8>>,
     bearer: Option<String>,
     accept_token: Option<TokenCheck>,
+    redirect: Option<Redirect>,
+    record_key_field: Option<String>,
     tolerance: Duration,
     state: Mutex<State>,
 }
@@ -146,6 +184,8 @@ impl Receiver {
             secret: cfg.secret.map(String::into_bytes),
             bearer: cfg.bearer,
             accept_token: cfg.accept_token,
+            redirect: cfg.redirect,
+            record_key_field: cfg.record_key_field,
             tolerance: cfg.tolerance.unwrap_or(Duration::from_secs(300)),
             state: Mutex::new(State::default()),
         });
@@ -192,6 +232,13 @@ impl Receiver {
     /// How many times each record `id` was accepted (1 everywhere when nothing was doubled).
     pub fn accept_counts(&self) -> HashMap<String, u32> {
         self.state().counts.clone()
+    }
+
+    /// How many times each record key (see [`ReceiverConfig::record_key_field`])
+    /// was applied: 1 everywhere when no record version was applied twice.
+    /// Without a record key field, counts the keys found in accepted records.
+    pub fn applied_key_counts(&self) -> HashMap<String, u32> {
+        self.state().applied_keys.clone()
     }
 
     /// Counters so far.
@@ -257,7 +304,13 @@ pub fn verify_signature(
     Err(SignatureError("signature does not match the body".into()))
 }
 
-type Body = Full<Bytes>;
+type Body = BoxBody<Bytes, std::io::Error>;
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
 
 fn answer(status: u16, body: &Value, retry_after: Option<u64>) -> Response<Body> {
     let mut r = Response::builder()
@@ -266,13 +319,45 @@ fn answer(status: u16, body: &Value, retry_after: Option<u64>) -> Response<Body>
     if let Some(s) = retry_after {
         r = r.header("retry-after", s.to_string());
     }
-    r.body(Full::new(Bytes::from(body.to_string())))
+    r.body(full(body.to_string())).expect("valid response")
+}
+
+/// 200 with a JSON content type and a body that stops mid-JSON.
+fn unreadable(reply: &Value) -> Response<Body> {
+    let text = reply.to_string();
+    let cut = text.len() / 2;
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(full(text[..cut].to_string()))
+        .expect("valid response")
+}
+
+/// Headers promising the whole reply, half of it sent, then the connection cut.
+fn truncated(reply: &Value) -> Response<Body> {
+    let text = Bytes::from(reply.to_string());
+    let half = text.slice(..text.len() / 2);
+    let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
+        Ok(Frame::data(half)),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "receiver: truncated answer",
+        )),
+    ];
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .header("content-length", text.len())
+        .body(BodyExt::boxed(StreamBody::new(futures::stream::iter(
+            frames,
+        ))))
         .expect("valid response")
 }
 
 async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
     let headers = req.headers().clone();
     let method = req.method().to_string();
+    let path = req.uri().path().to_string();
     let body = match Limited::new(req.into_body(), 64 * 1024 * 1024)
         .collect()
         .await
@@ -296,9 +381,29 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
         let mut st = inner.state.lock().expect("state");
         st.stats.requests += 1;
         st.stats.largest_body = st.stats.largest_body.max(body.len() as u64);
-        *st.stats.methods.entry(method).or_default() += 1;
+        *st.stats.methods.entry(method.clone()).or_default() += 1;
+        for name in headers.keys() {
+            *st.stats
+                .headers_seen
+                .entry(name.as_str().to_string())
+                .or_default() += 1;
+        }
         st.latency
     };
+    if let Some(r) = &inner.redirect {
+        let own_path = "/expenses";
+        if path == own_path {
+            inner.state.lock().expect("state").stats.redirects += 1;
+            return Response::builder()
+                .status(StatusCode::from_u16(r.status).unwrap_or(StatusCode::FOUND))
+                .header("location", r.location.as_str())
+                .body(full(Bytes::new()))
+                .expect("valid response");
+        }
+        if method == "GET" {
+            return answer(200, &json!([]), None);
+        }
+    }
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
@@ -352,7 +457,7 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
     } else {
         serde_json::from_slice(&body).map_err(|e| e.to_string())
     };
-    let (status, reply, slow) = {
+    let (status, reply, slow, garble) = {
         let mut st = inner.state.lock().expect("state");
         let fault = st.faults.pop_front();
         if fault.is_some() {
@@ -375,9 +480,14 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
             Some(Fault::SlowAnswer(d)) => Some(d),
             _ => None,
         };
+        let garble = match fault {
+            Some(Fault::UnreadableAnswer) => Some(false),
+            Some(Fault::TruncatedAnswer) => Some(true),
+            _ => None,
+        };
         if let Some((status, reply)) = st.answers.get(&key).cloned() {
             st.stats.duplicate_batches += 1;
-            (status, reply, slow)
+            (status, reply, slow, garble)
         } else {
             let records = match records {
                 Ok(r) => r,
@@ -410,6 +520,18 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
                 if rejected.iter().any(|(j, _, _)| *j == i) {
                     continue;
                 }
+                let field = inner
+                    .record_key_field
+                    .as_deref()
+                    .unwrap_or("_idempotency_key");
+                if let Some(k) = r.get(field).and_then(Value::as_str) {
+                    let seen = st.applied_keys.contains_key(k);
+                    if seen && inner.record_key_field.is_some() {
+                        st.stats.duplicate_records += 1;
+                        continue;
+                    }
+                    *st.applied_keys.entry(k.to_string()).or_default() += 1;
+                }
                 if let Some(id) = r.get("id").and_then(Value::as_str) {
                     *st.counts.entry(id.to_string()).or_default() += 1;
                 }
@@ -423,13 +545,17 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
                 .collect();
             let reply = json!({"accepted": records.len() - rejected.len(), "errors": errors});
             st.answers.insert(key, (200, reply.clone()));
-            (200, reply, slow)
+            (200, reply, slow, garble)
         }
     };
     if let Some(d) = slow {
         tokio::time::sleep(d).await;
     }
-    answer(status, &reply, None)
+    match garble {
+        Some(false) => unreadable(&reply),
+        Some(true) => truncated(&reply),
+        None => answer(status, &reply, None),
+    }
 }
 
 async fn serve(listener: TcpListener, inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {

@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 
 use super::model::{Ctx, Expense, State, flag};
-use super::values::{Cell, money_value};
+use super::values::Cell;
 
 /// The changing part of one report; index = index into `Ctx::reports`.
 #[derive(Clone, Debug)]
@@ -152,8 +152,8 @@ impl Ctx {
             RCol::user => Cell::Val(&emp().user_embed),
             RCol::purpose => info.title.map_or(Cell::Null, Cell::Str),
             RCol::currency => Cell::Str(self.currency),
-            RCol::amount => Cell::Money(r.amount),
-            RCol::tax => r.tax.map_or(Cell::Null, Cell::Money),
+            RCol::amount => self.money(r.amount),
+            RCol::tax => r.tax.map_or(Cell::Null, |t| self.money(t)),
             RCol::state => Cell::Str(r.state.report_state()),
             RCol::num_expenses => Cell::Int(r.num_expenses as i64),
             RCol::is_verified => Cell::Bool(r.flags & flag::VERIFIED != 0),
@@ -187,7 +187,7 @@ impl Ctx {
                     Cell::Owned(json!({
                         "id": info.reimbursement_id,
                         "currency": self.currency,
-                        "amount": money_value(r.amount),
+                        "amount": self.money_json(r.amount),
                         "mode": "OFFLINE",
                         "ach_transfer": {},
                     }))

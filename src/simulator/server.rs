@@ -23,10 +23,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use super::rng::Rng;
-use super::store::{Listed, Store, WriteBackError};
+use super::store::{ListQuirks, Listed, Store, WriteBackError};
 use super::{
     DEMO_AUTHORIZATION_CODE, Faults, LoggedRequest, MSG_INVALID_CLIENT, MSG_INVALID_TOKEN,
-    MSG_RATE_LIMITED, SimCredentials,
+    MSG_RATE_LIMITED, SimCredentials, TokenFault,
 };
 
 pub(crate) type Body = BoxBody<Bytes, std::io::Error>;
@@ -43,6 +43,8 @@ pub(crate) struct Shared {
     pub(crate) log: Mutex<Vec<LoggedRequest>>,
     pub(crate) cluster_url: String,
     pub(crate) oauth: Mutex<super::oauth::OAuthBook>,
+    /// `SimConfig::clock_offset` in microseconds, for `Date` headers.
+    pub(crate) clock_offset_us: std::sync::atomic::AtomicI64,
 }
 
 /// Issued access tokens. Tokens are opaque to the server: validity is a
@@ -264,7 +266,20 @@ impl Shared {
         let authorization_present = req.headers().contains_key(AUTHORIZATION);
         let faults = self.faults.lock().expect("faults").clone();
 
-        let outcome = self.answer(server, peer, req, &path, &query).await;
+        let mut outcome = self.answer(server, peer, req, &path, &query).await;
+        let offset = self
+            .clock_offset_us
+            .load(std::sync::atomic::Ordering::Relaxed);
+        // hyper writes the real time unless a Date is already set.
+        if offset != 0
+            && let Outcome::Respond(r) = &mut outcome
+        {
+            let at = chrono::Utc::now() + chrono::TimeDelta::microseconds(offset);
+            let text = at.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+            if let Ok(v) = HeaderValue::from_str(&text) {
+                r.headers_mut().insert(hyper::header::DATE, v);
+            }
+        }
         if !faults.latency.is_zero() {
             tokio::time::sleep(faults.latency).await;
         }
@@ -297,7 +312,26 @@ impl Shared {
             return Outcome::Respond(too_many(MSG_RATE_LIMITED));
         }
         if server == Server::Accounts {
-            return Outcome::Respond(self.accounts(req, path, query).await);
+            let resp = self.accounts(req, path, query).await;
+            if path == "/oauth/token" && resp.status() == StatusCode::OK {
+                let lost = {
+                    let mut f = self.faults.lock().expect("faults");
+                    (f.lost_token_answers > 0).then(|| {
+                        f.lost_token_answers -= 1;
+                        f.token_fault
+                    })
+                };
+                return match lost {
+                    None => Outcome::Respond(resp),
+                    Some(TokenFault::Reset) => Outcome::Drop,
+                    Some(TokenFault::Truncate) => Outcome::Respond(truncate(resp).await),
+                    Some(TokenFault::ServerError) => Outcome::Respond(html(
+                        StatusCode::BAD_GATEWAY,
+                        "<html><body><h1>502 Bad Gateway</h1></body></html>",
+                    )),
+                };
+            }
+            return Outcome::Respond(resp);
         }
         let data_request = path.starts_with("/platform/");
         let mut drop_kind = None;
@@ -488,6 +522,10 @@ impl Shared {
             if req.method() != Method::POST {
                 return method_not_allowed();
             }
+            let injected = self.faults.lock().expect("faults").writeback_status;
+            if let Some(status) = injected.and_then(|s| StatusCode::from_u16(s).ok()) {
+                return message(status, "write-back refused (injected fault)");
+            }
             return self.export_summary_bulk(req).await;
         }
         if resource.contains('/') {
@@ -496,11 +534,16 @@ impl Shared {
         if req.method() != Method::GET {
             return method_not_allowed();
         }
+        let quirks = self.list_quirks();
         let shared = Arc::clone(self);
         let (resource, query) = (resource.to_owned(), query.to_owned());
         // Filtering 100k rows is CPU work; keep it off the async workers.
         let listed = tokio::task::spawn_blocking(move || {
-            shared.store.read().expect("store").list(&resource, &query)
+            shared
+                .store
+                .read()
+                .expect("store")
+                .list(&resource, &query, quirks)
         })
         .await
         .unwrap_or_else(|_| Listed::Invalid("internal error".into()));
@@ -513,6 +556,26 @@ impl Shared {
 }
 
 impl Shared {
+    /// Draws this request's page quirks from the active faults.
+    fn list_quirks(&self) -> ListQuirks {
+        let (rate, count_excess, seek) = {
+            let f = self.faults.lock().expect("faults");
+            (f.short_page_rate, f.count_excess, f.seek_fault)
+        };
+        let mut quirks = ListQuirks {
+            count_excess,
+            seek,
+            ..ListQuirks::default()
+        };
+        if rate > 0.0 {
+            let mut rng = self.fault_rng.lock().expect("fault rng");
+            if rng.chance(rate) {
+                quirks.short = Some(rng.below(u64::MAX));
+            }
+        }
+        quirks
+    }
+
     async fn export_summary_bulk(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let body = match Limited::new(req.into_body(), 16 * 1024 * 1024)
             .collect()

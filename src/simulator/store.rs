@@ -8,6 +8,7 @@ use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde_json::Value;
 
+use super::SeekFault;
 use super::generate::{self, BULK_UPDATED_AT, Generated};
 use super::model::{
     CatKind, Ctx, EXPENSE_COLUMNS, EXPORT_ERROR_TYPES, EXPORT_STATES, Expense, ExportSummary,
@@ -16,7 +17,7 @@ use super::model::{
 use super::query::{self, Table};
 use super::reports::{self, REPORT_COLUMNS, Report};
 use super::rng::Rng;
-use super::values::{Cell, nav};
+use super::values::{Cell, Collation, nav};
 
 /// Admin resources the simulator serves, in the order they are documented.
 pub const RESOURCES: [&str; 6] = [
@@ -158,6 +159,40 @@ pub(crate) struct Store {
     past: std::collections::VecDeque<(String, i64, Vec<u8>)>,
     /// Replacements older than this were dropped to bound memory.
     past_complete_after: i64,
+    /// Text order of `order=` and of text comparisons in filters.
+    pub(crate) collation: Collation,
+    /// Added to the real clock for every stamp (`SimConfig::clock_offset`), in microseconds.
+    pub(crate) clock_offset_us: i64,
+}
+
+/// Ways a list answer may deviate from the well-behaved default, decided per request.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ListQuirks {
+    /// Cut the page to `1 + n % rows` rows although more remain (an API that caps pages by bytes or time).
+    pub(crate) short: Option<u64>,
+    /// Added to `count`: a server whose count promises records it never returns.
+    pub(crate) count_excess: u64,
+    pub(crate) seek: SeekFault,
+}
+
+/// The query a server with `seek` bug actually runs for `raw`.
+fn apply_seek_fault(raw: &str, seek: SeekFault) -> std::borrow::Cow<'_, str> {
+    if seek == SeekFault::None {
+        return raw.into();
+    }
+    let mut out = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in url::form_urlencoded::parse(raw.as_bytes()) {
+        match (seek, k.as_ref()) {
+            (SeekFault::Ignore, "and" | "or") => {}
+            (SeekFault::RepeatBoundary, "and" | "or") => {
+                out.append_pair(&k, &v.replace(",id.gt.", ",id.gte."));
+            }
+            _ => {
+                out.append_pair(&k, &v);
+            }
+        }
+    }
+    out.finish().into()
 }
 
 /// Replaced versions kept for `expenses_as_of`; a long `simulate` session with
@@ -172,9 +207,23 @@ pub(crate) enum Listed {
 }
 
 impl Store {
+    #[cfg(test)]
     pub(crate) fn new(seed: u64, n_expenses: usize) -> Store {
+        Store::with_money(seed, n_expenses, ("USD", 2), 0.0, 0.0)
+    }
+
+    /// Like [`Store::new`], with the org's currency (code, minor units), a
+    /// share of amounts printed with float noise and a share of personal-cash
+    /// expenses marked not reimbursable.
+    pub(crate) fn with_money(
+        seed: u64,
+        n_expenses: usize,
+        currency: (&'static str, u32),
+        float_noise: f64,
+        non_reimbursable_cash: f64,
+    ) -> Store {
         let Generated {
-            ctx,
+            mut ctx,
             expenses,
             employees,
             categories,
@@ -182,6 +231,10 @@ impl Store {
             cost_centers,
             admin,
         } = generate::generate(seed, n_expenses);
+        // Amounts are generated as integers of minor units; only their scale changes.
+        (ctx.currency, ctx.minor_digits) = currency;
+        ctx.float_noise = float_noise;
+        ctx.non_reimbursable_cash = non_reimbursable_cash;
         let mut members: Vec<Vec<&Expense>> = vec![Vec::new(); ctx.reports.len()];
         for e in &expenses {
             if let Some(r) = e.report {
@@ -223,6 +276,8 @@ impl Store {
             rng: Rng::new(seed ^ 0x005E_ED0F_4D17),
             past: std::collections::VecDeque::new(),
             past_complete_after: i64::MIN,
+            collation: Collation::C,
+            clock_offset_us: 0,
             ctx,
         }
     }
@@ -258,13 +313,13 @@ impl Store {
     }
 
     /// Answers `GET /platform/v1/admin/{resource}?{raw_query}`.
-    pub(crate) fn list(&self, resource: &str, raw_query: &str) -> Listed {
+    pub(crate) fn list(&self, resource: &str, raw_query: &str, quirks: ListQuirks) -> Listed {
         let result = if resource == "expenses" {
-            self.list_table("expenses", &self.expense_table(), raw_query)
+            self.list_table("expenses", &self.expense_table(), raw_query, quirks)
         } else if resource == "reports" {
-            self.list_table("reports", &self.report_table(), raw_query)
+            self.list_table("reports", &self.report_table(), raw_query, quirks)
         } else if let Some((key, t)) = self.value_table(resource) {
-            self.list_table(key, t, raw_query)
+            self.list_table(key, t, raw_query, quirks)
         } else {
             return Listed::UnknownResource;
         };
@@ -274,10 +329,22 @@ impl Store {
         }
     }
 
-    fn list_table<T: Table>(&self, key: &'static str, t: &T, raw: &str) -> Result<Vec<u8>, String> {
-        let q = query::parse_query(raw, t)?;
+    fn list_table<T: Table>(
+        &self,
+        key: &'static str,
+        t: &T,
+        raw: &str,
+        quirks: ListQuirks,
+    ) -> Result<Vec<u8>, String> {
+        let q = query::parse_query(&apply_seek_fault(raw, quirks.seek), t)?;
         let perm = self.sorted(key, t, &q);
-        let (count, page) = query::run(t, &q, &perm)?;
+        let (count, mut page) = query::run(t, &q, &perm, self.collation)?;
+        if let Some(n) = quirks.short
+            && page.len() > 1
+        {
+            page.truncate(1 + (n % page.len() as u64) as usize);
+        }
+        let count = count as u64 + quirks.count_excess;
         let mut out = Vec::with_capacity(64 + page.len() * 4096);
         out.extend_from_slice(
             format!("{{\"count\":{count},\"offset\":{},\"data\":[", q.offset).as_bytes(),
@@ -300,7 +367,7 @@ impl Store {
         {
             return perm.clone();
         }
-        let perm = Arc::new(query::sort_perm(t, &q.order));
+        let perm = Arc::new(query::sort_perm(t, &q.order, self.collation));
         let mut cache = self.sort_cache.lock().expect("sort cache");
         // Bounded: one entry per distinct order per resource, old generations dropped.
         cache.retain(|_, (g, _)| *g == self.generation);
@@ -375,7 +442,7 @@ impl Store {
     /// A fresh `updated_at`: wall-clock now, but strictly after every
     /// timestamp handed out before, so mutated rows never tie with old ones.
     fn stamp(&mut self) -> i64 {
-        let now = chrono::Utc::now().timestamp_micros();
+        let now = chrono::Utc::now().timestamp_micros() + self.clock_offset_us;
         self.last_stamp = now.max(self.last_stamp + 1);
         self.last_stamp
     }
@@ -394,10 +461,20 @@ impl Store {
     }
 
     pub(crate) fn mutate(&mut self, n: usize) {
+        self.mutate_with(n, false);
+    }
+
+    /// Changes `n` expenses in one bulk update: all get the same `updated_at`.
+    pub(crate) fn bulk_update(&mut self, n: usize) {
+        self.mutate_with(n, true);
+    }
+
+    fn mutate_with(&mut self, n: usize, one_instant: bool) {
         let picked = self.pick_distinct(n);
         let mut touched_reports = Vec::new();
+        let shared = one_instant.then(|| self.stamp());
         for i in picked {
-            let now = self.stamp();
+            let now = shared.unwrap_or_else(|| self.stamp());
             self.remember_version(i, now);
             let advance = self.rng.chance(0.5);
             let new_units = self.rng.range(500, 50_000);
@@ -565,7 +642,7 @@ impl Store {
                 "data": problems,
             })));
         }
-        let now = chrono::Utc::now().timestamp_micros();
+        let now = chrono::Utc::now().timestamp_micros() + self.clock_offset_us;
         for (pos, summary) in updates {
             let e = &mut self.expenses[pos];
             if summary.state == "COMPLETE" {
@@ -643,7 +720,7 @@ mod tests {
     use super::*;
 
     fn body(store: &Store, resource: &str, q: &str) -> Value {
-        match store.list(resource, q) {
+        match store.list(resource, q, ListQuirks::default()) {
             Listed::Body(b) => serde_json::from_slice(&b).unwrap(),
             Listed::Invalid(m) => panic!("invalid: {m}"),
             Listed::UnknownResource => panic!("unknown"),
@@ -750,6 +827,50 @@ mod tests {
     }
 
     #[test]
+    fn a_bulk_update_gives_every_changed_expense_one_shared_updated_at() {
+        let mut store = Store::new(10, 300);
+        let before = store.ground_truth("expenses");
+        store.bulk_update(60);
+        let after = store.ground_truth("expenses");
+        let stamps: std::collections::BTreeSet<&str> = before
+            .iter()
+            .zip(&after)
+            .filter(|(a, b)| a != b)
+            .map(|(_, b)| b["updated_at"].as_str().unwrap())
+            .collect();
+        assert_eq!(stamps.len(), 1, "{stamps:?}");
+        let tie = after
+            .iter()
+            .filter(|e| stamps.contains(e["updated_at"].as_str().unwrap()))
+            .count();
+        assert_eq!(tie, 60);
+    }
+
+    #[test]
+    fn short_pages_and_an_inflated_count_are_opt_in() {
+        let store = Store::new(12, 100);
+        let q = "order=updated_at.asc,id.asc&limit=50";
+        let normal = body(&store, "expenses", q);
+        assert_eq!(normal["data"].as_array().unwrap().len(), 50);
+        assert_eq!(normal["count"], 100);
+        let quirky = match store.list(
+            "expenses",
+            q,
+            ListQuirks {
+                short: Some(6),
+                count_excess: 3,
+                seek: SeekFault::None,
+            },
+        ) {
+            Listed::Body(b) => serde_json::from_slice::<Value>(&b).unwrap(),
+            _ => panic!("list failed"),
+        };
+        assert_eq!(quirky["data"].as_array().unwrap().len(), 7);
+        assert_eq!(quirky["count"], 103);
+        assert_eq!(quirky["data"][0], normal["data"][0]);
+    }
+
+    #[test]
     fn delete_removes_exactly_those_ids() {
         let mut store = Store::new(11, 100);
         let gone = store.delete(7);
@@ -790,7 +911,7 @@ mod bench {
         let store = Store::new(1, 100_000);
         let t = store.expense_table();
         let q0 = "order=updated_at.asc,id.asc&limit=200&state=in.(APPROVED,PAYMENT_PENDING,PAYMENT_PROCESSING,PAID)";
-        let _ = store.list("expenses", q0);
+        let _ = store.list("expenses", q0, ListQuirks::default());
         let q = format!(
             "{q0}&or=(updated_at.gt.%222024-10-01T00:00:00.123456%2B00:00%22,and(updated_at.eq.%222024-10-01T00:00:00.123456%2B00:00%22,id.gt.txAAA))"
         );
@@ -799,7 +920,7 @@ mod bench {
         let perm = store.sorted("expenses", &t, &parsed);
         println!("parse+perm {:?}", s.elapsed());
         let s = Instant::now();
-        let (count, page) = query::run(&t, &parsed, &perm).unwrap();
+        let (count, page) = query::run(&t, &parsed, &perm, Collation::C).unwrap();
         println!("run {:?} count {count}", s.elapsed());
         let s = Instant::now();
         let mut out = Vec::new();

@@ -212,11 +212,82 @@ pub(crate) fn decimal_value(d: Decimal) -> Value {
     )
 }
 
+/// `d` one ulp away from its nearest double, printed the shortest way that
+/// round-trips (`0.3` → `0.30000000000000004`): what a `float` column or an
+/// upstream float computation sends instead of the exact amount.
+pub(crate) fn noisy_money_value(d: Decimal) -> Value {
+    use rust_decimal::prelude::ToPrimitive;
+    let x = d.to_f64().unwrap_or(0.0);
+    let noisy = f64::from_bits(x.to_bits() + 1);
+    Value::Number(serde_json::Number::from_str(&format!("{noisy}")).expect("finite float"))
+}
+
 fn number_decimal(n: &serde_json::Number) -> Option<Decimal> {
     let s = n.as_str();
     Decimal::from_str(s)
         .ok()
         .or_else(|| Decimal::from_scientific(s).ok())
+}
+
+// ---------------------------------------------------------------- collation
+
+/// How the database orders and compares text (`order=` and `gt`/`lt`/… alike).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Collation {
+    /// Byte order (PostgreSQL's `C` collation): `txB… < txa…`.
+    #[default]
+    C,
+    /// A glibc `en_US.UTF-8`-like order: letters and digits compared without
+    /// case first (punctuation ignored), then lower case before upper case,
+    /// then bytes: `txa… < txB…`.
+    EnUs,
+}
+
+impl Collation {
+    /// Compares two texts the way a database with this collation does.
+    pub fn cmp(self, a: &str, b: &str) -> Ordering {
+        match self {
+            Collation::C => a.cmp(b),
+            Collation::EnUs => {
+                let primary = |s: &str| {
+                    s.chars()
+                        .filter(|c| c.is_alphanumeric())
+                        .flat_map(char::to_lowercase)
+                        .collect::<Vec<char>>()
+                };
+                // Swapping case makes lower case sort first on the tertiary level.
+                let tertiary = |s: &str| {
+                    s.chars()
+                        .map(|c| {
+                            if c.is_lowercase() {
+                                c.to_ascii_uppercase()
+                            } else {
+                                c.to_ascii_lowercase()
+                            }
+                        })
+                        .collect::<String>()
+                };
+                primary(a)
+                    .cmp(&primary(b))
+                    .then_with(|| tertiary(a).cmp(&tertiary(b)))
+                    .then_with(|| a.cmp(b))
+            }
+        }
+    }
+}
+
+impl FromStr for Collation {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().replace('-', "_").as_str() {
+            "c" | "posix" => Ok(Collation::C),
+            "en_us" | "en_us.utf8" | "en_us.utf_8" => Ok(Collation::EnUs),
+            _ => Err(format!(
+                "unknown collation \"{s}\": use C (byte order) or en_US (case-insensitive first)"
+            )),
+        }
+    }
 }
 
 // ---------------------------------------------------------------- literals
@@ -277,7 +348,11 @@ impl Lit {
 
 /// Compares a cell with a literal: `Ok(None)` when the cell is NULL (SQL
 /// unknown), `Err` when the literal cannot be read as the column's type.
-pub(crate) fn cmp_lit(cell: &Cell<'_>, lit: &Lit) -> Result<Option<Ordering>, String> {
+pub(crate) fn cmp_lit(
+    cell: &Cell<'_>,
+    lit: &Lit,
+    coll: Collation,
+) -> Result<Option<Ordering>, String> {
     Ok(Some(match cell {
         Cell::Null => return Ok(None),
         Cell::Bool(b) => match lit.boolean {
@@ -293,13 +368,13 @@ pub(crate) fn cmp_lit(cell: &Cell<'_>, lit: &Lit) -> Result<Option<Ordering>, St
         Cell::Money(c) => Decimal::new(*c, 2).cmp(&lit.need_dec("numeric")?),
         Cell::Dec(d) => d.cmp(&lit.need_dec("numeric")?),
         Cell::Ts(us) => (*us as i128 * 1000).cmp(&lit.need_ts()?),
-        Cell::Str(s) => cmp_str(s, lit)?,
-        Cell::Val(v) => return cmp_value(v, lit),
-        Cell::Owned(v) => return cmp_value(v, lit),
+        Cell::Str(s) => cmp_str(s, lit, coll)?,
+        Cell::Val(v) => return cmp_value(v, lit, coll),
+        Cell::Owned(v) => return cmp_value(v, lit, coll),
     }))
 }
 
-fn cmp_str(s: &str, lit: &Lit) -> Result<Ordering, String> {
+fn cmp_str(s: &str, lit: &Lit, coll: Collation) -> Result<Ordering, String> {
     // Timestamp text compares as an instant, so `Z` and `+00:00` spellings
     // agree; a literal that is no timestamp is an error, as for a timestamptz column.
     if looks_like_date(s)
@@ -307,7 +382,7 @@ fn cmp_str(s: &str, lit: &Lit) -> Result<Ordering, String> {
     {
         return Ok(v.cmp(&lit.need_ts()?));
     }
-    Ok(s.cmp(lit.raw.as_str()))
+    Ok(coll.cmp(s, lit.raw.as_str()))
 }
 
 fn looks_like_date(s: &str) -> bool {
@@ -315,7 +390,7 @@ fn looks_like_date(s: &str) -> bool {
     b.len() >= 10 && b[4] == b'-' && b[7] == b'-' && b[0].is_ascii_digit()
 }
 
-fn cmp_value(v: &Value, lit: &Lit) -> Result<Option<Ordering>, String> {
+fn cmp_value(v: &Value, lit: &Lit, coll: Collation) -> Result<Option<Ordering>, String> {
     Ok(Some(match v {
         Value::Null => return Ok(None),
         Value::Bool(b) => match lit.boolean {
@@ -331,14 +406,14 @@ fn cmp_value(v: &Value, lit: &Lit) -> Result<Option<Ordering>, String> {
             Some(d) => d.cmp(&lit.need_dec("numeric")?),
             None => n.as_str().cmp(lit.raw.as_str()),
         },
-        Value::String(s) => cmp_str(s, lit)?,
+        Value::String(s) => cmp_str(s, lit, coll)?,
         other => other.to_string().cmp(&lit.raw),
     }))
 }
 
 /// Total order used by `order=`: values of one column normally share a type;
 /// mixed types fall back to a fixed rank so sorting never panics.
-pub(crate) fn cmp_cells(a: &Cell<'_>, b: &Cell<'_>) -> Ordering {
+pub(crate) fn cmp_cells(a: &Cell<'_>, b: &Cell<'_>, coll: Collation) -> Ordering {
     fn rank(c: &Cell<'_>) -> u8 {
         match c {
             Cell::Null => 0,
@@ -388,7 +463,7 @@ pub(crate) fn cmp_cells(a: &Cell<'_>, b: &Cell<'_>) -> Ordering {
     match (a, b) {
         (Cell::Ts(x), Cell::Ts(y)) => return x.cmp(y),
         (Cell::Money(x), Cell::Money(y)) | (Cell::Int(x), Cell::Int(y)) => return x.cmp(y),
-        (Cell::Str(x), Cell::Str(y)) => return x.cmp(y),
+        (Cell::Str(x), Cell::Str(y)) => return coll.cmp(x, y),
         _ => {}
     }
     let (ra, rb) = (rank(a), rank(b));
@@ -399,7 +474,10 @@ pub(crate) fn cmp_cells(a: &Cell<'_>, b: &Cell<'_>) -> Ordering {
         0 => Ordering::Equal,
         1 => boolean(a).cmp(&boolean(b)),
         2 => num(a).cmp(&num(b)),
-        4 => text(a).cmp(&text(b)),
+        4 => match (text(a), text(b)) {
+            (Some(x), Some(y)) => coll.cmp(x, y),
+            (x, y) => x.cmp(&y),
+        },
         _ => a.to_value().to_string().cmp(&b.to_value().to_string()),
     }
 }
@@ -517,21 +595,38 @@ mod tests {
     fn comparisons_are_typed() {
         let lit = Lit::new("19.990".into());
         assert_eq!(
-            cmp_lit(&Cell::Money(1999), &lit).unwrap(),
+            cmp_lit(&Cell::Money(1999), &lit, Collation::C).unwrap(),
             Some(Ordering::Equal)
         );
         let ts = Lit::new("2024-03-05T10:22:33.123456Z".into());
         assert_eq!(
-            cmp_lit(&Cell::Ts(1_709_634_153_123_456), &ts).unwrap(),
+            cmp_lit(&Cell::Ts(1_709_634_153_123_456), &ts, Collation::C).unwrap(),
             Some(Ordering::Equal)
         );
         let v = Value::String("2024-03-05T10:22:33.123456+00:00".into());
-        assert_eq!(cmp_lit(&Cell::Val(&v), &ts).unwrap(), Some(Ordering::Equal));
-        assert!(cmp_lit(&Cell::Ts(0), &Lit::new("yesterday".into())).is_err());
-        assert_eq!(cmp_lit(&Cell::Null, &lit).unwrap(), None);
         assert_eq!(
-            cmp_lit(&Cell::Str("b"), &Lit::new("a".into())).unwrap(),
+            cmp_lit(&Cell::Val(&v), &ts, Collation::C).unwrap(),
+            Some(Ordering::Equal)
+        );
+        assert!(cmp_lit(&Cell::Ts(0), &Lit::new("yesterday".into()), Collation::C).is_err());
+        assert_eq!(cmp_lit(&Cell::Null, &lit, Collation::C).unwrap(), None);
+        assert_eq!(
+            cmp_lit(&Cell::Str("b"), &Lit::new("a".into()), Collation::C).unwrap(),
             Some(Ordering::Greater)
+        );
+    }
+
+    #[test]
+    fn locale_collation_ignores_case_first_unlike_byte_order() {
+        assert_eq!(Collation::C.cmp("txa1", "txB2"), Ordering::Greater);
+        assert_eq!(Collation::EnUs.cmp("txa1", "txB2"), Ordering::Less);
+        assert_eq!(Collation::EnUs.cmp("txab", "txAb"), Ordering::Less);
+        assert_eq!(Collation::EnUs.cmp("tx9", "txa"), Ordering::Less);
+        assert_eq!(Collation::EnUs.cmp("txAb", "txAb"), Ordering::Equal);
+        let lit = Lit::new("txB2".into());
+        assert_eq!(
+            cmp_lit(&Cell::Str("txa1"), &lit, Collation::EnUs).unwrap(),
+            Some(Ordering::Less)
         );
     }
 

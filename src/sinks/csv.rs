@@ -36,6 +36,10 @@ const FORMULA_STARTS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CsvSinkConfig {
+    /// Replace the file at `path` on every run (a fixed "latest" name); off by
+    /// default, when an existing file is never replaced.
+    #[serde(default)]
+    pub overwrite: bool,
     /// Output path; may use `{pipeline}`, `{run_id}`, `{run_date}`, `{run_time}`, `{window_start}`, `{window_end}`.
     pub path: String,
     /// `rfc4180` or `excel`; sets `bom`, `line_ending` and `formula_protection` unless they are given.
@@ -196,6 +200,7 @@ impl CsvSinkConfig {
     pub fn new(path: impl Into<String>) -> Self {
         Self {
             path: path.into(),
+            overwrite: false,
             preset: None,
             delimiter: default_delimiter(),
             bom: None,
@@ -538,11 +543,17 @@ impl Sink for CsvSink {
                 buf.clear();
                 match (cell, column.ty) {
                     (Cell::Null, _) => buf.push_str(&self.config.null_text),
-                    // Printed at the column's scale so every value in the column lines up (`5` → `5.00`).
+                    // Printed at the column's scale so every value in the column lines up (`5` → `5.00`),
+                    // except that a `scale = "currency"` cell keeps its currency's fewer digits (JPY `1200`).
                     (Cell::Decimal(d), ColumnType::Decimal { precision, scale }) => {
-                        let d = fit_decimal_for_column(*d, precision, scale).map_err(|m| {
+                        let fitted = fit_decimal_for_column(*d, precision, scale).map_err(|m| {
                             SinkError::new(&self.label, format!("column `{}`: {m}", column.name))
                         })?;
+                        let d = if d.scale() < u32::from(scale) {
+                            *d
+                        } else {
+                            fitted
+                        };
                         write!(buf, "{d}").expect("writing to a String cannot fail");
                         if self.config.decimal_separator != '.'
                             && let Some(dot) = buf.find('.')

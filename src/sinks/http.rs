@@ -8,13 +8,18 @@
 //!   advances state, the receiver has everything.
 //! - A batch's key is a hash of its records' bytes, independent of order, so
 //!   a retry or a rerun that sends the same records sends the same key.
+//! - Every record also carries its own key (by default in the body field
+//!   `_idempotency_key`), derived from its id and cursor value alone, so a
+//!   receiver can recognise a record version however batches are cut.
+//! - Acknowledged record versions are appended to the push journal
+//!   ([`super::journal`]); a rerun of a run that did not commit skips them.
 //! - Records the receiver rejects (a configured 4xx, or an entry in the 2xx
 //!   body's error list) go to a JSONL dead-letter file committed with the run.
 //!
 //! The sink runs on a blocking thread (the [`Sink`] trait is synchronous) and
 //! drives its async requests with the runtime handle captured at build time.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,12 +33,14 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use url::Url;
 
+use super::journal::{JournalRecord, PushJournal, key_bytes};
 use super::{Sink, SinkContext, SinkError, SinkOutput, cell_text, label, template_parts};
 use crate::config::{Problem, SecretRef};
 use crate::fsutil::{StagedFile, sync_file};
 pub use crate::http::sign;
 use crate::http::{HttpClient, HttpConfig, HttpError, Request, Signer};
 use crate::row::{Batch, Cell, Schema};
+use crate::state::Version;
 
 /// Default header carrying the batch signature.
 pub const SIGNATURE_HEADER: &str = "X-Expense-Sync-Signature";
@@ -101,6 +108,12 @@ pub struct HttpSinkConfig {
     /// write-back (default `id`, or `expense_id` of the default columns).
     #[serde(default = "default_id_column")]
     pub id_column: String,
+    /// Body field carrying each record's own key, derived from its id and
+    /// cursor value (default `_idempotency_key`); `""` leaves the body as the
+    /// template makes it, and with `max_records = 1` the `Idempotency-Key`
+    /// header is then the record's key.
+    #[serde(default = "default_record_key_field")]
+    pub record_key_field: String,
 }
 
 /// HTTP method of a push.
@@ -183,6 +196,9 @@ fn default_errors_field() -> String {
 }
 fn default_id_column() -> String {
     "id".into()
+}
+fn default_record_key_field() -> String {
+    "_idempotency_key".into()
 }
 
 fn optional_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -313,7 +329,7 @@ impl HttpSinkConfig {
 
     /// Reads the auth and signing secrets: (auth headers, signing key).
     #[allow(clippy::type_complexity)]
-    fn resolve_secrets(
+    pub(crate) fn resolve_secrets(
         &self,
         prefix: &str,
     ) -> Result<(Vec<(String, SecretString)>, Option<SecretString>), Vec<Problem>> {
@@ -380,6 +396,9 @@ pub struct Delivery {
     pub rejected: u64,
     /// Values of `id_column` of the rejected records, with the reason.
     pub rejected_ids: Vec<(String, String)>,
+    /// Records not sent because an earlier run that did not commit had them
+    /// acknowledged already (from the push journal); included in `accepted`.
+    pub resumed: u64,
     /// Requests, retries, 429s and errors of this sink's own client.
     pub http: crate::http::StatsSnapshot,
 }
@@ -388,6 +407,10 @@ pub struct Delivery {
 struct Item {
     json: Vec<u8>,
     id: Option<String>,
+    /// The record's own key (see [`record_key`]).
+    key: String,
+    /// Its source version, for the journal.
+    version: Option<Version>,
 }
 
 /// A compiled record template.
@@ -435,6 +458,9 @@ pub struct HttpSink {
     dead: Option<(StagedFile, std::io::BufWriter<std::fs::File>)>,
     delivery: Delivery,
     bytes: u64,
+    journal: Option<PushJournal>,
+    /// Keys acknowledged by earlier runs that did not commit (from the journal).
+    acknowledged: HashSet<[u8; 32]>,
 }
 
 impl HttpSink {
@@ -483,6 +509,21 @@ impl HttpSink {
                     .map_err(|m| SinkError::new(&label, m))?,
             ),
         };
+        if cfg.template.is_none()
+            && let Some(c) = schema
+                .columns
+                .iter()
+                .find(|c| c.name == cfg.record_key_field)
+        {
+            return Err(SinkError::new(
+                &label,
+                format!(
+                    "column `{}` has the name of record_key_field, which the sink fills with each \
+                     record's key; rename the column or set record_key_field to another name (or \"\")",
+                    c.name
+                ),
+            ));
+        }
         let id_index = id_column_index(
             &cfg.id_column,
             schema.columns.iter().map(|c| c.name.as_str()),
@@ -511,11 +552,13 @@ impl HttpSink {
                 ..Delivery::default()
             },
             bytes: 0,
+            journal: None,
+            acknowledged: HashSet::new(),
         })
     }
 
-    fn render(&self, row: &[Cell]) -> Result<Item, SinkError> {
-        let value = match &self.template {
+    fn render(&self, row: &[Cell], version: Option<&Version>) -> Result<Item, SinkError> {
+        let mut value = match &self.template {
             Some(t) => expand(t, row),
             None => Value::Object(
                 self.schema
@@ -526,14 +569,36 @@ impl HttpSink {
                     .collect(),
             ),
         };
-        let json = serde_json::to_vec(&value)
-            .map_err(|e| SinkError::new(&self.label, format!("cannot encode a record: {e}")))?;
+        let encode_err = |e: serde_json::Error| {
+            SinkError::new(&self.label, format!("cannot encode a record: {e}"))
+        };
+        // Without a known version (no cursor value), the content stands for it.
+        let key = match version {
+            Some(v) => record_key(&v.id, &v.cursor),
+            None => hex::encode(Sha256::digest(
+                serde_json::to_vec(&value).map_err(encode_err)?,
+            )),
+        };
+        if !self.cfg.record_key_field.is_empty()
+            && let Value::Object(map) = &mut value
+        {
+            map.insert(
+                self.cfg.record_key_field.clone(),
+                Value::String(key.clone()),
+            );
+        }
+        let json = serde_json::to_vec(&value).map_err(encode_err)?;
         let id = self
             .id_index
             .and_then(|i| row.get(i))
             .filter(|c| !matches!(c, Cell::Null))
             .map(|c| cell_text(c).into_owned());
-        Ok(Item { json, id })
+        Ok(Item {
+            json,
+            id,
+            key,
+            version: version.cloned(),
+        })
     }
 
     /// Moves the buffer into the queue of batches ready to send.
@@ -555,8 +620,18 @@ impl HttpSink {
         let results = self.handle.block_on(async {
             futures::future::join_all(batches.iter().map(|b| this.deliver(b))).await
         });
+        // Journal every acknowledged batch, even when another one failed:
+        // the rerun must skip what this run got through.
+        let mut failed = None;
         for (batch, result) in batches.iter().zip(results) {
-            let r = result?;
+            let r = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    continue;
+                }
+            };
+            self.journal(batch, &r)?;
             self.delivery.batches += r.batches;
             self.delivery.accepted += r.accepted;
             self.bytes += r.bytes;
@@ -564,7 +639,38 @@ impl HttpSink {
                 self.dead_letter(&batch[index], status, &reason, &key)?;
             }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Appends the accepted records of an acknowledged batch to the push journal.
+    fn journal(&self, batch: &[Item], r: &BatchResult) -> Result<(), SinkError> {
+        let Some(journal) = &self.journal else {
+            return Ok(());
+        };
+        let rejected: HashSet<usize> = r.rejected.iter().map(|(i, ..)| *i).collect();
+        let records = batch
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !rejected.contains(i))
+            .map(|(_, item)| JournalRecord {
+                id: item
+                    .version
+                    .as_ref()
+                    .map(|v| v.id.clone())
+                    .or(item.id.clone()),
+                cursor: item.version.as_ref().map(|v| v.cursor.clone()),
+                key: item.key.clone(),
+            })
+            .collect();
+        journal.record(&self.cfg.url, records).map_err(|e| {
+            SinkError::new(
+                &self.label,
+                format!(
+                    "{e}. The receiver acknowledged the batch, but a rerun could not know it; \
+                     nothing was committed (the per-record keys let the receiver recognise the records if sent again)"
+                ),
+            )
+        })
     }
 
     fn dead_letter(
@@ -621,7 +727,10 @@ impl HttpSink {
         while let Some((start, len)) = work.pop() {
             let part = &batch[start..start + len];
             let body = encode(part, self.cfg.format);
-            let key = idempotency_key(part);
+            let key = match part {
+                [one] if self.cfg.record_key_field.is_empty() => one.key.clone(),
+                _ => idempotency_key(part),
+            };
             match self.send(&body, &key).await {
                 Ok(resp) => {
                     let errors = record_errors(&resp.json, &self.cfg.record_errors_field, len);
@@ -650,7 +759,8 @@ impl HttpSink {
                         &self.label,
                         format!(
                             "a batch of {len} records (Idempotency-Key {key}) was not acknowledged: {e}. \
-                             Nothing was committed; the next run sends the same batch with the same key"
+                             Nothing was committed; the next run sends these records again with the same per-record keys \
+                             (and skips those the receiver acknowledged, see the push journal)"
                         ),
                     ));
                 }
@@ -718,8 +828,37 @@ impl HttpSink {
 
 impl Sink for HttpSink {
     fn write(&mut self, batch: &Batch) -> Result<(), SinkError> {
-        for row in &batch.rows {
-            let item = self.render(&row.cells)?;
+        self.write_versions(batch, &[])
+    }
+
+    fn use_journal(&mut self, journal: &PushJournal) {
+        self.acknowledged = journal.acknowledged(&self.cfg.url);
+        if !self.acknowledged.is_empty() {
+            tracing::info!(
+                sink = %self.label,
+                records = self.acknowledged.len(),
+                journal = %journal.path().display(),
+                "an earlier run that did not commit had records acknowledged; they are not sent again"
+            );
+        }
+        self.journal = Some(journal.clone());
+    }
+
+    fn write_versions(
+        &mut self,
+        batch: &Batch,
+        versions: &[Option<Version>],
+    ) -> Result<(), SinkError> {
+        for (n, row) in batch.rows.iter().enumerate() {
+            let version = versions.get(n).and_then(Option::as_ref);
+            let item = self.render(&row.cells, version)?;
+            if !self.acknowledged.is_empty()
+                && key_bytes(&item.key).is_some_and(|k| self.acknowledged.contains(&k))
+            {
+                self.delivery.resumed += 1;
+                self.delivery.accepted += 1;
+                continue;
+            }
             let extra = item.json.len() + 1;
             let waited = self
                 .first_buffered
@@ -769,6 +908,13 @@ impl Sink for HttpSink {
             }
         };
         self.delivery.http = self.client.stats();
+        if self.delivery.resumed > 0 {
+            tracing::info!(
+                sink = %self.label,
+                records = self.delivery.resumed,
+                "records acknowledged by an earlier run that did not commit were not sent again (push journal)"
+            );
+        }
         Ok(SinkOutput {
             companions: Vec::new(),
             kind: "http",
@@ -914,6 +1060,17 @@ fn encode(items: &[Item], format: BodyFormat) -> Vec<u8> {
     body
 }
 
+/// A record version's own key: hex SHA-256 of its id, a newline and its
+/// cursor value as the source wrote it. It depends on nothing else, so a
+/// receiver can de-duplicate per record version however records are batched.
+pub fn record_key(id: &str, cursor: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(id.as_bytes());
+    h.update(b"\n");
+    h.update(cursor.as_bytes());
+    hex::encode(h.finalize())
+}
+
 /// The batch key: SHA-256 over the sorted SHA-256 digests of each record's
 /// bytes, so the same records give the same key whatever their order.
 fn idempotency_key(items: &[Item]) -> String {
@@ -961,6 +1118,8 @@ mod tests {
         Item {
             json: s.as_bytes().to_vec(),
             id: None,
+            key: String::new(),
+            version: None,
         }
     }
 
@@ -972,6 +1131,17 @@ mod tests {
         assert_eq!(idempotency_key(&a), idempotency_key(&b));
         assert_ne!(idempotency_key(&a), idempotency_key(&c));
         assert_eq!(idempotency_key(&a).len(), 64);
+    }
+
+    #[test]
+    fn a_record_key_names_one_version_of_one_record() {
+        let k = record_key("txA1", "2026-01-02T03:04:05.123456+00:00");
+        assert_eq!(k.len(), 64);
+        assert_eq!(k, record_key("txA1", "2026-01-02T03:04:05.123456+00:00"));
+        assert_ne!(k, record_key("txA1", "2026-01-02T03:04:05.123457+00:00"));
+        assert_ne!(k, record_key("txA2", "2026-01-02T03:04:05.123456+00:00"));
+        // The separator keeps id and cursor apart.
+        assert_ne!(record_key("a", "bc"), record_key("ab", "c"));
     }
 
     #[test]

@@ -40,6 +40,10 @@ pub const DEFAULT_DATE_FORMAT: &str = "%m/%d/%Y";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IifSinkConfig {
+    /// Replace the file at `path` on every run (a fixed "latest" name); off by
+    /// default, when an existing file is never replaced.
+    #[serde(default)]
+    pub overwrite: bool,
     /// Output path; the same placeholders as CSV.
     pub path: String,
     /// `bill`, `credit_card` or `journal`.

@@ -12,6 +12,7 @@ pub mod csv_ledger;
 pub mod csv_split;
 pub mod http;
 pub mod iif;
+pub mod journal;
 pub mod ledger;
 pub mod output;
 pub mod parquet;
@@ -31,6 +32,22 @@ use crate::row::{Batch, Cell, Schema};
 pub trait Sink: Send {
     /// Appends rows to the temporary output (blocking I/O; call from a blocking thread).
     fn write(&mut self, batch: &Batch) -> Result<(), SinkError>;
+    /// Like [`Sink::write`], with the source version (id, cursor) of each row
+    /// (`versions[i]` for `batch.rows[i]`; shorter when unknown): pushing sinks
+    /// derive per-record keys from it, file sinks do not need it.
+    fn write_versions(
+        &mut self,
+        batch: &Batch,
+        versions: &[Option<crate::state::Version>],
+    ) -> Result<(), SinkError> {
+        let _ = versions;
+        self.write(batch)
+    }
+    /// Hands a pushing sink the journal of what receivers acknowledged in
+    /// runs not yet committed (see [`journal`]); other sinks ignore it.
+    fn use_journal(&mut self, journal: &journal::PushJournal) {
+        let _ = journal;
+    }
     /// Flushes and fsyncs the temporary output, leaving the rename to the runner.
     fn finish(self: Box<Self>) -> Result<SinkOutput, SinkError>;
     /// Removes the temporary output.
@@ -135,6 +152,48 @@ impl SinkConfig {
             SinkConfig::Http(c) => &c.dead_letter,
             SinkConfig::Iif(c) => &c.path,
         }
+    }
+
+    /// Reads the secrets this sink needs (environment variables, files) and
+    /// returns every one that cannot be read, so a run can refuse before it starts.
+    pub fn resolve_secrets(&self, key_prefix: &str) -> Vec<Problem> {
+        match self {
+            SinkConfig::Http(c) => c.resolve_secrets(key_prefix).err().unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether every run replaces this sink's file (`overwrite = true`); an
+    /// HTTP sink's dead-letter file is never replaced.
+    pub fn overwrite(&self) -> bool {
+        match self {
+            SinkConfig::Csv(c) => c.overwrite,
+            SinkConfig::Parquet(c) => c.overwrite,
+            SinkConfig::Iif(c) => c.overwrite,
+            SinkConfig::Http(_) => false,
+        }
+    }
+
+    /// The key of [`SinkConfig::path_template`] in the pipeline file.
+    pub fn path_key(&self) -> &'static str {
+        match self {
+            SinkConfig::Http(_) => "dead_letter",
+            _ => "path",
+        }
+    }
+
+    /// A problem if this sink's path could name one file in two runs (see
+    /// [`validate_run_unique`]); `incremental`: the pipeline has `[incremental]`.
+    pub fn validate_run_unique(&self, key_prefix: &str, incremental: bool) -> Option<Problem> {
+        if self.overwrite() {
+            return None;
+        }
+        validate_run_unique(
+            self.path_template(),
+            &format!("{key_prefix}.{}", self.path_key()),
+            incremental,
+            !matches!(self, SinkConfig::Http(_)),
+        )
     }
 
     /// Every problem with this sink's settings, keyed under `key_prefix` (e.g. `sinks[1].delimiter`).
@@ -255,6 +314,68 @@ pub const PLACEHOLDERS: [&str; 7] = [
     "window_start",
     "window_end",
 ];
+
+/// Placeholders that change from run to run but can repeat: they resolve to
+/// the second, and two runs close together (or a run with nothing new) share them.
+const PER_SECOND: [&str; 3] = ["{run_time}", "{window_start}", "{window_end}"];
+
+/// The placeholder that is unique to a run.
+pub const RUN_UNIQUE: &str = "{run_id}";
+
+/// A path template that could name the same file in two runs, which would
+/// make the later run replace a committed file, is a configuration error
+/// unless it has `{run_id}`. A fixed name (no per-run placeholder) is allowed
+/// for a pipeline without `[incremental]`; a run then refuses to start if the
+/// file exists, unless the sink sets `overwrite = true`.
+pub fn validate_run_unique(
+    template: &str,
+    key: &str,
+    incremental: bool,
+    can_overwrite: bool,
+) -> Option<Problem> {
+    if template.contains(RUN_UNIQUE) {
+        return None;
+    }
+    let or_overwrite = if can_overwrite {
+        ", or set `overwrite = true` on the sink if one file that every run replaces is what you want"
+    } else {
+        ""
+    };
+    let example = with_run_id(template);
+    if let Some(ph) = PER_SECOND.iter().find(|ph| template.contains(*ph)) {
+        return Some(Problem::new(
+            key,
+            format!(
+                "`{template}` can name the same file in two runs: {ph} resolves to the second, so two runs \
+                 close together (or runs with nothing new) get the same name and the later would replace \
+                 the earlier run's committed file. Add {RUN_UNIQUE}, e.g. \"{example}\"{or_overwrite}"
+            ),
+        ));
+    }
+    if incremental {
+        return Some(Problem::new(
+            key,
+            format!(
+                "an incremental pipeline writes new records to a new file every run, but `{template}` names \
+                 the same file each time, so each run would replace the last one's records. Add {RUN_UNIQUE}, \
+                 e.g. \"{example}\"{or_overwrite}"
+            ),
+        ));
+    }
+    None
+}
+
+/// `template` with `-{run_id}` before the file name's extension, for error messages.
+fn with_run_id(template: &str) -> String {
+    let name_start = template.rfind(['/', '\\']).map_or(0, |i| i + 1);
+    match template[name_start..].find('.') {
+        Some(dot) if dot > 0 => {
+            let at = name_start + dot;
+            format!("{}-{RUN_UNIQUE}{}", &template[..at], &template[at..])
+        }
+        _ => format!("{template}-{RUN_UNIQUE}"),
+    }
+}
 
 /// Instants in file names: compact, sortable and free of `:` (not allowed in Windows names).
 const FILE_TIME_FORMAT: &str = "%Y%m%dT%H%M%SZ";

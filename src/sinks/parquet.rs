@@ -36,6 +36,10 @@ pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParquetSinkConfig {
+    /// Replace the file at `path` on every run (a fixed "latest" name); off by
+    /// default, when an existing file is never replaced.
+    #[serde(default)]
+    pub overwrite: bool,
     /// Output path; may use `{pipeline}`, `{run_id}`, `{run_date}`, `{run_time}`.
     pub path: String,
     /// Page compression: `zstd` (default), `snappy` or `none`.
@@ -98,6 +102,7 @@ impl ParquetSinkConfig {
     pub fn new(path: impl Into<String>) -> Self {
         Self {
             path: path.into(),
+            overwrite: false,
             compression: Compression::Zstd,
             zstd_level: None,
             row_group_rows: DEFAULT_ROW_GROUP_ROWS,

@@ -3,7 +3,9 @@
 //!
 //! 1. the plan (which temp file becomes which final file, and the new
 //!    watermark) is written into the state file as `pending` — the commit point;
-//! 2. every temp file is renamed to its final name, directories fsynced;
+//! 2. every temp file is renamed to its final name, directories fsynced —
+//!    without replacing anything already there, unless the sink asked for
+//!    `overwrite` (see [`place`]);
 //! 3. the plan is applied to the state (watermark advanced, run logged) and
 //!    `pending` cleared.
 //!
@@ -30,6 +32,10 @@ pub struct PlannedFile {
     /// Where they go.
     #[serde(rename = "final")]
     pub final_path: PathBuf,
+    /// The sink replaces its file every run (`overwrite = true`); otherwise an
+    /// existing file at `final` is never replaced.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replace: bool,
 }
 
 /// The new incremental position a commit moves to.
@@ -39,6 +45,9 @@ pub struct Advance {
     pub watermark: DateTime<Utc>,
     /// Versions delivered inside the next run's lookback.
     pub boundary: BTreeSet<Version>,
+    /// The selection the new watermark belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<super::Selection>,
 }
 
 /// Everything a commit does, written down before it starts.
@@ -82,39 +91,79 @@ fn finish_pending(state_path: &Path, state: &mut State) -> Result<(), StateError
         return Ok(());
     };
     for f in &plan.files {
-        if f.temp.exists() {
-            std::fs::rename(&f.temp, &f.final_path).map_err(|e| {
-                state_err(
-                    state_path,
-                    format!(
-                        "committing run {}: cannot rename {} to {}: {e}; the commit stays pending and the next run retries it",
-                        plan.run.run_id,
-                        f.temp.display(),
-                        f.final_path.display()
-                    ),
-                )
-            })?;
-            sync_parent_dir(&f.final_path).map_err(|e| state_err(state_path, e.to_string()))?;
-            crate::failpoint::hit("after-rename");
-        } else if !f.final_path.exists() {
-            return Err(state_err(
+        place(f).map_err(|message| {
+            state_err(
                 state_path,
                 format!(
-                    "run {} was committed but neither {} nor its temporary file {} exists; \
-                     someone removed it. Restore the file, or remove `pending` from the state file \
-                     and rerun with --since/--until for window {:?}..{:?}",
-                    plan.run.run_id,
-                    f.final_path.display(),
-                    f.temp.display(),
-                    plan.run.window_from,
-                    plan.run.window_to
+                    "committing run {} (window {:?}..{:?}): {message}",
+                    plan.run.run_id, plan.run.window_from, plan.run.window_to
                 ),
-            ));
-        }
+            )
+        })?;
     }
     state.apply(&plan);
     save(state_path, state)?;
     crate::failpoint::hit("after-commit");
+    Ok(())
+}
+
+/// Moves one planned file into place; safe to repeat after a crash at any instant.
+///
+/// | temp | final | meaning → action |
+/// |---|---|---|
+/// | yes | no | not placed yet → rename without replacing |
+/// | no | yes | placed already → nothing |
+/// | yes | yes, same file | a link-then-unlink placement stopped halfway → unlink the temp |
+/// | yes | yes, another file | with `replace`: rename over it; without: someone else's file is there, refuse |
+/// | no | no | someone removed the output → refuse |
+fn place(f: &PlannedFile) -> Result<(), String> {
+    let temp_exists = f.temp.symlink_metadata().is_ok();
+    let final_exists = f.final_path.symlink_metadata().is_ok();
+    let pending_note = "the commit stays pending and the next run retries it";
+    let occupied = || {
+        format!(
+            "{} already exists and is not this run's file; expense-sync never replaces a committed \
+             file. Move it aside and run again: {pending_note}, placing {} there",
+            f.final_path.display(),
+            f.temp.display()
+        )
+    };
+    match (temp_exists, final_exists) {
+        (false, true) => return Ok(()),
+        (false, false) => {
+            return Err(format!(
+                "neither {} nor its temporary file {} exists; someone removed it. Restore the file, \
+                 or remove `pending` from the state file and rerun with --since/--until for the window",
+                f.final_path.display(),
+                f.temp.display()
+            ));
+        }
+        (true, true) if crate::fsutil::same_file(&f.temp, &f.final_path) => {
+            std::fs::remove_file(&f.temp)
+                .map_err(|e| format!("cannot remove {}: {e}; {pending_note}", f.temp.display()))?;
+        }
+        (true, true) if !f.replace => return Err(occupied()),
+        (true, _) => {
+            let moved = if f.replace {
+                std::fs::rename(&f.temp, &f.final_path)
+            } else {
+                crate::fsutil::rename_noreplace(&f.temp, &f.final_path)
+            };
+            moved.map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    occupied()
+                } else {
+                    format!(
+                        "cannot rename {} to {}: {e}; {pending_note}",
+                        f.temp.display(),
+                        f.final_path.display()
+                    )
+                }
+            })?;
+        }
+    }
+    sync_parent_dir(&f.final_path).map_err(|e| format!("{e}; {pending_note}"))?;
+    crate::failpoint::hit("after-rename");
     Ok(())
 }
 
@@ -183,6 +232,7 @@ mod tests {
                 PlannedFile {
                     temp,
                     final_path: dir.join(format!("f{i}.csv")),
+                    replace: false,
                 }
             })
             .collect();
@@ -200,6 +250,7 @@ mod tests {
             advance: Some(Advance {
                 watermark: Utc::now(),
                 boundary: BTreeSet::new(),
+                selection: None,
             }),
         }
     }
@@ -241,6 +292,65 @@ mod tests {
             );
         }
         assert!(reloaded.pending.is_none() && reloaded.watermark.is_some());
+    }
+
+    #[test]
+    fn roll_forward_never_replaces_a_file_it_did_not_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let sp = dir.path().join("p.state.json");
+        let mut st = State::new("p", "updated_at");
+        let pl = plan(dir.path(), 2);
+        std::fs::write(&pl.files[1].final_path, "someone else's").unwrap();
+        let err = commit(&sp, &mut st, pl.clone()).unwrap_err();
+        assert!(err.message.contains("already exists"), "{err}");
+        assert!(err.message.contains("f1.csv"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(&pl.files[1].final_path).unwrap(),
+            "someone else's"
+        );
+        // The commit stays pending; once the file is moved aside it finishes.
+        assert!(st.pending.is_some());
+        std::fs::remove_file(&pl.files[1].final_path).unwrap();
+        let mut reloaded = super::super::load(&sp, "p", "updated_at").unwrap();
+        recover(&sp, &mut reloaded, &[dir.path().to_path_buf()]).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&pl.files[1].final_path).unwrap(),
+            "file 1"
+        );
+        assert!(reloaded.pending.is_none());
+    }
+
+    #[test]
+    fn a_placement_stopped_between_link_and_unlink_is_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let sp = dir.path().join("p.state.json");
+        let mut st = State::new("p", "updated_at");
+        let pl = plan(dir.path(), 1);
+        st.pending = Some(pl.clone());
+        save(&sp, &st).unwrap();
+        std::fs::hard_link(&pl.files[0].temp, &pl.files[0].final_path).unwrap();
+        let r = recover(&sp, &mut st, &[dir.path().to_path_buf()]).unwrap();
+        assert_eq!(r.rolled_forward.as_deref(), Some("r1"));
+        assert!(!pl.files[0].temp.exists());
+        assert_eq!(
+            std::fs::read_to_string(&pl.files[0].final_path).unwrap(),
+            "file 0"
+        );
+    }
+
+    #[test]
+    fn an_overwrite_file_replaces_the_previous_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let sp = dir.path().join("p.state.json");
+        let mut st = State::new("p", "updated_at");
+        let mut pl = plan(dir.path(), 1);
+        pl.files[0].replace = true;
+        std::fs::write(&pl.files[0].final_path, "last run's").unwrap();
+        commit(&sp, &mut st, pl.clone()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&pl.files[0].final_path).unwrap(),
+            "file 0"
+        );
     }
 
     #[test]

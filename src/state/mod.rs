@@ -7,7 +7,7 @@
 mod commit;
 mod lock;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -28,6 +28,40 @@ pub struct Version {
     pub id: String,
     /// Cursor value as the API wrote it.
     pub cursor: String,
+}
+
+/// What a pipeline selects, part by part (e.g. `source filters` →
+/// `state=in.(PAID)`), so a change can be named; long parts are stored as a
+/// digest. "Since the last run" only means something while this stays the same.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Selection(pub BTreeMap<String, String>);
+
+/// One part of the selection that differs between two fingerprints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelectionChange {
+    /// Which part, e.g. `columns`.
+    pub part: String,
+    /// Its value before (`None`: not recorded then).
+    pub before: Option<String>,
+    /// Its value now (`None`: no longer part of the selection).
+    pub after: Option<String>,
+}
+
+impl Selection {
+    /// The parts that differ from `now`, in a stable order.
+    pub fn changes(&self, now: &Selection) -> Vec<SelectionChange> {
+        let parts: BTreeSet<&String> = self.0.keys().chain(now.0.keys()).collect();
+        parts
+            .into_iter()
+            .filter(|p| self.0.get(*p) != now.0.get(*p))
+            .map(|p| SelectionChange {
+                part: p.clone(),
+                before: self.0.get(p).cloned(),
+                after: now.0.get(p).cloned(),
+            })
+            .collect()
+    }
 }
 
 /// One committed run, kept for people to inspect.
@@ -64,6 +98,10 @@ pub struct State {
     /// Versions delivered with a cursor inside the next run's lookback.
     #[serde(default)]
     pub boundary: BTreeSet<Version>,
+    /// What the pipeline selected when the watermark was last advanced
+    /// (absent in state files written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<Selection>,
     /// A commit that was decided but may not have finished (crash recovery rolls it forward).
     #[serde(default)]
     pub pending: Option<CommitPlan>,
@@ -81,6 +119,7 @@ impl State {
             cursor_field: cursor_field.to_string(),
             watermark: None,
             boundary: BTreeSet::new(),
+            selection: None,
             pending: None,
             runs: Vec::new(),
         }
@@ -91,6 +130,9 @@ impl State {
         if let Some(advance) = &plan.advance {
             self.watermark = Some(advance.watermark);
             self.boundary = advance.boundary.clone();
+            if advance.selection.is_some() {
+                self.selection = advance.selection.clone();
+            }
         }
         self.runs.push(plan.run.clone());
         if self.runs.len() > HISTORY {
@@ -153,17 +195,59 @@ pub fn load(path: &Path, pipeline: &str, cursor_field: &str) -> Result<State, St
 }
 
 /// Writes the state file atomically (temp, fsync, rename, fsync directory).
+///
+/// The temporary file has a fixed name beside the state file. A process
+/// killed mid-save leaves it behind; the caller holds the pipeline lock, so
+/// no live writer owns a temp that exists now, and it is removed first
+/// rather than blocking every later save.
 pub fn save(path: &Path, state: &State) -> Result<(), StateError> {
-    let mut text = serde_json::to_string_pretty(state).map_err(|e| StateError {
+    use std::io::Write;
+    let err = |message: String| StateError {
         path: path.to_path_buf(),
-        message: format!("cannot be serialised: {e}"),
-    })?;
+        message,
+    };
+    let mut text = serde_json::to_string_pretty(state)
+        .map_err(|e| err(format!("cannot be serialised: {e}")))?;
     text.push('\n');
-    crate::fsutil::write_atomic(path, text.as_bytes(), &format!("{}.state", state.pipeline))
-        .map_err(|e| StateError {
-            path: path.to_path_buf(),
-            message: format!("cannot be written: {e}"),
-        })
+    let cannot = |e: std::io::Error| err(format!("cannot be written: {e}"));
+    let temp = state_temp_path(path, &state.pipeline);
+    match std::fs::remove_file(&temp) {
+        Ok(()) => tracing::info!(
+            temp = %temp.display(),
+            "removed the temporary state file of a save that was interrupted"
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(cannot(crate::fsutil::annotate(e, &temp, "remove stale"))),
+    }
+    let (staged, mut file) =
+        crate::fsutil::StagedFile::create(path, &state_temp_tag(&state.pipeline))
+            .map_err(cannot)?;
+    crate::failpoint::hit("state-save-created");
+    let written = file
+        .write_all(text.as_bytes())
+        .map_err(|e| crate::fsutil::annotate(e, &staged.temp_path, "write"))
+        .inspect(|_| crate::failpoint::hit("state-save-written"))
+        .and_then(|_| crate::fsutil::sync_file(&file, &staged.temp_path));
+    if let Err(e) = written {
+        staged.discard();
+        return Err(cannot(e));
+    }
+    crate::failpoint::hit("state-save-synced");
+    std::fs::rename(&staged.temp_path, path).map_err(|e| {
+        staged.discard();
+        cannot(crate::fsutil::annotate(e, path, "rename into place"))
+    })?;
+    crate::failpoint::hit("state-save-renamed");
+    crate::fsutil::sync_parent_dir(path).map_err(cannot)
+}
+
+fn state_temp_tag(pipeline: &str) -> String {
+    format!("{pipeline}.state")
+}
+
+/// The fixed temporary name a save of the state file at `path` writes first.
+fn state_temp_path(path: &Path, pipeline: &str) -> PathBuf {
+    crate::fsutil::temp_path_for(path, &state_temp_tag(pipeline))
 }
 
 #[cfg(test)]
@@ -182,6 +266,17 @@ mod tests {
         });
         save(&p, &s).unwrap();
         assert_eq!(load(&p, "p", "updated_at").unwrap(), s);
+    }
+
+    #[test]
+    fn a_temp_left_by_a_killed_save_does_not_block_the_next_save() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.json");
+        let s = State::new("p", "updated_at");
+        std::fs::write(state_temp_path(&p, "p"), "{ half a sta").unwrap();
+        save(&p, &s).unwrap();
+        assert_eq!(load(&p, "p", "updated_at").unwrap(), s);
+        assert!(!state_temp_path(&p, "p").exists());
     }
 
     #[test]

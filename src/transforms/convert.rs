@@ -118,23 +118,155 @@ fn decimal_error(text: &str, e: rust_decimal::Error) -> String {
     }
 }
 
-/// Converts to a decimal at exactly `scale` digits, checking `precision`.
-pub(crate) fn to_decimal(
-    value: &Value,
-    precision: u8,
-    scale: u8,
-    rounding: Rounding,
-) -> Result<Cell, String> {
+/// The exact decimal of a number or numeric string, with its source text; `None` for null.
+fn decimal_of(value: &Value) -> Result<Option<(Decimal, String)>, String> {
     let text = match value {
-        Value::Null => return Ok(Cell::Null),
+        Value::Null => return Ok(None),
         Value::Number(n) => n.to_string(),
         Value::String(s) => s.clone(),
         other => return Err(format!("expected a decimal number, found {}", quote(other))),
     };
     let d = parse_decimal_text(&text)?;
-    Ok(Cell::Decimal(fit_decimal(
-        d, &text, precision, scale, rounding,
-    )?))
+    Ok(Some((d, text)))
+}
+
+/// Converts to a decimal at exactly `scale` digits, checking `precision`;
+/// the flag says whether float noise was removed on the way.
+pub(crate) fn to_decimal(
+    value: &Value,
+    precision: u8,
+    scale: u8,
+    rounding: Rounding,
+) -> Result<(Cell, bool), String> {
+    let Some((d, text)) = decimal_of(value)? else {
+        return Ok((Cell::Null, false));
+    };
+    let (d, normalised) = denoise(d, &text, u32::from(scale));
+    let d = fit_decimal(d, &text, precision, scale, rounding)?;
+    Ok((Cell::Decimal(d), normalised))
+}
+
+/// Converts an amount to its currency's minor units (ISO 4217; at most
+/// `scale`, the column's storage scale), checking `precision` at `scale`.
+pub(crate) fn to_money(
+    value: &Value,
+    currency: Option<&Value>,
+    precision: u8,
+    scale: u8,
+    rounding: Rounding,
+) -> Result<(Cell, bool), String> {
+    let Some((d, text)) = decimal_of(value)? else {
+        return Ok((Cell::Null, false));
+    };
+    let code = currency
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|c| !c.is_empty());
+    let digits = code
+        .and_then(minor_units)
+        .unwrap_or(UNKNOWN_CURRENCY_DIGITS)
+        .min(u32::from(scale));
+    let (d, normalised) = denoise(d, &text, digits);
+    if rounding == Rounding::Error && d.scale() > digits && d.trunc_with_scale(digits) != d {
+        let unit = match code.map(|c| (c, minor_units(c))) {
+            Some((c, Some(_))) => format!("the minor units of {c}"),
+            Some((c, None)) => format!("assumed for `{c}`, which is not an ISO 4217 code we know"),
+            None => "assumed as the record has no currency".to_string(),
+        };
+        return Err(format!(
+            "`{}` has more than {digits} decimal places ({unit}); money is not rounded silently \
+             (set `rounding = \"half_even\"` or `\"half_up\"` on this column)",
+            text.trim()
+        ));
+    }
+    let digits8 = u8::try_from(digits).expect("at most the column scale");
+    let d = fit_decimal(d, &text, precision, digits8, rounding)?;
+    // Parquet stores the column at `scale`; the value must fit there too.
+    fit_decimal(d, &text, precision, scale, Rounding::Error)?;
+    Ok((Cell::Decimal(d), normalised))
+}
+
+/// Digits after the point for a currency the ISO 4217 table below does not know.
+const UNKNOWN_CURRENCY_DIGITS: u32 = 2;
+
+/// ISO 4217 minor units of `code`: 0 or 3 for the currencies listed, 2 for any
+/// other three-letter code, `None` for something that is not a currency code.
+/// (CLF and UYW, units of account with 4, are not spent and count as 2.)
+pub(crate) fn minor_units(code: &str) -> Option<u32> {
+    const ZERO: &[&str] = &[
+        "BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI", "VND",
+        "VUV", "XAF", "XOF", "XPF",
+    ];
+    const THREE: &[&str] = &["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"];
+    if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return None;
+    }
+    let upper = code.to_ascii_uppercase();
+    Some(if ZERO.contains(&upper.as_str()) {
+        0
+    } else if THREE.contains(&upper.as_str()) {
+        3
+    } else {
+        2
+    })
+}
+
+/// Significant digits every IEEE-754 double keeps through a decimal round trip.
+const DOUBLE_DIGITS: u32 = 15;
+
+/// `d` with binary-float noise removed; the flag says whether that made it
+/// fit a column of `scale` digits (what the summary counts as normalised).
+///
+/// Noise is removed even when the exact value still has more decimals than
+/// the column, so `rounding` works on the amount meant (`0.025`), not on its
+/// noise (`0.025000000000000005` would round half-even the other way).
+fn denoise(d: Decimal, text: &str, scale: u32) -> (Decimal, bool) {
+    if d.scale() <= scale {
+        return (d, false);
+    }
+    match float_noise_value(d, text) {
+        Some(exact) => (exact, exact.scale() <= scale),
+        None => (d, false),
+    }
+}
+
+/// The decimal a float-noise value stands for: `0.30000000000000004` → `0.3`.
+///
+/// Noise is a value whose text is the shortest round-trip form of a double
+/// and has more than 15 significant digits: digits a double cannot carry
+/// faithfully. It is rounded to 15 significant digits on its decimal text
+/// (never through `f64` arithmetic). The `f64` parse only checks that the text
+/// is what a float printer writes; a longer decimal was written on purpose.
+pub(crate) fn float_noise_value(d: Decimal, text: &str) -> Option<Decimal> {
+    let n = d.normalize();
+    let digits = significant_digits(n);
+    // A double's shortest round-trip text has at most 17 significant digits.
+    if !(DOUBLE_DIGITS + 1..=17).contains(&digits) {
+        return None;
+    }
+    let f: f64 = text.trim().parse().ok()?;
+    if !f.is_finite() {
+        return None;
+    }
+    let shortest = Decimal::from_str_exact(&format!("{f}")).ok()?;
+    if shortest != n {
+        return None;
+    }
+    let mut exact = n.round_sf(DOUBLE_DIGITS)?.normalize();
+    if exact.is_zero() {
+        exact.set_sign_positive(true);
+    }
+    Some(exact)
+}
+
+fn significant_digits(n: Decimal) -> u32 {
+    let mut m = n.mantissa().unsigned_abs();
+    let mut k = 0;
+    while m > 0 {
+        m /= 10;
+        k += 1;
+    }
+    k
 }
 
 /// Brings `d` to `scale` (rounding only when allowed) and checks it fits `precision` digits.
@@ -271,4 +403,98 @@ pub(crate) fn to_integer(value: &Value) -> Result<Cell, String> {
     i64::try_from(whole.mantissa())
         .map(Cell::Int)
         .map_err(|_| format!("`{text}` is outside the 64-bit integer range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn num(text: &str) -> Value {
+        serde_json::from_str(text).expect("a JSON number")
+    }
+
+    fn dec(cell: Cell) -> String {
+        match cell {
+            Cell::Decimal(d) => d.to_string(),
+            other => panic!("not a decimal: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn float_noise_is_normalised_from_the_decimal_text() {
+        for (text, want) in [
+            ("0.30000000000000004", "0.30"),
+            ("7.000000000000001", "7.00"),
+            ("434.99999999999994", "435.00"),
+            ("-12.340000000000002", "-12.34"),
+            ("1.2e-1", "0.12"),
+        ] {
+            let (cell, normalised) = to_decimal(&num(text), 18, 2, Rounding::Error).unwrap();
+            assert_eq!(dec(cell), want, "{text}");
+            assert_eq!(normalised, text.len() > 10, "{text}");
+        }
+    }
+
+    #[test]
+    fn genuine_extra_decimals_follow_the_rounding_policy() {
+        // 16 digits, but not a double's shortest text: written on purpose.
+        let long = num("0.1000000000000000001");
+        assert!(to_decimal(&long, 18, 2, Rounding::Error).is_err());
+        // Noise whose exact value still has 3 decimals is not noise for a 2-place column.
+        let three = num("12.345000000000002");
+        let err = to_decimal(&three, 18, 2, Rounding::Error).unwrap_err();
+        assert!(err.contains("more than 2 decimal places"), "{err}");
+        let plain = num("12.345");
+        assert!(to_decimal(&plain, 18, 2, Rounding::Error).is_err());
+        let (c, n) = to_decimal(&plain, 18, 2, Rounding::HalfEven).unwrap();
+        assert_eq!((dec(c), n), ("12.34".to_string(), false));
+        let (c, _) = to_decimal(&plain, 18, 2, Rounding::HalfUp).unwrap();
+        assert_eq!(dec(c), "12.35");
+        // Rounding works on the amount meant, not on its noise: 12.345 → 12.34 half-even.
+        let (c, n) = to_decimal(&three, 18, 2, Rounding::HalfEven).unwrap();
+        assert_eq!((dec(c), n), ("12.34".to_string(), false));
+        // With room for the digits, noise normalises to them.
+        let (c, n) = to_decimal(&three, 18, 3, Rounding::Error).unwrap();
+        assert_eq!((dec(c), n), ("12.345".to_string(), true));
+    }
+
+    #[test]
+    fn money_keeps_each_currencys_minor_units() {
+        let s = |c: &str| Value::String(c.into());
+        let money = |text: &str, cur: Option<Value>, r| {
+            to_money(&num(text), cur.as_ref(), 18, 3, r).map(|(c, n)| (dec(c), n))
+        };
+        assert_eq!(
+            money("12.345", Some(s("KWD")), Rounding::Error).unwrap().0,
+            "12.345"
+        );
+        assert_eq!(
+            money("12.3", Some(s("KWD")), Rounding::Error).unwrap().0,
+            "12.300"
+        );
+        assert_eq!(
+            money("12.3", Some(s("USD")), Rounding::Error).unwrap().0,
+            "12.30"
+        );
+        assert_eq!(
+            money("1200.0", Some(s("JPY")), Rounding::Error).unwrap().0,
+            "1200"
+        );
+        assert_eq!(
+            money("1200.0000000000002", Some(s("jpy")), Rounding::Error).unwrap(),
+            ("1200".to_string(), true)
+        );
+        let err = money("12.345", Some(s("USD")), Rounding::Error).unwrap_err();
+        assert!(err.contains("minor units of USD"), "{err}");
+        let err = money("1200.5", Some(s("JPY")), Rounding::Error).unwrap_err();
+        assert!(err.contains("more than 0 decimal places"), "{err}");
+        assert_eq!(
+            money("12.345", Some(s("USD")), Rounding::HalfUp).unwrap().0,
+            "12.35"
+        );
+        let err = money("12.345", None, Rounding::Error).unwrap_err();
+        assert!(err.contains("no currency"), "{err}");
+        assert_eq!(minor_units("XYZ"), Some(2));
+        assert_eq!(minor_units("dollars"), None);
+    }
 }

@@ -36,8 +36,9 @@ fn int(name: &str, path: &str) -> ColumnSpec {
     ColumnSpec::path(name, path).typed(TypeName::Integer)
 }
 
-fn money(name: &str, path: &str) -> ColumnSpec {
-    ColumnSpec::path(name, path).decimal(2)
+/// An amount kept at its currency's ISO 4217 minor units (`scale = "currency"`).
+fn money(name: &str, path: &str, currency_path: &str) -> ColumnSpec {
+    ColumnSpec::path(name, path).money(currency_path)
 }
 
 fn expenses() -> Vec<ColumnSpec> {
@@ -59,10 +60,11 @@ fn expenses() -> Vec<ColumnSpec> {
         s("cost_center", "cost_center.name"),
         s("cost_center_code", "cost_center.code"),
         s("currency", "currency"),
-        money("amount", "amount"),
-        money("tax_amount", "tax_amount"),
+        money("amount", "amount", "currency"),
+        money("tax_amount", "tax_amount", "currency"),
         s("foreign_currency", "foreign_currency"),
-        // Three places so foreign amounts in KWD, BHD, OMR, JOD or TND stay exact.
+        // Three places for every foreign currency (KWD, BHD, OMR… included), as
+        // before: a converted foreign amount with a third decimal is kept, not refused.
         ColumnSpec::path("foreign_amount", "foreign_amount").decimal(3),
         s("state", "state"),
         s("fund_source", "source_account.type"),
@@ -88,8 +90,8 @@ fn reports() -> Vec<ColumnSpec> {
         s("employee_name", "employee.user.full_name"),
         s("employee_code", "employee.code"),
         s("currency", "currency"),
-        money("amount", "amount"),
-        money("tax", "tax"),
+        money("amount", "amount", "currency"),
+        money("tax", "tax", "currency"),
         int("num_expenses", "num_expenses"),
         s("state", "state"),
         ts("submitted_at", "last_submitted_at"),

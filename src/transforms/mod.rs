@@ -12,6 +12,7 @@ pub mod steps;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -31,6 +32,44 @@ pub const DEFAULT_PRECISION: u8 = 18;
 pub const MAX_PRECISION: u8 = 38;
 /// Largest scale a decimal column may declare (what `rust_decimal` holds exactly).
 pub const MAX_SCALE: u8 = 28;
+/// Storage scale of a `scale = "currency"` column: the most minor units an
+/// ISO 4217 currency that is spent has (KWD, BHD, OMR, JOD, TND, LYD, IQD).
+pub const CURRENCY_SCALE: u8 = 3;
+
+/// A decimal column's `scale`: digits after the point, or `"currency"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scale {
+    /// A fixed number of digits after the point.
+    Digits(u8),
+    /// A word; `"currency"` (the record currency's ISO 4217 minor units) is the only one.
+    Named(String),
+}
+
+impl<'de> Deserialize<'de> for Scale {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Scale;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("digits after the point (0 to 28) or \"currency\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Scale, E> {
+                u8::try_from(v)
+                    .map(Scale::Digits)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Scale, E> {
+                u8::try_from(v)
+                    .map(Scale::Digits)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Scale, E> {
+                Ok(Scale::Named(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
 
 /// One output column as written in a pipeline file (`[[columns]]`).
 #[derive(Debug, Clone, Deserialize)]
@@ -47,9 +86,13 @@ pub struct ColumnSpec {
     /// Output type; `string` when omitted.
     #[serde(rename = "type", default)]
     pub ty: TypeName,
-    /// Decimal only: digits after the point (default 2).
+    /// Decimal only: digits after the point (default 2), or `"currency"` for
+    /// the minor units of the record's currency (stored with 3 in Parquet).
     #[serde(default)]
-    pub scale: Option<u8>,
+    pub scale: Option<Scale>,
+    /// Decimal with `scale = "currency"` only: path of the currency code (default `currency`).
+    #[serde(default)]
+    pub currency_path: Option<String>,
     /// Decimal only: total digits (default 18, at most 38).
     #[serde(default)]
     pub precision: Option<u8>,
@@ -67,6 +110,7 @@ impl ColumnSpec {
             custom_field: None,
             ty: TypeName::String,
             scale: None,
+            currency_path: None,
             precision: None,
             rounding: None,
         }
@@ -90,7 +134,16 @@ impl ColumnSpec {
     /// The same column as a decimal with `scale` digits after the point.
     pub fn decimal(mut self, scale: u8) -> Self {
         self.ty = TypeName::Decimal;
-        self.scale = Some(scale);
+        self.scale = Some(Scale::Digits(scale));
+        self
+    }
+
+    /// The same column as an amount in the currency found at `currency_path`
+    /// (`scale = "currency"`).
+    pub fn money(mut self, currency_path: &str) -> Self {
+        self.ty = TypeName::Decimal;
+        self.scale = Some(Scale::Named("currency".into()));
+        self.currency_path = Some(currency_path.to_string());
         self
     }
 }
@@ -153,6 +206,8 @@ struct Compiled {
     source: Source,
     ty: ColumnType,
     rounding: Rounding,
+    /// Where the record's currency is, for `scale = "currency"` columns.
+    currency: Option<FieldPath>,
 }
 
 /// Column specs compiled for fast, repeated projection of records into rows.
@@ -160,6 +215,8 @@ struct Compiled {
 pub struct Projector {
     columns: Vec<Compiled>,
     schema: Arc<Schema>,
+    /// Amounts whose float noise was removed, over every clone of this projector.
+    normalised: Arc<AtomicU64>,
 }
 
 /// Why one record could not be turned into a row.
@@ -245,9 +302,36 @@ impl Projector {
                 (None, Some(cf)) => Some(Source::CustomField(cf.clone())),
             };
 
+            let mut currency = None;
             let ty = if spec.ty == TypeName::Decimal {
                 let precision = spec.precision.unwrap_or(DEFAULT_PRECISION);
-                let scale = spec.scale.unwrap_or(DEFAULT_SCALE);
+                let scale = match &spec.scale {
+                    None => DEFAULT_SCALE,
+                    Some(Scale::Digits(s)) => *s,
+                    Some(Scale::Named(w)) if w == "currency" => {
+                        let path = spec.currency_path.as_deref().unwrap_or("currency");
+                        match FieldPath::parse(path) {
+                            Ok(fp) => currency = Some(fp),
+                            Err(e) => problems.push(Problem::new(key("currency_path"), e)),
+                        }
+                        CURRENCY_SCALE
+                    }
+                    Some(Scale::Named(w)) => {
+                        problems.push(Problem::new(
+                            key("scale"),
+                            format!(
+                                "`{w}` is not a scale; give the digits after the point (e.g. 2) or \"currency\" for the record currency's minor units"
+                            ),
+                        ));
+                        DEFAULT_SCALE
+                    }
+                };
+                if spec.currency_path.is_some() && currency.is_none() {
+                    problems.push(Problem::new(
+                        key("currency_path"),
+                        "only applies with scale = \"currency\"; set that or remove `currency_path`",
+                    ));
+                }
                 if !(1..=MAX_PRECISION).contains(&precision) {
                     problems.push(Problem::new(
                         key("precision"),
@@ -269,6 +353,7 @@ impl Projector {
             } else {
                 for (field, set) in [
                     ("scale", spec.scale.is_some()),
+                    ("currency_path", spec.currency_path.is_some()),
                     ("precision", spec.precision.is_some()),
                     ("rounding", spec.rounding.is_some()),
                 ] {
@@ -298,6 +383,7 @@ impl Projector {
                     source,
                     ty,
                     rounding: spec.rounding.unwrap_or_default(),
+                    currency,
                 });
             }
         }
@@ -313,7 +399,16 @@ impl Projector {
                 })
                 .collect(),
         });
-        Ok(Projector { columns, schema })
+        Ok(Projector {
+            columns,
+            schema,
+            normalised: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Amounts with binary-float noise normalised so far, in rows projected successfully.
+    pub fn amounts_normalised(&self) -> u64 {
+        self.normalised.load(Ordering::Relaxed)
     }
 
     /// The schema of every row this projector produces.
@@ -324,6 +419,7 @@ impl Projector {
     /// Turns one record into a row, or says which column's value is unusable and why.
     pub fn project(&self, record: &Record) -> Result<Row, RecordError> {
         let mut cells = Vec::with_capacity(self.columns.len());
+        let mut normalised = 0;
         for col in &self.columns {
             let value = match &col.source {
                 Source::Path(p) => p.lookup(record),
@@ -331,13 +427,21 @@ impl Projector {
             };
             let cell = match value {
                 None => Cell::Null,
-                Some(v) => convert(v, col.ty, col.rounding).map_err(|reason| RecordError {
-                    record_id: record_id(record),
-                    column: col.name.clone(),
-                    reason,
-                })?,
+                Some(v) => {
+                    let (cell, denoised) =
+                        convert(v, col, record).map_err(|reason| RecordError {
+                            record_id: record_id(record),
+                            column: col.name.clone(),
+                            reason,
+                        })?;
+                    normalised += u64::from(denoised);
+                    cell
+                }
             };
             cells.push(cell);
+        }
+        if normalised > 0 {
+            self.normalised.fetch_add(normalised, Ordering::Relaxed);
         }
         Ok(Row { cells })
     }
@@ -354,16 +458,21 @@ fn custom_field<'a>(record: &'a Value, name: &str) -> Option<&'a Value> {
         .filter(|v| !v.is_null())
 }
 
-fn convert(value: &Value, ty: ColumnType, rounding: Rounding) -> Result<Cell, String> {
-    match ty {
-        ColumnType::String => Ok(convert::to_string_cell(value)),
-        ColumnType::Decimal { precision, scale } => {
-            convert::to_decimal(value, precision, scale, rounding)
-        }
-        ColumnType::Timestamp => convert::to_timestamp(value),
-        ColumnType::Date => convert::to_date(value),
-        ColumnType::Bool => convert::to_bool(value),
-        ColumnType::Integer => convert::to_integer(value),
+/// One value as the column's cell; the flag says whether float noise was removed.
+fn convert(value: &Value, col: &Compiled, record: &Record) -> Result<(Cell, bool), String> {
+    let plain = |r: Result<Cell, String>| r.map(|c| (c, false));
+    match col.ty {
+        ColumnType::String => Ok((convert::to_string_cell(value), false)),
+        ColumnType::Decimal { precision, scale } => match &col.currency {
+            Some(path) => {
+                convert::to_money(value, path.lookup(record), precision, scale, col.rounding)
+            }
+            None => convert::to_decimal(value, precision, scale, col.rounding),
+        },
+        ColumnType::Timestamp => plain(convert::to_timestamp(value)),
+        ColumnType::Date => plain(convert::to_date(value)),
+        ColumnType::Bool => plain(convert::to_bool(value)),
+        ColumnType::Integer => plain(convert::to_integer(value)),
     }
 }
 

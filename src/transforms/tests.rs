@@ -428,3 +428,71 @@ fn record_without_id_is_reported_as_such() {
     assert_eq!(err.record_id, "<no id>");
     assert!(err.reason.contains("\"yes\""), "{err}");
 }
+
+#[test]
+fn currency_scale_columns_are_checked_and_store_three_places() {
+    let cols = spec(
+        r#"
+        [[columns]]
+        name = "amount"
+        path = "amount"
+        type = "decimal"
+        scale = "currency"
+
+        [[columns]]
+        name = "foreign"
+        path = "foreign_amount"
+        type = "decimal"
+        scale = "currency"
+        currency_path = "foreign_currency"
+        "#,
+    );
+    let p = Projector::new(&cols).unwrap();
+    assert_eq!(
+        p.schema().columns[0].ty,
+        ColumnType::Decimal {
+            precision: 18,
+            scale: CURRENCY_SCALE
+        }
+    );
+    let row = p
+        .project(&json!({"id": "tx1", "amount": 1200.0, "currency": "JPY",
+            "foreign_amount": 7.000000000000001, "foreign_currency": "KWD"}))
+        .unwrap();
+    assert_eq!(row.cells, vec![dec("1200"), dec("7.000")]);
+    assert_eq!(p.amounts_normalised(), 1);
+
+    let bad = spec(
+        r#"
+        [[columns]]
+        name = "a"
+        path = "amount"
+        type = "decimal"
+        scale = "cents"
+
+        [[columns]]
+        name = "b"
+        path = "amount"
+        type = "decimal"
+        scale = 2
+        currency_path = "currency"
+        "#,
+    );
+    let problems = Projector::new(&bad).unwrap_err();
+    assert_eq!(
+        keys(&problems),
+        vec!["columns[0].scale", "columns[1].currency_path"]
+    );
+    assert!(
+        problems[0].message.contains("\"currency\""),
+        "{problems:#?}"
+    );
+    let err = toml::from_str::<toml::Value>("scale = -1")
+        .unwrap()
+        .get("scale")
+        .cloned()
+        .unwrap()
+        .try_into::<Scale>()
+        .unwrap_err();
+    assert!(err.to_string().contains("0 to 28"), "{err}");
+}

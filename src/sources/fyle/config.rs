@@ -166,7 +166,7 @@ impl Preset {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FundSource {
-    /// Paid by the employee, to be reimbursed.
+    /// Paid by the employee and to be reimbursed: personal cash, `is_reimbursable`.
     Reimbursable,
     /// Paid with a corporate card.
     CorporateCard,
@@ -175,15 +175,30 @@ pub enum FundSource {
 }
 
 impl FundSource {
-    /// The `source_account->type` filter value.
-    pub fn filter(self) -> &'static str {
+    /// The filters (column, `op.value`) this fund source adds to the query.
+    pub fn filters(self) -> &'static [(&'static str, &'static str)] {
         match self {
-            FundSource::Reimbursable => "eq.PERSONAL_CASH_ACCOUNT",
-            FundSource::CorporateCard => "eq.PERSONAL_CORPORATE_CREDIT_CARD_ACCOUNT",
-            FundSource::Advance => "eq.PERSONAL_ADVANCE_ACCOUNT",
+            // Fyle's accounting connector exports only personal-cash expenses the
+            // employee claims back; a non-reimbursable cash expense owes nobody.
+            FundSource::Reimbursable => &[
+                ("source_account->type", "eq.PERSONAL_CASH_ACCOUNT"),
+                ("is_reimbursable", "eq.true"),
+            ],
+            FundSource::CorporateCard => &[(
+                "source_account->type",
+                "eq.PERSONAL_CORPORATE_CREDIT_CARD_ACCOUNT",
+            )],
+            FundSource::Advance => &[("source_account->type", "eq.PERSONAL_ADVANCE_ACCOUNT")],
         }
     }
 }
+
+/// What a preset selects without `fund_source`: what Fyle's accounting
+/// connector exports (personal cash and corporate card), never advance-account
+/// expenses, which it settles against the advance instead.
+pub const PRESET_FUND_SOURCES: &str =
+    "in.(PERSONAL_CASH_ACCOUNT,PERSONAL_CORPORATE_CREDIT_CARD_ACCOUNT)";
+
 fn default_safety_lag() -> Duration {
     Duration::from_secs(5)
 }
@@ -302,15 +317,28 @@ impl FyleSourceConfig {
                 _ => self.cursor_field = Some(cursor.to_string()),
             }
         }
-        if let Some(fund) = self.fund_source {
-            add_filter(
-                &mut self.filters,
-                &mut p,
-                prefix,
-                "fund_source",
-                "source_account->type",
-                fund.filter(),
-            );
+        match self.fund_source {
+            Some(fund) => {
+                for (column, value) in fund.filters() {
+                    add_filter(
+                        &mut self.filters,
+                        &mut p,
+                        prefix,
+                        "fund_source",
+                        column,
+                        value,
+                    );
+                }
+            }
+            // A hand-written fund-source filter is the user's choice; otherwise
+            // a preset never silently includes advance-account expenses.
+            None if self.preset.is_some() && !self.filters.contains_key("source_account->type") => {
+                self.filters.insert(
+                    "source_account->type".to_string(),
+                    FilterValue::One(PRESET_FUND_SOURCES.to_string()),
+                );
+            }
+            None => {}
         }
         p
     }
@@ -441,6 +469,40 @@ mod tests {
         assert!(pairs.contains(&(
             "source_account->type".into(),
             "eq.PERSONAL_CORPORATE_CREDIT_CARD_ACCOUNT".into()
+        )));
+    }
+
+    #[test]
+    fn reimbursable_also_requires_is_reimbursable() {
+        let mut c = cfg("resource = \"expenses\"\nfund_source = \"reimbursable\"");
+        assert!(c.apply_presets("source").is_empty());
+        assert_eq!(
+            c.filter_pairs(),
+            vec![
+                ("is_reimbursable".into(), "eq.true".into()),
+                (
+                    "source_account->type".into(),
+                    "eq.PERSONAL_CASH_ACCOUNT".into()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_preset_without_fund_source_leaves_out_advances_unless_filtered_by_hand() {
+        let mut c = cfg("resource = \"expenses\"\npreset = \"settled\"");
+        assert!(c.apply_presets("source").is_empty());
+        assert!(
+            c.filter_pairs()
+                .contains(&("source_account->type".into(), PRESET_FUND_SOURCES.into()))
+        );
+        let mut c = cfg(
+            "resource = \"expenses\"\npreset = \"settled\"\n[filters]\n\"source_account->type\" = \"eq.PERSONAL_ADVANCE_ACCOUNT\"",
+        );
+        assert!(c.apply_presets("source").is_empty());
+        assert!(c.filter_pairs().contains(&(
+            "source_account->type".into(),
+            "eq.PERSONAL_ADVANCE_ACCOUNT".into()
         )));
     }
 

@@ -8,7 +8,7 @@ mod writeback;
 
 pub use client::{FyleClient, FyleError};
 pub use config::{ADMIN_RESOURCES, FilterValue, FundSource, FyleSourceConfig, Preset};
-pub use pager::{Page, PagerStats, Window, fetch_window};
+pub use pager::{Page, PagerStats, Window, fetch_window, first_page_query, fyle_timestamp};
 pub use writeback::{
     WriteBackConfig, WriteBackSummary, pending_plans, plan_path, run_pending, stage_plan,
     write_back,

@@ -6,8 +6,7 @@
 //! upper bound keeps records that change mid-run out of this run (they are
 //! in the next window) instead of chasing them.
 
-use std::cmp::Ordering;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 
@@ -48,37 +47,18 @@ pub struct PagerStats {
     pub duplicates: u64,
 }
 
-#[derive(Debug, Clone)]
-enum IdKey {
-    Num(rust_decimal::Decimal),
-    Text(String),
-}
-
-impl IdKey {
-    fn cmp(&self, other: &IdKey) -> Ordering {
-        match (self, other) {
-            (IdKey::Num(a), IdKey::Num(b)) => a.cmp(b),
-            (IdKey::Text(a), IdKey::Text(b)) => a.cmp(b),
-            (IdKey::Num(_), IdKey::Text(_)) => Ordering::Less,
-            (IdKey::Text(_), IdKey::Num(_)) => Ordering::Greater,
-        }
-    }
-
-    fn literal(&self) -> String {
-        match self {
-            IdKey::Num(n) => n.to_string(),
-            IdKey::Text(s) => quote(s),
-        }
-    }
-}
-
-/// The position of a record in (cursor, id) order.
+/// The position of a record in the server's (cursor, id) order, as the
+/// server wrote it: the pager never compares ids itself, because their
+/// order is the database's text collation, which the client cannot know.
 #[derive(Debug, Clone)]
 struct Key {
     at: DateTime<Utc>,
     /// The cursor exactly as the server wrote it, so the seek condition matches it exactly.
     text: String,
-    id: IdKey,
+    /// The id as a filter literal (`txAbC…` or `42`).
+    id_literal: String,
+    /// The id as JSON text: what "already delivered" is remembered by.
+    id_json: String,
 }
 
 impl Key {
@@ -101,22 +81,23 @@ impl Key {
                 ))
             })?
             .with_timezone(&Utc);
-        let id = match record.get("id") {
-            Some(Value::String(s)) => IdKey::Text(s.clone()),
-            Some(Value::Number(n)) => IdKey::Num(n.to_string().parse().map_err(|_| {
-                FyleError::Protocol(format!("record id {n} is not a usable number"))
-            })?),
+        let id = record.get("id");
+        let id_literal = match id {
+            Some(Value::String(s)) => literal(s),
+            Some(Value::Number(n)) => n.to_string(),
             _ => {
                 return Err(FyleError::Protocol(format!(
                     "a record without an `id` was returned (cursor {text}); cannot page past it"
                 )));
             }
         };
-        Ok(Key { at, text, id })
-    }
-
-    fn cmp(&self, other: &Key) -> Ordering {
-        self.at.cmp(&other.at).then_with(|| self.id.cmp(&other.id))
+        let id_json = id.map(Value::to_string).unwrap_or_default();
+        Ok(Key {
+            at,
+            text,
+            id_literal,
+            id_json,
+        })
     }
 }
 
@@ -125,8 +106,22 @@ pub fn fyle_timestamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, false)
 }
 
-fn quote(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+/// A value as a literal inside `and=(…)`/`or=(…)`: bare, as Fyle's own
+/// clients write timestamps and ids there, and double-quoted only when the
+/// grammar needs it (a separator, a quote, whitespace or a reserved word).
+pub fn literal(s: &str) -> String {
+    let reserved = ["null", "true", "false", "not", "and", "or"]
+        .iter()
+        .any(|w| s.eq_ignore_ascii_case(w));
+    let needs_quotes = s.is_empty()
+        || reserved
+        || s.chars()
+            .any(|c| matches!(c, ',' | '(' | ')' | '"' | '\\') || c.is_whitespace());
+    if needs_quotes {
+        format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+    } else {
+        s.to_string()
+    }
 }
 
 /// A piece of the window one worker pages through.
@@ -252,6 +247,42 @@ pub async fn fetch_window(
     Ok(stats)
 }
 
+/// The query of the first page of `window`: what a run asks first (shown by `run --dry-run`).
+pub fn first_page_query(cfg: &FyleSourceConfig, window: Window) -> Vec<(String, String)> {
+    page_query(cfg, window.from, window.to, None)
+}
+
+/// The query of one page of the slice `[from, to)`, after `seek` if given.
+fn page_query(
+    cfg: &FyleSourceConfig,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    seek: Option<&Key>,
+) -> Vec<(String, String)> {
+    let cursor = cfg.cursor();
+    let mut query = cfg.filter_pairs();
+    if let Some(from) = from {
+        query.push((cursor.to_string(), format!("gte.{}", fyle_timestamp(from))));
+    }
+    if let Some(to) = to {
+        query.push((cursor.to_string(), format!("lt.{}", fyle_timestamp(to))));
+    }
+    if let Some(k) = seek {
+        query.push((
+            "and".into(),
+            format!(
+                "(or({cursor}.gt.{t},and({cursor}.eq.{t},id.gt.{id})))",
+                t = literal(&k.text),
+                id = k.id_literal
+            ),
+        ));
+    }
+    query.push(("order".into(), format!("{cursor}.asc,id.asc")));
+    query.push(("limit".into(), cfg.page_size.to_string()));
+    query.push(("offset".into(), "0".into()));
+    query
+}
+
 async fn fetch_slice(
     client: &FyleClient,
     cfg: &FyleSourceConfig,
@@ -261,29 +292,16 @@ async fn fetch_slice(
 ) -> Result<(), FyleError> {
     let path = format!("{}/{}", cfg.role, cfg.resource);
     let cursor = cfg.cursor();
-    let mut last: Option<Key> = None;
+    // The last record the server returned: the next page starts after it, in
+    // the server's own order.
+    let mut seek: Option<Key> = None;
+    // Ids delivered at the cursor instant `seek` sits on. A correct server
+    // never repeats them; one that treats `gt` as `gte` at a boundary would,
+    // and this is what keeps such a repeat from being delivered twice.
+    let mut tie: HashSet<String> = HashSet::new();
     let mut first = true;
     loop {
-        let mut query = cfg.filter_pairs();
-        if let Some(from) = slice.from {
-            query.push((cursor.to_string(), format!("gte.{}", fyle_timestamp(from))));
-        }
-        if let Some(to) = slice.to {
-            query.push((cursor.to_string(), format!("lt.{}", fyle_timestamp(to))));
-        }
-        if let Some(k) = &last {
-            query.push((
-                "and".into(),
-                format!(
-                    "(or({cursor}.gt.{t},and({cursor}.eq.{t},id.gt.{id})))",
-                    t = quote(&k.text),
-                    id = k.id.literal()
-                ),
-            ));
-        }
-        query.push(("order".into(), format!("{cursor}.asc,id.asc")));
-        query.push(("limit".into(), cfg.page_size.to_string()));
-        query.push(("offset".into(), "0".into()));
+        let query = page_query(cfg, slice.from, slice.to, seek.as_ref());
         if shared.failed.load(AtomicOrdering::SeqCst) {
             return Ok(());
         }
@@ -299,63 +317,90 @@ async fn fetch_slice(
                 )));
             }
         };
-        let full_page = data.len() >= cfg.page_size as usize;
+        let returned = data.len() as u64;
+        let position = |k: &Option<Key>| match k {
+            Some(k) => format!("after ({cursor} = {}, id = {})", k.text, k.id_literal),
+            None => "from the start of the slice".to_string(),
+        };
+        let before = seek.clone();
         let mut records = Vec::with_capacity(data.len());
-        let mut page_last = last.clone();
         let mut duplicates = 0;
         for record in data {
             let key = Key::of(&record, cursor)?;
-            // A record at or before the last key was delivered already (the
-            // server re-sent a boundary record); delivering it again would double it.
-            if page_last
-                .as_ref()
-                .is_some_and(|l| key.cmp(l) != Ordering::Greater)
+            // Instants compare the same under every collation, so this check
+            // is safe where comparing ids would not be.
+            if let Some(prev) = &seek
+                && key.at < prev.at
             {
-                duplicates += 1;
-                continue;
+                return Err(FyleError::Protocol(format!(
+                    "GET {path} returned record {} with {cursor} = {} after one with {}; \
+                     the server does not order by `{cursor}.asc,id.asc` or ignores the seek \
+                     filter, so paging cannot be trusted to see every record",
+                    key.id_json, key.text, prev.text
+                )));
             }
-            page_last = Some(key);
-            records.push(record);
+            if seek.as_ref().is_none_or(|prev| key.at > prev.at) {
+                tie.clear();
+            }
+            let fresh = tie.insert(key.id_json.clone());
+            seek = Some(key);
+            if fresh {
+                records.push(record);
+            } else {
+                duplicates += 1;
+            }
         }
-        let advanced = match (&page_last, &last) {
-            (Some(p), Some(l)) => p.cmp(l) == Ordering::Greater,
-            (Some(_), None) => true,
-            _ => false,
-        };
+        let delivered = records.len() as u64;
         {
             let mut st = shared.stats.lock().expect("stats lock");
             st.pages += 1;
-            st.records += records.len() as u64;
+            st.records += delivered;
             st.duplicates += duplicates;
         }
-        debug!(path, records = records.len(), count, "page");
+        debug!(path, records = delivered, count, "page");
         // Only one slice exists when the first response arrives: its count is the window's.
         let total = (first && !shared.total_reported.swap(true, AtomicOrdering::SeqCst))
             .then_some(count)
             .flatten();
         first = false;
-        let delivered = records.len() as u64;
         if (!records.is_empty() || total.is_some())
             && tx.send(Page { records, total }).await.is_err()
         {
             return Ok(());
         }
-        if !full_page {
-            return Ok(());
+        // `count` is what matched this request, seek included: the records
+        // from this page onward. The slice is done only when the server
+        // agrees nothing is left beyond this page; a page shorter than
+        // `limit` alone proves nothing (some servers cap pages by size or time).
+        match count {
+            Some(c) if c <= returned => return Ok(()),
+            None if returned == 0 => return Ok(()),
+            Some(c) if returned == 0 => {
+                return Err(FyleError::Protocol(format!(
+                    "GET {path} answered an empty page {} although its count says {c} more \
+                     records match; stopping rather than leave them out silently. \
+                     The server is not paging consistently: run again, and report it to \
+                     the API provider if it persists",
+                    position(&before)
+                )));
+            }
+            _ => {}
         }
-        if !advanced {
+        if delivered == 0 {
             return Err(FyleError::Protocol(format!(
-                "GET {path} returned a full page that does not move past ({cursor}, id) = {:?}; \
-                 the server is not honouring the seek filter",
-                last.map(|k| k.text)
+                "GET {path} returned only records it had returned before ({returned} of them, {}) \
+                 although {}; the seek filter does not advance, so paging would never finish",
+                position(&before),
+                count.map_or("the page was not empty".to_string(), |c| format!(
+                    "its count says {c} match"
+                ))
             )));
         }
-        last = page_last;
         // Split off the far half of what is left when it is worth a second worker.
-        let remaining = count.unwrap_or(0).saturating_sub(delivered);
+        let remaining = count.unwrap_or(0).saturating_sub(returned);
         if remaining > 2 * cfg.page_size as u64
             && shared.idle.load(AtomicOrdering::SeqCst) > 0
-            && let (Some(k), Some(to)) = (&last, slice.to)
+            && let (Some(k), Some(to)) = (&seek, slice.to)
         {
             let span = to - k.at;
             let min_slice = chrono::Duration::from_std(cfg.min_slice).unwrap_or_default();
@@ -378,41 +423,25 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn keys_order_by_instant_then_id() {
-        let a = Key::of(
-            &json!({"id": "txA", "updated_at": "2024-01-01T00:00:00.000000+00:00"}),
+    fn keys_keep_the_cursor_text_and_the_id_as_sent() {
+        let k = Key::of(
+            &json!({"id": "txAbC", "updated_at": "2024-01-01T00:00:00.000001+00:00"}),
             "updated_at",
         )
         .unwrap();
-        let b = Key::of(
-            &json!({"id": "txB", "updated_at": "2024-01-01T00:00:00Z"}),
-            "updated_at",
-        )
-        .unwrap();
-        let c = Key::of(
-            &json!({"id": "txA", "updated_at": "2024-01-01T00:00:00.000001+00:00"}),
-            "updated_at",
-        )
-        .unwrap();
-        assert_eq!(a.cmp(&b), Ordering::Less);
-        assert_eq!(b.cmp(&c), Ordering::Less);
-        assert_eq!(a.cmp(&a.clone()), Ordering::Equal);
-    }
-
-    #[test]
-    fn numeric_ids_compare_as_numbers() {
-        let a = Key::of(
-            &json!({"id": 9, "updated_at": "2024-01-01T00:00:00Z"}),
-            "updated_at",
-        )
-        .unwrap();
-        let b = Key::of(
+        assert_eq!(k.text, "2024-01-01T00:00:00.000001+00:00");
+        assert_eq!(k.id_literal, "txAbC");
+        assert_eq!(k.id_json, "\"txAbC\"");
+        let n = Key::of(
             &json!({"id": 10, "updated_at": "2024-01-01T00:00:00Z"}),
             "updated_at",
         )
         .unwrap();
-        assert_eq!(a.cmp(&b), Ordering::Less);
-        assert_eq!(b.id.literal(), "10");
+        assert_eq!(n.id_literal, "10");
+        assert_ne!(
+            n.id_json, "\"10\"",
+            "a numeric id and a text id never collide"
+        );
     }
 
     #[test]
@@ -427,5 +456,20 @@ mod tests {
             .unwrap()
             .with_timezone(&Utc);
         assert_eq!(fyle_timestamp(t), "2024-03-05T10:22:33.500000+00:00");
+    }
+
+    #[test]
+    fn literals_are_bare_unless_the_grammar_needs_quotes() {
+        assert_eq!(
+            literal("2024-03-05T10:22:33.500000+00:00"),
+            "2024-03-05T10:22:33.500000+00:00"
+        );
+        assert_eq!(literal("txAbC09"), "txAbC09");
+        assert_eq!(literal("a,b"), "\"a,b\"");
+        assert_eq!(literal("f(x)"), "\"f(x)\"");
+        assert_eq!(literal("two words"), "\"two words\"");
+        assert_eq!(literal("say \"hi\""), "\"say \\\"hi\\\"\"");
+        assert_eq!(literal("NULL"), "\"NULL\"");
+        assert_eq!(literal(""), "\"\"");
     }
 }

@@ -1,0 +1,270 @@
+//! The push journal: which record versions receivers acknowledged during
+//! runs that have not committed yet.
+//!
+//! A pushed record cannot be taken back, but a run that fails (or is killed)
+//! after some batches were acknowledged commits nothing, so its rerun reads
+//! the same window again. If the source changed in between, batches are cut
+//! differently and their keys differ, so a receiver that de-duplicates by
+//! batch key would apply those records twice. The journal closes that gap:
+//! every acknowledged batch appends one line (fsynced) naming its records'
+//! versions, and a rerun skips the versions already acknowledged.
+//!
+//! One file per pipeline, beside its state: `{state file}.push-journal.jsonl`.
+//! Each line is `{"run", "sink", "records": [{"id", "cursor", "key"}]}`. The
+//! journal belongs to the uncommitted runs in it; once one of them commits,
+//! everything in it is covered by the committed state (its watermark and
+//! boundary versions), so the runner removes the file after the commit, and
+//! a run that finds a journal naming a committed run (a crash between the
+//! commit and the removal) removes it before reading anything. Because a
+//! skip matches an exact record version (id and cursor value), a new version
+//! of a record is never skipped, whatever is in the journal.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil::sync_parent_dir;
+
+/// One acknowledged record version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalRecord {
+    /// Record id, when the record has one.
+    pub id: Option<String>,
+    /// Cursor value of this version, when known.
+    pub cursor: Option<String>,
+    /// The per-record key the record was sent with.
+    pub key: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Line {
+    run: String,
+    sink: String,
+    records: Vec<JournalRecord>,
+}
+
+/// The journal of one pipeline, shared by its pushing sinks for one run.
+#[derive(Clone)]
+pub struct PushJournal {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    run_id: String,
+    /// Keys acknowledged by earlier uncommitted runs, per sink URL, as the
+    /// 32 bytes of their SHA-256 (about 50 bytes a record in memory).
+    earlier: HashMap<String, HashSet<[u8; 32]>>,
+    /// Opened on the first acknowledgement, so a run that pushes nothing leaves no file.
+    file: Mutex<Option<File>>,
+}
+
+impl std::fmt::Debug for PushJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushJournal")
+            .field("path", &self.inner.path)
+            .field("run_id", &self.inner.run_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the journal of the pipeline whose state is at `state_path` lives.
+pub fn journal_path(state_path: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.push-journal.jsonl", state_path.display()))
+}
+
+impl PushJournal {
+    /// Opens the journal for run `run_id`: reads what uncommitted runs
+    /// acknowledged, or removes the file if `committed` says one of its runs
+    /// has committed since. Call it while holding the pipeline lock, after recovery.
+    pub fn open(
+        path: &Path,
+        run_id: &str,
+        committed: impl Fn(&str) -> bool,
+    ) -> io::Result<PushJournal> {
+        let mut earlier: HashMap<String, HashSet<[u8; 32]>> = HashMap::new();
+        let mut stale = false;
+        match File::open(path) {
+            Ok(f) => {
+                for l in io::BufReader::new(f).lines() {
+                    let l = l.map_err(|e| annotate(e, path, "read"))?;
+                    // A line cut by a crash mid-append does not parse and is
+                    // ignored: its batch was acknowledged but not journaled,
+                    // and the per-record keys let the receiver recognise it
+                    // when it is sent again.
+                    let Ok(line) = serde_json::from_str::<Line>(&l) else {
+                        continue;
+                    };
+                    if committed(&line.run) {
+                        stale = true;
+                        break;
+                    }
+                    earlier
+                        .entry(line.sink)
+                        .or_default()
+                        .extend(line.records.iter().filter_map(|r| key_bytes(&r.key)));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(annotate(e, path, "open")),
+        }
+        if stale {
+            tracing::info!(
+                file = %path.display(),
+                "removing the push journal of a run that has committed"
+            );
+            earlier.clear();
+            remove(path)?;
+        }
+        Ok(PushJournal {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                run_id: run_id.to_string(),
+                earlier,
+                file: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// Where the journal is.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Keys of record versions that `sink` (its URL) acknowledged in earlier
+    /// uncommitted runs, as [`key_bytes`].
+    pub fn acknowledged(&self, sink: &str) -> HashSet<[u8; 32]> {
+        self.inner.earlier.get(sink).cloned().unwrap_or_default()
+    }
+
+    /// Appends one acknowledged batch and fsyncs it before returning.
+    pub fn record(&self, sink: &str, records: Vec<JournalRecord>) -> io::Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let line = Line {
+            run: self.inner.run_id.clone(),
+            sink: sink.to_string(),
+            records,
+        };
+        let mut bytes = serde_json::to_vec(&line).map_err(io::Error::other)?;
+        bytes.push(b'\n');
+        let path = &self.inner.path;
+        let mut guard = self.inner.file.lock().expect("journal lock");
+        if guard.is_none() {
+            let existed = path.exists();
+            let mut f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| annotate(e, path, "open"))?;
+            // After a crash mid-append the file may end inside a line; start a fresh one.
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            if len > 0 && !ends_with_newline(path, len) {
+                f.write_all(b"\n").map_err(|e| annotate(e, path, "write"))?;
+            }
+            if !existed {
+                sync_parent_dir(path)?;
+            }
+            *guard = Some(f);
+        }
+        let f = guard.as_mut().expect("opened above");
+        // One write per line: with O_APPEND, lines of two sinks never interleave.
+        f.write_all(&bytes)
+            .and_then(|_| f.sync_data())
+            .map_err(|e| annotate(e, path, "append to"))
+    }
+
+    /// Removes the journal once the run committed (its content is then in the state).
+    pub fn retire(self) -> io::Result<()> {
+        remove(&self.inner.path)
+    }
+}
+
+/// A 64-hex-digit key as its 32 bytes; `None` for anything else.
+pub fn key_bytes(key: &str) -> Option<[u8; 32]> {
+    hex::decode(key).ok()?.try_into().ok()
+}
+
+fn ends_with_newline(path: &Path, len: u64) -> bool {
+    use std::io::{Seek, SeekFrom};
+    let Ok(mut f) = File::open(path) else {
+        return true;
+    };
+    let mut last = [0u8; 1];
+    f.seek(SeekFrom::Start(len - 1))
+        .and_then(|_| f.read_exact(&mut last))
+        .map_or(true, |_| last[0] == b'\n')
+}
+
+fn remove(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => sync_parent_dir(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(annotate(e, path, "remove")),
+    }
+}
+
+fn annotate(e: io::Error, path: &Path, what: &str) -> io::Error {
+    io::Error::new(
+        e.kind(),
+        format!("cannot {what} the push journal {}: {e}", path.display()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str, cursor: &str) -> JournalRecord {
+        JournalRecord {
+            id: Some(id.into()),
+            cursor: Some(cursor.into()),
+            key: crate::sinks::http::record_key(id, cursor),
+        }
+    }
+
+    fn has(set: &HashSet<[u8; 32]>, id: &str, cursor: &str) -> bool {
+        set.contains(&key_bytes(&crate::sinks::http::record_key(id, cursor)).unwrap())
+    }
+
+    #[test]
+    fn an_uncommitted_runs_acknowledgements_survive_a_torn_last_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = journal_path(&dir.path().join("p.state.json"));
+        let j = PushJournal::open(&path, "r1", |_| false).unwrap();
+        j.record("https://a/x", vec![rec("tx1", "t1"), rec("tx2", "t1")])
+            .unwrap();
+        j.record("https://b/y", vec![rec("tx3", "t2")]).unwrap();
+        // A crash mid-append leaves half a line.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(br#"{"run":"r1","sink":"https://a/x","rec"#)
+            .unwrap();
+        drop(f);
+
+        let j2 = PushJournal::open(&path, "r2", |_| false).unwrap();
+        let a = j2.acknowledged("https://a/x");
+        assert_eq!(a.len(), 2);
+        assert!(has(&a, "tx1", "t1") && has(&a, "tx2", "t1"));
+        assert_eq!(j2.acknowledged("https://b/y").len(), 1);
+        j2.record("https://a/x", vec![rec("tx4", "t3")]).unwrap();
+        let j3 = PushJournal::open(&path, "r3", |_| false).unwrap();
+        assert_eq!(j3.acknowledged("https://a/x").len(), 3);
+    }
+
+    #[test]
+    fn a_journal_naming_a_committed_run_is_removed_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = journal_path(&dir.path().join("p.state.json"));
+        let j = PushJournal::open(&path, "r1", |_| false).unwrap();
+        j.record("u", vec![rec("tx1", "t1")]).unwrap();
+        let j2 = PushJournal::open(&path, "r2", |r| r == "r1").unwrap();
+        assert!(j2.acknowledged("u").is_empty());
+        assert!(!path.exists());
+        j.retire().unwrap();
+    }
+}
