@@ -1,4 +1,4 @@
-//! Command line: `run`, `check`, `demo`, `simulate`.
+//! Command line: `run`, `check`, `demo`, `simulate`, `completions`, `man`.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -82,6 +82,17 @@ pub enum LogFormat {
     Json,
 }
 
+/// What `run` prints on stdout when it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SummaryFormat {
+    /// The full run summary as JSON.
+    Json,
+    /// One line for people, e.g. for cron mail.
+    Text,
+    /// Nothing (errors and warnings still go to stderr).
+    None,
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -95,6 +106,15 @@ pub enum Command {
         /// Also write the JSON run summary to this file.
         #[arg(long)]
         summary: Option<PathBuf>,
+        /// What to print on stdout at the end: the JSON summary, one line for people (cron mail), or nothing.
+        #[arg(long, value_enum, default_value = "json")]
+        summary_format: SummaryFormat,
+        /// Write run metrics (OpenMetrics text) to this file for node-exporter's textfile collector; overrides [metrics] textfile.
+        #[arg(long, value_name = "FILE")]
+        metrics_file: Option<PathBuf>,
+        /// Push run metrics to this Pushgateway base URL; overrides [metrics] pushgateway.
+        #[arg(long, value_name = "URL")]
+        metrics_push: Option<String>,
         /// Export everything from incremental.start and reset the watermark to now.
         #[arg(long, conflicts_with_all = ["since", "until"])]
         full_refresh: bool,
@@ -232,6 +252,14 @@ pub enum Command {
         #[arg(long)]
         receiver_record_key: Option<String>,
     },
+    /// Print a shell completion script on stdout, e.g. `expense-sync completions bash > /etc/bash_completion.d/expense-sync`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout, e.g. `expense-sync man > /usr/local/share/man/man1/expense-sync.1`.
+    Man,
 }
 
 /// Whether stderr lines are JSON (`--log-format json`).
@@ -348,6 +376,9 @@ async fn dispatch(
             pipeline,
             output_dir,
             summary,
+            summary_format,
+            metrics_file,
+            metrics_push,
             full_refresh,
             since,
             until,
@@ -365,7 +396,9 @@ async fn dispatch(
             };
             let p = match config::load(&pipeline) {
                 Ok(p) => p,
-                Err(e) => return report_unloadable(&pipeline, e, summary.as_deref()),
+                Err(e) => {
+                    return report_unloadable(&pipeline, e, summary.as_deref(), summary_format);
+                }
             };
             let http = HttpClient::new(&p.spec.http).map_err(|e| Error::Internal(e.to_string()))?;
             let cancel = CancelToken::new();
@@ -386,8 +419,33 @@ async fn dispatch(
             }
             let signals = stop_on_signals(cancel);
             let outcome = pipeline::run(&p, &http, &opts).await;
+            let mut metrics = p.spec.metrics.clone().unwrap_or_default();
+            if metrics_file.is_some() {
+                metrics.textfile = metrics_file;
+            }
+            if metrics_push.is_some() {
+                metrics.pushgateway = metrics_push;
+            }
+            if metrics.is_enabled() {
+                for problem in crate::metrics::export(&metrics, &outcome.summary).await {
+                    eprintln!("warning: {problem}");
+                }
+            }
             signals.abort();
-            report_run(&outcome, summary.as_deref())
+            report_run(&outcome, summary.as_deref(), summary_format)
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "expense-sync", &mut std::io::stdout());
+            Ok(ExitCode::Ok)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map_err(|e| Error::Internal(format!("cannot write the man page: {e}")))?;
+            Ok(ExitCode::Ok)
         }
         Command::Check { pipeline, offline } => check(&pipeline, offline, vault).await,
         Command::State {
@@ -548,11 +606,19 @@ fn stop_on_signals(cancel: CancelToken) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Prints the JSON summary on stdout (and to `summary_file`), the error on stderr.
-fn report_run(outcome: &RunOutcome, summary_file: Option<&Path>) -> Result<ExitCode, Error> {
+/// Prints the summary on stdout in `format` (and the JSON to `summary_file`), the error on stderr.
+fn report_run(
+    outcome: &RunOutcome,
+    summary_file: Option<&Path>,
+    format: SummaryFormat,
+) -> Result<ExitCode, Error> {
     let json = serde_json::to_string_pretty(&outcome.summary)
         .map_err(|e| Error::Internal(format!("cannot render the summary: {e}")))?;
-    println!("{json}");
+    match format {
+        SummaryFormat::Json => println!("{json}"),
+        SummaryFormat::Text => println!("{}", summary_line(&outcome.summary)),
+        SummaryFormat::None => {}
+    }
     if let Some(path) = summary_file {
         crate::fsutil::write_atomic(path, json.as_bytes(), &outcome.summary.run_id)
             .map_err(|e| Error::Sink(format!("cannot write the run summary: {e}")))?;
@@ -574,12 +640,70 @@ fn report_run(outcome: &RunOutcome, summary_file: Option<&Path>) -> Result<ExitC
     Ok(outcome.exit_code())
 }
 
+/// The run in one line for people: status, counts, files, requests.
+pub fn summary_line(s: &crate::pipeline::RunSummary) -> String {
+    use crate::pipeline::RunStatus;
+    let secs = s.duration_ms as f64 / 1000.0;
+    let head = format!("expense-sync {}:", s.pipeline);
+    if !matches!(s.status, RunStatus::Ok | RunStatus::Partial) {
+        let why = s
+            .error
+            .as_deref()
+            .and_then(|e| e.lines().next())
+            .unwrap_or("unknown error");
+        let what = if s.status == RunStatus::Interrupted {
+            "INTERRUPTED"
+        } else {
+            "FAILED"
+        };
+        return format!(
+            "{head} {what} (exit {}) after {secs:.1}s: {why}",
+            s.exit_code
+        );
+    }
+    let mut line = format!(
+        "{head} {} — {} of {} record(s) exported in {secs:.1}s",
+        if s.status == RunStatus::Partial {
+            "PARTIAL"
+        } else {
+            "ok"
+        },
+        s.records_out,
+        s.records_in
+    );
+    if s.outputs.is_empty() {
+        line.push_str(", nothing written");
+    } else {
+        let paths: Vec<String> = s
+            .outputs
+            .iter()
+            .map(|o| o.path.display().to_string())
+            .collect();
+        line.push_str(&format!(" to {}", paths.join(", ")));
+    }
+    if s.quarantined > 0 {
+        line.push_str(&format!("; {} quarantined", s.quarantined));
+    }
+    if s.rejected > 0 {
+        line.push_str(&format!("; {} rejected", s.rejected));
+    }
+    line.push_str(&format!(
+        "; {} request(s), {} retried, {} throttled",
+        s.http.requests, s.http.retries, s.http.throttled_429
+    ));
+    if s.exit_code != 0 {
+        line.push_str(&format!(" (exit {})", s.exit_code));
+    }
+    line
+}
+
 /// A pipeline file that cannot be loaded still gets a run summary, so a
 /// scheduler reading stdout sees every failure the same way.
 fn report_unloadable(
     file: &Path,
     error: config::ConfigError,
     summary_file: Option<&Path>,
+    format: SummaryFormat,
 ) -> Result<ExitCode, Error> {
     let started_at = Utc::now();
     let name = file
@@ -596,7 +720,7 @@ fn report_unloadable(
         summary,
         error: Some(error),
     };
-    report_run(&outcome, summary_file)
+    report_run(&outcome, summary_file, format)
 }
 
 async fn check(path: &Path, offline: bool, vault: Option<PathBuf>) -> Result<ExitCode, Error> {

@@ -11,6 +11,7 @@ pub mod error;
 pub mod failpoint;
 pub mod fsutil;
 pub mod http;
+pub mod metrics;
 pub mod pipeline;
 pub mod record;
 pub mod row;

@@ -145,6 +145,9 @@ pub struct PipelineFile {
     /// `[writeback]`: mark exported expenses in Fyle after each committed run.
     #[serde(default)]
     pub writeback: Option<crate::sources::fyle::WriteBackConfig>,
+    /// `[metrics]`: a textfile for node-exporter and/or a Pushgateway, written at the end of each run.
+    #[serde(default)]
+    pub metrics: Option<crate::metrics::MetricsConfig>,
 }
 
 /// A loaded and validated pipeline.
@@ -418,6 +421,9 @@ fn validate(mut spec: PipelineFile, origin: &Path) -> Result<Pipeline, ConfigErr
     }
     problems.extend(spec.connection.validate("connection"));
     problems.extend(spec.http.validate("http"));
+    if let Some(m) = &spec.metrics {
+        problems.extend(m.validate("metrics"));
+    }
     problems.extend(spec.source.apply_presets("source"));
     problems.extend(spec.source.validate("source"));
     if spec.columns.is_empty() {

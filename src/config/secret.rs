@@ -17,7 +17,8 @@ pub enum SecretRef {
         /// Environment variable holding the secret.
         #[serde(default)]
         env: Option<String>,
-        /// File holding the secret (trailing newline trimmed).
+        /// File holding the secret (trailing newline trimmed); `${VAR}` in the
+        /// path expands, e.g. `${CREDENTIALS_DIRECTORY}/fyle_client_secret` under systemd.
         #[serde(default)]
         file: Option<PathBuf>,
     },
@@ -51,22 +52,61 @@ impl SecretRef {
             SecretRef::Ref {
                 env: None,
                 file: Some(path),
-            } => match std::fs::read_to_string(path) {
-                Ok(v) if !v.trim().is_empty() => Ok(SecretString::from(v.trim().to_string())),
-                Ok(_) => Err(Problem::new(
-                    key,
-                    format!("secret file {} is empty", path.display()),
-                )),
-                Err(e) => Err(Problem::new(
-                    key,
-                    format!("cannot read secret file {}: {e}", path.display()),
-                )),
-            },
+            } => {
+                let path = expand_vars(path).map_err(|m| Problem::new(key, m))?;
+                read_secret_file(key, &path)
+            }
             SecretRef::Ref { .. } => Err(Problem::new(
                 key,
                 "give exactly one of `env` or `file`, e.g. { env = \"FYLE_CLIENT_SECRET\" }",
             )),
         }
+    }
+}
+
+/// Expands `${NAME}` from the environment, so a path can follow a directory
+/// the service manager chooses (systemd's `$CREDENTIALS_DIRECTORY`).
+fn expand_vars(path: &std::path::Path) -> Result<PathBuf, String> {
+    let text = path.to_string_lossy();
+    let mut out = String::new();
+    let mut rest: &str = &text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unclosed `${{` in secret file path `{text}`"))?;
+        let name = &after[..end];
+        match std::env::var(name) {
+            Ok(v) if !v.is_empty() => out.push_str(&v),
+            _ => {
+                let hint = if name == "CREDENTIALS_DIRECTORY" {
+                    "; systemd sets it for a unit with LoadCredential="
+                } else {
+                    ""
+                };
+                return Err(format!(
+                    "secret file path `{text}` uses ${{{name}}}, which is not set{hint}"
+                ));
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(PathBuf::from(out))
+}
+
+fn read_secret_file(key: &str, path: &std::path::Path) -> Result<SecretString, Problem> {
+    match std::fs::read_to_string(path) {
+        Ok(v) if !v.trim().is_empty() => Ok(SecretString::from(v.trim().to_string())),
+        Ok(_) => Err(Problem::new(
+            key,
+            format!("secret file {} is empty", path.display()),
+        )),
+        Err(e) => Err(Problem::new(
+            key,
+            format!("cannot read secret file {}: {e}", path.display()),
+        )),
     }
 }
 
@@ -97,6 +137,22 @@ mod tests {
         .resolve("k", false)
         .unwrap();
         assert_eq!(s.expose_secret(), "abc");
+    }
+
+    #[test]
+    fn unset_variable_in_a_secret_path_is_named() {
+        let p = SecretRef::Ref {
+            env: None,
+            file: Some("${EXPENSE_SYNC_TEST_SURELY_UNSET}/secret".into()),
+        }
+        .resolve("k", false)
+        .unwrap_err();
+        assert!(
+            p.message
+                .contains("${EXPENSE_SYNC_TEST_SURELY_UNSET}, which is not set"),
+            "{}",
+            p.message
+        );
     }
 
     #[test]

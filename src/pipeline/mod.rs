@@ -604,6 +604,25 @@ async fn execute(
             }
         }
     }
+    // skip_empty: a sink that got no rows commits nothing; the state still
+    // advances, so the next run does not select the same empty window again.
+    let outputs: Vec<SinkOutput> = outputs
+        .into_iter()
+        .zip(&spec.sinks)
+        .filter_map(|(out, cfg)| {
+            if cfg.skip_empty() && out.total_rows() == 0 && out.delivery.is_none() {
+                info!(
+                    sink = cfg.kind(),
+                    path = cfg.path_template(),
+                    "no rows for this sink; skip_empty: no file written"
+                );
+                out.discard();
+                None
+            } else {
+                Some(out)
+            }
+        })
+        .collect();
     let quarantine_staged = match quarantine.finish() {
         Ok(q) => q,
         Err(e) => {

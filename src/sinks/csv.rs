@@ -105,6 +105,9 @@ pub struct CsvSinkConfig {
     /// `journal`/`bill`: which output columns hold the date, amount, accounts and names.
     #[serde(default)]
     pub fields: Option<super::ledger::LedgerFields>,
+    /// Write nothing (no file, no manifest) when the run gives this sink no rows; the state still advances.
+    #[serde(default)]
+    pub skip_empty: bool,
 }
 
 /// What one CSV row is.
@@ -219,6 +222,7 @@ impl CsvSinkConfig {
             group_by: None,
             credit_account: None,
             fields: None,
+            skip_empty: false,
         }
     }
 

@@ -62,6 +62,9 @@ pub struct IifSinkConfig {
     /// Also write `{file}.manifest.json` (transactions, total of the expense lines, sha256), committed with the file.
     #[serde(default)]
     pub manifest: bool,
+    /// Write nothing (no file, no manifest) when the run gives this sink no rows; the state still advances.
+    #[serde(default)]
+    pub skip_empty: bool,
 }
 
 fn default_date_format() -> String {

@@ -93,6 +93,11 @@ impl SinkOutput {
             .chain(self.companions.iter().map(|c| &c.staged))
     }
 
+    /// Data rows in the main output and every companion (split and partitioned sinks).
+    pub fn total_rows(&self) -> u64 {
+        self.rows + self.companions.iter().map(|c| c.rows).sum::<u64>()
+    }
+
     /// Removes every staged file (a run that fails before its commit point).
     pub fn discard(&self) {
         self.staged_files().for_each(StagedFile::discard);
@@ -125,6 +130,17 @@ impl SinkConfig {
             SinkConfig::Parquet(_) => "parquet",
             SinkConfig::Http(_) => "http",
             SinkConfig::Iif(_) => "iif",
+        }
+    }
+
+    /// `skip_empty = true`: a sink given no rows in a run commits no file at all.
+    pub fn skip_empty(&self) -> bool {
+        match self {
+            SinkConfig::Csv(c) => c.skip_empty,
+            SinkConfig::Parquet(c) => c.skip_empty,
+            SinkConfig::Iif(c) => c.skip_empty,
+            // A push with no rows sends nothing already.
+            SinkConfig::Http(_) => false,
         }
     }
 

@@ -60,6 +60,9 @@ pub struct ParquetSinkConfig {
     /// `value` (default), or `year`, `month`, `day` of a date/timestamp column.
     #[serde(default)]
     pub partition_granularity: Granularity,
+    /// Write nothing (no file, no manifest) when the run gives this sink no rows; the state still advances.
+    #[serde(default)]
+    pub skip_empty: bool,
 }
 
 /// How a partition column's value becomes a partition directory.
@@ -106,6 +109,7 @@ impl ParquetSinkConfig {
             row_group_bytes: None,
             partition_by: None,
             partition_granularity: Granularity::Value,
+            skip_empty: false,
         }
     }
 
