@@ -537,3 +537,49 @@ async fn man_page_is_roff_naming_the_subcommands() {
         );
     }
 }
+
+/// `kubernetes-validate` from `$KUBERNETES_VALIDATE`, `.ci/venv` (made by
+/// `.ci/setup.sh`) or the PATH.
+fn kubernetes_validate() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("KUBERNETES_VALIDATE").map(PathBuf::from),
+        Some(repo(".ci/venv/bin/kubernetes-validate")),
+        Some(PathBuf::from("kubernetes-validate")),
+    ];
+    candidates.into_iter().flatten().find(|c| {
+        std::process::Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+#[test]
+fn kubernetes_manifests_pass_strict_schema_validation() {
+    let Some(tool) = kubernetes_validate() else {
+        // CI installs it (.ci/setup.sh); a developer's `cargo test` needs only Rust.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "kubernetes-validate is not installed: run .ci/setup.sh (pip install kubernetes-validate into .ci/venv)"
+        );
+        println!("skipped: kubernetes-validate is not installed; run .ci/setup.sh");
+        return;
+    };
+    let o = std::process::Command::new(tool)
+        .arg("--strict")
+        .arg(repo("deploy/kubernetes/cronjob.yaml"))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "kubernetes-validate --strict: {text}");
+    for kind in ["cronjob/", "persistentvolumeclaim/", "configmap/"] {
+        assert!(
+            text.contains(&format!("passed for resource {kind}")),
+            "{kind} was validated: {text}"
+        );
+    }
+}
