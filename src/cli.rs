@@ -258,8 +258,13 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff) on stdout, e.g. `expense-sync man > /usr/local/share/man/man1/expense-sync.1`.
-    Man,
+    /// Print the man page (roff) on stdout, e.g. `expense-sync man > /usr/local/share/man/man1/expense-sync.1`,
+    /// or write it and one page per subcommand (`expense-sync-run.1`, …) into a directory.
+    Man {
+        /// Write every page into this directory (created if absent) instead of printing the main one.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// Whether stderr lines are JSON (`--log-format json`).
@@ -440,11 +445,24 @@ async fn dispatch(
             clap_complete::generate(shell, &mut cmd, "expense-sync", &mut std::io::stdout());
             Ok(ExitCode::Ok)
         }
-        Command::Man => {
+        Command::Man { dir: None } => {
             use clap::CommandFactory;
             clap_mangen::Man::new(Cli::command())
                 .render(&mut std::io::stdout())
                 .map_err(|e| Error::Internal(format!("cannot write the man page: {e}")))?;
+            Ok(ExitCode::Ok)
+        }
+        Command::Man { dir: Some(dir) } => {
+            use clap::CommandFactory;
+            // generate_to builds the command itself (building first would add `help` pages).
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir))
+                .map_err(|e| {
+                    Error::Sink(format!(
+                        "cannot write the man pages into {}: {e}",
+                        dir.display()
+                    ))
+                })?;
             Ok(ExitCode::Ok)
         }
         Command::Check { pipeline, offline } => check(&pipeline, offline, vault).await,

@@ -583,3 +583,31 @@ fn kubernetes_manifests_pass_strict_schema_validation() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn man_dir_writes_a_page_for_every_subcommand_the_main_page_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = tokio::process::Command::new(BIN)
+        .args(["man", "--dir"])
+        .arg(dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for page in [
+        "expense-sync.1",
+        "expense-sync-run.1",
+        "expense-sync-check.1",
+        "expense-sync-auth.1",
+        "expense-sync-simulate.1",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(page))
+            .unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.contains(".TH"), "{page} is a roff page");
+    }
+    let run = std::fs::read_to_string(dir.path().join("expense-sync-run.1")).unwrap();
+    assert!(
+        run.contains("dry\\-run"),
+        "the run page documents its flags"
+    );
+}
