@@ -5,7 +5,7 @@ pub mod fyle;
 
 use serde::Deserialize;
 
-use crate::config::Problem;
+use crate::common::Problem;
 
 /// Source types a pipeline file may name.
 pub const SOURCE_TYPES: [&str; 1] = ["fyle"];
@@ -23,7 +23,7 @@ impl<'de> Deserialize<'de> for SourceConfig {
         let mut table = toml::Table::deserialize(deserializer)?;
         match table.remove("type") {
             Some(toml::Value::String(kind)) if kind == "fyle" => {
-                crate::config::inner_table(table).map(SourceConfig::Fyle)
+                crate::common::inner_table(table).map(SourceConfig::Fyle)
             }
             Some(toml::Value::String(other)) => {
                 Err(D::Error::unknown_variant(&other, &SOURCE_TYPES))

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::Problem;
+use crate::common::Problem;
 use crate::record::{FieldPath, Record, record_id};
 use crate::row::{Cell, Column, ColumnType, Row, Schema};
 

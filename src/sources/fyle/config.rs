@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::Problem;
+use crate::common::Problem;
 
 /// Admin list resources of the Fyle platform API (from the OpenAPI reference).
 pub const ADMIN_RESOURCES: &[&str] = &[
@@ -110,7 +110,7 @@ pub struct FyleSourceConfig {
     pub fund_source: Option<FundSource>,
     /// Records changed within this long before the run starts wait for the next run,
     /// so late-committed changes with slightly older timestamps are not missed.
-    #[serde(default = "default_safety_lag", with = "crate::config::duration")]
+    #[serde(default = "default_safety_lag", with = "crate::common::duration")]
     pub safety_lag: Duration,
     /// Requests in flight at once; the window is split into slices so a
     /// backfill is bounded by the rate limit, not by round-trip latency.
@@ -118,7 +118,7 @@ pub struct FyleSourceConfig {
     pub concurrency: u32,
     /// Slices are never split below this time span (a split needs a
     /// midpoint with records on both sides to pay off).
-    #[serde(default = "default_min_slice", with = "crate::config::duration")]
+    #[serde(default = "default_min_slice", with = "crate::common::duration")]
     pub min_slice: Duration,
 }
 
