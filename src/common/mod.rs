@@ -53,4 +53,3 @@ pub fn inner_table<T: serde::de::DeserializeOwned, E: serde::de::Error>(
         }
     })
 }
-

@@ -2,7 +2,6 @@
 //! environment overrides), and validation that names the file, the key and
 //! what was expected.
 
-
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -13,7 +12,7 @@ use crate::auth::FyleConnectionConfig;
 use crate::http::HttpConfig;
 use crate::sinks::SinkConfig;
 use crate::sources::SourceConfig;
-use crate::transforms::{ColumnSpec, default_columns};
+use crate::transforms::ColumnSpec;
 
 /// Prefix of environment variables that override pipeline keys:
 /// `EXPENSE_SYNC__SOURCE__PAGE_SIZE=100` sets `source.page_size`.
@@ -402,7 +401,7 @@ fn validate(mut spec: PipelineFile, origin: &Path) -> Result<Pipeline, ConfigErr
     problems.extend(spec.source.apply_presets("source"));
     problems.extend(spec.source.validate("source"));
     if spec.columns.is_empty() {
-        match default_columns(spec.source.resource()) {
+        match spec.source.default_columns() {
             Some(cols) => spec.columns = cols,
             None => problems.push(Problem::new(
                 "columns",

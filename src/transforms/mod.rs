@@ -6,7 +6,6 @@
 //! dropped silently.
 
 mod convert;
-mod defaults;
 pub mod steps;
 
 use std::collections::HashMap;
@@ -21,7 +20,6 @@ use crate::common::Problem;
 use crate::record::{FieldPath, Record, record_id};
 use crate::row::{Cell, Column, ColumnType, Row, Schema};
 
-pub use defaults::default_columns;
 pub use steps::{TransformReport, TransformSpec, Transforms, Verdict};
 
 /// Default digits after the point for decimal columns (cents).

@@ -290,6 +290,36 @@ impl FyleSourceConfig {
         p
     }
 
+    /// What this section selects, part by part, for the selection fingerprint.
+    pub fn selection(&self) -> BTreeMap<String, String> {
+        let source = self;
+        let mut parts = BTreeMap::new();
+        let mut put = |k: &str, v: String| {
+            parts.insert(k.to_string(), v);
+        };
+        put("resource", source.resource.clone());
+        put("role", source.role.clone());
+        put("cursor", source.cursor().to_string());
+        put(
+            "preset",
+            source.preset.map_or("none".into(), |p| format!("{p:?}")),
+        );
+        put(
+            "fund_source",
+            source
+                .fund_source
+                .map_or("none".into(), |f| format!("{f:?}")),
+        );
+        // The filters as sent to the API, presets and fund_source expanded: what the server is asked.
+        let filters: Vec<String> = source
+            .filter_pairs()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        put("source filters", filters.join("&"));
+        parts
+    }
+
     /// The timestamp column the pager walks.
     pub fn cursor(&self) -> &str {
         self.cursor_field.as_deref().unwrap_or("updated_at")
