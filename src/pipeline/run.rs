@@ -106,7 +106,7 @@ impl<'a> Run<'a> {
         let streamed = self.stream(&mut planned).await?;
         let finished = self.finish(streamed).await?;
         let progress = self.commit(&mut planned, finished)?;
-        self.after_commit(&planned, &progress).await
+        self.after_commit(planned.source.as_ref(), progress).await
     }
 
     /// Stage 1: open the source, lock and recover the state, plan the window, build the sinks.
@@ -284,7 +284,7 @@ impl<'a> Run<'a> {
         // Here: de-duplicate, project records to rows, quarantine the ones that cannot be.
         let plan = &planned.plan;
         let mut stage = TransformStage {
-            transforms: std::mem::replace(&mut planned.transforms, Transforms::default()),
+            transforms: std::mem::take(&mut planned.transforms),
             projector: planned.projector.clone(),
             report: TransformReport::default(),
             quarantine: Quarantine::new(&planned.ctx),
@@ -652,17 +652,17 @@ impl<'a> Run<'a> {
     /// which carries out every plan still pending.
     async fn after_commit(
         &mut self,
-        planned: &Planned,
-        progress: &progress::Progress,
+        source: &dyn Source,
+        progress: progress::Progress,
     ) -> Result<(), Error> {
         let files = self.run_files();
-        let Some(hook) = planned.source.after_commit(&files) else {
+        let Some(hook) = source.after_commit(&files) else {
             return Ok(());
         };
         progress.phase("write-back", self.http);
         let report = tokio::select! {
             r = hook => r,
-            _ = self.opts.cancel.cancelled() => return Err(planned.source.after_commit_interrupted()),
+            _ = self.opts.cancel.cancelled() => return Err(source.after_commit_interrupted()),
         };
         progress.report_now(self.http);
         if let Some(why) = &report.failed {
