@@ -8,6 +8,8 @@ mod secret;
 
 pub use secret::SecretRef;
 
+use std::path::{Path, PathBuf};
+
 /// One thing wrong in a pipeline file: the key and what was expected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -52,4 +54,35 @@ pub fn inner_table<T: serde::de::DeserializeOwned, E: serde::de::Error>(
             E::custom(format!("`{path}`: {message}"))
         }
     })
+}
+
+/// A pipeline file that cannot be used, with every problem found in it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", render(.file, .problems))]
+pub struct ConfigError {
+    /// The file that was read.
+    pub file: PathBuf,
+    /// What is wrong, key by key.
+    pub problems: Vec<Problem>,
+}
+
+impl ConfigError {
+    /// An error with a single problem.
+    pub fn single(file: &Path, key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            file: file.to_path_buf(),
+            problems: vec![Problem::new(key, message)],
+        }
+    }
+}
+
+fn render(file: &Path, problems: &[Problem]) -> String {
+    let mut s = format!("invalid pipeline file {}:", file.display());
+    for p in problems {
+        match &p.origin {
+            Some(origin) => s.push_str(&format!("\n  - {origin}: key `{}`: {}", p.key, p.message)),
+            None => s.push_str(&format!("\n  - key `{}`: {}", p.key, p.message)),
+        }
+    }
+    s
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use crate::common::{Problem, SecretRef, duration, inner_table};
+pub use crate::common::{ConfigError, Problem, SecretRef, duration, inner_table};
 
 use crate::auth::FyleConnectionConfig;
 use crate::http::HttpConfig;
@@ -21,37 +21,6 @@ pub const ENV_PREFIX: &str = "EXPENSE_SYNC";
 /// Environment variable that overrides `connection.accounts_url` (what
 /// `expense-sync simulate` prints), unless `EXPENSE_SYNC__CONNECTION__ACCOUNTS_URL` is set.
 pub const ACCOUNTS_URL_ENV: &str = "FYLE_ACCOUNTS_URL";
-
-/// A pipeline file that cannot be used, with every problem found in it.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{}", render(.file, .problems))]
-pub struct ConfigError {
-    /// The file that was read.
-    pub file: PathBuf,
-    /// What is wrong, key by key.
-    pub problems: Vec<Problem>,
-}
-
-impl ConfigError {
-    /// An error with a single problem.
-    pub fn single(file: &Path, key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            file: file.to_path_buf(),
-            problems: vec![Problem::new(key, message)],
-        }
-    }
-}
-
-fn render(file: &Path, problems: &[Problem]) -> String {
-    let mut s = format!("invalid pipeline file {}:", file.display());
-    for p in problems {
-        match &p.origin {
-            Some(origin) => s.push_str(&format!("\n  - {origin}: key `{}`: {}", p.key, p.message)),
-            None => s.push_str(&format!("\n  - key `{}`: {}", p.key, p.message)),
-        }
-    }
-    s
-}
 
 /// `[pipeline]`: the pipeline's name and where its outputs go.
 #[derive(Debug, Clone, Deserialize)]
