@@ -9,14 +9,12 @@ use chrono::{DateTime, NaiveDate, Utc};
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 use secrecy::SecretString;
 
-use crate::auth::{FyleCredentials, FyleSession};
-use crate::config::{self, Pipeline};
+use crate::auth::FyleCredentials;
+use crate::config;
 use crate::error::{Error, ExitCode};
 use crate::http::HttpClient;
 use crate::pipeline::{self, CancelToken, RunMode, RunOptions, RunOutcome};
 use crate::simulator::{Faults, SimConfig, Simulator};
-use crate::sources::SourceConfig;
-use crate::sources::fyle::FyleClient;
 
 /// The demo pipeline, built in so `demo` works from any directory.
 pub const DEMO_PIPELINE: &str = include_str!("../pipelines/demo.toml");
@@ -473,8 +471,7 @@ async fn dispatch(
             let p = config::load(&pipeline)?;
             let dir = output_dir.unwrap_or_else(|| p.spec.pipeline.output_dir.clone());
             let path = p.state_path(&dir);
-            let SourceConfig::Fyle(src) = &p.spec.source;
-            let st = crate::state::load(&path, p.name(), src.cursor())
+            let st = crate::state::load(&path, p.name(), p.spec.source.cursor())
                 .map_err(|e| Error::State(e.to_string()))?;
             eprintln!("state file: {}", path.display());
             println!(
@@ -747,6 +744,22 @@ async fn check(path: &Path, offline: bool, vault: Option<PathBuf>) -> Result<Exi
     if offline {
         return Ok(ExitCode::Ok);
     }
+    // Short timeouts and few retries: check answers within seconds.
+    let http =
+        HttpClient::new(&p.spec.http.for_check()).map_err(|e| Error::Internal(e.to_string()))?;
+    let built = p.spec.source.build(crate::sources::SourceContext {
+        file: &p.file,
+        http: &http,
+        connection: &p.spec.connection,
+        writeback: p.spec.writeback.as_ref(),
+        credentials: None,
+        vault,
+    });
+    let (built, source_problems) = match built {
+        Ok(s) => (Some(Ok(s)), Vec::new()),
+        Err(crate::sources::BuildError::Config(ps)) => (None, ps),
+        Err(crate::sources::BuildError::Other(e)) => (Some(Err(e)), Vec::new()),
+    };
     let sink_problems: Vec<config::Problem> = p
         .spec
         .sinks
@@ -754,19 +767,7 @@ async fn check(path: &Path, offline: bool, vault: Option<PathBuf>) -> Result<Exi
         .enumerate()
         .flat_map(|(i, s)| s.resolve_secrets(&format!("sinks[{i}]")))
         .collect();
-    let connection_problems = match &p.spec.connection.vault {
-        Some(_) => Vec::new(),
-        None => p
-            .spec
-            .connection
-            .resolve("connection")
-            .err()
-            .unwrap_or_default(),
-    };
-    let problems: Vec<_> = connection_problems
-        .into_iter()
-        .chain(sink_problems)
-        .collect();
+    let problems: Vec<_> = source_problems.into_iter().chain(sink_problems).collect();
     if !problems.is_empty() {
         return Err(config::ConfigError {
             file: path.to_path_buf(),
@@ -783,96 +784,14 @@ async fn check(path: &Path, offline: bool, vault: Option<PathBuf>) -> Result<Exi
         return Ok(ExitCode::Sink);
     }
     println!("ok   output directory {} is writable", output_dir.display());
-    // Short timeouts and few retries: check answers within seconds.
-    let http =
-        HttpClient::new(&p.spec.http.for_check()).map_err(|e| Error::Internal(e.to_string()))?;
-    let session = match &p.spec.connection.vault {
-        Some(name) => {
-            let v = crate::auth::Vault::open(&crate::auth::vault::vault_path(vault.as_deref()));
-            println!("ok   using connection `{name}` from {}", v.path().display());
-            FyleSession::from_vault(http, v, name)?
+    let source = built.expect("no problems means the source was built or failed")?;
+    match source.check().await? {
+        None => Ok(ExitCode::Ok),
+        Some((message, code)) => {
+            check_failed(&message, code);
+            Ok(code)
         }
-        None => {
-            let creds = p
-                .spec
-                .connection
-                .resolve("connection")
-                .map_err(|problems| config::ConfigError {
-                    file: path.to_path_buf(),
-                    problems,
-                })?;
-            println!("ok   secrets resolved (client_id {})", creds.client_id);
-            FyleSession::new(http, creds)
-        }
-    };
-    check_connection(&p, session).await
-}
-
-async fn check_connection(p: &Pipeline, session: FyleSession) -> Result<ExitCode, Error> {
-    let accounts = session.accounts_url().clone();
-    let session = std::sync::Arc::new(session);
-    let token = session.token().await?;
-    println!("ok   access token granted by {accounts}");
-    println!("ok   cluster is {}", token.cluster);
-    let client = FyleClient::new(session);
-    let profile = client
-        .my_profile()
-        .await
-        .map_err(|e| Error::Auth(format!("GET /spender/my_profile failed: {e}")))?;
-    let data = profile.get("data").unwrap_or(&profile);
-    let email = data
-        .pointer("/user/email")
-        .and_then(|v| v.as_str())
-        .unwrap_or("(unknown user)");
-    let org = data
-        .pointer("/org/name")
-        .and_then(|v| v.as_str())
-        .unwrap_or("(unknown org)");
-    let roles: Vec<String> = data
-        .get("roles")
-        .and_then(|r| r.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    println!(
-        "ok   signed in as {email} in {org}; roles: {}",
-        roles.join(", ")
-    );
-    let SourceConfig::Fyle(src) = &p.spec.source;
-    let needed = src.role.to_uppercase();
-    let has_role = roles
-        .iter()
-        .any(|r| *r == needed || (needed == "SPENDER" && r == "FYLER"));
-    if !has_role {
-        check_failed(
-            &format!(
-                "source.role is `{}` but {email} has roles [{}]; use a user with that role or change source.role",
-                src.role,
-                roles.join(", ")
-            ),
-            ExitCode::Auth,
-        );
-        return Ok(ExitCode::Auth);
     }
-    println!("ok   role `{}` is present", src.role);
-    let mut query = src.filter_pairs();
-    query.push(("limit".into(), "1".into()));
-    let body = client
-        .get(&format!("{}/{}", src.role, src.resource), &query)
-        .await
-        .map_err(|e| Error::Source(format!("reading {}/{} failed: {e}", src.role, src.resource)))?;
-    let count = body
-        .get("count")
-        .map(|c| c.to_string())
-        .unwrap_or_else(|| "?".into());
-    println!(
-        "ok   {}/{} answers; {count} record(s) match the filters",
-        src.role, src.resource
-    );
-    Ok(ExitCode::Ok)
 }
 
 async fn demo(

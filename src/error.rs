@@ -44,7 +44,7 @@ impl ExitCode {
 pub enum Error {
     /// The pipeline file or command line is wrong.
     #[error("{0}")]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] crate::common::ConfigError),
     /// Authentication failed.
     #[error("authentication failed: {0}")]
     Auth(String),

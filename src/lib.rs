@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod common;
 pub mod config;
 pub mod error;
 pub mod failpoint;

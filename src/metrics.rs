@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use url::Url;
 
-use crate::config::Problem;
+use crate::common::Problem;
 use crate::http::{HttpClient, HttpConfig, Request};
 use crate::pipeline::{RunStatus, RunSummary};
 

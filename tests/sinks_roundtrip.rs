@@ -16,7 +16,8 @@ use expense_sync::row::{Batch, Cell, Column, ColumnType, Row, Schema};
 use expense_sync::sinks::csv::{CsvSinkConfig, LineEnding};
 use expense_sync::sinks::parquet::ParquetSinkConfig;
 use expense_sync::sinks::{Sink, SinkConfig, SinkContext, SinkOutput};
-use expense_sync::transforms::{Projector, default_columns};
+use expense_sync::sources::fyle::default_columns;
+use expense_sync::transforms::Projector;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rust_decimal::Decimal;
 

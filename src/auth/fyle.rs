@@ -14,7 +14,7 @@ use url::Url;
 
 use super::tokens::VaultAuth;
 use super::vault::{Vault, VaultError};
-use crate::config::{Problem, SecretRef};
+use crate::common::{Problem, SecretRef};
 use crate::http::{HttpClient, HttpError, Request};
 
 /// Default Fyle accounts server.

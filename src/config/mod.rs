@@ -2,20 +2,17 @@
 //! environment overrides), and validation that names the file, the key and
 //! what was expected.
 
-pub mod duration;
-mod secret;
-
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use secret::SecretRef;
+pub use crate::common::{ConfigError, Problem, SecretRef, duration, inner_table};
 
 use crate::auth::FyleConnectionConfig;
 use crate::http::HttpConfig;
 use crate::sinks::SinkConfig;
 use crate::sources::SourceConfig;
-use crate::transforms::{ColumnSpec, default_columns};
+use crate::transforms::ColumnSpec;
 
 /// Prefix of environment variables that override pipeline keys:
 /// `EXPENSE_SYNC__SOURCE__PAGE_SIZE=100` sets `source.page_size`.
@@ -24,60 +21,6 @@ pub const ENV_PREFIX: &str = "EXPENSE_SYNC";
 /// Environment variable that overrides `connection.accounts_url` (what
 /// `expense-sync simulate` prints), unless `EXPENSE_SYNC__CONNECTION__ACCOUNTS_URL` is set.
 pub const ACCOUNTS_URL_ENV: &str = "FYLE_ACCOUNTS_URL";
-
-/// One thing wrong in a pipeline file: the key and what was expected.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// Dotted key, e.g. `source.page_size` or `sinks[1].delimiter`.
-    pub key: String,
-    /// What is wrong and what is expected.
-    pub message: String,
-    /// Where the value came from: `file:line:column`, or the environment
-    /// variable that set it; `None` when it cannot be pinned down.
-    pub origin: Option<String>,
-}
-
-impl Problem {
-    /// A problem at `key`.
-    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            message: message.into(),
-            origin: None,
-        }
-    }
-}
-
-/// A pipeline file that cannot be used, with every problem found in it.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{}", render(.file, .problems))]
-pub struct ConfigError {
-    /// The file that was read.
-    pub file: PathBuf,
-    /// What is wrong, key by key.
-    pub problems: Vec<Problem>,
-}
-
-impl ConfigError {
-    /// An error with a single problem.
-    pub fn single(file: &Path, key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            file: file.to_path_buf(),
-            problems: vec![Problem::new(key, message)],
-        }
-    }
-}
-
-fn render(file: &Path, problems: &[Problem]) -> String {
-    let mut s = format!("invalid pipeline file {}:", file.display());
-    for p in problems {
-        match &p.origin {
-            Some(origin) => s.push_str(&format!("\n  - {origin}: key `{}`: {}", p.key, p.message)),
-            None => s.push_str(&format!("\n  - key `{}`: {}", p.key, p.message)),
-        }
-    }
-    s
-}
 
 /// `[pipeline]`: the pipeline's name and where its outputs go.
 #[derive(Debug, Clone, Deserialize)]
@@ -427,7 +370,7 @@ fn validate(mut spec: PipelineFile, origin: &Path) -> Result<Pipeline, ConfigErr
     problems.extend(spec.source.apply_presets("source"));
     problems.extend(spec.source.validate("source"));
     if spec.columns.is_empty() {
-        match default_columns(spec.source.resource()) {
+        match spec.source.default_columns() {
             Some(cols) => spec.columns = cols,
             None => problems.push(Problem::new(
                 "columns",
@@ -505,29 +448,6 @@ fn base_dir(file: &Path) -> PathBuf {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     }
-}
-
-/// Deserializes the settings of a section chosen by `type` (`[source]`,
-/// `[[sinks]]`) from its table with `type` removed. A derived internally
-/// tagged enum would buffer the table and lose the key of any error inside
-/// it, so the inner key is carried in the message as "`key`: …", which
-/// [`load`] turns back into a full key.
-pub fn inner_table<T: serde::de::DeserializeOwned, E: serde::de::Error>(
-    table: toml::Table,
-) -> Result<T, E> {
-    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-        let path = e.path().to_string();
-        let message = e.into_inner().message().to_string();
-        // Unknown and missing fields name their key already.
-        if path == "."
-            || message.starts_with("unknown field")
-            || message.starts_with("missing field")
-        {
-            E::custom(message)
-        } else {
-            E::custom(format!("`{path}`: {message}"))
-        }
-    })
 }
 
 /// Turns serde's path and message into (key, message), pointing unknown-field

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::Problem;
+use crate::common::Problem;
 
 /// Limits, timeouts and retry policy for every request a pipeline makes.
 #[derive(Debug, Clone, Deserialize)]
@@ -13,18 +13,18 @@ pub struct HttpConfig {
     /// Requests per second for the whole process (Fyle allows 10 per IP).
     pub requests_per_second: f64,
     /// How long to wait for a TCP/TLS connection.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::common::duration")]
     pub connect_timeout: Duration,
     /// How long one request may take, body included.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::common::duration")]
     pub request_timeout: Duration,
     /// Retries after the first attempt, for 429, 5xx, timeouts and resets.
     pub max_retries: u32,
     /// First backoff delay; doubles each retry, with jitter.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::common::duration")]
     pub initial_backoff: Duration,
     /// Longest backoff delay, and the longest `Retry-After` honoured.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::common::duration")]
     pub max_backoff: Duration,
 }
 

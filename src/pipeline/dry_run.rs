@@ -5,13 +5,14 @@ use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 
-use super::{RunOptions, new_run_id, open_session, plan_run, push_safe_source};
+use super::run::open_source;
+use super::{RunOptions, new_run_id, plan_run};
 use crate::config::Pipeline;
 use crate::error::Error;
 use crate::http::HttpClient;
 use crate::sinks::{SinkConfig, SinkContext, render_path};
-use crate::sources::SourceConfig;
-use crate::sources::fyle::{FyleClient, Window, first_page_query, fyle_timestamp};
+use crate::sources::Window;
+use crate::sources::fyle::fyle_timestamp;
 
 /// What a run of a pipeline would do now.
 #[derive(Debug, Clone)]
@@ -57,49 +58,20 @@ pub async fn dry_run(
     opts: &RunOptions,
 ) -> Result<DryRun, Error> {
     let spec = &pipeline.spec;
-    let SourceConfig::Fyle(source_cfg) = &spec.source;
-    let source_cfg = push_safe_source(source_cfg, &spec.sinks);
     let started_at = Utc::now();
     let output_dir = opts
         .output_dir
         .clone()
         .unwrap_or_else(|| spec.pipeline.output_dir.clone());
     let state_path = pipeline.state_path(&output_dir);
+    let cursor = spec.source.cursor();
     // Read only: no lock is taken and no recovery is run, so nothing on disk changes.
-    let st = crate::state::load(&state_path, pipeline.name(), source_cfg.cursor())
+    let st = crate::state::load(&state_path, pipeline.name(), cursor)
         .map_err(|e| Error::State(e.to_string()))?;
-    let plan = plan_run(pipeline, opts, &st, started_at)?;
+    let plan = plan_run(pipeline, opts, &st, started_at, spec.source.safety_lag())?;
 
-    let session = std::sync::Arc::new(open_session(pipeline, http, opts)?);
-    let token = session.token().await?;
-    let path = format!("{}/{}", source_cfg.role, source_cfg.resource);
-    let url_of = |query: &[(String, String)]| {
-        let base = token
-            .cluster
-            .join(&format!("platform/v1/{path}"))
-            .map(|u| u.to_string())
-            .unwrap_or_else(|_| format!("{}platform/v1/{path}", token.cluster));
-        format!(
-            "{base}?{}",
-            serde_urlencoded::to_string(query).unwrap_or_default()
-        )
-    };
-    let first = first_page_query(&source_cfg, plan.window);
-    let mut probe = first.clone();
-    for (k, v) in probe.iter_mut() {
-        if k == "limit" {
-            *v = "1".into();
-        }
-    }
-    let client = FyleClient::new(session.clone());
-    let body = client.get(&path, &probe).await.map_err(|e| {
-        Error::Source(format!(
-            "reading {path} from Fyle failed (count probe of the dry run): {e}"
-        ))
-    })?;
-    let count = body
-        .get("count")
-        .and_then(|c| c.to_string().parse::<u64>().ok());
+    let source = open_source(pipeline, http, opts)?;
+    let probe = source.probe(plan.window).await?;
 
     let ctx = SinkContext {
         pipeline: pipeline.name().to_string(),
@@ -127,20 +99,20 @@ pub async fn dry_run(
     Ok(DryRun {
         pipeline: pipeline.name().to_string(),
         kind: plan.kind.to_string(),
-        cursor: source_cfg.cursor().to_string(),
+        cursor: cursor.to_string(),
         window: plan.window,
         advances_state: plan.advance_to.is_some(),
         state_path,
         watermark: st.watermark,
         pending_run: st.pending.as_ref().map(|p| p.run.run_id.clone()),
-        count_probe: url_of(&probe),
-        count,
-        first_page: url_of(&first),
-        page_size: source_cfg.page_size,
-        concurrency: source_cfg.concurrency.max(1),
+        count_probe: probe.count_probe,
+        count: probe.count,
+        first_page: probe.first_page,
+        page_size: probe.page_size,
+        concurrency: probe.concurrency,
         limit: opts.limit,
         outputs,
-        writeback: spec.writeback.is_some(),
+        writeback: source.wants_exported_ids(),
     })
 }
 

@@ -11,7 +11,7 @@ use tokio::sync::{Notify, mpsc};
 use tracing::info;
 
 use crate::http::{HttpClient, StatsSnapshot};
-use crate::sources::fyle::Page;
+use crate::sources::Page;
 
 /// How often progress is reported unless told otherwise.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);

@@ -4,41 +4,18 @@
 //! would now mean something different, and stop instead of silently skipping
 //! records the new selection adds before the watermark.
 
-use std::collections::BTreeMap;
-
 use sha2::{Digest, Sha256};
 
 use crate::config::PipelineFile;
-use crate::sources::fyle::FyleSourceConfig;
 use crate::state::{Selection, SelectionChange};
 use crate::transforms::TransformSpec;
 
-/// The fingerprint of what `spec` selects, reading through `source`.
-pub fn fingerprint(spec: &PipelineFile, source: &FyleSourceConfig) -> Selection {
-    let mut parts = BTreeMap::new();
+/// The fingerprint of what `spec` selects.
+pub fn fingerprint(spec: &PipelineFile) -> Selection {
+    let mut parts = spec.source.selection();
     let mut put = |k: &str, v: String| {
         parts.insert(k.to_string(), v);
     };
-    put("resource", source.resource.clone());
-    put("role", source.role.clone());
-    put("cursor", source.cursor().to_string());
-    put(
-        "preset",
-        source.preset.map_or("none".into(), |p| format!("{p:?}")),
-    );
-    put(
-        "fund_source",
-        source
-            .fund_source
-            .map_or("none".into(), |f| format!("{f:?}")),
-    );
-    // The filters as sent to the API, presets and fund_source expanded: what the server is asked.
-    let filters: Vec<String> = source
-        .filter_pairs()
-        .into_iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    put("source filters", filters.join("&"));
     put("columns", digest(&format!("{:?}", spec.columns)));
     let filter_steps: Vec<&TransformSpec> = spec
         .transforms

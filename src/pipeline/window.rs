@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 
 use crate::config::IncrementalConfig;
 use crate::http::{ServerClock, describe_skew};
-use crate::sources::fyle::Window;
+use crate::sources::Window;
 use crate::state::State;
 
 /// What kind of run to make.

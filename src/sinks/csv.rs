@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 use super::output::{FileCompression, Manifest, Output, file_name, stage_manifest};
 use super::{Sink, SinkContext, SinkError, SinkOutput, cell_text, fit_decimal_for_column, label};
-use crate::config::Problem;
+use crate::common::Problem;
 use crate::fsutil::StagedFile;
 use crate::row::{Batch, Cell, ColumnType, Schema};
 

@@ -35,7 +35,7 @@ use url::Url;
 
 use super::journal::{JournalRecord, PushJournal, key_bytes};
 use super::{Sink, SinkContext, SinkError, SinkOutput, cell_text, label, template_parts};
-use crate::config::{Problem, SecretRef};
+use crate::common::{Problem, SecretRef};
 use crate::fsutil::{StagedFile, sync_file};
 pub use crate::http::sign;
 use crate::http::{HttpClient, HttpConfig, HttpError, Request, Signer};
@@ -202,7 +202,7 @@ fn default_record_key_field() -> String {
 }
 
 fn optional_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    crate::config::duration::deserialize(d).map(Some)
+    crate::common::duration::deserialize(d).map(Some)
 }
 
 impl HttpSinkConfig {

@@ -29,7 +29,7 @@ use serde::Deserialize;
 use super::ledger::{Ledger, LedgerFields, Line, check_entry, negated, total};
 use super::output::{FileCompression, Manifest, Output, file_name, stage_manifest};
 use super::{Sink, SinkContext, SinkError, SinkOutput, label};
-use crate::config::Problem;
+use crate::common::Problem;
 use crate::fsutil::StagedFile;
 use crate::row::{Batch, Schema};
 

@@ -14,7 +14,7 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 
 use super::cell_text;
-use crate::config::Problem;
+use crate::common::Problem;
 use crate::row::{Cell, ColumnType, Schema};
 
 /// Output column names for each accounting field.

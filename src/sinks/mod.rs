@@ -24,7 +24,7 @@ use std::sync::Arc;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Deserialize;
 
-use crate::config::Problem;
+use crate::common::Problem;
 use crate::fsutil::StagedFile;
 use crate::row::{Batch, Cell, Schema};
 
@@ -271,10 +271,10 @@ impl<'de> Deserialize<'de> for SinkConfig {
             None => return Err(D::Error::missing_field("type")),
         };
         match kind.as_str() {
-            "csv" => crate::config::inner_table(table).map(SinkConfig::Csv),
-            "parquet" => crate::config::inner_table(table).map(SinkConfig::Parquet),
-            "http" => crate::config::inner_table(table).map(|c| SinkConfig::Http(Box::new(c))),
-            "iif" => crate::config::inner_table(table).map(SinkConfig::Iif),
+            "csv" => crate::common::inner_table(table).map(SinkConfig::Csv),
+            "parquet" => crate::common::inner_table(table).map(SinkConfig::Parquet),
+            "http" => crate::common::inner_table(table).map(|c| SinkConfig::Http(Box::new(c))),
+            "iif" => crate::common::inner_table(table).map(SinkConfig::Iif),
             other => Err(D::Error::unknown_variant(other, &SINK_TYPES)),
         }
     }

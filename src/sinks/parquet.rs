@@ -23,7 +23,7 @@ use chrono::NaiveDate;
 use serde::Deserialize;
 
 use super::{Sink, SinkContext, SinkError, SinkOutput, fit_decimal_for_column, label, stage};
-use crate::config::Problem;
+use crate::common::Problem;
 use crate::fsutil::{StagedFile, sync_file};
 use crate::row::{Batch, Cell, Column, ColumnType, Schema};
 

@@ -1,11 +1,160 @@
 //! Sources: where records come from. A source streams pages of records into
 //! a bounded channel and knows nothing of transforms or sinks.
+//!
+//! The runner knows only the [`Source`] trait: each platform has its config
+//! (a variant of [`SourceConfig`]) and a `build` step returning
+//! `Box<dyn Source>`. Adding a source is one folder plus one registration
+//! line in [`SourceConfig`].
 
 pub mod fyle;
 
-use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use crate::config::Problem;
+use futures::future::BoxFuture;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::common::Problem;
+use crate::error::Error;
+use crate::fsutil::StagedFile;
+use crate::http::{HttpClient, ServerClock};
+
+pub use fyle::WriteBackSummary as AfterCommitSummary;
+pub use fyle::{Page, PagerStats, Window};
+
+/// A system records are read from, opened for one run.
+pub trait Source: Send + Sync {
+    /// The record field the window and the watermark follow (e.g. `updated_at`).
+    fn cursor(&self) -> &str;
+
+    /// How far behind the server's clock a window must end, so that records
+    /// still being stamped are not skipped.
+    fn safety_lag(&self) -> Duration;
+
+    /// Whether a rerun of the same window yields the same records in the same
+    /// order (pushes need it to cut the same batches after a crash).
+    fn reproducible_order(&self) -> bool;
+
+    /// Switches to a reproducible order, possibly slower (e.g. sequential paging).
+    fn make_reproducible(&mut self);
+
+    /// Authenticates; a failure here leaves nothing on disk.
+    fn open(&self) -> BoxFuture<'_, Result<(), Error>>;
+
+    /// Token grants made so far, for the run summary.
+    fn grants(&self) -> u64;
+
+    /// Reads the server's clock just before the window is planned; `None`
+    /// when the server does not tell (windows then follow this machine's clock).
+    fn server_clock(&self) -> BoxFuture<'_, Result<Option<ServerClock>, Error>>;
+
+    /// The most recent server clock reading seen by any request, without a new request.
+    fn latest_server_clock(&self) -> BoxFuture<'_, Result<Option<ServerClock>, Error>>;
+
+    /// Streams every record of `window` into `pages`; returns early without
+    /// error when the receiver goes away (the run is stopping).
+    fn fetch(
+        &self,
+        window: Window,
+        pages: mpsc::Sender<Page>,
+    ) -> BoxFuture<'static, Result<PagerStats, Error>>;
+
+    /// What `run --dry-run` shows: the requests the run would start with, and a count.
+    fn probe(&self, window: Window) -> BoxFuture<'_, Result<Probe, Error>>;
+
+    /// `expense-sync check`: prints one `ok …` line per step to stdout; a
+    /// failed check comes back as its message and exit code.
+    fn check(&self) -> BoxFuture<'_, Result<Option<(String, crate::ExitCode)>, Error>>;
+
+    /// Whether the after-commit hook needs the ids of the exported records.
+    fn wants_exported_ids(&self) -> bool {
+        false
+    }
+
+    /// Stages what the after-commit hook will do, committed with the outputs
+    /// so that a crash after the commit still carries it out; `None` when
+    /// there is nothing to do. `rejected` maps ids to the receiver's reasons.
+    fn stage_after_commit(
+        &self,
+        _run: &RunFiles<'_>,
+        _exported: &[String],
+        _rejected: &HashMap<String, String>,
+    ) -> Result<Option<StagedFile>, Error> {
+        Ok(None)
+    }
+
+    /// Carries out every staged after-commit plan (e.g. Fyle's export-status
+    /// write-back); `None` when the source has no such hook.
+    fn after_commit<'a>(
+        &'a self,
+        _run: &'a RunFiles<'a>,
+    ) -> Option<BoxFuture<'a, AfterCommitSummary>> {
+        None
+    }
+
+    /// The error for a stop during [`Source::after_commit`].
+    fn after_commit_interrupted(&self) -> Error {
+        Error::Interrupted(
+            "interrupted after the commit: the run's outputs and state were committed".into(),
+        )
+    }
+}
+
+/// Where a run keeps its files, for a source's after-commit bookkeeping.
+#[derive(Debug, Clone)]
+pub struct RunFiles<'a> {
+    /// The run's output directory.
+    pub output_dir: &'a Path,
+    /// The pipeline's name.
+    pub pipeline: &'a str,
+    /// The run's id.
+    pub run_id: &'a str,
+    /// The tag of the run's temporary files.
+    pub temp_tag: String,
+}
+
+/// The requests a run would start with, shown by `run --dry-run`.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    /// The one-record request that counted the matches.
+    pub count_probe: String,
+    /// Matches in the window, if the server said.
+    pub count: Option<u64>,
+    /// The first page's request.
+    pub first_page: String,
+    /// Records per page.
+    pub page_size: u32,
+    /// Pages fetched at once.
+    pub concurrency: u32,
+}
+
+/// What building a source needs from the pipeline file and the run.
+#[derive(Debug, Clone)]
+pub struct SourceContext<'a> {
+    /// The pipeline file, named in errors.
+    pub file: &'a Path,
+    /// The one HTTP stack.
+    pub http: &'a HttpClient,
+    /// `[connection]` as written.
+    pub connection: &'a crate::auth::FyleConnectionConfig,
+    /// `[writeback]` as written.
+    pub writeback: Option<&'a fyle::WriteBackConfig>,
+    /// Credentials given by the caller instead of `[connection]` (demo, tests, embedding).
+    pub credentials: Option<crate::auth::FyleCredentials>,
+    /// The credential vault for `[connection] vault = "…"`.
+    pub vault: Option<PathBuf>,
+}
+
+/// Why a source could not be built.
+#[derive(Debug)]
+pub enum BuildError {
+    /// The pipeline file is wrong (e.g. a secret reference that does not resolve).
+    Config(Vec<Problem>),
+    /// Anything else (e.g. the vault has no such connection).
+    Other(Error),
+}
 
 /// Source types a pipeline file may name.
 pub const SOURCE_TYPES: [&str; 1] = ["fyle"];
@@ -23,7 +172,7 @@ impl<'de> Deserialize<'de> for SourceConfig {
         let mut table = toml::Table::deserialize(deserializer)?;
         match table.remove("type") {
             Some(toml::Value::String(kind)) if kind == "fyle" => {
-                crate::config::inner_table(table).map(SourceConfig::Fyle)
+                crate::common::inner_table(table).map(SourceConfig::Fyle)
             }
             Some(toml::Value::String(other)) => {
                 Err(D::Error::unknown_variant(&other, &SOURCE_TYPES))
@@ -48,6 +197,42 @@ impl SourceConfig {
     pub fn apply_presets(&mut self, prefix: &str) -> Vec<Problem> {
         match self {
             SourceConfig::Fyle(c) => c.apply_presets(prefix),
+        }
+    }
+
+    /// Builds the source a run reads from.
+    pub fn build(&self, ctx: SourceContext<'_>) -> Result<Box<dyn Source>, BuildError> {
+        match self {
+            SourceConfig::Fyle(c) => Ok(Box::new(fyle::FyleSource::build(c, ctx)?)),
+        }
+    }
+
+    /// The columns a pipeline without `[[columns]]` exports; `None` when the
+    /// source has no default set for what it reads.
+    pub fn default_columns(&self) -> Option<Vec<crate::transforms::ColumnSpec>> {
+        match self {
+            SourceConfig::Fyle(c) => fyle::default_columns(&c.resource),
+        }
+    }
+
+    /// The cursor field, for reading state without opening the source.
+    pub fn cursor(&self) -> &str {
+        match self {
+            SourceConfig::Fyle(c) => c.cursor(),
+        }
+    }
+
+    /// How far behind the server's clock windows end, for planning without opening the source.
+    pub fn safety_lag(&self) -> Duration {
+        match self {
+            SourceConfig::Fyle(c) => c.safety_lag,
+        }
+    }
+
+    /// What the source selects, part by part, for the selection fingerprint.
+    pub fn selection(&self) -> BTreeMap<String, String> {
+        match self {
+            SourceConfig::Fyle(c) => c.selection(),
         }
     }
 

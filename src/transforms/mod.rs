@@ -6,7 +6,6 @@
 //! dropped silently.
 
 mod convert;
-mod defaults;
 pub mod steps;
 
 use std::collections::HashMap;
@@ -17,11 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::Problem;
+use crate::common::Problem;
 use crate::record::{FieldPath, Record, record_id};
 use crate::row::{Cell, Column, ColumnType, Row, Schema};
 
-pub use defaults::default_columns;
 pub use steps::{TransformReport, TransformSpec, Transforms, Verdict};
 
 /// Default digits after the point for decimal columns (cents).

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::convert::parse_decimal_text;
-use crate::config::Problem;
+use crate::common::Problem;
 use crate::record::{FieldPath, Record};
 
 /// Skipped records listed one by one in the run summary, at most (the count is always exact).
@@ -63,10 +63,10 @@ impl<'de> Deserialize<'de> for TransformSpec {
             None => return Err(D::Error::missing_field("type")),
         };
         match kind.as_str() {
-            "filter" => crate::config::inner_table(table).map(TransformSpec::Filter),
-            "map" => crate::config::inner_table(table).map(TransformSpec::Map),
-            "derive" => crate::config::inner_table(table).map(TransformSpec::Derive),
-            "custom_fields" => crate::config::inner_table(table).map(TransformSpec::CustomFields),
+            "filter" => crate::common::inner_table(table).map(TransformSpec::Filter),
+            "map" => crate::common::inner_table(table).map(TransformSpec::Map),
+            "derive" => crate::common::inner_table(table).map(TransformSpec::Derive),
+            "custom_fields" => crate::common::inner_table(table).map(TransformSpec::CustomFields),
             other => Err(D::Error::unknown_variant(other, &TRANSFORM_TYPES)),
         }
     }

@@ -5,6 +5,7 @@ use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::sources::fyle::default_columns;
 
 fn fixture() -> Value {
     serde_json::from_str(include_str!("testdata/expense.json")).unwrap()

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::Problem;
+use crate::common::Problem;
 
 /// Admin list resources of the Fyle platform API (from the OpenAPI reference).
 pub const ADMIN_RESOURCES: &[&str] = &[
@@ -110,7 +110,7 @@ pub struct FyleSourceConfig {
     pub fund_source: Option<FundSource>,
     /// Records changed within this long before the run starts wait for the next run,
     /// so late-committed changes with slightly older timestamps are not missed.
-    #[serde(default = "default_safety_lag", with = "crate::config::duration")]
+    #[serde(default = "default_safety_lag", with = "crate::common::duration")]
     pub safety_lag: Duration,
     /// Requests in flight at once; the window is split into slices so a
     /// backfill is bounded by the rate limit, not by round-trip latency.
@@ -118,7 +118,7 @@ pub struct FyleSourceConfig {
     pub concurrency: u32,
     /// Slices are never split below this time span (a split needs a
     /// midpoint with records on both sides to pay off).
-    #[serde(default = "default_min_slice", with = "crate::config::duration")]
+    #[serde(default = "default_min_slice", with = "crate::common::duration")]
     pub min_slice: Duration,
 }
 
@@ -288,6 +288,36 @@ impl FyleSourceConfig {
             }
         }
         p
+    }
+
+    /// What this section selects, part by part, for the selection fingerprint.
+    pub fn selection(&self) -> BTreeMap<String, String> {
+        let source = self;
+        let mut parts = BTreeMap::new();
+        let mut put = |k: &str, v: String| {
+            parts.insert(k.to_string(), v);
+        };
+        put("resource", source.resource.clone());
+        put("role", source.role.clone());
+        put("cursor", source.cursor().to_string());
+        put(
+            "preset",
+            source.preset.map_or("none".into(), |p| format!("{p:?}")),
+        );
+        put(
+            "fund_source",
+            source
+                .fund_source
+                .map_or("none".into(), |f| format!("{f:?}")),
+        );
+        // The filters as sent to the API, presets and fund_source expanded: what the server is asked.
+        let filters: Vec<String> = source
+            .filter_pairs()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        put("source filters", filters.join("&"));
+        parts
     }
 
     /// The timestamp column the pager walks.

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{FyleClient, FyleError};
-use crate::config::Problem;
+use crate::common::Problem;
 use crate::fsutil::{StagedFile, sync_file};
 use crate::http::HttpError;
 

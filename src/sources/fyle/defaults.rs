@@ -4,7 +4,7 @@
 //! `employee_out`, `admin_approver_category_out`, `admin_approver_project_out`,
 //! `admin_cost_center_out`); names are what an accountant expects in a header.
 
-use super::{ColumnSpec, TypeName};
+use crate::transforms::{ColumnSpec, TypeName};
 
 /// The default columns for `resource` (`expenses`, `reports`, `employees`, `categories`, `projects`, `cost_centers`).
 pub fn default_columns(resource: &str) -> Option<Vec<ColumnSpec>> {

@@ -1,0 +1,221 @@
+//! Stage 2 of a run: de-duplicate, transform and project records into rows
+//! for the sinks; records that cannot be projected are quarantined.
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use tracing::info;
+
+use super::RunSummary;
+use crate::error::Error;
+use crate::fsutil::StagedFile;
+use crate::row::Batch;
+use crate::sinks::SinkContext;
+use crate::sources::Page;
+use crate::state::Version;
+use crate::transforms::{Projector, TransformReport, Transforms, Verdict};
+
+/// Rows for the sinks with the source version of each (for pushes' per-record keys).
+pub(super) struct Versioned {
+    pub(super) batch: Batch,
+    pub(super) versions: Vec<Option<Version>>,
+}
+
+/// Everything the transform stage needs to know about de-duplication.
+pub(super) struct Dedup {
+    pub(super) cursor_field: String,
+    /// Versions delivered by earlier runs inside this run's lookback.
+    pub(super) seen: HashSet<Version>,
+    /// Versions at or after this instant are remembered for the next run.
+    pub(super) keep_from: Option<DateTime<Utc>>,
+    pub(super) kept: BTreeSet<Version>,
+}
+
+impl Dedup {
+    fn is_delivered(&self, record: &serde_json::Value) -> bool {
+        if self.seen.is_empty() {
+            return false;
+        }
+        match version_of(record, &self.cursor_field) {
+            Some((v, _)) => self.seen.contains(&v),
+            None => false,
+        }
+    }
+
+    fn remember(&mut self, record: &serde_json::Value) {
+        let Some(from) = self.keep_from else { return };
+        if let Some((v, at)) = version_of(record, &self.cursor_field)
+            && at >= from
+        {
+            self.kept.insert(v);
+        }
+    }
+}
+
+fn version_of(record: &serde_json::Value, cursor: &str) -> Option<(Version, DateTime<Utc>)> {
+    let text = record.get(cursor)?.as_str()?;
+    let at = DateTime::parse_from_rfc3339(text).ok()?.with_timezone(&Utc);
+    Some((
+        Version {
+            id: crate::record::record_id(record),
+            cursor: text.to_string(),
+        },
+        at,
+    ))
+}
+
+/// What the transform stage holds across pages.
+pub(super) struct TransformStage {
+    pub(super) transforms: Transforms,
+    pub(super) projector: Projector,
+    pub(super) report: TransformReport,
+    pub(super) quarantine: Quarantine,
+    pub(super) dedup: Dedup,
+    /// Ids of the exported records, when the source's after-commit hook needs them.
+    pub(super) exported: Option<Vec<String>>,
+}
+
+impl TransformStage {
+    /// Turns every page into rows and hands each batch to every sink.
+    pub(super) async fn run(
+        &mut self,
+        mut pages: mpsc::Receiver<Page>,
+        sinks: &[mpsc::Sender<Arc<Versioned>>],
+        summary: &mut RunSummary,
+    ) -> Result<(), Error> {
+        while let Some(page) = pages.recv().await {
+            if let Some(total) = page.total {
+                info!(total, "records to export");
+            }
+            summary.records_in += page.records.len() as u64;
+            let mut batch = Batch {
+                rows: Vec::with_capacity(page.records.len()),
+            };
+            let mut versions = Vec::with_capacity(page.records.len());
+            for mut record in page.records {
+                let record = &mut record;
+                if self.dedup.is_delivered(record) {
+                    summary.duplicates_skipped += 1;
+                    continue;
+                }
+                // Remembered from the source version, before transforms add fields.
+                self.dedup.remember(record);
+                let version = version_of(record, &self.dedup.cursor_field).map(|(v, _)| v);
+                if self.transforms.apply(record, &mut self.report) != Verdict::Keep {
+                    continue;
+                }
+                match self.projector.project(record) {
+                    Ok(row) => {
+                        if let Some(ids) = self.exported.as_mut() {
+                            ids.push(crate::record::record_id(record));
+                        }
+                        batch.rows.push(row);
+                        versions.push(version);
+                    }
+                    Err(e) => {
+                        summary.quarantined += 1;
+                        self.quarantine
+                            .add(&e, record)
+                            .map_err(|io| Error::Sink(format!("quarantine file: {io}")))?;
+                    }
+                }
+            }
+            summary.records_out += batch.rows.len() as u64;
+            summary.amounts_normalised = self.projector.amounts_normalised();
+            if batch.rows.is_empty() {
+                continue;
+            }
+            let batch = Arc::new(Versioned { batch, versions });
+            for tx in sinks {
+                // A closed channel means that sink failed; its error is collected by the caller.
+                if tx.send(batch.clone()).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Passes on pages until `limit` records went through, then closes the
+/// source's channel, which stops the pager after its request in flight.
+pub(super) fn take_records(mut pages: mpsc::Receiver<Page>, limit: u64) -> mpsc::Receiver<Page> {
+    let (tx, rx) = mpsc::channel::<Page>(1);
+    tokio::spawn(async move {
+        let mut left = limit;
+        while left > 0 {
+            let Some(mut page) = pages.recv().await else {
+                break;
+            };
+            page.records.truncate(left as usize);
+            page.total = page.total.map(|t| t.min(limit));
+            left -= page.records.len() as u64;
+            if tx.send(page).await.is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Records that could not be transformed, kept with their reasons in a JSONL file.
+pub(super) struct Quarantine {
+    path: PathBuf,
+    tag: String,
+    file: Option<(StagedFile, std::io::BufWriter<std::fs::File>)>,
+}
+
+impl Quarantine {
+    pub(super) fn new(ctx: &SinkContext) -> Self {
+        Self {
+            path: ctx
+                .output_dir
+                .join(format!("{}.{}.quarantine.jsonl", ctx.pipeline, ctx.run_id)),
+            tag: ctx.temp_tag(),
+            file: None,
+        }
+    }
+
+    pub(super) fn add(
+        &mut self,
+        err: &crate::transforms::RecordError,
+        record: &serde_json::Value,
+    ) -> std::io::Result<()> {
+        use std::io::Write;
+        if self.file.is_none() {
+            let (staged, file) = StagedFile::create(&self.path, &self.tag)?;
+            self.file = Some((staged, std::io::BufWriter::new(file)));
+        }
+        let (_, w) = self.file.as_mut().expect("opened above");
+        let line = serde_json::json!({
+            "record_id": err.record_id,
+            "column": err.column,
+            "reason": err.reason,
+            "record": record,
+        });
+        serde_json::to_writer(&mut *w, &line)?;
+        w.write_all(b"\n")
+    }
+
+    pub(super) fn finish(self) -> std::io::Result<Option<StagedFile>> {
+        use std::io::Write;
+        match self.file {
+            None => Ok(None),
+            Some((staged, mut w)) => {
+                w.flush()?;
+                let f = w.into_inner().map_err(|e| e.into_error())?;
+                crate::fsutil::sync_file(&f, &staged.temp_path)?;
+                Ok(Some(staged))
+            }
+        }
+    }
+
+    pub(super) fn discard(self) {
+        if let Some((staged, _)) = self.file {
+            staged.discard();
+        }
+    }
+}
