@@ -20,6 +20,7 @@ mod query;
 pub mod receiver;
 mod reports;
 mod rng;
+pub mod ringcentral;
 mod server;
 mod store;
 mod values;
