@@ -167,7 +167,7 @@ async fn send(
     i: usize,
 ) -> Result<(), String> {
     let key = format!("notify[{i}].url");
-    let url = t.url.resolve(&key, false).map_err(|p| p.to_string())?;
+    let url = t.url.resolve(&key, false).map_err(|p| format!("{}: {}", p.key, p.message))?;
     let url = Url::parse(url.expose_secret())
         .map_err(|e| format!("{key} is not a URL ({e}); it is not shown because it is a secret"))?;
     let body = match t.kind {
