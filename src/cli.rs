@@ -575,9 +575,9 @@ async fn dispatch(
                     if let Some(l) = rc.limits.get_mut(&Group::Heavy) {
                         l.requests = ringcentral_heavy_limit.max(1);
                     }
-                    let sim = RcSimulator::start_on(rc, rp)
-                        .await
-                        .map_err(|e| Error::Internal(format!("RingCentral simulator on port {rp}: {e}")))?;
+                    let sim = RcSimulator::start_on(rc, rp).await.map_err(|e| {
+                        Error::Internal(format!("RingCentral simulator on port {rp}: {e}"))
+                    })?;
                     println!(
                         "RingCentral simulator: {} (JWT credential for the JWT flow: {}; incoming webhook: {})",
                         sim.url(),

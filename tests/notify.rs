@@ -111,8 +111,16 @@ async fn committed_run_posts_a_card_with_counts_files_and_status() {
     let f = facts(&msgs[0].body);
     assert_eq!(f["Status"], "committed (exit 0)", "{f:?}");
     assert_eq!(f["Records"], "25 in, 25 out", "{f:?}");
-    assert!(f["csv sink"].starts_with("25 rows → ") && f["csv sink"].ends_with("ok.csv"), "{f:?}");
-    assert!(msgs[0].body["title"].as_str().unwrap().contains("ok committed"));
+    assert!(
+        f["csv sink"].starts_with("25 rows → ") && f["csv sink"].ends_with("ok.csv"),
+        "{f:?}"
+    );
+    assert!(
+        msgs[0].body["title"]
+            .as_str()
+            .unwrap()
+            .contains("ok committed")
+    );
     let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(s["notify"]["sent"], 1, "{s}");
     sim.shutdown().await;
@@ -154,7 +162,10 @@ async fn failed_run_posts_the_error_to_a_generic_webhook() {
     assert_eq!(body["summary"]["status"], "failed", "{body}");
     assert_eq!(body["summary"]["exit_code"], 4, "{body}");
     assert!(
-        body["summary"]["error"].as_str().unwrap().contains("HTTP 400"),
+        body["summary"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("HTTP 400"),
         "{body}"
     );
     assert!(body["text"].as_str().unwrap().contains("refused failed"));
@@ -172,13 +183,20 @@ async fn failing_webhook_is_counted_and_leaves_the_exit_code_unchanged() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("hookfail.toml");
-    std::fs::write(&file, pipeline(&sim.accounts_url(), "hookfail", "ringcentral")).unwrap();
+    std::fs::write(
+        &file,
+        pipeline(&sim.accounts_url(), "hookfail", "ringcentral"),
+    )
+    .unwrap();
     let hook = rc.webhook_url("secret-token-xyz");
     let o = run_bin(&file, dir.path(), &env_for(&sim, &hook)).await;
     let t = text(&o);
     assert_eq!(o.status.code(), Some(0), "{t}");
     assert!(t.contains("notification failed"), "{t}");
-    assert!(!t.contains("secret-token-xyz"), "the webhook URL is a secret: {t}");
+    assert!(
+        !t.contains("secret-token-xyz"),
+        "the webhook URL is a secret: {t}"
+    );
     let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(s["status"], "ok");
     assert_eq!(s["notify"]["failed"], 1, "{s}");

@@ -68,7 +68,8 @@ async fn jwt_grant_with_ringcentral_preset_reads_the_call_log_and_reuses_the_tok
     let sim = RcSimulator::start(RcSimConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let vault = new_vault(dir.path());
-    let mut conn = Provider::Ringcentral.connection(GrantKind::JwtBearer, Some(sim.url()), RC_CLIENT_ID);
+    let mut conn =
+        Provider::Ringcentral.connection(GrantKind::JwtBearer, Some(sim.url()), RC_CLIENT_ID);
     conn.client_secret = Some(SecretString::from(RC_CLIENT_SECRET.to_string()));
     conn.assertion = Some(SecretString::from(sim.issue_jwt()));
     add(&vault, "rc", conn);
@@ -81,7 +82,11 @@ async fn jwt_grant_with_ringcentral_preset_reads_the_call_log_and_reuses_the_tok
         .access_token(None, false)
         .await
         .unwrap();
-    assert_eq!(sim.token_requests(), 1, "the stored access token must be reused");
+    assert_eq!(
+        sim.token_requests(),
+        1,
+        "the stored access token must be reused"
+    );
     let page = call_log(&http, &sim, token.access).await;
     assert_eq!(page["records"].as_array().unwrap().len(), 10, "{page}");
     // The token request used HTTP Basic, form-encoded, at /restapi/oauth/token.
@@ -97,13 +102,20 @@ async fn revoked_jwt_credential_needs_a_reconnect_with_ringcentrals_message() {
     let vault = new_vault(dir.path());
     let jwt = sim.issue_jwt();
     sim.revoke_jwt(&jwt);
-    let mut conn = Provider::Ringcentral.connection(GrantKind::JwtBearer, Some(sim.url()), RC_CLIENT_ID);
+    let mut conn =
+        Provider::Ringcentral.connection(GrantKind::JwtBearer, Some(sim.url()), RC_CLIENT_ID);
     conn.client_secret = Some(SecretString::from(RC_CLIENT_SECRET.to_string()));
     conn.assertion = Some(SecretString::from(jwt.clone()));
     add(&vault, "rc", conn);
-    let err = login::login_direct(&vault, &http(), "rc").await.unwrap_err().to_string();
+    let err = login::login_direct(&vault, &http(), "rc")
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("revoked"), "{err}");
-    assert!(!err.contains(&jwt) && !err.contains(RC_CLIENT_SECRET), "{err}");
+    assert!(
+        !err.contains(&jwt) && !err.contains(RC_CLIENT_SECRET),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,7 +135,11 @@ async fn pkce_login_for_a_public_app_then_rotation_kills_the_old_access_token() 
     let pending = login::begin("spa", &conn, false).await.unwrap();
     let authorize = pending.authorize_url.clone();
     assert!(authorize.path().ends_with("/restapi/oauth/authorize"));
-    assert!(authorize.query_pairs().any(|(k, v)| k == "code_challenge_method" && v == "S256"));
+    assert!(
+        authorize
+            .query_pairs()
+            .any(|(k, v)| k == "code_challenge_method" && v == "S256")
+    );
     let redirect = authorize_redirect(&authorize).await;
     let code = pending.code_from_pasted(redirect.as_str()).unwrap();
     pending.complete(&vault, &http, &code).await.unwrap();
@@ -168,7 +184,11 @@ async fn pkce_code_with_a_wrong_verifier_is_refused() {
     let b = login::begin("rc", &conn, false).await.unwrap();
     let redirect = authorize_redirect(&a.authorize_url).await;
     let code = a.code_from_pasted(redirect.as_str()).unwrap();
-    let err = b.complete(&vault, &http(), &code).await.unwrap_err().to_string();
+    let err = b
+        .complete(&vault, &http(), &code)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("verifier"), "{err}");
 }
 
@@ -190,7 +210,8 @@ fn short_heavy(retry_after_header: bool) -> RcSimConfig {
 
 async fn jwt_token(sim: &RcSimulator, http: &HttpClient, dir: &Path) -> SecretString {
     let vault = new_vault(dir);
-    let mut conn = Provider::Ringcentral.connection(GrantKind::JwtBearer, Some(sim.url()), RC_CLIENT_ID);
+    let mut conn =
+        Provider::Ringcentral.connection(GrantKind::JwtBearer, Some(sim.url()), RC_CLIENT_ID);
     conn.client_secret = Some(SecretString::from(RC_CLIENT_SECRET.to_string()));
     conn.assertion = Some(SecretString::from(sim.issue_jwt()));
     add(&vault, "rc", conn);
@@ -224,12 +245,17 @@ async fn exhausted_group_sends_nothing_until_its_window_ends() {
     // Remaining hit 0 after requests 3 and 6: each next one waited a window.
     for i in [3, 6] {
         let gap = log[i].0.duration_since(log[i - 1].0);
-        assert!(gap >= Duration::from_secs(2), "request {i} sent {gap:?} after the group was exhausted");
+        assert!(
+            gap >= Duration::from_secs(2),
+            "request {i} sent {gap:?} after the group was exhausted"
+        );
     }
 }
 
 async fn penalty_is_respected(retry_after_header: bool) {
-    let sim = RcSimulator::start(short_heavy(retry_after_header)).await.unwrap();
+    let sim = RcSimulator::start(short_heavy(retry_after_header))
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let first = http();
     let token = jwt_token(&sim, &first, dir.path()).await;
@@ -242,8 +268,15 @@ async fn penalty_is_respected(retry_after_header: bool) {
     assert!(page["records"].is_array());
     let log = heavy_log(&sim);
     let throttled: Vec<_> = log.iter().filter(|(_, s)| *s == 429).collect();
-    assert_eq!(throttled.len(), 1, "a request during the penalty restarts it: {log:?}");
-    let after = log.iter().find(|(t, _)| *t > throttled[0].0).expect("a retry");
+    assert_eq!(
+        throttled.len(),
+        1,
+        "a request during the penalty restarts it: {log:?}"
+    );
+    let after = log
+        .iter()
+        .find(|(t, _)| *t > throttled[0].0)
+        .expect("a retry");
     assert_eq!(after.1, 200);
     assert!(
         after.0.duration_since(throttled[0].0) >= Duration::from_secs(2),
@@ -273,7 +306,9 @@ async fn call_log_pages_follow_navigation_and_hide_calls_that_just_ended() {
     let http = http();
     let token = jwt_token(&sim, &http, dir.path()).await;
     // Ended long ago: visible. Started 1 s ago: not visible for 15-30 s.
-    let old: Vec<String> = (0..5).map(|i| sim.add_call(Duration::from_secs(7200 + i))).collect();
+    let old: Vec<String> = (0..5)
+        .map(|i| sim.add_call(Duration::from_secs(7200 + i)))
+        .collect();
     let fresh = sim.add_call(Duration::from_secs(1));
     let mut url = call_log_url(&sim);
     url.query_pairs_mut()
@@ -282,12 +317,18 @@ async fn call_log_pages_follow_navigation_and_hide_calls_that_just_ended() {
     let mut seen = Vec::new();
     let mut next = Some(url);
     while let Some(u) = next {
-        let page = http.execute(&Request::get(u).with_bearer(token.clone())).await.unwrap().json;
+        let page = http
+            .execute(&Request::get(u).with_bearer(token.clone()))
+            .await
+            .unwrap()
+            .json;
         for r in page["records"].as_array().unwrap() {
             assert!(r.get("legs").is_none(), "Simple view has no legs");
             seen.push(r["id"].as_str().unwrap().to_string());
         }
-        next = page["navigation"]["nextPage"]["uri"].as_str().map(|s| url::Url::parse(s).unwrap());
+        next = page["navigation"]["nextPage"]["uri"]
+            .as_str()
+            .map(|s| url::Url::parse(s).unwrap());
     }
     let mut want = old.clone();
     want.sort();

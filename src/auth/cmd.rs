@@ -8,8 +8,8 @@ use clap::Subcommand;
 use secrecy::SecretString;
 
 use super::login;
-use super::presets::Provider;
 use super::oauth2::revoke_token;
+use super::presets::Provider;
 use super::tokens::VaultAuth;
 use super::vault::{
     ClientAuth, Connection, ConnectionStatus, GrantKind, Profile, Vault, VaultError, vault_path,

@@ -48,7 +48,10 @@ mod tests {
     #[test]
     fn ringcentral_defaults_to_the_restapi_oauth_paths_on_the_platform_host() {
         let c = Provider::Ringcentral.connection(GrantKind::JwtBearer, None, "cid");
-        assert_eq!(c.token_url, "https://platform.ringcentral.com/restapi/oauth/token");
+        assert_eq!(
+            c.token_url,
+            "https://platform.ringcentral.com/restapi/oauth/token"
+        );
         assert_eq!(
             c.authorize_url.as_deref(),
             Some("https://platform.ringcentral.com/restapi/oauth/authorize")

@@ -195,13 +195,19 @@ mod tests {
             classify(&Method::GET, "/restapi/v1.0/account/~/call-log"),
             RateGroup::Heavy
         );
-        assert_eq!(classify(&Method::POST, "/restapi/oauth/token"), RateGroup::Auth);
+        assert_eq!(
+            classify(&Method::POST, "/restapi/oauth/token"),
+            RateGroup::Auth
+        );
         assert_eq!(
             classify(&Method::POST, "/restapi/v1.0/subscription"),
             RateGroup::Medium
         );
         assert_eq!(
-            classify(&Method::GET, "/restapi/v1.0/account/~/extension/~/message-store"),
+            classify(
+                &Method::GET,
+                "/restapi/v1.0/account/~/extension/~/message-store"
+            ),
             RateGroup::Light
         );
     }
@@ -211,7 +217,10 @@ mod tests {
         let g = Groups::default();
         let url = Url::parse("http://h:1/restapi/v1.0/account/~/call-log").unwrap();
         let fyle = Url::parse("http://f:2/platform/v1/admin/expenses").unwrap();
-        assert_eq!(g.observe(&Method::GET, &fyle, 429, &HeaderMap::new(), None), None);
+        assert_eq!(
+            g.observe(&Method::GET, &fyle, 429, &HeaderMap::new(), None),
+            None
+        );
         let h = headers(&[
             ("x-rate-limit-group", "Heavy"),
             ("x-rate-limit-remaining", "0"),

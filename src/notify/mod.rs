@@ -79,16 +79,28 @@ fn window(s: &RunSummary) -> String {
 /// The facts both formats carry, as (title, value) pairs.
 fn facts(s: &RunSummary) -> Vec<(String, String)> {
     let mut v = vec![
-        ("Status".into(), format!("{} (exit {})", status_word(&s.status), s.exit_code)),
+        (
+            "Status".into(),
+            format!("{} (exit {})", status_word(&s.status), s.exit_code),
+        ),
         ("Run".into(), s.run_id.clone()),
         ("Window".into(), window(s)),
-        ("Records".into(), format!("{} in, {} out", s.records_in, s.records_out)),
-        ("Duration".into(), format!("{:.1} s", s.duration_ms as f64 / 1000.0)),
+        (
+            "Records".into(),
+            format!("{} in, {} out", s.records_in, s.records_out),
+        ),
+        (
+            "Duration".into(),
+            format!("{:.1} s", s.duration_ms as f64 / 1000.0),
+        ),
     ];
     if s.quarantined > 0 || s.rejected > 0 {
         v.push((
             "Problems".into(),
-            format!("{} quarantined, {} rejected by receivers", s.quarantined, s.rejected),
+            format!(
+                "{} quarantined, {} rejected by receivers",
+                s.quarantined, s.rejected
+            ),
         ));
     }
     for o in &s.outputs {
@@ -167,7 +179,10 @@ async fn send(
     i: usize,
 ) -> Result<(), String> {
     let key = format!("notify[{i}].url");
-    let url = t.url.resolve(&key, false).map_err(|p| format!("{}: {}", p.key, p.message))?;
+    let url = t
+        .url
+        .resolve(&key, false)
+        .map_err(|p| format!("{}: {}", p.key, p.message))?;
     let url = Url::parse(url.expose_secret())
         .map_err(|e| format!("{key} is not a URL ({e}); it is not shown because it is a secret"))?;
     let body = match t.kind {
@@ -179,7 +194,11 @@ async fn send(
     req.any_success_body = true;
     http.execute(&req).await.map(|_| ()).map_err(|e| {
         // The error text names the URL; the URL is the secret, so drop it.
-        format!("{key} ({:?} webhook): {}", t.kind, redact_url(&e.to_string()))
+        format!(
+            "{key} ({:?} webhook): {}",
+            t.kind,
+            redact_url(&e.to_string())
+        )
     })
 }
 

@@ -71,10 +71,7 @@ impl Default for RcSimConfig {
             calls: 250,
             history: Duration::from_secs(3 * 24 * 3600),
             access_ttl: Duration::from_secs(3600),
-            limits: Group::ALL
-                .iter()
-                .map(|g| (*g, g.default_limit()))
-                .collect(),
+            limits: Group::ALL.iter().map(|g| (*g, g.default_limit())).collect(),
             retry_after_header: true,
             visibility_lag: (Duration::from_secs(15), Duration::from_secs(30)),
             webhook_status: None,
@@ -385,14 +382,19 @@ async fn handle(inner: &Inner, req: Request<Incoming>) -> Response<Body> {
         h.insert("x-rate-limit-remaining", HeaderValue::from(remaining));
         h.insert("x-rate-limit-window", HeaderValue::from(window));
     }
-    inner.state.lock().expect("rc state").log.push(RcLoggedRequest {
-        at,
-        method: method.to_string(),
-        path,
-        query,
-        group,
-        status: resp.status().as_u16(),
-    });
+    inner
+        .state
+        .lock()
+        .expect("rc state")
+        .log
+        .push(RcLoggedRequest {
+            at,
+            method: method.to_string(),
+            path,
+            query,
+            group,
+            status: resp.status().as_u16(),
+        });
     resp
 }
 
@@ -635,9 +637,8 @@ async fn token(inner: &Inner, req: Request<Incoming>) -> Response<Body> {
     let mut s = inner.state.lock().expect("rc state");
     s.token_requests += 1;
     let now = Instant::now();
-    let grant_error = |code: &str, d: &str| {
-        oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", code, d)
-    };
+    let grant_error =
+        |code: &str, d: &str| oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", code, d);
     match get("grant_type") {
         crate::auth::oauth2::JWT_BEARER => {
             if !confidential {
@@ -675,8 +676,9 @@ async fn token(inner: &Inner, req: Request<Incoming>) -> Response<Body> {
             if let Some((challenge, method)) = &g.challenge {
                 let verifier = get("code_verifier");
                 let ok = match method.as_str() {
-                    "S256" => URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
-                        == *challenge,
+                    "S256" => {
+                        URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes())) == *challenge
+                    }
                     _ => verifier == challenge,
                 };
                 if verifier.is_empty() || !ok {
@@ -777,10 +779,11 @@ fn refresh(s: &mut State, client_id: &str, rt: &str, now: Instant) -> Response<B
 async fn revoke(inner: &Inner, req: Request<Incoming>) -> Response<Body> {
     let headers = req.headers().clone();
     let body = read_body(req).await.unwrap_or_default();
-    let form: HashMap<String, String> = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&body)
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
+    let form: HashMap<String, String> =
+        serde_urlencoded::from_bytes::<Vec<(String, String)>>(&body)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
     if let Err(r) = client_auth(&headers, &form) {
         return r;
     }
