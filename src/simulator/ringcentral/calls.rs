@@ -145,22 +145,22 @@ impl CallLog {
                 json!({"parameterName": name, "parameterValue": value}),
             )
         };
-        let date = |name: &str| -> Result<Option<DateTime<Utc>>, Response<Body>> {
+        let date = |name: &str| -> Result<Option<DateTime<Utc>>, Box<Response<Body>>> {
             match one.get(name) {
                 None => Ok(None),
                 Some(v) => DateTime::parse_from_rfc3339(v)
                     .map(|d| Some(d.with_timezone(&Utc)))
-                    .map_err(|_| bad(name, v)),
+                    .map_err(|_| Box::new(bad(name, v))),
             }
         };
         let date_to = match date("dateTo") {
             Ok(d) => d.unwrap_or(now),
-            Err(r) => return r,
+            Err(r) => return *r,
         };
         // RingCentral's default: the 24 hours before dateTo.
         let date_from = match date("dateFrom") {
             Ok(d) => d.unwrap_or(date_to - chrono::Duration::hours(24)),
-            Err(r) => return r,
+            Err(r) => return *r,
         };
         let per_page = match one.get("perPage").copied() {
             None => 100,

@@ -419,7 +419,7 @@ async fn route(
         (&Method::POST, "/restapi/oauth/revoke") => revoke(inner, req).await,
         (&Method::GET, "/restapi/v1.0/account/~/call-log") => {
             if let Err(r) = bearer(inner, &req) {
-                return r;
+                return *r;
             }
             let mut s = inner.state.lock().expect("rc state");
             s.calls.list(query, &inner.base, Utc::now())
@@ -463,7 +463,7 @@ async fn route(
 }
 
 /// Checks the bearer token: 401 OAU-213 when unknown, OAU-128 when expired.
-fn bearer(inner: &Inner, req: &Request<Incoming>) -> Result<(), Response<Body>> {
+fn bearer(inner: &Inner, req: &Request<Incoming>) -> Result<(), Box<Response<Body>>> {
     let token = req
         .headers()
         .get(AUTHORIZATION)
@@ -472,18 +472,18 @@ fn bearer(inner: &Inner, req: &Request<Incoming>) -> Result<(), Response<Body>> 
         .unwrap_or_default();
     let mut s = inner.state.lock().expect("rc state");
     match s.access.get(token).copied() {
-        None => Err(api_error(
+        None => Err(Box::new(api_error(
             StatusCode::UNAUTHORIZED,
             "OAU-213",
             "Token not found",
             json!({}),
-        )),
-        Some((_, exp)) if exp <= Instant::now() => Err(api_error(
+        ))),
+        Some((_, exp)) if exp <= Instant::now() => Err(Box::new(api_error(
             StatusCode::UNAUTHORIZED,
             "OAU-128",
             "Access token expired",
             json!({}),
-        )),
+        ))),
         Some((sid, _)) => {
             // First use of a rotated pair shortens the old refresh token's grace to 10 s.
             if let Some(Some(sess)) = s.sessions.get_mut(sid)
@@ -578,18 +578,18 @@ fn authorize(inner: &Inner, query: &str) -> Response<Body> {
 fn client_auth(
     headers: &hyper::HeaderMap,
     form: &HashMap<String, String>,
-) -> Result<(String, bool), Response<Body>> {
+) -> Result<(String, bool), Box<Response<Body>>> {
     let basic = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Basic "));
     let bad = || {
-        oauth_error(
+        Box::new(oauth_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
             "OAU-123",
             "Invalid client credentials",
-        )
+        ))
     };
     if form.contains_key("client_secret") {
         // Not a documented way to authenticate: RingCentral wants HTTP Basic.
@@ -631,7 +631,7 @@ async fn token(inner: &Inner, req: Request<Incoming>) -> Response<Body> {
     }
     let (client_id, confidential) = match client_auth(&headers, &form) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let get = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
     let mut s = inner.state.lock().expect("rc state");
@@ -785,7 +785,7 @@ async fn revoke(inner: &Inner, req: Request<Incoming>) -> Response<Body> {
             .into_iter()
             .collect();
     if let Err(r) = client_auth(&headers, &form) {
-        return r;
+        return *r;
     }
     let token = form.get("token").cloned().unwrap_or_default();
     let mut s = inner.state.lock().expect("rc state");
