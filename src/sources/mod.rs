@@ -2,6 +2,7 @@
 //! a bounded channel and knows nothing of transforms or sinks.
 
 pub mod fyle;
+pub mod ringcentral;
 
 use serde::Deserialize;
 
