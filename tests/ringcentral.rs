@@ -347,13 +347,21 @@ async fn call_log_pages_follow_navigation_and_hide_calls_that_just_ended() {
 async fn call_log_window_over_many_pages_equals_ground_truth_and_late_calls_are_caught_by_the_lookback()
  {
     use expense_sync::sources::ringcentral::{CallLogPager, CallLogWindow, View, window_start};
-    let sim = RcSimulator::start(RcSimConfig {
+    let mut cfg = RcSimConfig {
         calls: 300,
         history: Duration::from_secs(6 * 3600),
         ..RcSimConfig::default()
-    })
-    .await
-    .unwrap();
+    };
+    // Dozens of pages: lift the Heavy group's 10 a minute so the test is quick.
+    cfg.limits.insert(
+        Group::Heavy,
+        GroupLimit {
+            requests: 1000,
+            window: Duration::from_secs(60),
+            penalty: Duration::from_secs(60),
+        },
+    );
+    let sim = RcSimulator::start(cfg).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let http = http();
     let token = jwt_token(&sim, &http, dir.path()).await;
