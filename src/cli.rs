@@ -249,6 +249,13 @@ pub enum Command {
         /// Make the receiver also de-duplicate records by this body field (e.g. `_idempotency_key`).
         #[arg(long)]
         receiver_record_key: Option<String>,
+        /// Also serve a RingCentral simulator (OAuth under /restapi/oauth, call log,
+        /// rate-limit groups, incoming webhook) on this port.
+        #[arg(long)]
+        ringcentral_port: Option<u16>,
+        /// RingCentral simulator: Heavy-group (call log) requests allowed per minute.
+        #[arg(long, default_value_t = 10)]
+        ringcentral_heavy_limit: u32,
     },
     /// Print a shell completion script on stdout, e.g. `expense-sync completions bash > /etc/bash_completion.d/expense-sync`.
     Completions {
@@ -421,7 +428,14 @@ async fn dispatch(
                 return Ok(ExitCode::Ok);
             }
             let signals = stop_on_signals(cancel);
-            let outcome = pipeline::run(&p, &http, &opts).await;
+            let mut outcome = pipeline::run(&p, &http, &opts).await;
+            if !p.spec.notify.is_empty() {
+                let sent = crate::notify::notify_all(&http, &p.spec.notify, &outcome.summary).await;
+                for e in &sent.errors {
+                    eprintln!("warning: notification failed (the run's outcome is unchanged): {e}");
+                }
+                outcome.summary.notify = Some(sent);
+            }
             let mut metrics = p.spec.metrics.clone().unwrap_or_default();
             if metrics_file.is_some() {
                 metrics.textfile = metrics_file;
@@ -509,6 +523,8 @@ async fn dispatch(
             receiver_secret,
             receiver_redirect,
             receiver_record_key,
+            ringcentral_port,
+            ringcentral_heavy_limit,
         } => {
             let cfg = SimConfig {
                 seed,
@@ -563,6 +579,29 @@ async fn dispatch(
                     Some(r)
                 }
             };
+            let ringcentral = match ringcentral_port {
+                None => None,
+                Some(rp) => {
+                    use crate::simulator::ringcentral::{Group, RcSimConfig, RcSimulator};
+                    let mut rc = RcSimConfig {
+                        seed,
+                        ..RcSimConfig::default()
+                    };
+                    if let Some(l) = rc.limits.get_mut(&Group::Heavy) {
+                        l.requests = ringcentral_heavy_limit.max(1);
+                    }
+                    let sim = RcSimulator::start_on(rc, rp).await.map_err(|e| {
+                        Error::Internal(format!("RingCentral simulator on port {rp}: {e}"))
+                    })?;
+                    println!(
+                        "RingCentral simulator: {} (JWT credential for the JWT flow: {}; incoming webhook: {})",
+                        sim.url(),
+                        sim.issue_jwt(),
+                        sim.webhook_url("demo")
+                    );
+                    Some(sim)
+                }
+            };
             crate::simulator::run_until_ctrl_c(cfg, port, cluster_port)
                 .await
                 .map_err(|e| Error::Internal(format!("simulator: {e}")))?;
@@ -573,6 +612,13 @@ async fn dispatch(
                     s.batches, s.duplicate_batches, s.bad_signatures
                 );
                 r.shutdown().await;
+            }
+            if let Some(rc) = ringcentral {
+                println!(
+                    "RingCentral simulator: {} requests, {} webhook messages",
+                    rc.requests().len(),
+                    rc.webhook_messages().len()
+                );
             }
             Ok(ExitCode::Ok)
         }

@@ -13,6 +13,7 @@ pub mod failpoint;
 pub mod fsutil;
 pub mod http;
 pub mod metrics;
+pub mod notify;
 pub mod pipeline;
 pub mod record;
 pub mod row;

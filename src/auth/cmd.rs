@@ -9,6 +9,7 @@ use secrecy::SecretString;
 
 use super::login;
 use super::oauth2::revoke_token;
+use super::presets::Provider;
 use super::tokens::VaultAuth;
 use super::vault::{
     ClientAuth, Connection, ConnectionStatus, GrantKind, Profile, Vault, VaultError, vault_path,
@@ -54,15 +55,19 @@ pub enum AuthCommand {
 pub struct AddArgs {
     /// Connection name, e.g. the organisation (`acme`).
     name: String,
-    /// Token dialect: `fyle` (JSON, client secret in the body) or `oauth2` (standard, form-encoded).
-    #[arg(long, value_enum, default_value = "fyle")]
-    profile: Profile,
+    /// Token dialect: `fyle` (JSON, client secret in the body; the default) or `oauth2` (standard, form-encoded).
+    #[arg(long, value_enum, conflicts_with = "provider")]
+    profile: Option<Profile>,
+    /// A known provider: fills in its server, endpoints and client authentication (`ringcentral`).
+    #[arg(long, value_enum)]
+    provider: Option<Provider>,
     /// How tokens are obtained.
     #[arg(long, value_enum, default_value = "authorization-code")]
     grant: GrantKind,
-    /// Accounts server; token, authorize and revoke URLs default beneath it.
-    #[arg(long, default_value = DEFAULT_ACCOUNTS_URL)]
-    accounts_url: String,
+    /// Accounts server; token, authorize and revoke URLs default beneath it
+    /// (default: Fyle's, or the provider's, e.g. https://platform.ringcentral.com).
+    #[arg(long)]
+    accounts_url: Option<String>,
     /// Token endpoint (default `{accounts_url}/oauth/token`).
     #[arg(long)]
     token_url: Option<String>,
@@ -129,6 +134,7 @@ pub async fn run(cmd: AuthCommand, vault: Option<PathBuf>) -> Result<ExitCode, E
             let AddArgs {
                 name,
                 profile,
+                provider,
                 grant,
                 accounts_url,
                 token_url,
@@ -155,7 +161,16 @@ pub async fn run(cmd: AuthCommand, vault: Option<PathBuf>) -> Result<ExitCode, E
                     "connection name `{name}` must use only letters, digits, `-`, `_` and `.`"
                 )));
             }
-            let mut c = Connection::new(profile, grant, &accounts_url, &client_id);
+            let mut c = match provider {
+                Some(p) => p.connection(grant, accounts_url.as_deref(), &client_id),
+                None => Connection::new(
+                    profile.unwrap_or(Profile::Fyle),
+                    grant,
+                    accounts_url.as_deref().unwrap_or(DEFAULT_ACCOUNTS_URL),
+                    &client_id,
+                ),
+            };
+            let profile = c.profile;
             if let Some(u) = token_url {
                 c.token_url = u;
             }

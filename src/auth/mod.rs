@@ -6,6 +6,7 @@ mod fyle;
 mod jwt;
 pub mod login;
 pub mod oauth2;
+pub mod presets;
 pub mod tokens;
 pub mod vault;
 

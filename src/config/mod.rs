@@ -91,6 +91,9 @@ pub struct PipelineFile {
     /// `[metrics]`: a textfile for node-exporter and/or a Pushgateway, written at the end of each run.
     #[serde(default)]
     pub metrics: Option<crate::metrics::MetricsConfig>,
+    /// `[[notify]]`: post the run summary to team chat or a webhook after each run.
+    #[serde(default)]
+    pub notify: Vec<crate::notify::NotifyConfig>,
 }
 
 /// A loaded and validated pipeline.

@@ -240,6 +240,7 @@ struct Inner {
     /// refused connection to one of them is a restart, worth full retries.
     answered: Mutex<HashSet<String>>,
     clocks: super::clock::Clocks,
+    groups: super::ratelimit_groups::Groups,
 }
 
 /// Attempts made when a host that never answered refuses the connection or
@@ -356,6 +357,7 @@ impl HttpClient {
                 stats: HttpStats::default(),
                 answered: Mutex::new(HashSet::new()),
                 clocks: Default::default(),
+                groups: Default::default(),
             }),
         })
     }
@@ -468,6 +470,7 @@ impl HttpClient {
     }
 
     async fn attempt(&self, req: &Request, attempt: u32) -> Attempt {
+        self.inner.groups.wait_ready(&req.method, &req.url).await;
         self.inner.limiter.until_ready().await;
         self.inner.stats.requests.fetch_add(1, Ordering::Relaxed);
         let mut builder = self
@@ -554,6 +557,13 @@ impl HttpClient {
         self.inner
             .clocks
             .observe(&req.url, &headers, chrono::Utc::now());
+        let group_penalty = self.inner.groups.observe(
+            &req.method,
+            &req.url,
+            status,
+            &headers,
+            retry_after(&headers),
+        );
         let body = match resp.bytes().await {
             Ok(b) => b,
             Err(e) => {
@@ -638,7 +648,11 @@ impl HttpClient {
                 self.inner.stats.throttled.fetch_add(1, Ordering::Relaxed);
                 Attempt::Retry {
                     reason: "HTTP 429 Too Many Requests".into(),
-                    wait: Some(retry_after(&headers).unwrap_or(Duration::from_secs(1))),
+                    wait: Some(
+                        group_penalty
+                            .or_else(|| retry_after(&headers))
+                            .unwrap_or(Duration::from_secs(1)),
+                    ),
                     unreachable: false,
                     unsent: true,
                 }

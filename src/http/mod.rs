@@ -6,6 +6,7 @@ mod client;
 mod clock;
 mod config;
 mod error;
+pub mod ratelimit_groups;
 mod signature;
 
 pub use client::{HttpClient, HttpStats, Request, Response, StatsSnapshot};

@@ -112,6 +112,9 @@ pub struct RunSummary {
     pub peak_rss_bytes: Option<u64>,
     /// Why the run failed.
     pub error: Option<String>,
+    /// Notifications sent after the run (`[[notify]]`); failures never change the outcome.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notify: Option<crate::notify::NotifySummary>,
 }
 
 impl RunSummary {
@@ -147,6 +150,7 @@ impl RunSummary {
             outputs: Vec::new(),
             peak_rss_bytes: None,
             error: None,
+            notify: None,
         }
     }
 

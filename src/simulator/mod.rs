@@ -19,6 +19,7 @@ mod oauth;
 mod query;
 pub mod receiver;
 mod reports;
+pub mod ringcentral;
 mod rng;
 mod server;
 mod store;

@@ -7,6 +7,7 @@
 //! line in [`SourceConfig`].
 
 pub mod fyle;
+pub mod ringcentral;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
