@@ -60,15 +60,18 @@ impl Progress {
         let task = {
             let (shared, http) = (shared.clone(), http.clone());
             tokio::spawn(async move {
+                // Reports only after a wake (a new phase) or an interval: a phase
+                // entered before this task first runs leaves a permit, so
+                // reporting at the top of the loop as well printed it twice.
                 loop {
                     let woken = shared.wake.notified();
                     tokio::pin!(woken);
                     woken.as_mut().enable();
-                    report(&shared, &http, requests_per_second, live);
                     tokio::select! {
                         _ = tokio::time::sleep(interval) => {}
                         _ = woken => {}
                     }
+                    report(&shared, &http, requests_per_second, live);
                 }
             })
         };

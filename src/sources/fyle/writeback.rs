@@ -307,15 +307,23 @@ async fn post_tolerating_deleted(
     }
 }
 
-/// Which of `ids` (at most 200) are still expenses in Fyle.
-async fn existing_ids(client: &FyleClient, ids: &[&str]) -> Result<HashSet<String>, FyleError> {
-    let query = vec![
-        ("id".to_string(), format!("in.({})", ids.join(","))),
+/// The query listing `ids`, each written as a filter literal the way the
+/// pager writes them (quoted only where the grammar needs it).
+fn existing_ids_query(ids: &[&str]) -> Vec<(String, String)> {
+    let list: Vec<String> = ids.iter().map(|id| super::pager::literal(id)).collect();
+    vec![
+        ("id".to_string(), format!("in.({})", list.join(","))),
         ("limit".to_string(), "200".to_string()),
         ("offset".to_string(), "0".to_string()),
         ("order".to_string(), "id.asc".to_string()),
-    ];
-    let body = client.get("admin/expenses", &query).await?;
+    ]
+}
+
+/// Which of `ids` (at most 200) are still expenses in Fyle.
+async fn existing_ids(client: &FyleClient, ids: &[&str]) -> Result<HashSet<String>, FyleError> {
+    let body = client
+        .get("admin/expenses", &existing_ids_query(ids))
+        .await?;
     let rows = body
         .get("data")
         .and_then(Value::as_array)
@@ -324,4 +332,16 @@ async fn existing_ids(client: &FyleClient, ids: &[&str]) -> Result<HashSet<Strin
         .iter()
         .filter_map(|r| r.get("id").and_then(Value::as_str).map(str::to_string))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::existing_ids_query;
+
+    #[test]
+    fn ids_are_listed_as_filter_literals_quoted_only_when_needed() {
+        let q = existing_ids_query(&["txAbC09", "tx,odd", "tx(1)"]);
+        assert_eq!(q[0].0, "id");
+        assert_eq!(q[0].1, r#"in.(txAbC09,"tx,odd","tx(1)")"#);
+    }
 }
