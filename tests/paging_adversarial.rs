@@ -23,53 +23,6 @@ async fn sim_with(expenses: usize, seed: u64, collation: Collation) -> Simulator
     .expect("simulator starts")
 }
 
-/// An incremental pipeline writing one CSV per run with (id, updated_at, amount).
-fn incremental_text(sim: &Simulator, name: &str, extra_source: &str) -> String {
-    format!(
-        r#"
-[pipeline]
-name = "{name}"
-
-[connection]
-accounts_url = "{accounts}"
-client_id = {{ env = "FYLE_CLIENT_ID" }}
-client_secret = {{ env = "FYLE_CLIENT_SECRET" }}
-refresh_token = {{ env = "FYLE_REFRESH_TOKEN" }}
-
-[http]
-requests_per_second = 1000
-initial_backoff = "20ms"
-
-[source]
-type = "fyle"
-resource = "expenses"
-safety_lag = "0s"
-{extra_source}
-
-[incremental]
-lookback = "2s"
-
-[[columns]]
-name = "id"
-path = "id"
-
-[[columns]]
-name = "updated_at"
-path = "updated_at"
-
-[[columns]]
-name = "amount"
-path = "amount"
-type = "decimal"
-
-[[sinks]]
-type = "csv"
-path = "{{pipeline}}-{{run_id}}.csv"
-"#,
-        accounts = sim.accounts_url()
-    )
-}
-
 /// The largest group of expenses sharing one `updated_at`.
 fn largest_tie(sim: &Simulator) -> usize {
     let mut by_ts: BTreeMap<String, usize> = BTreeMap::new();

@@ -173,8 +173,10 @@ impl Request {
     }
 
     /// The URL with its query, for messages (query values never carry secrets).
+    /// The URL with its query, as errors and logs show it: credentials in the
+    /// URL itself (`user:password@`) are never shown.
     pub fn display_url(&self) -> String {
-        let mut u = self.url.clone();
+        let mut u = without_credentials(&self.url);
         if !self.query.is_empty() {
             u.query_pairs_mut().extend_pairs(self.query.iter());
         }
@@ -504,7 +506,7 @@ impl HttpClient {
                 }
                 Err(_) => {
                     return Attempt::Fatal(HttpError::Invalid {
-                        url: req.url.to_string(),
+                        url: req.display_url(),
                         message: format!(
                             "the value of header {name} is not a valid header value (it is a secret, so it is not shown)"
                         ),
@@ -671,7 +673,7 @@ impl HttpClient {
             }
             401 | 498 => Attempt::Fatal(HttpError::Unauthorized {
                 method: req.method.to_string(),
-                url: req.url.to_string(),
+                url: req.display_url(),
                 status,
                 message: server_message(&body).1,
             }),
@@ -723,13 +725,19 @@ fn declares_json(headers: &HeaderMap) -> bool {
 /// A `Location` for messages: without any user or password it may carry.
 fn redacted_location(location: &str) -> String {
     match Url::parse(location) {
-        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
-            let _ = u.set_username("");
-            let _ = u.set_password(None);
-            u.to_string()
+        Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+            without_credentials(&u).to_string()
         }
         _ => truncate(location),
     }
+}
+
+/// `url` without `user:password@`.
+fn without_credentials(url: &Url) -> Url {
+    let mut u = url.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u
 }
 
 /// Parses `Retry-After` as seconds or an HTTP date.
@@ -773,6 +781,19 @@ fn truncate(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn displayed_urls_never_carry_credentials() {
+        let req =
+            Request::get(Url::parse("https://push:s3cret-9f@gw.example/metrics?x=1").unwrap())
+                .with_query(vec![("job".into(), "expense_sync".into())]);
+        let shown = req.display_url();
+        assert!(
+            !shown.contains("s3cret-9f") && !shown.contains("push"),
+            "{shown}"
+        );
+        assert!(shown.contains("gw.example/metrics") && shown.contains("job=expense_sync"));
+    }
 
     #[test]
     fn retry_after_accepts_seconds_and_dates() {

@@ -256,3 +256,50 @@ pub fn assert_exactly_once(dir: &Path, sim: &Simulator) {
         &missing[..missing.len().min(3)]
     );
 }
+
+/// An incremental pipeline writing one CSV per run, with the exact cursor text.
+pub fn incremental_text(sim: &Simulator, name: &str, extra_source: &str) -> String {
+    format!(
+        r#"
+[pipeline]
+name = "{name}"
+
+[connection]
+accounts_url = "{accounts}"
+client_id = {{ env = "FYLE_CLIENT_ID" }}
+client_secret = {{ env = "FYLE_CLIENT_SECRET" }}
+refresh_token = {{ env = "FYLE_REFRESH_TOKEN" }}
+
+[http]
+requests_per_second = 1000
+initial_backoff = "20ms"
+
+[source]
+type = "fyle"
+resource = "expenses"
+safety_lag = "0s"
+{extra_source}
+
+[incremental]
+lookback = "2s"
+
+[[columns]]
+name = "id"
+path = "id"
+
+[[columns]]
+name = "updated_at"
+path = "updated_at"
+
+[[columns]]
+name = "amount"
+path = "amount"
+type = "decimal"
+
+[[sinks]]
+type = "csv"
+path = "{{pipeline}}-{{run_id}}.csv"
+"#,
+        accounts = sim.accounts_url()
+    )
+}
