@@ -27,12 +27,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let c = sim.credentials();
     let opts = RunOptions {
         output_dir: Some("out/example".into()),
-        credentials: Some(FyleCredentials {
-            accounts_url: sim.accounts_url().parse()?,
-            client_id: c.client_id.clone(),
-            client_secret: SecretString::from(c.client_secret.clone()),
-            refresh_token: SecretString::from(c.refresh_token.clone()),
-        }),
+        credentials: Some(
+            FyleCredentials {
+                accounts_url: sim.accounts_url().parse()?,
+                client_id: c.client_id.clone(),
+                client_secret: SecretString::from(c.client_secret.clone()),
+                refresh_token: SecretString::from(c.refresh_token.clone()),
+            }
+            .into(),
+        ),
         ..RunOptions::default()
     };
     let outcome = pipeline::run(&pipeline, &http, &opts).await;

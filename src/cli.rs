@@ -796,8 +796,6 @@ async fn check(path: &Path, offline: bool, vault: Option<PathBuf>) -> Result<Exi
     let built = p.spec.source.build(crate::sources::SourceContext {
         file: &p.file,
         http: &http,
-        connection: &p.spec.connection,
-        writeback: p.spec.writeback.as_ref(),
         credentials: None,
         vault,
     });
@@ -812,6 +810,13 @@ async fn check(path: &Path, offline: bool, vault: Option<PathBuf>) -> Result<Exi
         .iter()
         .enumerate()
         .flat_map(|(i, s)| s.resolve_secrets(&format!("sinks[{i}]")))
+        .chain(
+            p.spec
+                .notify
+                .iter()
+                .enumerate()
+                .filter_map(|(i, n)| n.resolve(&format!("notify[{i}]")).err()),
+        )
         .collect();
     let problems: Vec<_> = source_problems.into_iter().chain(sink_problems).collect();
     if !problems.is_empty() {
@@ -872,7 +877,7 @@ async fn demo(
     let http = HttpClient::new(&p.spec.http).map_err(|e| Error::Internal(e.to_string()))?;
     let opts = RunOptions {
         output_dir: Some(out),
-        credentials: Some(creds),
+        credentials: Some(creds.into()),
         mode: RunMode::Auto,
         vault: None,
         accept_selection_change: false,

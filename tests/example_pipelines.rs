@@ -22,7 +22,7 @@ async fn run_shipped(sim: &Simulator, file: &str, out: &Path) -> RunOutcome {
     let http = HttpClient::new(&p.spec.http).unwrap();
     let opts = RunOptions {
         output_dir: Some(out.to_path_buf()),
-        credentials: Some(common::credentials(sim)),
+        credentials: Some(common::credentials(sim).into()),
         ..RunOptions::default()
     };
     pipeline::run(&p, &http, &opts).await

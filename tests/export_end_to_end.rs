@@ -277,7 +277,7 @@ async fn wrong_client_secret_is_an_auth_error_and_writes_nothing() {
     creds.client_secret = secrecy::SecretString::from("wrong-secret".to_string());
     let opts = expense_sync::pipeline::RunOptions {
         output_dir: Some(out.path().to_path_buf()),
-        credentials: Some(creds),
+        credentials: Some(creds.into()),
         ..Default::default()
     };
     let outcome = expense_sync::pipeline::run(&p, &http, &opts).await;

@@ -251,7 +251,7 @@ async fn limit_exports_a_sample_of_at_most_n_records_and_never_advances_the_stat
     let http = expense_sync::http::HttpClient::new(&p.spec.http).unwrap();
     let opts = RunOptions {
         output_dir: Some(out.clone()),
-        credentials: Some(credentials(&sim)),
+        credentials: Some(credentials(&sim).into()),
         limit: Some(120),
         ..RunOptions::default()
     };

@@ -4,6 +4,7 @@
 //! use it without depending on the config module that collects them all.
 
 pub mod duration;
+pub mod keys;
 mod secret;
 
 pub use secret::SecretRef;

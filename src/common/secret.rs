@@ -27,6 +27,24 @@ pub enum SecretRef {
 }
 
 impl SecretRef {
+    /// What is wrong with the reference itself, found without reading the
+    /// secret (at load time): an inline secret, or not exactly one of `env`/`file`.
+    pub fn check_shape(&self, key: &str, allow_inline: bool) -> Option<Problem> {
+        match self {
+            SecretRef::Inline(_) if allow_inline => None,
+            SecretRef::Ref {
+                env: Some(_),
+                file: None,
+            }
+            | SecretRef::Ref {
+                env: None,
+                file: Some(_),
+            } => None,
+            // Resolving these fails without reading anything, with the right message.
+            other => other.resolve(key, allow_inline).err(),
+        }
+    }
+
     /// Reads the secret. `allow_inline` is true only for values that are not secret.
     pub fn resolve(&self, key: &str, allow_inline: bool) -> Result<SecretString, Problem> {
         match self {

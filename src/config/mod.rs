@@ -8,7 +8,8 @@ use serde::Deserialize;
 
 pub use crate::common::{ConfigError, Problem, SecretRef, duration, inner_table};
 
-use crate::auth::FyleConnectionConfig;
+use crate::common::keys::{clean_config_message, deserialize_collecting, key_segments};
+
 use crate::http::HttpConfig;
 use crate::sinks::SinkConfig;
 use crate::sources::SourceConfig;
@@ -67,8 +68,10 @@ fn default_output_dir() -> PathBuf {
 pub struct PipelineFile {
     /// `[pipeline]`.
     pub pipeline: PipelineSection,
-    /// `[connection]`.
-    pub connection: FyleConnectionConfig,
+    /// `[connection]`, as written: its shape is the source's, which parses it
+    /// (the parsed form lives in `source`).
+    #[serde(default)]
+    pub connection: Option<toml::Table>,
     /// `[http]`.
     #[serde(default)]
     pub http: HttpConfig,
@@ -85,9 +88,10 @@ pub struct PipelineFile {
     pub transforms: Vec<crate::transforms::TransformSpec>,
     /// `[[sinks]]`.
     pub sinks: Vec<SinkConfig>,
-    /// `[writeback]`: mark exported expenses in Fyle after each committed run.
+    /// `[writeback]`, as written: Fyle's "mark exported expenses after each
+    /// committed run", parsed by the source (the parsed form lives in `source`).
     #[serde(default)]
-    pub writeback: Option<crate::sources::fyle::WriteBackConfig>,
+    pub writeback: Option<toml::Table>,
     /// `[metrics]`: a textfile for node-exporter and/or a Pushgateway, written at the end of each run.
     #[serde(default)]
     pub metrics: Option<crate::metrics::MetricsConfig>,
@@ -159,8 +163,14 @@ pub fn load_str(text: &str, origin: &Path) -> Result<Pipeline, ConfigError> {
         p.origin = e.span().map(|s| position(text, origin, s.start));
         return Err(place(vec![p]));
     }
+    // FYLE_ACCOUNTS_URL is Fyle's: another platform's connection has no such key.
+    let fyle_source = toml::from_str::<toml::Table>(text)
+        .ok()
+        .and_then(|t| t.get("source")?.get("type")?.as_str().map(|k| k == "fyle"))
+        .unwrap_or(true);
     let accounts_url = std::env::var(ACCOUNTS_URL_ENV)
         .ok()
+        .filter(|_| fyle_source)
         .filter(|v| !v.trim().is_empty())
         .filter(|_| std::env::var_os("EXPENSE_SYNC__CONNECTION__ACCOUNTS_URL").is_none());
     let built = config::Config::builder()
@@ -188,7 +198,7 @@ pub fn load_str(text: &str, origin: &Path) -> Result<Pipeline, ConfigError> {
             clean_config_message(&e.to_string()),
         )])
     })?;
-    match deserialize_all(tree) {
+    match deserialize_collecting::<PipelineFile>(tree, "") {
         (Some(spec), problems) if problems.is_empty() => {
             validate(spec, origin).map_err(|e| place(e.problems))
         }
@@ -200,77 +210,6 @@ pub fn load_str(text: &str, origin: &Path) -> Result<Pipeline, ConfigError> {
             Err(place(problems))
         }
         (None, problems) => Err(place(problems)),
-    }
-}
-
-/// Deserializes the file, collecting every problem rather than the first:
-/// after each error the offending key is taken out and the rest tried again.
-/// Returns the file without its bad keys, if that much could be read.
-fn deserialize_all(mut tree: toml::Value) -> (Option<PipelineFile>, Vec<Problem>) {
-    let mut problems: Vec<Problem> = Vec::new();
-    // Each round removes one key, so this bounds the rounds by the file's size too.
-    for _ in 0..100 {
-        match serde_path_to_error::deserialize::<_, PipelineFile>(tree.clone()) {
-            Ok(spec) => return (Some(spec), problems),
-            Err(e) => {
-                let (key, message) = locate(e.path().to_string(), e.inner().message());
-                if problems.iter().any(|p| p.key == key) {
-                    // Taking a required key out makes it "missing": nothing more to learn.
-                    return (None, problems);
-                }
-                let removed = remove_key(&mut tree, &key);
-                problems.push(Problem::new(key, message));
-                if !removed {
-                    return (None, problems);
-                }
-            }
-        }
-    }
-    (None, problems)
-}
-
-/// A dotted key split into table keys and array indexes: `sinks[0].path` → sinks, 0, path.
-fn key_segments(key: &str) -> Vec<Result<&str, usize>> {
-    let mut out = Vec::new();
-    for part in key.split('.') {
-        let (name, mut rest) = part.split_once('[').map_or((part, ""), |(n, r)| (n, r));
-        if !name.is_empty() {
-            out.push(Ok(name));
-        }
-        while let Some((index, after)) = rest.split_once(']') {
-            if let Ok(i) = index.parse() {
-                out.push(Err(i));
-            }
-            rest = after.strip_prefix('[').unwrap_or(after);
-        }
-    }
-    out
-}
-
-fn remove_key(tree: &mut toml::Value, key: &str) -> bool {
-    let segments = key_segments(key);
-    let Some((last, parents)) = segments.split_last() else {
-        return false;
-    };
-    let mut at = tree;
-    for seg in parents {
-        let next = match (seg, at) {
-            (Ok(name), toml::Value::Table(t)) => t.get_mut(*name),
-            (Err(i), toml::Value::Array(a)) => a.get_mut(*i),
-            _ => None,
-        };
-        match next {
-            Some(v) => at = v,
-            None => return false,
-        }
-    }
-    match (last, at) {
-        (Ok(name), toml::Value::Table(t)) => t.remove(*name).is_some(),
-        (Err(i), toml::Value::Array(a)) if *i < a.len() => {
-            a.remove(*i);
-            true
-        }
-        _ => false,
     }
 }
 
@@ -365,10 +304,16 @@ fn validate(mut spec: PipelineFile, origin: &Path) -> Result<Pipeline, ConfigErr
             format!("`{name}` must be non-empty and use only letters, digits, `-` and `_` (it is used in file names)"),
         ));
     }
-    problems.extend(spec.connection.validate("connection"));
+    problems.extend(
+        spec.source
+            .parse_sections(spec.connection.as_ref(), spec.writeback.as_ref()),
+    );
     problems.extend(spec.http.validate("http"));
     if let Some(m) = &spec.metrics {
         problems.extend(m.validate("metrics"));
+    }
+    for (i, n) in spec.notify.iter().enumerate() {
+        problems.extend(n.validate(&format!("notify[{i}]")));
     }
     problems.extend(spec.source.apply_presets("source"));
     problems.extend(spec.source.validate("source"));
@@ -398,8 +343,7 @@ fn validate(mut spec: PipelineFile, origin: &Path) -> Result<Pipeline, ConfigErr
             "at least one [[sinks]] is needed, e.g. type = \"csv\", path = \"expenses.csv\"",
         ));
     }
-    if let Some(wb) = &spec.writeback {
-        problems.extend(wb.validate("writeback", spec.source.resource()));
+    if spec.source.after_commit_needs_ids() {
         // A rejected record can only be marked ERROR if the push names it.
         for (i, sink) in spec.sinks.iter().enumerate() {
             if let SinkConfig::Http(h) = sink
@@ -450,106 +394,6 @@ fn base_dir(file: &Path) -> PathBuf {
     match file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
-    }
-}
-
-/// Turns serde's path and message into (key, message), pointing unknown-field
-/// errors at the unknown key itself.
-fn locate(path: String, message: &str) -> (String, String) {
-    let path = if path == "." { String::new() } else { path };
-    let message = clean_config_message(message);
-    let join = |field: &str| {
-        if path.is_empty() {
-            field.to_string()
-        } else {
-            format!("{path}.{field}")
-        }
-    };
-    if let Some(rest) = message.strip_prefix('`')
-        && let Some(end) = rest.find("`: ")
-    {
-        return (join(&rest[..end]), rest[end + 3..].to_string());
-    }
-    // serde_path_to_error's path may already end with the unknown key.
-    let join_once = |field: &str| {
-        if path == field || path.ends_with(&format!(".{field}")) {
-            path.clone()
-        } else {
-            join(field)
-        }
-    };
-    if let Some(rest) = message.strip_prefix("unknown field `")
-        && let Some(end) = rest.find('`')
-    {
-        let unknown = &rest[..end];
-        let expected = rest[end + 1..].trim_start_matches(", ");
-        let message = match closest(unknown, expected) {
-            Some(near) => format!("unknown key; did you mean `{near}`? ({expected})"),
-            None => format!("unknown key; {expected}"),
-        };
-        return (join_once(unknown), message);
-    }
-    if let Some(rest) = message.strip_prefix("missing field `")
-        && let Some(end) = rest.find('`')
-    {
-        return (
-            join_once(&rest[..end]),
-            "is required but missing".to_string(),
-        );
-    }
-    (
-        if path.is_empty() {
-            "(top level)".into()
-        } else {
-            path
-        },
-        message,
-    )
-}
-
-/// The valid key (backquoted in serde's "expected one of `a`, `b`") closest
-/// to `unknown`, if one is close enough to be the likely intent.
-fn closest<'a>(unknown: &str, expected: &'a str) -> Option<&'a str> {
-    expected
-        .split('`')
-        .skip(1)
-        .step_by(2)
-        .map(|candidate| (edit_distance(unknown, candidate), candidate))
-        .filter(|(d, c)| *d <= (c.chars().count() / 3).max(2))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
-}
-
-/// Levenshtein distance, counting an adjacent swap as one edit (the common typo).
-fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    for (j, cell) in d[0].iter_mut().enumerate() {
-        *cell = j;
-    }
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            d[i][j] = (d[i - 1][j] + 1)
-                .min(d[i][j - 1] + 1)
-                .min(d[i - 1][j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
-            }
-        }
-    }
-    d[a.len()][b.len()]
-}
-
-/// The `config` crate appends its own location text; ours is clearer.
-fn clean_config_message(message: &str) -> String {
-    match message.rfind(" for key `") {
-        Some(i) if message.ends_with('`') => message[..i].to_string(),
-        _ => message.to_string(),
     }
 }
 

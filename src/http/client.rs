@@ -751,15 +751,37 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     Some(delta.to_std().unwrap_or(Duration::ZERO))
 }
 
-/// Fyle's `error` and `message` fields, or the start of a non-JSON body.
+/// The server's error kind and message: Fyle's `error` and `message`,
+/// RingCentral's `errorCode`, `message` and `errors[]` (each further message
+/// appended), or the start of a non-JSON body.
 fn server_message(body: &[u8]) -> (Option<String>, String) {
     if let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) {
         let text = |k: &str| map.get(k).and_then(Value::as_str).map(str::to_string);
-        let kind = text("error");
-        let message = text("message")
+        let kind = text("error").or_else(|| text("errorCode"));
+        let mut message = text("message")
             .or_else(|| text("error_description"))
             .or_else(|| kind.clone())
             .unwrap_or_else(|| truncate(&String::from_utf8_lossy(body)));
+        // RingCentral lists each problem in `errors[]`; the first usually repeats the top message.
+        for e in map
+            .get("errors")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let code = e.get("errorCode").and_then(Value::as_str);
+            if let Some(m) = e.get("message").and_then(Value::as_str)
+                && m != message
+                && !message.contains(m)
+            {
+                match code {
+                    Some(c) if Some(c) != kind.as_deref() => {
+                        message.push_str(&format!("; {c}: {m}"))
+                    }
+                    _ => message.push_str(&format!("; {m}")),
+                }
+            }
+        }
         return (kind, message);
     }
     let text = String::from_utf8_lossy(body);
@@ -815,6 +837,14 @@ mod tests {
             server_message(br#"{"data":null,"error":"ValidationError","message":"limit too big"}"#);
         assert_eq!(k.as_deref(), Some("ValidationError"));
         assert_eq!(m, "limit too big");
+        let (k, m) = server_message(
+            br#"{"errorCode":"CMN-101","message":"Parameter [perPage] value is invalid","errors":[{"errorCode":"CMN-101","message":"Parameter [perPage] value is invalid"},{"errorCode":"CMN-102","message":"Resource for parameter [view] is not found"}]}"#,
+        );
+        assert_eq!(k.as_deref(), Some("CMN-101"));
+        assert_eq!(
+            m,
+            "Parameter [perPage] value is invalid; CMN-102: Resource for parameter [view] is not found"
+        );
         let (k, m) = server_message(b"<html>Bad gateway</html>");
         assert_eq!(k, None);
         assert_eq!(m, "<html>Bad gateway</html>");

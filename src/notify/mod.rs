@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use tracing::{info, warn};
 use url::Url;
 
-use crate::config::SecretRef;
+use crate::config::{Problem, SecretRef};
 use crate::http::{HttpClient, Request};
 use crate::pipeline::{RunStatus, RunSummary};
 
@@ -45,6 +45,30 @@ pub struct NotifyConfig {
     /// When to send.
     #[serde(default)]
     pub on: NotifyWhen,
+}
+
+impl NotifyConfig {
+    /// Checks the entry without reading its secret (at load time).
+    pub fn validate(&self, prefix: &str) -> Vec<Problem> {
+        self.url
+            .check_shape(&format!("{prefix}.url"), false)
+            .into_iter()
+            .collect()
+    }
+
+    /// Reads the webhook URL (for `expense-sync check`): a reference that does
+    /// not resolve, or a value that is no http(s) URL, is a problem of the file.
+    pub fn resolve(&self, prefix: &str) -> Result<Url, Problem> {
+        let key = format!("{prefix}.url");
+        let url = self.url.resolve(&key, false)?;
+        match Url::parse(url.expose_secret()) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(u),
+            Ok(_) | Err(_) => Err(Problem::new(
+                key,
+                "the secret it names is not an http(s) URL (the value is not shown: it is a secret)",
+            )),
+        }
+    }
 }
 
 /// What happened to the notifications of one run.

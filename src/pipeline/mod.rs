@@ -21,7 +21,6 @@ pub use dry_run::{DryRun, dry_run};
 pub use summary::{OutputSummary, RunStatus, RunSummary};
 pub use window::{Plan, RunMode, plan_window};
 
-use crate::auth::FyleCredentials;
 use crate::config::{ConfigError, Pipeline};
 use crate::error::Error;
 use crate::http::HttpClient;
@@ -32,8 +31,9 @@ use crate::state;
 pub struct RunOptions {
     /// Overrides `pipeline.output_dir`.
     pub output_dir: Option<PathBuf>,
-    /// Use these credentials instead of resolving `[connection]` (demo, tests, embedding).
-    pub credentials: Option<FyleCredentials>,
+    /// Use these credentials instead of resolving `[connection]` (demo, tests,
+    /// embedding); `FyleCredentials` convert with `.into()`.
+    pub credentials: Option<crate::sources::Credentials>,
     /// Incremental, full refresh, or a backfill of a given window.
     pub mode: RunMode,
     /// Credential vault for `[connection] vault = "…"`; default from

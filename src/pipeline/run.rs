@@ -715,8 +715,6 @@ pub(super) fn open_source(
     let built = spec.source.build(SourceContext {
         file: &pipeline.file,
         http,
-        connection: &spec.connection,
-        writeback: spec.writeback.as_ref(),
         credentials: opts.credentials.clone(),
         vault: opts.vault.clone(),
     });

@@ -23,7 +23,35 @@ use crate::fsutil::StagedFile;
 use crate::http::{HttpClient, ServerClock};
 
 pub use fyle::WriteBackSummary as AfterCommitSummary;
-pub use fyle::{Page, PagerStats, Window};
+
+/// The half-open time range `[from, to)` of the cursor field a run covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Inclusive lower bound; `None` means from the beginning.
+    pub from: Option<chrono::DateTime<chrono::Utc>>,
+    /// Exclusive upper bound; `None` means no bound.
+    pub to: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// One page of records, in the source's order (Fyle: cursor, id; RingCentral: newest first).
+#[derive(Debug)]
+pub struct Page {
+    /// Records of the page, duplicates from earlier pages removed.
+    pub records: Vec<crate::record::Record>,
+    /// Matching records in the whole window, as the server counted them on the first page.
+    pub total: Option<u64>,
+}
+
+/// What the pager did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PagerStats {
+    /// Requests that returned a page.
+    pub pages: u64,
+    /// Records passed on.
+    pub records: u64,
+    /// Records seen twice at page boundaries and dropped.
+    pub duplicates: u64,
+}
 
 /// A system records are read from, opened for one run.
 pub trait Source: Send + Sync {
@@ -138,14 +166,26 @@ pub struct SourceContext<'a> {
     pub file: &'a Path,
     /// The one HTTP stack.
     pub http: &'a HttpClient,
-    /// `[connection]` as written.
-    pub connection: &'a crate::auth::FyleConnectionConfig,
-    /// `[writeback]` as written.
-    pub writeback: Option<&'a fyle::WriteBackConfig>,
     /// Credentials given by the caller instead of `[connection]` (demo, tests, embedding).
-    pub credentials: Option<crate::auth::FyleCredentials>,
+    pub credentials: Option<Credentials>,
     /// The credential vault for `[connection] vault = "…"`.
     pub vault: Option<PathBuf>,
+}
+
+/// Credentials given by the caller instead of the pipeline's `[connection]`;
+/// the variant must match the source's platform.
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    /// A Fyle internal app's client and refresh token.
+    Fyle(crate::auth::FyleCredentials),
+    /// A RingCentral connection with a non-interactive grant (JWT), not stored anywhere.
+    RingCentral(Box<crate::auth::Connection>),
+}
+
+impl From<crate::auth::FyleCredentials> for Credentials {
+    fn from(c: crate::auth::FyleCredentials) -> Self {
+        Credentials::Fyle(c)
+    }
 }
 
 /// Why a source could not be built.
@@ -158,13 +198,15 @@ pub enum BuildError {
 }
 
 /// Source types a pipeline file may name.
-pub const SOURCE_TYPES: [&str; 1] = ["fyle"];
+pub const SOURCE_TYPES: [&str; 2] = ["fyle", "ringcentral"];
 
 /// `[source]`: which system to read and what to select, chosen by `type`.
 #[derive(Debug, Clone)]
 pub enum SourceConfig {
     /// `type = "fyle"`: the Fyle platform API.
     Fyle(fyle::FyleSourceConfig),
+    /// `type = "ringcentral"`: RingCentral's company call log.
+    RingCentral(ringcentral::RingCentralSourceConfig),
 }
 
 impl<'de> Deserialize<'de> for SourceConfig {
@@ -175,11 +217,14 @@ impl<'de> Deserialize<'de> for SourceConfig {
             Some(toml::Value::String(kind)) if kind == "fyle" => {
                 crate::common::inner_table(table).map(SourceConfig::Fyle)
             }
+            Some(toml::Value::String(kind)) if kind == "ringcentral" => {
+                crate::common::inner_table(table).map(SourceConfig::RingCentral)
+            }
             Some(toml::Value::String(other)) => {
                 Err(D::Error::unknown_variant(&other, &SOURCE_TYPES))
             }
             Some(other) => Err(D::Error::custom(format!(
-                "`type`: expected a string such as \"fyle\", found {other}"
+                "`type`: expected a string such as \"fyle\" or \"ringcentral\", found {other}"
             ))),
             None => Err(D::Error::missing_field("type")),
         }
@@ -191,6 +236,7 @@ impl SourceConfig {
     pub fn validate(&self, prefix: &str) -> Vec<Problem> {
         match self {
             SourceConfig::Fyle(c) => c.validate(prefix),
+            SourceConfig::RingCentral(c) => c.validate(prefix),
         }
     }
 
@@ -198,6 +244,7 @@ impl SourceConfig {
     pub fn apply_presets(&mut self, prefix: &str) -> Vec<Problem> {
         match self {
             SourceConfig::Fyle(c) => c.apply_presets(prefix),
+            SourceConfig::RingCentral(_) => Vec::new(),
         }
     }
 
@@ -205,6 +252,9 @@ impl SourceConfig {
     pub fn build(&self, ctx: SourceContext<'_>) -> Result<Box<dyn Source>, BuildError> {
         match self {
             SourceConfig::Fyle(c) => Ok(Box::new(fyle::FyleSource::build(c, ctx)?)),
+            SourceConfig::RingCentral(c) => {
+                Ok(Box::new(ringcentral::RingCentralSource::build(c, ctx)?))
+            }
         }
     }
 
@@ -213,6 +263,7 @@ impl SourceConfig {
     pub fn default_columns(&self) -> Option<Vec<crate::transforms::ColumnSpec>> {
         match self {
             SourceConfig::Fyle(c) => fyle::default_columns(&c.resource),
+            SourceConfig::RingCentral(c) => ringcentral::default_columns(&c.resource),
         }
     }
 
@@ -220,6 +271,7 @@ impl SourceConfig {
     pub fn cursor(&self) -> &str {
         match self {
             SourceConfig::Fyle(c) => c.cursor(),
+            SourceConfig::RingCentral(c) => c.cursor(),
         }
     }
 
@@ -227,6 +279,7 @@ impl SourceConfig {
     pub fn safety_lag(&self) -> Duration {
         match self {
             SourceConfig::Fyle(c) => c.safety_lag,
+            SourceConfig::RingCentral(c) => c.safety_lag,
         }
     }
 
@@ -234,6 +287,7 @@ impl SourceConfig {
     pub fn selection(&self) -> BTreeMap<String, String> {
         match self {
             SourceConfig::Fyle(c) => c.selection(),
+            SourceConfig::RingCentral(c) => c.selection(),
         }
     }
 
@@ -241,6 +295,29 @@ impl SourceConfig {
     pub fn resource(&self) -> &str {
         match self {
             SourceConfig::Fyle(c) => &c.resource,
+            SourceConfig::RingCentral(c) => &c.resource,
+        }
+    }
+
+    /// Reads `[connection]` and `[writeback]`, whose shape is the source's
+    /// (keys in problems are named as written in the file).
+    pub fn parse_sections(
+        &mut self,
+        connection: Option<&toml::Table>,
+        writeback: Option<&toml::Table>,
+    ) -> Vec<Problem> {
+        match self {
+            SourceConfig::Fyle(c) => c.parse_sections(connection, writeback),
+            SourceConfig::RingCentral(c) => c.parse_connection(connection, writeback),
+        }
+    }
+
+    /// Whether the after-commit hook marks exported records by id (Fyle's
+    /// `[writeback]`): an HTTP sink must then carry the id column.
+    pub fn after_commit_needs_ids(&self) -> bool {
+        match self {
+            SourceConfig::Fyle(c) => c.writeback.is_some(),
+            SourceConfig::RingCentral(_) => false,
         }
     }
 }

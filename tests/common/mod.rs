@@ -127,7 +127,7 @@ pub async fn run_text(sim: &Simulator, text: &str, out: &Path) -> (Pipeline, Run
     let http = HttpClient::new(&p.spec.http).unwrap();
     let opts = RunOptions {
         output_dir: Some(out.to_path_buf()),
-        credentials: Some(credentials(sim)),
+        credentials: Some(credentials(sim).into()),
         ..RunOptions::default()
     };
     let outcome = pipeline::run(&p, &http, &opts).await;

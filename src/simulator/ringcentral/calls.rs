@@ -61,9 +61,22 @@ impl CallLog {
         start: DateTime<Utc>,
         base: &str,
     ) -> String {
+        self.add_with(rng, cfg, start, None, base)
+    }
+
+    /// A call starting within a second after `start`, lasting `duration` (random when `None`).
+    pub(crate) fn add_with(
+        &mut self,
+        rng: &mut Rng,
+        cfg: &RcSimConfig,
+        start: DateTime<Utc>,
+        duration: Option<std::time::Duration>,
+        base: &str,
+    ) -> String {
         let start = start + chrono::Duration::milliseconds(rng.range(0, 1000));
         let id = rng.alnum(15);
-        let duration_ms = rng.range(0, 1_800_000);
+        let random_ms = rng.range(0, 1_800_000);
+        let duration_ms = duration.map_or(random_ms, |d| d.as_millis() as i64);
         let direction = *rng.pick(&["Inbound", "Outbound"]);
         let kind = if rng.chance(0.05) { "Fax" } else { "Voice" };
         let result = *rng.pick(&["Accepted", "Call connected", "Missed", "Voicemail", "Busy"]);
@@ -122,6 +135,19 @@ impl CallLog {
         self.calls
             .iter()
             .filter(|c| c.start >= from && c.start < to)
+            .map(|c| c.id.clone())
+            .collect()
+    }
+
+    pub(crate) fn visible_ids_between(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Vec<String> {
+        self.calls
+            .iter()
+            .filter(|c| c.start >= from && c.start < to && c.visible_at <= now)
             .map(|c| c.id.clone())
             .collect()
     }

@@ -62,6 +62,9 @@ pub struct RcSimConfig {
     pub webhook_status: Option<u16>,
     /// Redirect URIs registered for the apps (exact match).
     pub redirect_uris: Vec<String>,
+    /// The call log answers 403 CMN-408 (the user lacks the company call-log
+    /// permission), as RingCentral does for a non-admin JWT user.
+    pub call_log_forbidden: bool,
 }
 
 impl Default for RcSimConfig {
@@ -76,6 +79,7 @@ impl Default for RcSimConfig {
             visibility_lag: (Duration::from_secs(15), Duration::from_secs(30)),
             webhook_status: None,
             redirect_uris: vec![RC_REDIRECT_URI.to_string()],
+            call_log_forbidden: false,
         }
     }
 }
@@ -261,6 +265,22 @@ impl RcSimulator {
         calls.add(rng, cfg, start, &self.inner.base)
     }
 
+    /// Adds a call that started at `start` and lasted `duration`; it becomes
+    /// visible the visibility lag after it ended.
+    pub fn add_call_at(&self, start: DateTime<Utc>, duration: Duration) -> String {
+        let mut s = self.state();
+        let State {
+            calls, rng, cfg, ..
+        } = &mut *s;
+        calls.add_with(rng, cfg, start, Some(duration), &self.inner.base)
+    }
+
+    /// Ids of the calls that started in `[from, to)` and are visible now:
+    /// what a complete export of that window reads.
+    pub fn visible_call_ids_between(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<String> {
+        self.state().calls.visible_ids_between(from, to, Utc::now())
+    }
+
     /// Stops the server.
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
@@ -422,6 +442,14 @@ async fn route(
                 return *r;
             }
             let mut s = inner.state.lock().expect("rc state");
+            if s.cfg.call_log_forbidden {
+                return api_error(
+                    StatusCode::FORBIDDEN,
+                    "CMN-408",
+                    "In order to call this API endpoint, user needs to have [ReadCompanyCallLog] permission for requested resource.",
+                    json!({"permissionName": "ReadCompanyCallLog"}),
+                );
+            }
             s.calls.list(query, &inner.base, Utc::now())
         }
         (&Method::POST, p) if p.starts_with("/webhook/v2/") => {

@@ -120,6 +120,50 @@ pub struct FyleSourceConfig {
     /// midpoint with records on both sides to pay off).
     #[serde(default = "default_min_slice", with = "crate::common::duration")]
     pub min_slice: Duration,
+    /// `[connection]`, parsed by [`FyleSourceConfig::parse_sections`].
+    #[serde(skip)]
+    pub connection: Option<crate::auth::FyleConnectionConfig>,
+    /// `[writeback]`, parsed by [`FyleSourceConfig::parse_sections`].
+    #[serde(skip)]
+    pub writeback: Option<super::WriteBackConfig>,
+}
+
+impl FyleSourceConfig {
+    /// Reads `[connection]` (required) and `[writeback]` (optional).
+    pub fn parse_sections(
+        &mut self,
+        connection: Option<&toml::Table>,
+        writeback: Option<&toml::Table>,
+    ) -> Vec<Problem> {
+        use crate::common::keys::deserialize_collecting;
+        let mut p = Vec::new();
+        match connection {
+            None => p.push(Problem::new("connection", "is required but missing")),
+            Some(t) => {
+                let (c, problems) = deserialize_collecting::<crate::auth::FyleConnectionConfig>(
+                    toml::Value::Table(t.clone()),
+                    "connection",
+                );
+                p.extend(problems);
+                if let Some(c) = c {
+                    p.extend(c.validate("connection"));
+                    self.connection = Some(c);
+                }
+            }
+        }
+        if let Some(t) = writeback {
+            let (wb, problems) = deserialize_collecting::<super::WriteBackConfig>(
+                toml::Value::Table(t.clone()),
+                "writeback",
+            );
+            p.extend(problems);
+            if let Some(wb) = wb {
+                p.extend(wb.validate("writeback", &self.resource));
+                self.writeback = Some(wb);
+            }
+        }
+        p
+    }
 }
 
 fn default_min_slice() -> Duration {

@@ -17,35 +17,7 @@ use tracing::debug;
 
 use super::{FyleClient, FyleError, FyleSourceConfig};
 use crate::record::{Record, record_id};
-
-/// The half-open time range `[from, to)` of the cursor field a run covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Window {
-    /// Inclusive lower bound; `None` means from the beginning.
-    pub from: Option<DateTime<Utc>>,
-    /// Exclusive upper bound; `None` means no bound.
-    pub to: Option<DateTime<Utc>>,
-}
-
-/// One page of records, in (cursor, id) order.
-#[derive(Debug)]
-pub struct Page {
-    /// Records of the page, duplicates from earlier pages removed.
-    pub records: Vec<Record>,
-    /// Matching records in the whole window, as the server counted them on the first page.
-    pub total: Option<u64>,
-}
-
-/// What the pager did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct PagerStats {
-    /// Requests that returned a page.
-    pub pages: u64,
-    /// Records passed on.
-    pub records: u64,
-    /// Records seen twice at page boundaries and dropped.
-    pub duplicates: u64,
-}
+pub use crate::sources::{Page, PagerStats, Window};
 
 /// The position of a record in the server's (cursor, id) order, as the
 /// server wrote it: the pager never compares ids itself, because their

@@ -15,10 +15,11 @@ use super::{
     WriteBackSummary, fetch_window, first_page_query, plan_path, run_pending, stage_plan,
 };
 use crate::auth::FyleSession;
+use crate::common::Problem;
 use crate::error::Error;
 use crate::fsutil::StagedFile;
 use crate::http::ServerClock;
-use crate::sources::{BuildError, Probe, RunFiles, Source, SourceContext};
+use crate::sources::{BuildError, Credentials, Probe, RunFiles, Source, SourceContext};
 
 /// A Fyle source opened for one run.
 pub struct FyleSource {
@@ -32,8 +33,16 @@ pub struct FyleSource {
 impl FyleSource {
     /// The session from given credentials, a vault connection, or `[connection]`.
     pub fn build(cfg: &FyleSourceConfig, ctx: SourceContext<'_>) -> Result<Self, BuildError> {
-        let (session, origin) = match (ctx.credentials, &ctx.connection.vault) {
-            (Some(c), _) => (FyleSession::new(ctx.http.clone(), c), None),
+        let connection = cfg.connection.as_ref().ok_or_else(|| {
+            BuildError::Config(vec![Problem::new("connection", "is required but missing")])
+        })?;
+        let (session, origin) = match (ctx.credentials, &connection.vault) {
+            (Some(Credentials::Fyle(c)), _) => (FyleSession::new(ctx.http.clone(), c), None),
+            (Some(Credentials::RingCentral(_)), _) => {
+                return Err(BuildError::Other(Error::Internal(
+                    "RingCentral credentials were given for a Fyle source".into(),
+                )));
+            }
             (None, Some(name)) => {
                 let vault =
                     crate::auth::Vault::open(&crate::auth::vault::vault_path(ctx.vault.as_deref()));
@@ -43,8 +52,7 @@ impl FyleSource {
                 (session, Some(origin))
             }
             (None, None) => {
-                let c = ctx
-                    .connection
+                let c = connection
                     .resolve("connection")
                     .map_err(BuildError::Config)?;
                 let origin = format!("secrets resolved (client_id {})", c.client_id);
@@ -54,7 +62,7 @@ impl FyleSource {
         Ok(Self {
             cfg: cfg.clone(),
             client: FyleClient::new(Arc::new(session)),
-            writeback: ctx.writeback.cloned(),
+            writeback: cfg.writeback.clone(),
             origin,
         })
     }

@@ -1,12 +1,20 @@
 //! RingCentral company call log (`GET /restapi/v1.0/account/~/call-log`),
-//! fetched one time window at a time into pages of JSON records. Self
-//! contained until the source seam lands: the runner will wire it in.
+//! fetched one time window at a time into pages of JSON records, as a
+//! [`crate::sources::Source`] (`[source] type = "ringcentral"`).
 //!
 //! `dateFrom`/`dateTo` are always sent (the API otherwise silently means the
 //! last 24 hours); pages are followed through `navigation.nextPage.uri` until
 //! it is absent; records are de-duplicated by `id`, since the list is newest
 //! first and offset-paged, so a call that appears while we page pushes one
 //! already seen onto the next page.
+
+mod config;
+mod defaults;
+mod source;
+
+pub use config::{RESOURCES, RcConnectionConfig, RingCentralSourceConfig};
+pub use defaults::default_columns;
+pub use source::RingCentralSource;
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -25,13 +33,25 @@ pub const MAX_PER_PAGE: u32 = 1000;
 pub const DEFAULT_LOOKBACK: Duration = Duration::from_secs(5 * 60);
 
 /// `view`: Detailed adds `legs[]` and `billing`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 pub enum View {
     /// Without legs.
     #[default]
+    #[serde(alias = "simple")]
     Simple,
     /// With legs and billing.
+    #[serde(alias = "detailed")]
     Detailed,
+}
+
+impl View {
+    /// The value of the `view` parameter.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            View::Simple => "Simple",
+            View::Detailed => "Detailed",
+        }
+    }
 }
 
 /// What to fetch.
@@ -94,13 +114,7 @@ impl CallLogPager {
             .append_pair("dateFrom", &ts(window.from))
             .append_pair("dateTo", &ts(window.to))
             .append_pair("perPage", &window.per_page.to_string())
-            .append_pair(
-                "view",
-                match window.view {
-                    View::Simple => "Simple",
-                    View::Detailed => "Detailed",
-                },
-            );
+            .append_pair("view", window.view.as_str());
         Ok(Self {
             http,
             token,
@@ -111,9 +125,28 @@ impl CallLogPager {
         })
     }
 
-    /// The next page's new records, or `None` after the last page.
+    /// Narrows the selection with further query parameters (e.g. `direction`);
+    /// before the first page only.
+    pub fn filter(&mut self, pairs: &[(String, String)]) {
+        if let Some(url) = self.next.as_mut() {
+            url.query_pairs_mut().extend_pairs(pairs);
+        }
+    }
+
+    /// The request the next page comes from; `None` after the last page.
+    pub fn next_url(&self) -> Option<&Url> {
+        self.next.as_ref()
+    }
+
+    /// Uses another access token from the next request on (after a refresh).
+    pub fn set_token(&mut self, token: SecretString) {
+        self.token = token;
+    }
+
+    /// The next page's new records, or `None` after the last page. After an
+    /// error the same page is asked for again by the next call.
     pub async fn next_page(&mut self) -> Result<Option<Vec<Value>>, HttpError> {
-        let Some(url) = self.next.take() else {
+        let Some(url) = self.next.clone() else {
             return Ok(None);
         };
         let resp = self
