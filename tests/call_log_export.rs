@@ -553,3 +553,61 @@ async fn shipped_call_log_pipeline_runs_against_the_simulator() {
         truth
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explicit_jwt_connection_from_secret_files_exports_without_a_vault() {
+    let sim = sim_with(30, 1000, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), RC_CLIENT_SECRET).unwrap();
+    std::fs::write(dir.path().join("jwt"), sim.issue_jwt()).unwrap();
+    let start = Utc::now() - chrono::Duration::hours(7);
+    let connection = format!(
+        "server = \"{}\"\nclient_id = \"{RC_CLIENT_ID}\"\nclient_secret = {{ file = \"{}\" }}\njwt = {{ file = \"{}\" }}",
+        sim.url(),
+        dir.path().join("secret").display(),
+        dir.path().join("jwt").display()
+    );
+    let text = pipeline_text(start, 1000, "").replace("vault = \"rc\"", &connection);
+    let out = dir.path().join("out");
+    // No vault file exists: the connection comes from the pipeline file.
+    let outcome = run_lib(&text, &out, dir.path()).await;
+    assert!(outcome.error.is_none(), "{:?}", outcome.error);
+    assert!(!dir.path().join("vault.json").exists());
+    assert_eq!(sim.token_requests(), 1);
+    let truth: BTreeSet<String> = sim
+        .visible_call_ids_between(start, outcome.summary.window_to.unwrap())
+        .into_iter()
+        .collect();
+    assert_eq!(
+        exported_ids(&out).keys().cloned().collect::<BTreeSet<_>>(),
+        truth
+    );
+    // A JWT the server does not know: an authentication error naming what to check.
+    std::fs::write(dir.path().join("jwt"), "not-a-jwt").unwrap();
+    let failed = run_lib(&text, &dir.path().join("out2"), dir.path()).await;
+    let e = failed.error.as_ref().expect("refused").to_string();
+    assert_eq!(failed.exit_code(), expense_sync::ExitCode::Auth, "{e}");
+    assert!(
+        e.contains("connection.jwt") && !e.contains("not-a-jwt"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_a_notify_url_that_does_not_resolve_as_a_config_error() {
+    let sim = sim_with(5, 1000, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    vault_with_jwt(&sim, dir.path());
+    let file = format!(
+        "{}\n[[notify]]\nkind = \"ringcentral\"\nurl = {{ env = \"EXPENSE_SYNC_TEST_UNSET_WEBHOOK\" }}\n",
+        pipeline_text(Utc::now() - chrono::Duration::hours(1), 1000, "")
+    );
+    std::fs::write(dir.path().join("calls.toml"), file).unwrap();
+    let check = run_bin(&["check", "calls.toml"], dir.path(), dir.path()).await;
+    let shown = text(&check);
+    assert_eq!(check.status.code(), Some(2), "{shown}");
+    assert!(
+        shown.contains("notify[0].url") && shown.contains("EXPENSE_SYNC_TEST_UNSET_WEBHOOK"),
+        "{shown}"
+    );
+}
