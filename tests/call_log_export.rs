@@ -611,3 +611,44 @@ async fn check_reports_a_notify_url_that_does_not_resolve_as_a_config_error() {
         "{shown}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_token_the_api_refuses_is_replaced_once_and_the_export_completes() {
+    let sim = sim_with(30, 1000, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let vault = vault_with_jwt(&sim, dir.path());
+    // A stored access token that looks fresh but that RingCentral no longer knows.
+    vault
+        .update(|all| {
+            let c = all.get_mut("rc").unwrap();
+            c.access_token = Some(SecretString::from("revoked-elsewhere".to_string()));
+            c.access_expires_at = Some(Utc::now() + chrono::Duration::hours(1));
+            c.last_refresh_at = Some(Utc::now());
+            c.status = expense_sync::auth::vault::ConnectionStatus::Ok;
+            Ok::<_, VaultError>(())
+        })
+        .unwrap();
+    let start = Utc::now() - chrono::Duration::hours(7);
+    let out = dir.path().join("out");
+    let outcome = run_lib(&pipeline_text(start, 10, ""), &out, dir.path()).await;
+    assert!(outcome.error.is_none(), "{:?}", outcome.error);
+    let refused = sim
+        .requests()
+        .iter()
+        .filter(|r| r.group == Some(Group::Heavy) && r.status == 401)
+        .count();
+    assert_eq!(refused, 1, "one refusal, then the new token");
+    assert_eq!(
+        sim.token_requests(),
+        1,
+        "one JWT grant replaced the refused token"
+    );
+    let truth: BTreeSet<String> = sim
+        .visible_call_ids_between(start, outcome.summary.window_to.unwrap())
+        .into_iter()
+        .collect();
+    assert_eq!(
+        exported_ids(&out).keys().cloned().collect::<BTreeSet<_>>(),
+        truth
+    );
+}

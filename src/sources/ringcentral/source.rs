@@ -206,9 +206,11 @@ fn call_log_error(e: HttpError) -> Error {
         }
         _ => "",
     };
-    Error::Source(format!(
-        "reading the RingCentral call log failed: {e}{hint}"
-    ))
+    let message = format!("reading the RingCentral call log failed: {e}{hint}");
+    match e {
+        HttpError::Unauthorized { .. } => Error::Auth(message),
+        _ => Error::Source(message),
+    }
 }
 
 /// Pages through `pager`, handing each page to `on_page`; one refused token
