@@ -161,8 +161,8 @@ fn direct(conn: Connection, http: &HttpClient) -> Auth {
     }
 }
 
-/// The start of time for a window without one: `dateFrom` is always sent,
-/// since the API otherwise means the last 24 hours.
+/// The window's bounds as `dateFrom`/`dateTo`: both are always sent, since
+/// the API otherwise means the last 24 hours; an open start is 1970.
 fn window_bounds(window: Window) -> (DateTime<Utc>, DateTime<Utc>) {
     let from = window.from.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
     let to = window.to.unwrap_or_else(Utc::now);
@@ -213,8 +213,8 @@ fn call_log_error(e: HttpError) -> Error {
     }
 }
 
-/// Pages through `pager`, handing each page to `on_page`; one refused token
-/// is replaced by a fresh one and the page asked for again.
+/// Pages through `pager` into `pages`; a refused token is replaced once by a
+/// fresh one and the same page asked for again.
 async fn page_all(
     auth: &Auth,
     mut pager: CallLogPager,
