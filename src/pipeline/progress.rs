@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tracing::Instrument;
 use tokio::sync::{Notify, mpsc};
 use tracing::info;
 
@@ -73,7 +74,9 @@ impl Progress {
                     }
                     report(&shared, &http, requests_per_second, live);
                 }
-            })
+            }
+            // Progress lines carry the run's span (the tenant in a multi-tenant run).
+            .in_current_span())
         };
         Self {
             shared,
@@ -114,7 +117,8 @@ impl Progress {
                     break;
                 }
             }
-        });
+        }
+        .in_current_span());
         rx
     }
 }

@@ -225,6 +225,8 @@ pub fn for_tenant(
     let o = RunOptions {
         output_dir: Some(PathBuf::from(output_dir)),
         credentials: None,
+        // Several tenants at once cannot share one live line.
+        live_progress: false,
         ..opts.clone()
     };
     Ok((p, o))
