@@ -473,8 +473,7 @@ async fn dispatch(
                     metrics_file,
                     metrics_push,
                 };
-                return run_tenants(&p, &http, opts, run, summary.as_deref(), summary_format)
-                    .await;
+                return run_tenants(&p, &http, opts, run, summary.as_deref(), summary_format).await;
             }
             if let Some(s) = shard {
                 return Err(config::ConfigError::single(
@@ -770,14 +769,20 @@ async fn run_tenants(
         tracing::info!(
             "shard {s}: {} of {selected} tenant(s): {}",
             mine.len(),
-            mine.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+            mine.iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     if run.dry_run {
         for t in &mine {
             let (tp, to) = tenants::for_tenant(p, &opts, t)?;
             println!("== tenant {} (connection {}) ==", t.name, t.connection());
-            print!("{}", pipeline::dry_run(&tp, &http.for_tenant(&t.name), &to).await?);
+            print!(
+                "{}",
+                pipeline::dry_run(&tp, &http.for_tenant(&t.name), &to).await?
+            );
         }
         return Ok(ExitCode::Ok);
     }

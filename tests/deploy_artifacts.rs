@@ -296,7 +296,10 @@ fn assert_sharded_job(job: &Yaml, docs: &[Yaml]) {
     let requests = &c["resources"]["requests"];
     assert!(requests["memory"].as_str().is_some() && requests["cpu"].as_str().is_some());
     assert!(c["resources"]["limits"]["memory"].as_str().is_some());
-    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"].as_bool(), Some(true));
+    assert_eq!(
+        c["securityContext"]["readOnlyRootFilesystem"].as_bool(),
+        Some(true)
+    );
     let args: Vec<&str> = c["args"]
         .as_vec()
         .unwrap()

@@ -205,7 +205,10 @@ async fn every_connection_runs_as_a_tenant_with_its_own_outputs_and_state_and_a_
     assert_eq!(lines.len(), 3, "{stdout}");
     assert!(lines[0].contains("[tenant acme]: ok"), "{stdout}");
     assert!(lines[1].contains("[tenant globex]"), "{stdout}");
-    assert!(lines[2].contains("2 tenant(s)") && lines[2].contains("2 committed"), "{stdout}");
+    assert!(
+        lines[2].contains("2 tenant(s)") && lines[2].contains("2 committed"),
+        "{stdout}"
+    );
     assert_exactly_once(&out.join("globex"), &sims[1]);
     for sim in sims {
         sim.shutdown().await;
@@ -237,7 +240,12 @@ async fn a_shared_state_path_without_tenant_is_refused_before_any_tenant_runs() 
         &[],
     )
     .await;
-    assert_eq!(o.status.code(), Some(ExitCode::Config.code()), "{}", text(&o));
+    assert_eq!(
+        o.status.code(),
+        Some(ExitCode::Config.code()),
+        "{}",
+        text(&o)
+    );
     assert!(text(&o).contains("pipeline.state_path"), "{}", text(&o));
     assert!(sims[0].request_log().is_empty());
 }
@@ -303,7 +311,12 @@ async fn shards_started_like_an_indexed_job_export_every_tenant_exactly_once() {
             assert_eq!(t["status"], expected, "{name}: {t}");
         }
         let has_bad = by_tenant(&s).contains_key(&names[4]);
-        assert_eq!(o.status.code() == Some(0), !has_bad, "shard {i}: {}", text(o));
+        assert_eq!(
+            o.status.code() == Some(0),
+            !has_bad,
+            "shard {i}: {}",
+            text(o)
+        );
     }
     assert_eq!(
         owner.keys().cloned().collect::<BTreeSet<_>>(),
@@ -351,11 +364,8 @@ async fn small_tenants_finish_while_a_big_backfill_is_still_paging() {
         add_connection(&vault, &name, sim, true);
         list.push(Tenant::of_connection(&name));
     }
-    let p = expense_sync::config::load_str(
-        &tenant_pipeline("p", 80, 25),
-        Path::new("p.toml"),
-    )
-    .unwrap();
+    let p =
+        expense_sync::config::load_str(&tenant_pipeline("p", 80, 25), Path::new("p.toml")).unwrap();
     // One process-wide client: every tenant shares its budget of 80 requests/s.
     let http = HttpClient::new(&p.spec.http).unwrap();
     let opts = RunOptions {
@@ -365,7 +375,12 @@ async fn small_tenants_finish_while_a_big_backfill_is_still_paging() {
     };
     let runs = tenants::run_all(&p, &http, &opts, &list, 4).await.unwrap();
     for r in &runs {
-        assert_eq!(r.outcome.summary.status, RunStatus::Ok, "{:?}", r.outcome.error);
+        assert_eq!(
+            r.outcome.summary.status,
+            RunStatus::Ok,
+            "{:?}",
+            r.outcome.error
+        );
     }
     // The data requests of all orgs in the order they arrived.
     let mut log: Vec<(std::time::Instant, &str)> = big

@@ -510,7 +510,12 @@ impl HttpClient {
     async fn attempt(&self, req: &Request, attempt: u32) -> Attempt {
         self.inner.groups.wait_ready(&req.method, &req.url).await;
         match &self.tenant {
-            Some(t) => self.inner.fair.until_ready(&self.inner.limiter, &t.name).await,
+            Some(t) => {
+                self.inner
+                    .fair
+                    .until_ready(&self.inner.limiter, &t.name)
+                    .await
+            }
             None => self.inner.limiter.until_ready().await,
         }
         self.bump(|s| &s.requests);

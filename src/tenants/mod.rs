@@ -120,11 +120,7 @@ fn validate(tenants: &[Tenant], file: &Path) -> Result<(), ConfigError> {
 /// `connection`, `output_dir`, `state_path`.
 pub fn load_file(path: &Path) -> Result<Vec<Tenant>, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigError::single(
-            path,
-            "(file)",
-            format!("cannot read the tenants file: {e}"),
-        )
+        ConfigError::single(path, "(file)", format!("cannot read the tenants file: {e}"))
     })?;
     parse_file(&text, path)
 }
@@ -145,7 +141,9 @@ pub fn from_connections(
     let names: Vec<String> = if spec.trim() == "all" {
         vault
             .load()
-            .map_err(|e| crate::Error::Config(ConfigError::single(vault.path(), "(vault)", e.to_string())))?
+            .map_err(|e| {
+                crate::Error::Config(ConfigError::single(vault.path(), "(vault)", e.to_string()))
+            })?
             .into_iter()
             .filter(|(_, c)| c.profile == crate::auth::vault::Profile::Fyle)
             .map(|(name, _)| name)
@@ -341,10 +339,14 @@ impl TenantsSummary {
     ) -> TenantsSummary {
         let code = worst(runs.iter().map(|r| r.outcome.exit_code()));
         let statuses: Vec<RunStatus> = runs.iter().map(|r| r.outcome.summary.status).collect();
-        let status = [RunStatus::Interrupted, RunStatus::Failed, RunStatus::Partial]
-            .into_iter()
-            .find(|s| statuses.contains(s))
-            .unwrap_or(RunStatus::Ok);
+        let status = [
+            RunStatus::Interrupted,
+            RunStatus::Failed,
+            RunStatus::Partial,
+        ]
+        .into_iter()
+        .find(|s| statuses.contains(s))
+        .unwrap_or(RunStatus::Ok);
         TenantsSummary {
             pipeline: pipeline.to_string(),
             status,
@@ -421,7 +423,10 @@ path = "x.csv"
             ..RunOptions::default()
         };
         let (_, o) = for_tenant(&pipeline(""), &opts, &t).unwrap();
-        assert_eq!(o.output_dir.unwrap(), PathBuf::from("s3://bucket/acme/exports"));
+        assert_eq!(
+            o.output_dir.unwrap(),
+            PathBuf::from("s3://bucket/acme/exports")
+        );
     }
 
     #[test]
@@ -469,7 +474,10 @@ output_dir = "/elsewhere/{tenant}"
         )
         .unwrap_err();
         let text = e.to_string();
-        assert!(text.contains("tenants[0].name") && text.contains("listed twice"), "{text}");
+        assert!(
+            text.contains("tenants[0].name") && text.contains("listed twice"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -33,7 +33,8 @@ impl std::str::FromStr for Shard {
 
     /// `INDEX/COUNT`, e.g. `0/3`.
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("`{s}` is not a shard: write INDEX/COUNT with 0 <= INDEX < COUNT, e.g. 0/3");
+        let bad =
+            || format!("`{s}` is not a shard: write INDEX/COUNT with 0 <= INDEX < COUNT, e.g. 0/3");
         let (i, n) = s.split_once('/').ok_or_else(bad)?;
         let index: u32 = i.trim().parse().map_err(|_| bad())?;
         let count: u32 = n.trim().parse().map_err(|_| bad())?;
@@ -50,7 +51,10 @@ impl Shard {
     /// The shard from the environment of a Kubernetes Indexed Job: the index
     /// from `JOB_COMPLETION_INDEX`, the count from `count` (`--shards`, or
     /// `EXPENSE_SYNC_SHARDS`). `Ok(None)` when no index is set.
-    pub fn from_job_index(index: Option<&str>, count: Option<u32>) -> Result<Option<Shard>, String> {
+    pub fn from_job_index(
+        index: Option<&str>,
+        count: Option<u32>,
+    ) -> Result<Option<Shard>, String> {
         let Some(index) = index.map(str::trim).filter(|i| !i.is_empty()) else {
             return Ok(None);
         };
@@ -139,7 +143,10 @@ mod tests {
             let mut then = shard.pick(before.clone(), |t| t);
             let now = shard.pick(after.clone(), |t| t);
             if shard.owns("newcomer") {
-                then.insert(now.iter().position(|t| t == "newcomer").unwrap(), "newcomer".into());
+                then.insert(
+                    now.iter().position(|t| t == "newcomer").unwrap(),
+                    "newcomer".into(),
+                );
             }
             assert_eq!(then, now, "shard {shard}");
         }
@@ -169,7 +176,10 @@ mod tests {
 
     #[test]
     fn shard_parses_index_over_count_and_explains_mistakes() {
-        assert_eq!("1/3".parse::<Shard>().unwrap(), Shard { index: 1, count: 3 });
+        assert_eq!(
+            "1/3".parse::<Shard>().unwrap(),
+            Shard { index: 1, count: 3 }
+        );
         assert!("3/3".parse::<Shard>().unwrap_err().contains("INDEX/COUNT"));
         assert!("x".parse::<Shard>().is_err());
         assert_eq!(
