@@ -136,6 +136,29 @@ pub enum Command {
         /// How often to report progress (a live line on a terminal, log lines otherwise).
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         progress_interval: Duration,
+        /// Run once per vault connection, as tenants: `all` (every Fyle connection) or `a,b,c`.
+        #[arg(long, value_name = "all|NAME,...", conflicts_with = "tenants")]
+        connections: Option<String>,
+        /// Run once per tenant listed in this TOML file (`[[tenants]]` with `name`, and
+        /// optionally `connection`, `output_dir`, `state_path`).
+        #[arg(long, value_name = "FILE")]
+        tenants: Option<PathBuf>,
+        /// Tenants that run at the same time; they share the request budget, taking turns.
+        #[arg(long, value_name = "N", default_value_t = crate::tenants::DEFAULT_CONCURRENCY,
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..256))]
+        tenant_concurrency: usize,
+        /// Run only this shard's tenants, as INDEX/COUNT (0-based, e.g. 0/3); default: the
+        /// index from JOB_COMPLETION_INDEX (Kubernetes Indexed Job) and the count from --shards.
+        #[arg(long, value_name = "INDEX/COUNT")]
+        shard: Option<crate::tenants::Shard>,
+        /// Number of shards when the index comes from JOB_COMPLETION_INDEX.
+        #[arg(long, value_name = "N", env = "EXPENSE_SYNC_SHARDS",
+              value_parser = clap::value_parser!(u32).range(1..))]
+        shards: Option<u32>,
+        /// This many processes share one egress address: use [http] requests_per_second / N.
+        #[arg(long, value_name = "N", env = "EXPENSE_SYNC_SHARD_BUDGET",
+              value_parser = clap::value_parser!(u32).range(1..))]
+        shard_budget: Option<u32>,
     },
     /// Show a pipeline's incremental state (watermark, pending commit, recent runs).
     State {
@@ -396,6 +419,12 @@ async fn dispatch(
             dry_run,
             limit,
             progress_interval,
+            connections,
+            tenants,
+            tenant_concurrency,
+            shard,
+            shards,
+            shard_budget,
         } => {
             let mode = if full_refresh {
                 RunMode::FullRefresh
@@ -410,7 +439,12 @@ async fn dispatch(
                     return report_unloadable(&pipeline, e, summary.as_deref(), summary_format);
                 }
             };
-            let http = HttpClient::new(&p.spec.http).map_err(|e| Error::Internal(e.to_string()))?;
+            let mut http_cfg = p.spec.http.clone();
+            if let Some(n) = shard_budget {
+                // Processes behind one egress address share its budget evenly.
+                http_cfg.requests_per_second /= f64::from(n);
+            }
+            let http = HttpClient::new(&http_cfg).map_err(|e| Error::Internal(e.to_string()))?;
             let cancel = CancelToken::new();
             let opts = RunOptions {
                 output_dir,
@@ -423,6 +457,34 @@ async fn dispatch(
                 progress_interval: Some(progress_interval),
                 live_progress: live_progress(log_format),
             };
+            if connections.is_some() || tenants.is_some() {
+                let job_index = std::env::var(crate::tenants::shard::JOB_COMPLETION_INDEX_ENV).ok();
+                let shard = match shard {
+                    Some(s) => Some(s),
+                    None => crate::tenants::Shard::from_job_index(job_index.as_deref(), shards)
+                        .map_err(|m| config::ConfigError::single(&pipeline, "--shard", m))?,
+                };
+                let run = TenantsRun {
+                    connections,
+                    file: tenants,
+                    shard,
+                    concurrency: tenant_concurrency,
+                    dry_run,
+                    metrics_file,
+                    metrics_push,
+                };
+                return run_tenants(&p, &http, opts, run, summary.as_deref(), summary_format).await;
+            }
+            if let Some(s) = shard {
+                return Err(config::ConfigError::single(
+                    &pipeline,
+                    "--shard",
+                    format!(
+                        "--shard {s} splits tenants among processes, but this run has none: add                          --connections or --tenants"
+                    ),
+                )
+                .into());
+            }
             if dry_run {
                 print!("{}", pipeline::dry_run(&p, &http, &opts).await?);
                 return Ok(ExitCode::Ok);
@@ -667,6 +729,133 @@ fn stop_on_signals(cancel: CancelToken) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// What `run` was asked to do for many tenants.
+struct TenantsRun {
+    connections: Option<String>,
+    file: Option<PathBuf>,
+    shard: Option<crate::tenants::Shard>,
+    concurrency: usize,
+    dry_run: bool,
+    metrics_file: Option<PathBuf>,
+    metrics_push: Option<String>,
+}
+
+/// `run --connections/--tenants`: every tenant of this shard, each with its
+/// own state, outputs and summary line; the exit code is the worst tenant's.
+async fn run_tenants(
+    p: &config::Pipeline,
+    http: &HttpClient,
+    opts: RunOptions,
+    run: TenantsRun,
+    summary_file: Option<&Path>,
+    format: SummaryFormat,
+) -> Result<ExitCode, Error> {
+    use crate::tenants;
+    let all = match (&run.connections, &run.file) {
+        (_, Some(file)) => tenants::load_file(file)?,
+        (Some(spec), None) => {
+            let vault =
+                crate::auth::Vault::open(&crate::auth::vault::vault_path(opts.vault.as_deref()));
+            tenants::from_connections(spec, &vault)?
+        }
+        (None, None) => unreachable!("called with --connections or --tenants"),
+    };
+    let selected = all.len();
+    let mine = match run.shard {
+        Some(s) => s.pick(all, |t| &t.name),
+        None => all,
+    };
+    if let Some(s) = run.shard {
+        tracing::info!(
+            "shard {s}: {} of {selected} tenant(s): {}",
+            mine.len(),
+            mine.iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if run.dry_run {
+        for t in &mine {
+            let (tp, to) = tenants::for_tenant(p, &opts, t)?;
+            println!("== tenant {} (connection {}) ==", t.name, t.connection());
+            print!(
+                "{}",
+                pipeline::dry_run(&tp, &http.for_tenant(&t.name), &to).await?
+            );
+        }
+        return Ok(ExitCode::Ok);
+    }
+    let signals = stop_on_signals(opts.cancel.clone());
+    let mut runs = tenants::run_all(p, http, &opts, &mine, run.concurrency).await?;
+    let mut metrics = p.spec.metrics.clone().unwrap_or_default();
+    if run.metrics_file.is_some() {
+        metrics.textfile = run.metrics_file;
+    }
+    if run.metrics_push.is_some() {
+        metrics.pushgateway = run.metrics_push;
+    }
+    for r in &mut runs {
+        if !p.spec.notify.is_empty() {
+            let sent = crate::notify::notify_all(http, &p.spec.notify, &r.outcome.summary).await;
+            for e in &sent.errors {
+                eprintln!(
+                    "warning: tenant {}: notification failed (the run's outcome is unchanged): {e}",
+                    r.tenant.name
+                );
+            }
+            r.outcome.summary.notify = Some(sent);
+        }
+    }
+    if metrics.is_enabled() {
+        let per_tenant = metrics
+            .textfile
+            .as_ref()
+            .is_some_and(|f| f.to_string_lossy().contains(tenants::TENANT));
+        if metrics.pushgateway.is_some() || !per_tenant {
+            eprintln!(
+                "warning: metrics were not exported: with tenants, [metrics] textfile needs {} in                  its path (one file per tenant), and pushgateway is not supported yet",
+                tenants::TENANT
+            );
+        } else {
+            for r in &runs {
+                let mut m = metrics.clone();
+                m.textfile = m.textfile.map(|f| {
+                    PathBuf::from(f.to_string_lossy().replace(tenants::TENANT, &r.tenant.name))
+                });
+                for problem in crate::metrics::export(&m, &r.outcome.summary).await {
+                    eprintln!("warning: tenant {}: {problem}", r.tenant.name);
+                }
+            }
+        }
+    }
+    signals.abort();
+    let total = tenants::TenantsSummary::new(p.name(), run.shard, selected, &runs);
+    let json = serde_json::to_string_pretty(&total)
+        .map_err(|e| Error::Internal(format!("cannot render the summary: {e}")))?;
+    match format {
+        SummaryFormat::Json => println!("{json}"),
+        SummaryFormat::Text => {
+            for r in &runs {
+                println!("{}", summary_line(&r.outcome.summary));
+            }
+            println!("{}", total.line());
+        }
+        SummaryFormat::None => {}
+    }
+    if let Some(path) = summary_file {
+        let id = format!("{}-tenants", Utc::now().format("%Y%m%dT%H%M%SZ"));
+        crate::fsutil::write_atomic(path, json.as_bytes(), &id)
+            .map_err(|e| Error::Sink(format!("cannot write the run summary: {e}")))?;
+    }
+    for r in &runs {
+        if let Some(e) = &r.outcome.error {
+            report_error(&format!("tenant {}: {e}", r.tenant.name), e.exit_code());
+        }
+    }
+    Ok(tenants::worst(runs.iter().map(|r| r.outcome.exit_code())))
+}
+
 /// Prints the summary on stdout in `format` (and the JSON to `summary_file`), the error on stderr.
 fn report_run(
     outcome: &RunOutcome,
@@ -705,7 +894,10 @@ fn report_run(
 pub fn summary_line(s: &crate::pipeline::RunSummary) -> String {
     use crate::pipeline::RunStatus;
     let secs = s.duration_ms as f64 / 1000.0;
-    let head = format!("expense-sync {}:", s.pipeline);
+    let head = match &s.tenant {
+        Some(t) => format!("expense-sync {} [tenant {t}]:", s.pipeline),
+        None => format!("expense-sync {}:", s.pipeline),
+    };
     if !matches!(s.status, RunStatus::Ok | RunStatus::Partial) {
         let why = s
             .error

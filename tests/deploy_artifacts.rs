@@ -267,6 +267,76 @@ fn kubernetes_cronjob_forbids_overlap_runs_non_root_and_mounts_secret_and_volume
     }
 }
 
+/// Checks one sharded Job spec: Indexed, one pod per shard, the shard count
+/// and budget passed to every pod, the vault key from a Secret.
+fn assert_sharded_job(job: &Yaml, docs: &[Yaml]) {
+    assert_eq!(job["completionMode"].as_str(), Some("Indexed"));
+    let completions = job["completions"].as_i64().expect("completions");
+    assert!(completions > 1);
+    assert_eq!(job["parallelism"].as_i64(), Some(completions));
+    let pod = &job["template"]["spec"];
+    assert_eq!(pod["restartPolicy"].as_str(), Some("Never"));
+    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+    let c = &pod["containers"][0];
+    let env: BTreeMap<&str, &Yaml> = c["env"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap(), e))
+        .collect();
+    assert_eq!(
+        env["EXPENSE_SYNC_SHARDS"]["value"].as_str(),
+        Some(completions.to_string().as_str()),
+        "every pod must know the shard count"
+    );
+    assert!(env.contains_key("EXPENSE_SYNC_SHARD_BUDGET"));
+    let key = &env["EXPENSE_SYNC_VAULT_KEY"];
+    assert!(key["value"].is_badvalue(), "the vault key is no literal");
+    assert!(key["valueFrom"]["secretKeyRef"]["name"].as_str().is_some());
+    let requests = &c["resources"]["requests"];
+    assert!(requests["memory"].as_str().is_some() && requests["cpu"].as_str().is_some());
+    assert!(c["resources"]["limits"]["memory"].as_str().is_some());
+    assert_eq!(
+        c["securityContext"]["readOnlyRootFilesystem"].as_bool(),
+        Some(true)
+    );
+    let args: Vec<&str> = c["args"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(args[0], "run");
+    assert!(args.contains(&"--connections") || args.contains(&"--tenants"));
+    // The pipeline in the ConfigMap is valid and gives each tenant its own outputs.
+    let cm = of_kind(docs, "ConfigMap");
+    let key = Path::new(args[1]).file_name().unwrap().to_str().unwrap();
+    let text = cm["data"][key].as_str().expect("pipeline in the ConfigMap");
+    let p = expense_sync::config::load_str(text, Path::new(key)).expect("pipeline is valid");
+    assert!(
+        p.spec
+            .pipeline
+            .output_dir
+            .to_string_lossy()
+            .contains("{tenant}")
+    );
+}
+
+#[test]
+fn kubernetes_sharded_jobs_are_indexed_one_pod_per_shard_and_never_overlap() {
+    let docs = yaml_docs("deploy/kubernetes/sharded.yaml");
+    let cj = of_kind(&docs, "CronJob");
+    assert_eq!(cj["spec"]["concurrencyPolicy"].as_str(), Some("Forbid"));
+    assert_sharded_job(&cj["spec"]["jobTemplate"]["spec"], &docs);
+    assert_sharded_job(&of_kind(&docs, "Job")["spec"], &docs);
+    let pvc = of_kind(&docs, "PersistentVolumeClaim");
+    let modes = pvc["spec"]["accessModes"].as_vec().unwrap();
+    assert!(
+        modes.iter().any(|m| m.as_str() == Some("ReadWriteMany")),
+        "pods of several nodes share the volume"
+    );
+}
+
 /// `key=value` lines of a unit file, grouped by section (keys may repeat).
 fn unit(path: &str) -> BTreeMap<String, Vec<(String, String)>> {
     let mut sections: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
@@ -568,6 +638,7 @@ fn kubernetes_manifests_pass_strict_schema_validation() {
     let o = std::process::Command::new(tool)
         .arg("--strict")
         .arg(repo("deploy/kubernetes/cronjob.yaml"))
+        .arg(repo("deploy/kubernetes/sharded.yaml"))
         .output()
         .unwrap();
     let text = format!(
@@ -576,7 +647,13 @@ fn kubernetes_manifests_pass_strict_schema_validation() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(o.status.success(), "kubernetes-validate --strict: {text}");
-    for kind in ["cronjob/", "persistentvolumeclaim/", "configmap/"] {
+    for kind in [
+        "cronjob/",
+        "persistentvolumeclaim/",
+        "configmap/",
+        "job/expense-sync-tenants-backfill",
+        "cronjob/expense-sync-tenants",
+    ] {
         assert!(
             text.contains(&format!("passed for resource {kind}")),
             "{kind} was validated: {text}"

@@ -243,6 +243,14 @@ struct Inner {
     answered: Mutex<HashSet<String>>,
     clocks: super::clock::Clocks,
     groups: super::ratelimit_groups::Groups,
+    /// Tenants take turns on `limiter` (see [`super::fair`]).
+    fair: super::fair::FairQueue,
+}
+
+/// The tenant a client handle makes requests for, with that tenant's own counters.
+struct TenantTag {
+    name: Arc<str>,
+    stats: HttpStats,
 }
 
 /// Attempts made when a host that never answered refuses the connection or
@@ -253,6 +261,7 @@ const UNREACHABLE_ATTEMPTS: u32 = 2;
 #[derive(Clone)]
 pub struct HttpClient {
     inner: Arc<Inner>,
+    tenant: Option<Arc<TenantTag>>,
 }
 
 impl std::fmt::Debug for HttpClient {
@@ -360,8 +369,35 @@ impl HttpClient {
                 answered: Mutex::new(HashSet::new()),
                 clocks: Default::default(),
                 groups: Default::default(),
+                fair: Default::default(),
             }),
+            tenant: None,
         })
+    }
+
+    /// A handle for one tenant of a multi-tenant run: it shares this client's
+    /// limiter (taking turns with the other tenants) and counts its own requests.
+    pub fn for_tenant(&self, tenant: &str) -> HttpClient {
+        HttpClient {
+            inner: self.inner.clone(),
+            tenant: Some(Arc::new(TenantTag {
+                name: tenant.into(),
+                stats: HttpStats::default(),
+            })),
+        }
+    }
+
+    /// The tenant this handle makes requests for, if any.
+    pub fn tenant(&self) -> Option<&str> {
+        self.tenant.as_ref().map(|t| &*t.name)
+    }
+
+    /// Adds one to a counter, process-wide and for this handle's tenant.
+    fn bump(&self, counter: impl Fn(&HttpStats) -> &AtomicU64) {
+        counter(&self.inner.stats).fetch_add(1, Ordering::Relaxed);
+        if let Some(t) = &self.tenant {
+            counter(&t.stats).fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The configuration this client was built with.
@@ -374,9 +410,9 @@ impl HttpClient {
         self.inner.clocks.get(url)
     }
 
-    /// The counters so far.
+    /// The counters so far (of this handle's tenant, for a [`Self::for_tenant`] handle).
     pub fn stats(&self) -> StatsSnapshot {
-        let s = &self.inner.stats;
+        let s = self.tenant.as_ref().map_or(&self.inner.stats, |t| &t.stats);
         StatsSnapshot {
             requests: s.requests.load(Ordering::Relaxed),
             retries: s.retries.load(Ordering::Relaxed),
@@ -400,7 +436,7 @@ impl HttpClient {
         loop {
             attempts += 1;
             if retry {
-                self.inner.stats.retries.fetch_add(1, Ordering::Relaxed);
+                self.bump(|s| &s.retries);
             }
             retry = true;
             match self.attempt(moved.as_ref().unwrap_or(req), attempts).await {
@@ -473,8 +509,16 @@ impl HttpClient {
 
     async fn attempt(&self, req: &Request, attempt: u32) -> Attempt {
         self.inner.groups.wait_ready(&req.method, &req.url).await;
-        self.inner.limiter.until_ready().await;
-        self.inner.stats.requests.fetch_add(1, Ordering::Relaxed);
+        match &self.tenant {
+            Some(t) => {
+                self.inner
+                    .fair
+                    .until_ready(&self.inner.limiter, &t.name)
+                    .await
+            }
+            None => self.inner.limiter.until_ready().await,
+        }
+        self.bump(|s| &s.requests);
         let mut builder = self
             .inner
             .client
@@ -529,10 +573,7 @@ impl HttpClient {
         let resp = match result {
             Ok(r) => r,
             Err(e) => {
-                self.inner
-                    .stats
-                    .transport_errors
-                    .fetch_add(1, Ordering::Relaxed);
+                self.bump(|s| &s.transport_errors);
                 let unreachable = is_unreachable(&e)
                     && !self
                         .inner
@@ -569,10 +610,7 @@ impl HttpClient {
         let body = match resp.bytes().await {
             Ok(b) => b,
             Err(e) => {
-                self.inner
-                    .stats
-                    .transport_errors
-                    .fetch_add(1, Ordering::Relaxed);
+                self.bump(|s| &s.transport_errors);
                 return Attempt::Retry {
                     reason: format!(
                         "HTTP {status} but the body could not be read ({})",
@@ -612,10 +650,7 @@ impl HttpClient {
                     }
                     Err(e) => {
                         // A cut-off body parses as invalid JSON: worth another try.
-                        self.inner
-                            .stats
-                            .transport_errors
-                            .fetch_add(1, Ordering::Relaxed);
+                        self.bump(|s| &s.transport_errors);
                         Attempt::Retry {
                             reason: format!(
                                 "HTTP {status} with a body that is not valid JSON ({e}); it may have been cut off"
@@ -647,7 +682,7 @@ impl HttpClient {
                 }
             }
             429 => {
-                self.inner.stats.throttled.fetch_add(1, Ordering::Relaxed);
+                self.bump(|s| &s.throttled);
                 Attempt::Retry {
                     reason: "HTTP 429 Too Many Requests".into(),
                     wait: Some(
@@ -660,10 +695,7 @@ impl HttpClient {
                 }
             }
             500..=599 => {
-                self.inner
-                    .stats
-                    .server_errors
-                    .fetch_add(1, Ordering::Relaxed);
+                self.bump(|s| &s.server_errors);
                 Attempt::Retry {
                     reason: format!("HTTP {status}: {}", server_message(&body).1),
                     wait: retry_after(&headers),

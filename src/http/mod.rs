@@ -6,6 +6,7 @@ mod client;
 mod clock;
 mod config;
 mod error;
+mod fair;
 pub mod ratelimit_groups;
 mod signature;
 

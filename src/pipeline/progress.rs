@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc};
+use tracing::Instrument;
 use tracing::info;
 
 use crate::http::{HttpClient, StatsSnapshot};
@@ -59,21 +60,25 @@ impl Progress {
         });
         let task = {
             let (shared, http) = (shared.clone(), http.clone());
-            tokio::spawn(async move {
-                // Reports only after a wake (a new phase) or an interval: a phase
-                // entered before this task first runs leaves a permit, so
-                // reporting at the top of the loop as well printed it twice.
-                loop {
-                    let woken = shared.wake.notified();
-                    tokio::pin!(woken);
-                    woken.as_mut().enable();
-                    tokio::select! {
-                        _ = tokio::time::sleep(interval) => {}
-                        _ = woken => {}
+            tokio::spawn(
+                async move {
+                    // Reports only after a wake (a new phase) or an interval: a phase
+                    // entered before this task first runs leaves a permit, so
+                    // reporting at the top of the loop as well printed it twice.
+                    loop {
+                        let woken = shared.wake.notified();
+                        tokio::pin!(woken);
+                        woken.as_mut().enable();
+                        tokio::select! {
+                            _ = tokio::time::sleep(interval) => {}
+                            _ = woken => {}
+                        }
+                        report(&shared, &http, requests_per_second, live);
                     }
-                    report(&shared, &http, requests_per_second, live);
                 }
-            })
+                // Progress lines carry the run's span (the tenant in a multi-tenant run).
+                .in_current_span(),
+            )
         };
         Self {
             shared,
@@ -102,19 +107,22 @@ impl Progress {
     pub(crate) fn observe(&self, mut pages: mpsc::Receiver<Page>) -> mpsc::Receiver<Page> {
         let (tx, rx) = mpsc::channel::<Page>(1);
         let shared = self.shared.clone();
-        tokio::spawn(async move {
-            while let Some(page) = pages.recv().await {
-                if let Some(t) = page.total {
-                    shared.total.store(t, Ordering::Relaxed);
-                }
-                shared
-                    .records
-                    .fetch_add(page.records.len() as u64, Ordering::Relaxed);
-                if tx.send(page).await.is_err() {
-                    break;
+        tokio::spawn(
+            async move {
+                while let Some(page) = pages.recv().await {
+                    if let Some(t) = page.total {
+                        shared.total.store(t, Ordering::Relaxed);
+                    }
+                    shared
+                        .records
+                        .fetch_add(page.records.len() as u64, Ordering::Relaxed);
+                    if tx.send(page).await.is_err() {
+                        break;
+                    }
                 }
             }
-        });
+            .in_current_span(),
+        );
         rx
     }
 }

@@ -263,7 +263,9 @@ impl<'a> Run<'a> {
 
         // The source pages into a bounded channel.
         let (page_tx, page_rx) = mpsc::channel::<Page>(PAGE_BUFFER);
-        let source_task = tokio::spawn(planned.source.fetch(planned.plan.window, page_tx));
+        let source_task = tokio::spawn(tracing::Instrument::in_current_span(
+            planned.source.fetch(planned.plan.window, page_tx),
+        ));
 
         // Every sink on its own blocking thread, fed through its own bounded channel.
         let mut sink_txs = Vec::new();

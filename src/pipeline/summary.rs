@@ -55,6 +55,9 @@ fn is_zero(n: &u64) -> bool {
 pub struct RunSummary {
     /// Pipeline name.
     pub pipeline: String,
+    /// The tenant this run was for, in a multi-tenant run (`--connections`, `--tenants`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// Unique id of this run (also in temporary file names).
     pub run_id: String,
     /// Outcome.
@@ -122,6 +125,7 @@ impl RunSummary {
     pub fn new(pipeline: &str, run_id: &str, started_at: DateTime<Utc>) -> Self {
         Self {
             pipeline: pipeline.to_string(),
+            tenant: None,
             run_id: run_id.to_string(),
             status: RunStatus::Running,
             kind: String::new(),
