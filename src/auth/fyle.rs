@@ -46,6 +46,18 @@ pub struct FyleConnectionConfig {
     pub refresh_token: Option<SecretRef>,
 }
 
+impl Default for FyleConnectionConfig {
+    fn default() -> Self {
+        Self {
+            accounts_url: default_accounts_url(),
+            vault: None,
+            client_id: None,
+            client_secret: None,
+            refresh_token: None,
+        }
+    }
+}
+
 fn default_accounts_url() -> String {
     DEFAULT_ACCOUNTS_URL.to_string()
 }

@@ -312,6 +312,28 @@ impl SourceConfig {
         }
     }
 
+    /// Points the source at the vault connection `name`, dropping inline
+    /// credentials (a tenant's credentials are its vault connection's).
+    pub fn use_vault_connection(&mut self, name: &str) {
+        match self {
+            SourceConfig::Fyle(c) => {
+                let conn = c.connection.get_or_insert_with(Default::default);
+                conn.vault = Some(name.to_string());
+                conn.client_id = None;
+                conn.client_secret = None;
+                conn.refresh_token = None;
+            }
+            SourceConfig::RingCentral(c) => {
+                let conn = c.connection.get_or_insert_with(Default::default);
+                conn.vault = Some(name.to_string());
+                conn.server = None;
+                conn.client_id = None;
+                conn.client_secret = None;
+                conn.jwt = None;
+            }
+        }
+    }
+
     /// Whether the after-commit hook marks exported records by id (Fyle's
     /// `[writeback]`): an HTTP sink must then carry the id column.
     pub fn after_commit_needs_ids(&self) -> bool {

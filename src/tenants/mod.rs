@@ -181,10 +181,7 @@ pub fn for_tenant(
 ) -> Result<(Pipeline, RunOptions), ConfigError> {
     let mut p = pipeline.clone();
     // The vault connection carries the tenant's credentials; inline ones are not its.
-    p.spec.connection.vault = Some(tenant.connection().to_string());
-    p.spec.connection.client_id = None;
-    p.spec.connection.client_secret = None;
-    p.spec.connection.refresh_token = None;
+    p.spec.source.use_vault_connection(tenant.connection());
     let base = tenant.output_dir.clone().unwrap_or_else(|| {
         opts.output_dir
             .as_ref()
@@ -413,7 +410,13 @@ path = "x.csv"
         let t = Tenant::of_connection("acme");
         let (p, o) = for_tenant(&pipeline(""), &RunOptions::default(), &t).unwrap();
         assert_eq!(o.output_dir.unwrap(), PathBuf::from("/data/out/acme"));
-        assert_eq!(p.spec.connection.vault.as_deref(), Some("acme"));
+        let crate::sources::SourceConfig::Fyle(fyle) = &p.spec.source else {
+            panic!("a fyle source")
+        };
+        assert_eq!(
+            fyle.connection.as_ref().and_then(|c| c.vault.as_deref()),
+            Some("acme")
+        );
         assert_eq!(
             p.state_path(&p.spec.pipeline.output_dir),
             PathBuf::from("/data/out/acme/p.state.json")

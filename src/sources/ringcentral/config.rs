@@ -59,7 +59,7 @@ fn default_safety_lag() -> Duration {
 /// `[connection]` of a RingCentral pipeline: a vault connection made by
 /// `expense-sync auth add --provider ringcentral` (its access token is reused
 /// across runs), or a REST API app's client and JWT credential.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RcConnectionConfig {
     /// Name of a connection in the credential vault (`expense-sync auth list`).
