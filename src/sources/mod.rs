@@ -54,6 +54,10 @@ pub trait Source: Send + Sync {
     /// The most recent server clock reading seen by any request, without a new request.
     fn latest_server_clock(&self) -> BoxFuture<'_, Result<Option<ServerClock>, Error>>;
 
+    /// Builds only `fields` of each record from now on (everything the run
+    /// reads); a source that cannot prune keeps its records whole.
+    fn read_only(&mut self, _fields: crate::extract::FieldSet) {}
+
     /// Streams every record of `window` into `pages`; returns early without
     /// error when the receiver goes away (the run is stopping).
     fn fetch(

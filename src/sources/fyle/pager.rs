@@ -16,6 +16,7 @@ use tokio::sync::{Notify, mpsc};
 use tracing::debug;
 
 use super::{FyleClient, FyleError, FyleSourceConfig};
+use crate::extract::{FieldSet, PageSource, decode_page};
 use crate::record::{Record, record_id};
 
 /// The half-open time range `[from, to)` of the cursor field a run covers.
@@ -34,6 +35,19 @@ pub struct Page {
     pub records: Vec<Record>,
     /// Matching records in the whole window, as the server counted them on the first page.
     pub total: Option<u64>,
+    /// The page as the server sent it, when `records` hold only the fields the run reads.
+    pub source: Option<PageSource>,
+}
+
+impl Page {
+    /// A page of records parsed in full, as any source can build it.
+    pub fn new(records: Vec<Record>, total: Option<u64>) -> Self {
+        Self {
+            records,
+            total,
+            source: None,
+        }
+    }
 }
 
 /// What the pager did.
@@ -194,9 +208,12 @@ impl Shared {
 ///
 /// Returns when the window is exhausted, or early (without error) if the
 /// receiver has gone away because the run is stopping.
+///
+/// Each record holds only `fields` (everything when the caller cannot say what it reads).
 pub async fn fetch_window(
     client: &FyleClient,
     cfg: &FyleSourceConfig,
+    fields: &Arc<FieldSet>,
     window: Window,
     tx: &mpsc::Sender<Page>,
 ) -> Result<PagerStats, FyleError> {
@@ -217,9 +234,10 @@ pub async fn fetch_window(
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..workers {
         let (client, cfg, tx, shared) = (client.clone(), cfg.clone(), tx.clone(), shared.clone());
+        let fields = fields.clone();
         set.spawn(async move {
             while let Some(slice) = shared.next().await {
-                let result = fetch_slice(&client, &cfg, slice, &tx, &shared).await;
+                let result = fetch_slice(&client, &cfg, &fields, slice, &tx, &shared).await;
                 shared.done();
                 if let Err(e) = result {
                     shared.fail();
@@ -286,6 +304,7 @@ fn page_query(
 async fn fetch_slice(
     client: &FyleClient,
     cfg: &FyleSourceConfig,
+    fields: &Arc<FieldSet>,
     mut slice: Slice,
     tx: &mpsc::Sender<Page>,
     shared: &Shared,
@@ -305,13 +324,17 @@ async fn fetch_slice(
         if shared.failed.load(AtomicOrdering::SeqCst) {
             return Ok(());
         }
-        let body = client.get(&path, &query).await?;
-        let count = body
-            .get("count")
+        let decode_fields = fields.clone();
+        let page = client
+            .get_decoded(&path, &query, move |body| decode_page(&decode_fields, body))
+            .await?;
+        let count = page
+            .count
+            .as_ref()
             .and_then(|c| c.to_string().parse::<u64>().ok());
-        let data = match body.get("data") {
-            Some(Value::Array(a)) => a.clone(),
-            _ => {
+        let data = match page.data {
+            Some(data) => data,
+            None => {
                 return Err(FyleError::Protocol(format!(
                     "GET {path} answered without a `data` list"
                 )));
@@ -324,8 +347,9 @@ async fn fetch_slice(
         };
         let before = seek.clone();
         let mut records = Vec::with_capacity(data.len());
+        let mut positions = Vec::with_capacity(data.len());
         let mut duplicates = 0;
-        for record in data {
+        for (position, record) in data.into_iter().enumerate() {
             let key = Key::of(&record, cursor)?;
             // Instants compare the same under every collation, so this check
             // is safe where comparing ids would not be.
@@ -346,6 +370,7 @@ async fn fetch_slice(
             seek = Some(key);
             if fresh {
                 records.push(record);
+                positions.push(position as u32);
             } else {
                 duplicates += 1;
             }
@@ -364,7 +389,14 @@ async fn fetch_slice(
             .flatten();
         first = false;
         if (!records.is_empty() || total.is_some())
-            && tx.send(Page { records, total }).await.is_err()
+            && tx
+                .send(Page {
+                    records,
+                    total,
+                    source: Some(PageSource::new(page.body, positions)),
+                })
+                .await
+                .is_err()
         {
             return Ok(());
         }
