@@ -474,11 +474,12 @@ mod tests {
             "locations":[{"city":"Pune","x":1},{"city":"Goa"}],"big":{"deep":[1,2,3]}}"#;
         let s = set(&["id", "amount", "employee.user.email", "locations[1].city"]);
         let r = s.parse_record(text).unwrap();
-        assert_eq!(
-            r,
-            json!({"id":"tx1","amount":12.30,"employee":{"user":{"email":"a@b"}},
-                   "locations":[{"city":"Pune"},{"city":"Goa"}]})
-        );
+        let want: Value = serde_json::from_str(
+            r#"{"id":"tx1","amount":12.30,"employee":{"user":{"email":"a@b"}},
+                "locations":[{"city":"Pune"},{"city":"Goa"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(r, want);
         assert_eq!(r["amount"].to_string(), "12.30", "numbers keep their text");
         let full: Value = serde_json::from_str(text).unwrap();
         assert_eq!(s.prune(&full), r);
