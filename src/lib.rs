@@ -9,6 +9,7 @@ pub mod cli;
 pub mod common;
 pub mod config;
 pub mod error;
+pub mod extract;
 pub mod failpoint;
 pub mod fsutil;
 pub mod http;

@@ -100,6 +100,14 @@ impl FieldPath {
         &self.text
     }
 
+    /// The object keys along this path, array indexes left out (what an extraction plan keeps).
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &str> {
+        self.segments.iter().filter_map(|s| match s {
+            Segment::Key(k) => Some(k.as_str()),
+            Segment::Index(_) => None,
+        })
+    }
+
     /// The value at this path, or `None` when any step is missing or null.
     pub fn lookup<'a>(&self, record: &'a Value) -> Option<&'a Value> {
         let mut cur = record;

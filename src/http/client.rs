@@ -54,7 +54,15 @@ pub struct Request {
     /// refresh token, a single-use code): retry only when it certainly did not
     /// (could not connect, or 429); anything else is [`HttpError::OutcomeUnknown`].
     pub retry_unsent_only: bool,
+    /// Reads a 2xx body in place of the JSON tree (`Response::decoded`), e.g.
+    /// only the fields a pipeline reads; a body it rejects is retried like invalid JSON.
+    pub decode: Option<BodyDecoder>,
 }
+
+/// Turns a 2xx body into the caller's own type; `Err` says why the body is
+/// unusable as sent (garbled or cut off), which is retried.
+pub type BodyDecoder =
+    Arc<dyn Fn(&bytes::Bytes) -> Result<Box<dyn std::any::Any + Send>, String> + Send + Sync>;
 
 // Bodies of token requests carry client secrets, codes and refresh tokens:
 // Debug shows only their field names.
@@ -78,6 +86,7 @@ impl std::fmt::Debug for Request {
             .field("bearer", &self.bearer.as_ref().map(|_| "[REDACTED]"))
             .field("basic_user", &self.basic.as_ref().map(|(u, _)| u))
             .field("raw_bytes", &self.raw.as_ref().map(|(b, _)| b.len()))
+            .field("decode", &self.decode.is_some())
             .field("headers", &self.headers)
             .field(
                 "secret_headers",
@@ -113,6 +122,7 @@ impl Request {
             any_success_body: false,
             signer: None,
             retry_unsent_only: false,
+            decode: None,
         }
     }
 
@@ -132,6 +142,7 @@ impl Request {
             any_success_body: false,
             signer: None,
             retry_unsent_only: false,
+            decode: None,
         }
     }
 
@@ -151,6 +162,7 @@ impl Request {
             any_success_body: false,
             signer: None,
             retry_unsent_only: false,
+            decode: None,
         }
     }
 
@@ -191,8 +203,10 @@ pub struct Response {
     pub status: u16,
     /// Response headers.
     pub headers: HeaderMap,
-    /// Parsed body.
+    /// Parsed body (`Null` when the request had a decoder).
     pub json: Value,
+    /// What the request's decoder made of the body.
+    pub decoded: Option<Box<dyn std::any::Any + Send>>,
 }
 
 /// Counters kept by the client, shared by everything that uses it.
@@ -633,19 +647,28 @@ impl HttpClient {
                         status,
                         headers,
                         json: Value::Null,
+                        decoded: None,
                     });
                 }
-                match serde_json::from_slice(&body) {
-                    Ok(json) => Attempt::Done(Response {
+                let parsed = match &req.decode {
+                    Some(decode) => decode(&body).map(|d| (Value::Null, Some(d))),
+                    None => serde_json::from_slice(&body)
+                        .map(|json| (json, None))
+                        .map_err(|e| e.to_string()),
+                };
+                match parsed {
+                    Ok((json, decoded)) => Attempt::Done(Response {
                         status,
                         headers,
                         json,
+                        decoded,
                     }),
                     Err(_) if req.any_success_body && !declares_json(&headers) => {
                         Attempt::Done(Response {
                             status,
                             headers,
                             json: Value::Null,
+                            decoded: None,
                         })
                     }
                     Err(e) => {

@@ -10,7 +10,7 @@ mod fair;
 pub mod ratelimit_groups;
 mod signature;
 
-pub use client::{HttpClient, HttpStats, Request, Response, StatsSnapshot};
+pub use client::{BodyDecoder, HttpClient, HttpStats, Request, Response, StatsSnapshot};
 pub use clock::{ServerClock, describe_skew};
 pub use config::HttpConfig;
 pub use error::HttpError;

@@ -113,7 +113,7 @@ impl<'a> Run<'a> {
     async fn plan(&mut self) -> Result<Planned, Error> {
         let pipeline = self.pipeline;
         let spec = &pipeline.spec;
-        let source = open_source(pipeline, self.http, self.opts)?;
+        let mut source = open_source(pipeline, self.http, self.opts)?;
         let projector = Projector::new(&spec.columns).map_err(|problems| ConfigError {
             file: pipeline.file.clone(),
             problems,
@@ -125,6 +125,14 @@ impl<'a> Run<'a> {
                     problems,
                 }
             })?;
+        // Parse only what the run reads: columns, transforms, the cursor and `id`
+        // (de-duplication, paging and the after-commit hook use those two).
+        let mut fields = crate::extract::FieldSet::nothing();
+        projector.read_fields(&mut fields);
+        transforms.read_fields(&mut fields);
+        fields.add_key(source.cursor());
+        fields.add_key("id");
+        source.read_only(fields);
         // Authenticate before touching the disk: bad credentials must leave nothing behind.
         let auth = tokio::select! {
             auth = source.open() => auth,

@@ -95,7 +95,8 @@ impl TransformStage {
                 rows: Vec::with_capacity(page.records.len()),
             };
             let mut versions = Vec::with_capacity(page.records.len());
-            for mut record in page.records {
+            let source = page.source;
+            for (i, mut record) in page.records.into_iter().enumerate() {
                 let record = &mut record;
                 if self.dedup.is_delivered(record) {
                     summary.duplicates_skipped += 1;
@@ -117,8 +118,9 @@ impl TransformStage {
                     }
                     Err(e) => {
                         summary.quarantined += 1;
+                        let original = source.as_ref().and_then(|s| s.original(i));
                         self.quarantine
-                            .add(&e, record)
+                            .add(&e, record, original)
                             .map_err(|io| Error::Sink(format!("quarantine file: {io}")))?;
                     }
                 }
@@ -179,10 +181,13 @@ impl Quarantine {
         }
     }
 
+    /// Writes `err` with the record as the server sent it (`original`), or
+    /// else as the run holds it.
     pub(super) fn add(
         &mut self,
         err: &crate::transforms::RecordError,
         record: &serde_json::Value,
+        original: Option<&str>,
     ) -> std::io::Result<()> {
         use std::io::Write;
         if self.file.is_none() {
@@ -190,13 +195,39 @@ impl Quarantine {
             self.file = Some((staged, std::io::BufWriter::new(file)));
         }
         let (_, w) = self.file.as_mut().expect("opened above");
-        let line = serde_json::json!({
-            "record_id": err.record_id,
-            "column": err.column,
-            "reason": err.reason,
-            "record": record,
-        });
-        serde_json::to_writer(&mut *w, &line)?;
+        #[derive(serde::Serialize)]
+        struct Line<'a, R: serde::Serialize> {
+            record_id: &'a str,
+            column: &'a str,
+            reason: &'a str,
+            record: R,
+        }
+        let (record_id, column, reason) = (&err.record_id, &err.column, &err.reason);
+        // One line per record: the original's line breaks can only be
+        // whitespace between tokens (JSON strings escape theirs), so they go.
+        let original = original
+            .map(|t| t.replace(['\n', '\r'], ""))
+            .and_then(|t| serde_json::value::RawValue::from_string(t).ok());
+        match original {
+            Some(raw) => serde_json::to_writer(
+                &mut *w,
+                &Line {
+                    record_id,
+                    column,
+                    reason,
+                    record: raw,
+                },
+            )?,
+            None => serde_json::to_writer(
+                &mut *w,
+                &Line {
+                    record_id,
+                    column,
+                    reason,
+                    record,
+                },
+            )?,
+        }
         w.write_all(b"\n")
     }
 

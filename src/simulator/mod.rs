@@ -156,6 +156,10 @@ pub struct Faults {
     pub lost_token_answers: u32,
     /// How those token answers are lost.
     pub token_fault: TokenFault,
+    /// The next N data requests, when they succeed, are cut in half mid-JSON but framed
+    /// as complete (Content-Length of the cut body), as a proxy that re-frames
+    /// a cut-off upstream does: HTTP 200 with invalid JSON.
+    pub cut_json_bodies: u32,
 }
 
 /// A server bug in the logic-group filters a keyset pager seeks with.

@@ -236,6 +236,22 @@ async fn truncate(resp: Response<Body>) -> Response<Body> {
     r
 }
 
+/// The first half of the body, framed as the whole of it.
+async fn cut_in_half(resp: Response<Body>) -> Response<Body> {
+    let (parts, body) = resp.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let half = bytes.slice(..bytes.len() / 2);
+    let len = half.len();
+    let mut r = Response::from_parts(parts, full(half));
+    r.headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from(len));
+    r
+}
+
 fn bearer(req: &Request<Incoming>) -> Option<String> {
     let h = req.headers().get(AUTHORIZATION)?.to_str().ok()?.trim();
     let (scheme, token) = h.split_once(' ')?;
@@ -335,11 +351,16 @@ impl Shared {
         }
         let data_request = path.starts_with("/platform/");
         let mut drop_kind = None;
+        let mut cut_json = false;
         if data_request {
             let mut faults = self.faults.lock().expect("faults");
             if faults.burst_429 > 0 {
                 faults.burst_429 -= 1;
                 return Outcome::Respond(too_many(MSG_RATE_LIMITED));
+            }
+            if faults.cut_json_bodies > 0 {
+                faults.cut_json_bodies -= 1;
+                cut_json = true;
             }
             let (error_rate, drop_rate) = (faults.error_rate, faults.drop_rate);
             drop(faults);
@@ -362,6 +383,9 @@ impl Shared {
             }
         }
         let resp = self.cluster(req, path, query).await;
+        if cut_json && resp.status() == StatusCode::OK {
+            return Outcome::Respond(cut_in_half(resp).await);
+        }
         match drop_kind {
             Some(true) => Outcome::Drop,
             Some(false) => Outcome::Respond(truncate(resp).await),

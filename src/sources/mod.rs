@@ -40,6 +40,19 @@ pub struct Page {
     pub records: Vec<crate::record::Record>,
     /// Matching records in the whole window, as the server counted them on the first page.
     pub total: Option<u64>,
+    /// The page as the server sent it, when `records` hold only the fields the run reads.
+    pub source: Option<crate::extract::PageSource>,
+}
+
+impl Page {
+    /// A page of records parsed in full, as any source can build it.
+    pub fn new(records: Vec<crate::record::Record>, total: Option<u64>) -> Self {
+        Self {
+            records,
+            total,
+            source: None,
+        }
+    }
 }
 
 /// What the pager did.
@@ -81,6 +94,10 @@ pub trait Source: Send + Sync {
 
     /// The most recent server clock reading seen by any request, without a new request.
     fn latest_server_clock(&self) -> BoxFuture<'_, Result<Option<ServerClock>, Error>>;
+
+    /// Builds only `fields` of each record from now on (everything the run
+    /// reads); a source that cannot prune keeps its records whole.
+    fn read_only(&mut self, _fields: crate::extract::FieldSet) {}
 
     /// Streams every record of `window` into `pages`; returns early without
     /// error when the receiver goes away (the run is stopping).

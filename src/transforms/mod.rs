@@ -414,6 +414,19 @@ impl Projector {
         &self.schema
     }
 
+    /// Adds every record field the columns read to `fields`.
+    pub fn read_fields(&self, fields: &mut crate::extract::FieldSet) {
+        for col in &self.columns {
+            match &col.source {
+                Source::Path(p) => fields.add_path(p),
+                Source::CustomField(_) => fields.add_key("custom_fields"),
+            }
+            if let Some(p) = &col.currency {
+                fields.add_path(p);
+            }
+        }
+    }
+
     /// Turns one record into a row, or says which column's value is unusable and why.
     pub fn project(&self, record: &Record) -> Result<Row, RecordError> {
         let mut cells = Vec::with_capacity(self.columns.len());

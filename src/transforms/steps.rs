@@ -462,6 +462,29 @@ impl Transforms {
         self.steps.is_empty()
     }
 
+    /// Adds every record field the transforms read to `fields`.
+    pub fn read_fields(&self, fields: &mut crate::extract::FieldSet) {
+        for step in &self.steps {
+            match step {
+                Step::Filter { field, .. }
+                | Step::Map { field, .. }
+                | Step::DateFormat { field, .. } => fields.add_path(field),
+                Step::Template { parts, .. } => {
+                    for part in parts {
+                        if let TemplatePart::Field(p, _) = part {
+                            fields.add_path(p);
+                        }
+                    }
+                }
+                Step::Coalesce { fields: paths, .. } => {
+                    paths.iter().for_each(|p| fields.add_path(p))
+                }
+                Step::Constant { .. } => {}
+                Step::CustomFields { .. } => fields.add_key("custom_fields"),
+            }
+        }
+    }
+
     /// Applies every transform in order to `record`, recording filtered, skipped and unmapped records in `report`.
     pub fn apply(&self, record: &mut Record, report: &mut TransformReport) -> Verdict {
         for step in &self.steps {

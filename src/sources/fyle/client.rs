@@ -7,7 +7,7 @@ use serde_json::Value;
 use url::Url;
 
 use crate::auth::{AuthError, FyleSession};
-use crate::http::{HttpError, Request};
+use crate::http::{BodyDecoder, HttpError, Request, Response};
 
 /// Why a Fyle API call failed.
 #[derive(Debug, thiserror::Error)]
@@ -42,14 +42,44 @@ impl FyleClient {
 
     /// GET `platform/v1/{path}` with `query`, e.g. `path = "admin/expenses"`.
     pub async fn get(&self, path: &str, query: &[(String, String)]) -> Result<Value, FyleError> {
-        self.call(path, |url| Request::get(url).with_query(query.to_vec()))
-            .await
+        Ok(self
+            .call(path, |url| Request::get(url).with_query(query.to_vec()))
+            .await?
+            .json)
+    }
+
+    /// GET `platform/v1/{path}` with `query`, the body read by `decode` instead
+    /// of into a JSON tree; a body `decode` rejects (garbled, cut off) is retried.
+    pub async fn get_decoded<T: Send + 'static>(
+        &self,
+        path: &str,
+        query: &[(String, String)],
+        decode: impl Fn(&bytes::Bytes) -> serde_json::Result<T> + Send + Sync + 'static,
+    ) -> Result<T, FyleError> {
+        let decoder: BodyDecoder = Arc::new(move |body: &bytes::Bytes| {
+            decode(body)
+                .map(|t| Box::new(t) as Box<dyn std::any::Any + Send>)
+                .map_err(|e| e.to_string())
+        });
+        let resp = self
+            .call(path, |url| {
+                let mut req = Request::get(url).with_query(query.to_vec());
+                req.decode = Some(decoder.clone());
+                req
+            })
+            .await?;
+        resp.decoded
+            .and_then(|d| d.downcast::<T>().ok())
+            .map(|t| *t)
+            .ok_or_else(|| FyleError::Protocol(format!("GET {path} answered with an empty body")))
     }
 
     /// POST `body` to `platform/v1/{path}`.
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, FyleError> {
-        self.call(path, |url| Request::post_json(url, body.clone()))
-            .await
+        Ok(self
+            .call(path, |url| Request::post_json(url, body.clone()))
+            .await?
+            .json)
     }
 
     /// `GET /spender/my_profile`: who the credentials belong to and their roles.
@@ -57,7 +87,11 @@ impl FyleClient {
         self.get("spender/my_profile", &[]).await
     }
 
-    async fn call(&self, path: &str, build: impl Fn(Url) -> Request) -> Result<Value, FyleError> {
+    async fn call(
+        &self,
+        path: &str,
+        build: impl Fn(Url) -> Request,
+    ) -> Result<Response, FyleError> {
         let mut token = self.session.token().await?;
         // One refresh normally suffices; a rotating connection shared with
         // other processes can see its fresh token rotated away once or twice
@@ -67,7 +101,7 @@ impl FyleClient {
             let url = platform_url(&token.cluster, path)?;
             let req = build(url).with_bearer(token.access.clone());
             match self.session.http().execute(&req).await {
-                Ok(resp) => return Ok(resp.json),
+                Ok(resp) => return Ok(resp),
                 Err(HttpError::Unauthorized {
                     status, message, ..
                 }) if refreshes < MAX_REFRESHES_PER_CALL => {

@@ -16,6 +16,7 @@ use tokio::sync::{Notify, mpsc};
 use tracing::debug;
 
 use super::{FyleClient, FyleError, FyleSourceConfig};
+use crate::extract::{FieldSet, PageSource, decode_page};
 use crate::record::{Record, record_id};
 pub use crate::sources::{Page, PagerStats, Window};
 
@@ -166,9 +167,12 @@ impl Shared {
 ///
 /// Returns when the window is exhausted, or early (without error) if the
 /// receiver has gone away because the run is stopping.
+///
+/// Each record holds only `fields` (everything when the caller cannot say what it reads).
 pub async fn fetch_window(
     client: &FyleClient,
     cfg: &FyleSourceConfig,
+    fields: &Arc<FieldSet>,
     window: Window,
     tx: &mpsc::Sender<Page>,
 ) -> Result<PagerStats, FyleError> {
@@ -189,9 +193,10 @@ pub async fn fetch_window(
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..workers {
         let (client, cfg, tx, shared) = (client.clone(), cfg.clone(), tx.clone(), shared.clone());
+        let fields = fields.clone();
         set.spawn(async move {
             while let Some(slice) = shared.next().await {
-                let result = fetch_slice(&client, &cfg, slice, &tx, &shared).await;
+                let result = fetch_slice(&client, &cfg, &fields, slice, &tx, &shared).await;
                 shared.done();
                 if let Err(e) = result {
                     shared.fail();
@@ -258,6 +263,7 @@ fn page_query(
 async fn fetch_slice(
     client: &FyleClient,
     cfg: &FyleSourceConfig,
+    fields: &Arc<FieldSet>,
     mut slice: Slice,
     tx: &mpsc::Sender<Page>,
     shared: &Shared,
@@ -277,13 +283,17 @@ async fn fetch_slice(
         if shared.failed.load(AtomicOrdering::SeqCst) {
             return Ok(());
         }
-        let body = client.get(&path, &query).await?;
-        let count = body
-            .get("count")
+        let decode_fields = fields.clone();
+        let page = client
+            .get_decoded(&path, &query, move |body| decode_page(&decode_fields, body))
+            .await?;
+        let count = page
+            .count
+            .as_ref()
             .and_then(|c| c.to_string().parse::<u64>().ok());
-        let data = match body.get("data") {
-            Some(Value::Array(a)) => a.clone(),
-            _ => {
+        let data = match page.data {
+            Some(data) => data,
+            None => {
                 return Err(FyleError::Protocol(format!(
                     "GET {path} answered without a `data` list"
                 )));
@@ -296,8 +306,9 @@ async fn fetch_slice(
         };
         let before = seek.clone();
         let mut records = Vec::with_capacity(data.len());
+        let mut positions = Vec::with_capacity(data.len());
         let mut duplicates = 0;
-        for record in data {
+        for (position, record) in data.into_iter().enumerate() {
             let key = Key::of(&record, cursor)?;
             // Instants compare the same under every collation, so this check
             // is safe where comparing ids would not be.
@@ -318,6 +329,7 @@ async fn fetch_slice(
             seek = Some(key);
             if fresh {
                 records.push(record);
+                positions.push(position as u32);
             } else {
                 duplicates += 1;
             }
@@ -336,7 +348,14 @@ async fn fetch_slice(
             .flatten();
         first = false;
         if (!records.is_empty() || total.is_some())
-            && tx.send(Page { records, total }).await.is_err()
+            && tx
+                .send(Page {
+                    records,
+                    total,
+                    source: Some(PageSource::new(page.body, positions)),
+                })
+                .await
+                .is_err()
         {
             return Ok(());
         }

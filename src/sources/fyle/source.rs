@@ -17,6 +17,7 @@ use super::{
 use crate::auth::FyleSession;
 use crate::common::Problem;
 use crate::error::Error;
+use crate::extract::FieldSet;
 use crate::fsutil::StagedFile;
 use crate::http::ServerClock;
 use crate::sources::{BuildError, Credentials, Probe, RunFiles, Source, SourceContext};
@@ -24,6 +25,8 @@ use crate::sources::{BuildError, Credentials, Probe, RunFiles, Source, SourceCon
 /// A Fyle source opened for one run.
 pub struct FyleSource {
     cfg: FyleSourceConfig,
+    /// What the run reads of each record; pages are parsed into only that.
+    fields: Arc<FieldSet>,
     client: FyleClient,
     writeback: Option<WriteBackConfig>,
     /// Where the credentials came from, the first line `check` prints.
@@ -61,6 +64,7 @@ impl FyleSource {
         };
         Ok(Self {
             cfg: cfg.clone(),
+            fields: Arc::new(FieldSet::everything()),
             client: FyleClient::new(Arc::new(session)),
             writeback: cfg.writeback.clone(),
             origin,
@@ -134,6 +138,10 @@ impl Source for FyleSource {
         })
     }
 
+    fn read_only(&mut self, fields: FieldSet) {
+        self.fields = Arc::new(fields);
+    }
+
     fn fetch(
         &self,
         window: Window,
@@ -141,8 +149,9 @@ impl Source for FyleSource {
     ) -> BoxFuture<'static, Result<PagerStats, Error>> {
         let client = self.client.clone();
         let cfg = self.cfg.clone();
+        let fields = self.fields.clone();
         Box::pin(async move {
-            fetch_window(&client, &cfg, window, &pages)
+            fetch_window(&client, &cfg, &fields, window, &pages)
                 .await
                 .map_err(|e| source_error(e, &cfg))
         })

@@ -232,10 +232,7 @@ async fn page_all(
                 stats.records += records.len() as u64;
                 stats.duplicates = pager.duplicates;
                 if pages
-                    .send(Page {
-                        records,
-                        total: None,
-                    })
+                    .send(Page::new(records, None))
                     .await
                     .is_err()
                 {

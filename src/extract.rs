@@ -1,0 +1,526 @@
+//! Parse once, into what the pipeline reads.
+//!
+//! A 200-expense page is about a megabyte of JSON, of which a pipeline reads a
+//! few dozen fields per record. Building the whole tree of every record (and
+//! dropping it again) was most of a run's CPU time. A [`FieldSet`] is compiled
+//! from everything a run reads (columns, transforms, the cursor and `id`), and
+//! a page is read in one pass that builds only those fields and skips the rest
+//! without allocating. The records stay ordinary [`Record`]s, so transforms and
+//! projection work unchanged on a small record; values keep their exact JSON
+//! text (numbers never pass through `f64`).
+//!
+//! The page's bytes are kept alongside ([`PageSource`]) so that a record which
+//! must be quarantined is written as the server sent it, not as the pruned tree.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Range;
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::{Map, Number, Value};
+
+use crate::record::{FieldPath, Record};
+
+/// The key serde_json (with `arbitrary_precision`) presents a number under, as a one-entry map.
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+
+/// The parts of a record a run reads: whole values at some paths, nothing else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldSet {
+    root: Need,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Need {
+    /// The whole value.
+    All,
+    /// Only these keys of an object, or of every object in an array.
+    Keys(HashMap<String, Need>),
+}
+
+impl Default for FieldSet {
+    fn default() -> Self {
+        Self::everything()
+    }
+}
+
+impl FieldSet {
+    /// Every field: records are parsed in full (a run that cannot say what it reads).
+    pub fn everything() -> Self {
+        Self { root: Need::All }
+    }
+
+    /// No field yet; add what is read with [`FieldSet::add_path`] and [`FieldSet::add_key`].
+    pub fn nothing() -> Self {
+        Self {
+            root: Need::Keys(HashMap::new()),
+        }
+    }
+
+    /// Whether records are kept whole.
+    pub fn is_everything(&self) -> bool {
+        self.root == Need::All
+    }
+
+    /// Keeps the whole value at `path` (array indexes keep that part of every element).
+    pub fn add_path(&mut self, path: &FieldPath) {
+        let mut need = &mut self.root;
+        for key in path.keys() {
+            match need {
+                Need::All => return,
+                Need::Keys(keys) => {
+                    need = keys
+                        .entry(key.to_string())
+                        .or_insert_with(|| Need::Keys(HashMap::new()));
+                }
+            }
+        }
+        *need = Need::All;
+    }
+
+    /// Keeps the whole top-level field `key`.
+    pub fn add_key(&mut self, key: &str) {
+        if let Need::Keys(keys) = &mut self.root {
+            keys.insert(key.to_string(), Need::All);
+        }
+    }
+
+    /// Parses one record's JSON text, building only the fields of this set.
+    pub fn parse_record(&self, json: &str) -> serde_json::Result<Record> {
+        let mut de = serde_json::Deserializer::from_str(json);
+        let record = NeedSeed(&self.root).deserialize(&mut de)?;
+        de.end()?;
+        Ok(record)
+    }
+
+    /// The part of an already parsed record this set keeps: what
+    /// [`FieldSet::parse_record`] builds from the same text.
+    pub fn prune(&self, record: &Value) -> Value {
+        prune(&self.root, record)
+    }
+}
+
+fn prune(need: &Need, value: &Value) -> Value {
+    match (need, value) {
+        (Need::All, v) => v.clone(),
+        (Need::Keys(keys), Value::Object(obj)) => Value::Object(
+            obj.iter()
+                .filter_map(|(k, v)| keys.get(k.as_str()).map(|n| (k.clone(), prune(n, v))))
+                .collect(),
+        ),
+        (need, Value::Array(items)) => Value::Array(items.iter().map(|v| prune(need, v)).collect()),
+        (_, v) => v.clone(),
+    }
+}
+
+struct NeedSeed<'a>(&'a Need);
+
+impl<'de> DeserializeSeed<'de> for NeedSeed<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        match self.0 {
+            Need::All => Value::deserialize(d),
+            Need::Keys(keys) => d.deserialize_any(Pruned(keys)),
+        }
+    }
+}
+
+/// Builds a value keeping only `keys` of objects (scalars whole, arrays element by element).
+#[derive(Clone, Copy)]
+struct Pruned<'a>(&'a HashMap<String, Need>);
+
+impl<'de> Visitor<'de> for Pruned<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(v) = seq.next_element_seed(PrunedSeed(self))? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        let mut first = true;
+        while let Some(key) = map.next_key_seed(KeyProbe(self.0))? {
+            match key {
+                Probe::Number if first => {
+                    let text: String = map.next_value()?;
+                    return text
+                        .parse::<Number>()
+                        .map(Value::Number)
+                        .map_err(de::Error::custom);
+                }
+                Probe::Wanted(k, need) => {
+                    let v = map.next_value_seed(NeedSeed(need))?;
+                    out.insert(k.to_owned(), v);
+                }
+                Probe::Skip | Probe::Number => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            first = false;
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+struct PrunedSeed<'a>(Pruned<'a>);
+
+impl<'de> DeserializeSeed<'de> for PrunedSeed<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self.0)
+    }
+}
+
+/// What a key of an object is to the pruning parser, decided without allocating.
+enum Probe<'a> {
+    Wanted(&'a str, &'a Need),
+    Skip,
+    Number,
+}
+
+struct KeyProbe<'a>(&'a HashMap<String, Need>);
+
+impl<'de, 'a> DeserializeSeed<'de> for KeyProbe<'a> {
+    type Value = Probe<'a>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Probe<'a>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de, 'a> Visitor<'de> for KeyProbe<'a> {
+    type Value = Probe<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Probe<'a>, E> {
+        Ok(match self.0.get_key_value(v) {
+            Some((k, need)) => Probe::Wanted(k, need),
+            None if v == NUMBER_TOKEN => Probe::Number,
+            None => Probe::Skip,
+        })
+    }
+}
+
+/// A list endpoint's answer `{"count": …, "data": [ … ]}`, read in one pass.
+#[derive(Debug)]
+pub struct DecodedPage {
+    /// `count` as sent, if any.
+    pub count: Option<Value>,
+    /// The records of `data`, each holding only the fields asked for; `None`
+    /// when the body has no `data` list.
+    pub data: Option<Vec<Record>>,
+    /// The body as received, for [`PageSource`].
+    pub body: Bytes,
+}
+
+/// Reads a list page keeping only `fields` of each record. A syntax error
+/// (a garbled or cut-off body) is an error; a valid body of another shape
+/// has `data: None`.
+pub fn decode_page(fields: &FieldSet, body: &Bytes) -> serde_json::Result<DecodedPage> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed = (&mut de)
+        .deserialize_any(PageVisitor(&fields.root))
+        .and_then(|p| de.end().map(|_| p));
+    let (count, data) = match parsed {
+        Ok(p) => p,
+        // Valid JSON that is not an object: nothing to page.
+        Err(e) if e.is_data() => {
+            serde_json::from_slice::<IgnoredAny>(body)?;
+            (None, None)
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(DecodedPage {
+        count,
+        data,
+        body: body.clone(),
+    })
+}
+
+struct PageVisitor<'a>(&'a Need);
+
+impl<'de> Visitor<'de> for PageVisitor<'_> {
+    type Value = (Option<Value>, Option<Vec<Record>>);
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object with `count` and `data`")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let (mut count, mut data) = (None, None);
+        while let Some(key) = map.next_key_seed(PageKeySeed)? {
+            match key {
+                PageKey::Count => count = Some(map.next_value::<Value>()?),
+                PageKey::Data => data = map.next_value_seed(DataSeed(self.0))?,
+                PageKey::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok((count, data))
+    }
+}
+
+enum PageKey {
+    Count,
+    Data,
+    Other,
+}
+
+struct PageKeySeed;
+
+impl<'de> DeserializeSeed<'de> for PageKeySeed {
+    type Value = PageKey;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<PageKey, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PageKeySeed {
+    type Value = PageKey;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<PageKey, E> {
+        Ok(match v {
+            "count" => PageKey::Count,
+            "data" => PageKey::Data,
+            _ => PageKey::Other,
+        })
+    }
+}
+
+/// `data`: a list of records, or anything else (then `None`).
+struct DataSeed<'a>(&'a Need);
+
+impl<'de> DeserializeSeed<'de> for DataSeed<'_> {
+    type Value = Option<Vec<Record>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for DataSeed<'_> {
+    type Value = Option<Vec<Record>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of records")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut records = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(r) = seq.next_element_seed(NeedSeed(self.0))? {
+            records.push(r);
+        }
+        Ok(Some(records))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+/// The page a batch of records came from, so a record can be shown as the server sent it.
+#[derive(Debug)]
+pub struct PageSource {
+    body: Bytes,
+    /// For each record passed on, its place in the page's `data` list.
+    positions: Vec<u32>,
+    /// Byte ranges of the `data` elements, found when first asked for (rare: quarantine).
+    spans: OnceLock<Option<Vec<Range<usize>>>>,
+}
+
+impl PageSource {
+    /// The page `body`, whose `data[positions[i]]` is the `i`-th record passed on.
+    pub fn new(body: Bytes, positions: Vec<u32>) -> Self {
+        Self {
+            body,
+            positions,
+            spans: OnceLock::new(),
+        }
+    }
+
+    /// The JSON text of the `i`-th record passed on, exactly as the server sent it.
+    pub fn original(&self, i: usize) -> Option<&str> {
+        let at = *self.positions.get(i)? as usize;
+        let spans = self.spans.get_or_init(|| data_spans(&self.body)).as_ref()?;
+        let range = spans.get(at)?.clone();
+        std::str::from_utf8(&self.body[range]).ok()
+    }
+}
+
+fn data_spans(body: &[u8]) -> Option<Vec<Range<usize>>> {
+    #[derive(Deserialize)]
+    struct Data<'a> {
+        #[serde(borrow)]
+        data: Vec<&'a RawValue>,
+    }
+    let text = std::str::from_utf8(body).ok()?;
+    let page: Data<'_> = serde_json::from_str(text).ok()?;
+    let base = text.as_ptr() as usize;
+    Some(
+        page.data
+            .iter()
+            .map(|r| {
+                let start = r.get().as_ptr() as usize - base;
+                start..start + r.get().len()
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn set(paths: &[&str]) -> FieldSet {
+        let mut s = FieldSet::nothing();
+        for p in paths {
+            s.add_path(&FieldPath::parse(p).unwrap());
+        }
+        s
+    }
+
+    #[test]
+    fn only_the_named_paths_are_built() {
+        let text = r#"{"id":"tx1","amount":12.30,"employee":{"user":{"email":"a@b","name":"A"},"code":7},
+            "locations":[{"city":"Pune","x":1},{"city":"Goa"}],"big":{"deep":[1,2,3]}}"#;
+        let s = set(&["id", "amount", "employee.user.email", "locations[1].city"]);
+        let r = s.parse_record(text).unwrap();
+        let want: Value = serde_json::from_str(
+            r#"{"id":"tx1","amount":12.30,"employee":{"user":{"email":"a@b"}},
+                "locations":[{"city":"Pune"},{"city":"Goa"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(r, want);
+        assert_eq!(r["amount"].to_string(), "12.30", "numbers keep their text");
+        let full: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(s.prune(&full), r);
+    }
+
+    #[test]
+    fn a_path_into_a_scalar_keeps_the_scalar_as_the_full_parse_would() {
+        let text = r#"{"a": 1.50, "b": "x", "c": null, "d": [1, "y", null]}"#;
+        let s = set(&["a.x", "b.y", "c.z", "d.e"]);
+        let full: Value = serde_json::from_str(text).unwrap();
+        let r = s.parse_record(text).unwrap();
+        assert_eq!(r, s.prune(&full));
+        assert_eq!(r["a"].to_string(), "1.50");
+    }
+
+    #[test]
+    fn pages_keep_count_and_skip_other_keys() {
+        let body = Bytes::from_static(
+            br#"{"offset": 0, "data": [{"id": 1, "x": {"y": 2}}, {"id": "b"}], "count": 12}"#,
+        );
+        let mut s = FieldSet::nothing();
+        s.add_key("id");
+        let p = decode_page(&s, &body).unwrap();
+        assert_eq!(p.count, Some(json!(12)));
+        assert_eq!(p.data, Some(vec![json!({"id": 1}), json!({"id": "b"})]));
+        let src = PageSource::new(p.body, vec![1, 0]);
+        assert_eq!(src.original(0), Some(r#"{"id": "b"}"#));
+        assert_eq!(src.original(1), Some(r#"{"id": 1, "x": {"y": 2}}"#));
+        assert_eq!(src.original(2), None);
+    }
+
+    #[test]
+    fn bodies_of_another_shape_have_no_data_and_garbled_ones_fail() {
+        let s = FieldSet::everything();
+        for body in [&b"[1, 2]"[..], b"{\"data\": {\"a\": 1}}", b"\"x\""] {
+            let p = decode_page(&s, &Bytes::copy_from_slice(body)).unwrap();
+            assert!(p.data.is_none(), "{}", String::from_utf8_lossy(body));
+        }
+        let cut = Bytes::from_static(br#"{"count": 3, "data": [{"id": 1}, {"id""#);
+        assert!(decode_page(&s, &cut).unwrap_err().is_eof());
+        let garbled = Bytes::from_static(br#"{"count": 3, "data": [{"id": 1}} "#);
+        assert!(decode_page(&s, &garbled).unwrap_err().is_syntax());
+    }
+}
