@@ -11,7 +11,7 @@
 #
 # Environment: N (records), PORT (simulator accounts port; cluster is PORT+1),
 # BIN (an already built expense-sync to measure instead of building target/release),
-# N_RATE / N_CPU (records of the two `peers` scenarios).
+# N_RATE / N_CPU (records of the two `peers` scenarios), PEERS_OUT (keep their measured rows).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-export}
@@ -100,7 +100,7 @@ peers)
     cp bench/peers/requirements.txt "$VENV/.requirements"
   fi
   PY="$VENV/bin/python"
-  rows="$work/peers.jsonl"
+  rows="${PEERS_OUT:-$work/peers.jsonl}" # PEERS_OUT keeps the measured rows (JSON lines)
   measure() { # scenario, tool, command...
     local scenario=$1 tool=$2; shift 2
     sleep 1.5 # let the simulator's per-IP token bucket refill between tools
