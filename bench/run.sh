@@ -5,14 +5,23 @@
 #
 #   bench/run.sh export    # 100,000 expenses, rate limit and latency off: records/s and peak memory, CSV vs Parquet
 #   bench/run.sh backfill  # 20,000 expenses at 150 ms latency and 10 requests/s: share of the allowed rate used, 429s
+#   bench/run.sh peers     # expense-sync vs the official `fyle` SDK and dlt's rest_api on the same simulator:
+#                          # 10,000 expenses at 150 ms / 10 req/s, then 50,000 with no limits; wall, CPU, peak RSS, ratios
+#                          # (installs bench/peers/requirements.txt into bench/.venv on first use; needs python3 >= 3.9)
 #
-# Environment: N (records), PORT (simulator accounts port; cluster is PORT+1).
+# Environment: N (records), PORT (simulator accounts port; cluster is PORT+1),
+# BIN (an already built expense-sync to measure instead of building target/release),
+# N_RATE / N_CPU (records of the two `peers` scenarios), PEERS_OUT (keep their measured rows).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-export}
 PORT=${PORT:-8750}
-cargo build --release --quiet
-BIN=target/release/expense-sync
+if [ -n "${BIN:-}" ]; then
+  echo "using BIN=$BIN (not rebuilt)" >&2
+else
+  cargo build --release --quiet
+  BIN=target/release/expense-sync
+fi
 work=$(mktemp -d)
 trap 'kill "${SIM:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
 
@@ -24,6 +33,8 @@ start_sim() { # args passed to simulate
     sleep 0.1
   done
   eval "$(grep -E '^(export )?FYLE_[A-Z_]+=' "$work/sim.log" | sed 's/^export //; s/^/export /')"
+  FYLE_CLUSTER_URL=$(sed -n 's/^ *cluster server: *//p' "$work/sim.log" | head -1)
+  export FYLE_CLUSTER_URL
 }
 
 pipeline() { # name, sink type, rps, concurrency
@@ -81,5 +92,39 @@ backfill)
     rate = q / (ms/1000);
     printf "records %d, requests %d in %.1f s = %.2f requests/s = %.1f%% of the allowed 10/s; 429s: %d\n", r, q, ms/1000, rate, rate*10, t }'
   ;;
-*) echo "usage: $0 export|backfill" >&2; exit 2 ;;
+peers)
+  VENV=bench/.venv
+  if [ ! -x "$VENV/bin/python" ] || ! cmp -s bench/peers/requirements.txt "$VENV/.requirements"; then
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r bench/peers/requirements.txt
+    cp bench/peers/requirements.txt "$VENV/.requirements"
+  fi
+  PY="$VENV/bin/python"
+  rows="${PEERS_OUT:-$work/peers.jsonl}" # PEERS_OUT keeps the measured rows (JSON lines)
+  measure() { # scenario, tool, command...
+    local scenario=$1 tool=$2; shift 2
+    sleep 1.5 # let the simulator's per-IP token bucket refill between tools
+    "$PY" bench/peers/measure.py "$scenario" "$tool" "$rows" -- "$@" >/dev/null
+  }
+  both_sinks() { # name, rps, concurrency: one pipeline writing CSV and Parquet
+    pipeline "$1" csv "$2" "$3"
+    printf '[[sinks]]\ntype = "parquet"\npath = "{pipeline}.parquet"\n' >>"$work/$1.toml"
+  }
+  scenario() { # label, records, the exporter's requests/s, simulate args...
+    local label=$1 n=$2 rps=$3; shift 3
+    start_sim --expenses "$n" "$@"
+    both_sinks "peers-$label" "$rps" 4
+    measure "$label" "expense-sync (csv+parquet)" \
+      "$BIN" --log-level warn run "$work/peers-$label.toml" --output-dir "$work/out-$label"
+    for fmt in parquet csv; do
+      measure "$label" "dlt rest_api ($fmt)" "$PY" bench/peers/dlt_rest_api.py "$fmt" "$work/dlt-$label-$fmt"
+    done
+    measure "$label" "fyle SDK (fetch only)" "$PY" bench/peers/fyle_sdk.py
+    kill "$SIM" 2>/dev/null || true; wait "$SIM" 2>/dev/null || true
+  }
+  scenario "10k-rate" "${N_RATE:-10000}" 10 --rate-limit 10 --latency 150ms
+  scenario "50k-cpu" "${N_CPU:-50000}" 1000 --rate-limit 0
+  "$PY" bench/peers/report.py "$rows"
+  ;;
+*) echo "usage: $0 export|backfill|peers" >&2; exit 2 ;;
 esac

@@ -207,6 +207,54 @@ async fn bursts_of_429_and_5xx_lose_nothing_and_the_rate_is_never_exceeded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_backfill_asks_for_its_pages_plus_a_few_and_is_never_refused() {
+    // A limit low enough that the limiter, not the round trip or a debug
+    // build's CPU, is what holds requests back, with four workers available.
+    let sim = expense_sync::simulator::Simulator::start(expense_sync::simulator::SimConfig {
+        seed: 21,
+        expenses: 2000,
+        rate_limit: Some(2),
+        faults: Faults {
+            latency: Duration::from_millis(150),
+            ..Faults::default()
+        },
+        ..expense_sync::simulator::SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let text = pipeline_text(&sim, "budget", "concurrency = 4", "requests_per_second = 2");
+    let (_, outcome) = run_text(&sim, &text, out.path()).await;
+    assert!(outcome.error.is_none(), "{:?}", outcome.error);
+    let truth = truth_by_id(&sim);
+    assert_eq!(outcome.summary.records_out as usize, truth.len());
+
+    let log = sim.request_log();
+    let refused: Vec<_> = log.iter().filter(|r| r.status == 429).collect();
+    assert!(refused.is_empty(), "the server refused {refused:?}");
+    let pages_needed = truth.len().div_ceil(200);
+    let page_requests = log
+        .iter()
+        .filter(|r| r.path.ends_with("/admin/expenses") && r.query.contains("limit=200"))
+        .count();
+    // Each slice split off for a parallel worker ends in a page of its own,
+    // usually short; a slice is split off only for an idle worker while
+    // requests do not already wait for the limiter.
+    assert!(
+        page_requests <= pages_needed + 3,
+        "{page_requests} page requests for {pages_needed} pages"
+    );
+    // Besides the pages: the token, and the one-record server clock reading.
+    let others: Vec<_> = log
+        .iter()
+        .filter(|r| !(r.path.ends_with("/admin/expenses") && r.query.contains("limit=200")))
+        .map(|r| format!("{} {}?{}", r.method, r.path, r.query))
+        .collect();
+    assert!(others.len() <= 3, "requests besides pages: {others:?}");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_expiry_in_the_middle_of_a_run_is_survived() {
     let sim = simulator(4000, 9, Some(10)).await;
     let out = tempfile::tempdir().unwrap();

@@ -250,6 +250,11 @@ impl StatsSnapshot {
 struct Inner {
     client: reqwest::Client,
     limiter: DefaultDirectRateLimiter,
+    /// When the client was built: the origin of `limited_at_ms`.
+    started: Instant,
+    /// Milliseconds after `started` at which a request last had to wait for
+    /// the limiter (`u64::MAX`: never).
+    limited_at_ms: AtomicU64,
     config: HttpConfig,
     stats: HttpStats,
     /// Hosts (`host:port`) that have sent at least one HTTP response: a
@@ -368,16 +373,20 @@ impl HttpClient {
                 url: String::new(),
                 message: format!("cannot start the HTTP client: {e}"),
             })?;
-        // Burst of one: requests are spaced evenly, so no one-second window
-        // ever holds more than the configured rate.
+        // A token bucket like the server's: after a quiet spell the first
+        // `burst` requests leave at once instead of one per period, then
+        // requests follow at the configured rate.
         let period = Duration::from_secs_f64(1.0 / config.requests_per_second.max(0.001));
+        let burst = NonZeroU32::new(config.effective_burst()).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::with_period(period)
             .expect("period is positive")
-            .allow_burst(NonZeroU32::MIN);
+            .allow_burst(burst);
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
                 limiter: RateLimiter::direct(quota),
+                started: Instant::now(),
+                limited_at_ms: AtomicU64::new(u64::MAX),
                 config: config.clone(),
                 stats: HttpStats::default(),
                 answered: Mutex::new(HashSet::new()),
@@ -412,6 +421,19 @@ impl HttpClient {
         if let Some(t) = &self.tenant {
             counter(&t.stats).fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    fn mark_rate_bound(&self) {
+        let now = self.inner.started.elapsed().as_millis() as u64;
+        self.inner.limited_at_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Whether a request had to wait for the rate limiter within the last
+    /// second: more requests in flight would not go out any faster.
+    pub fn rate_bound(&self) -> bool {
+        let at = self.inner.limited_at_ms.load(Ordering::Relaxed);
+        at != u64::MAX
+            && (self.inner.started.elapsed().as_millis() as u64).saturating_sub(at) < 1000
     }
 
     /// The configuration this client was built with.
@@ -525,12 +547,22 @@ impl HttpClient {
         self.inner.groups.wait_ready(&req.method, &req.url).await;
         match &self.tenant {
             Some(t) => {
+                let asked = Instant::now();
                 self.inner
                     .fair
                     .until_ready(&self.inner.limiter, &t.name)
-                    .await
+                    .await;
+                // Turns are handed out in order, so only a wait says the limit was reached.
+                if asked.elapsed() >= Duration::from_millis(2) {
+                    self.mark_rate_bound();
+                }
             }
-            None => self.inner.limiter.until_ready().await,
+            None => {
+                if self.inner.limiter.check().is_err() {
+                    self.mark_rate_bound();
+                    self.inner.limiter.until_ready().await;
+                }
+            }
         }
         self.bump(|s| &s.requests);
         let mut builder = self
@@ -903,6 +935,28 @@ mod tests {
         let (k, m) = server_message(b"<html>Bad gateway</html>");
         assert_eq!(k, None);
         assert_eq!(m, "<html>Bad gateway</html>");
+    }
+
+    #[test]
+    fn the_first_requests_leave_at_once_up_to_the_burst() {
+        let client = HttpClient::new(&HttpConfig::default()).unwrap();
+        assert_eq!(HttpConfig::default().effective_burst(), 9);
+        for i in 0..9 {
+            assert!(
+                client.inner.limiter.check().is_ok(),
+                "request {i} had to wait"
+            );
+        }
+        // Half a request per second with a burst of one: the second waits 2 s.
+        let spaced = HttpClient::new(&HttpConfig {
+            requests_per_second: 0.5,
+            burst: Some(1),
+            ..HttpConfig::default()
+        })
+        .unwrap();
+        assert!(spaced.inner.limiter.check().is_ok());
+        assert!(spaced.inner.limiter.check().is_err());
+        assert!(!spaced.rate_bound());
     }
 
     #[test]

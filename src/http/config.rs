@@ -12,6 +12,10 @@ use crate::common::Problem;
 pub struct HttpConfig {
     /// Requests per second for the whole process (Fyle allows 10 per IP).
     pub requests_per_second: f64,
+    /// Requests that may leave back to back after a quiet spell, as a token
+    /// bucket of this size refilled at `requests_per_second` (default: one
+    /// less than `requests_per_second`, at least 1; 1 spaces every request).
+    pub burst: Option<u32>,
     /// How long to wait for a TCP/TLS connection.
     #[serde(with = "crate::common::duration")]
     pub connect_timeout: Duration,
@@ -32,6 +36,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             requests_per_second: 10.0,
+            burst: None,
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
             max_retries: 8,
@@ -48,12 +53,22 @@ impl HttpConfig {
         let max_backoff = self.max_backoff.min(Duration::from_secs(2));
         HttpConfig {
             requests_per_second: self.requests_per_second,
+            burst: self.burst,
             connect_timeout: self.connect_timeout.min(Duration::from_secs(5)),
             request_timeout: self.request_timeout.min(Duration::from_secs(20)),
             max_retries: self.max_retries.min(2),
             initial_backoff: self.initial_backoff.min(max_backoff),
             max_backoff,
         }
+    }
+
+    /// The limiter's bucket size: `burst`, or one less than the rate, so that a
+    /// server whose bucket holds one second's worth (Fyle's 10 per IP) keeps a
+    /// token in reserve for requests that reach it closer together than they left.
+    pub fn effective_burst(&self) -> u32 {
+        self.burst
+            .unwrap_or_else(|| (self.requests_per_second.floor() as u32).saturating_sub(1))
+            .max(1)
     }
 
     /// Checks values a request could not work with.
@@ -71,6 +86,12 @@ impl HttpConfig {
             p.push(Problem::new(
                 format!("{prefix}.requests_per_second"),
                 "must be at most 1000",
+            ));
+        }
+        if self.burst == Some(0) {
+            p.push(Problem::new(
+                format!("{prefix}.burst"),
+                "must be at least 1 (1 spaces every request evenly)",
             ));
         }
         for (key, d) in [

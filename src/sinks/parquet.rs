@@ -4,7 +4,9 @@
 //! `Decimal128(precision, scale)` built from the exact mantissa (no `f64`),
 //! timestamp → `Timestamp(Microsecond, "UTC")`, date → `Date32`, bool →
 //! `Boolean`, integer → `Int64`; every column is nullable. Memory is bounded
-//! by one row group: the writer flushes a row group every `row_group_rows`.
+//! by one row group's buffered pages: the writer closes a row group after
+//! `row_group_rows` rows or once it holds `row_group_bytes`, whichever comes
+//! first. Arrow arrays live only for the batch being encoded.
 
 use std::fs::File;
 use std::path::Path;
@@ -29,6 +31,10 @@ use crate::row::{Batch, Cell, Column, ColumnType, Schema};
 
 /// Rows per row group unless configured.
 pub const DEFAULT_ROW_GROUP_ROWS: usize = 65_536;
+/// Bytes a row group may hold in memory (pages, dictionaries) unless configured:
+/// small enough that a million-record export stays within tens of MiB, large
+/// enough for row groups of tens of thousands of typical expense rows.
+pub const DEFAULT_ROW_GROUP_BYTES: usize = 8 * 1024 * 1024;
 /// zstd level unless configured: zstd's own default, a good size/speed balance.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 
@@ -51,9 +57,9 @@ pub struct ParquetSinkConfig {
     /// Rows per row group (default 65 536); bounds the sink's memory.
     #[serde(default = "default_row_group_rows")]
     pub row_group_rows: usize,
-    /// Also close a row group once its estimated encoded size reaches this many bytes (e.g. 134217728).
-    #[serde(default)]
-    pub row_group_bytes: Option<usize>,
+    /// Close a row group once the writer holds this many bytes for it (default 8 MiB); bounds the sink's memory.
+    #[serde(default = "default_row_group_bytes")]
+    pub row_group_bytes: usize,
     /// Hive-style partitioning: one file per value of this column, under `{key}={value}/` directories.
     #[serde(default)]
     pub partition_by: Option<String>,
@@ -84,6 +90,10 @@ fn default_row_group_rows() -> usize {
     DEFAULT_ROW_GROUP_ROWS
 }
 
+fn default_row_group_bytes() -> usize {
+    DEFAULT_ROW_GROUP_BYTES
+}
+
 /// Parquet page compression codecs offered in pipeline files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -106,7 +116,7 @@ impl ParquetSinkConfig {
             compression: Compression::Zstd,
             zstd_level: None,
             row_group_rows: DEFAULT_ROW_GROUP_ROWS,
-            row_group_bytes: None,
+            row_group_bytes: DEFAULT_ROW_GROUP_BYTES,
             partition_by: None,
             partition_granularity: Granularity::Value,
             skip_empty: false,
@@ -128,10 +138,10 @@ impl ParquetSinkConfig {
                 ));
             }
         }
-        if self.row_group_bytes == Some(0) {
+        if self.row_group_bytes == 0 {
             problems.push(Problem::new(
                 format!("{key_prefix}.row_group_bytes"),
-                "must be at least 1; e.g. 134217728 (128 MiB)",
+                format!("must be at least 1; the default is {DEFAULT_ROW_GROUP_BYTES} (8 MiB)"),
             ));
         }
         if self.partition_by.is_none() && self.partition_granularity != Granularity::Value {
@@ -174,7 +184,7 @@ impl ParquetSinkConfig {
         Ok(WriterProperties::builder()
             .set_compression(compression)
             .set_max_row_group_row_count(Some(self.row_group_rows))
-            .set_max_row_group_bytes(self.row_group_bytes.filter(|b| *b > 0))
+            .set_max_row_group_bytes(Some(self.row_group_bytes.max(1)))
             .set_created_by(format!("expense-sync {}", env!("CARGO_PKG_VERSION")))
             .build())
     }
@@ -212,6 +222,8 @@ pub struct ParquetSink {
     writer: Option<ArrowWriter<File>>,
     staged: Option<StagedFile>,
     rows: u64,
+    /// `row_group_bytes`: the writer's buffered bytes that close a row group.
+    flush_bytes: usize,
 }
 
 impl std::fmt::Debug for ParquetSink {
@@ -248,6 +260,7 @@ impl ParquetSink {
                 writer: Some(writer),
                 staged: Some(staged),
                 rows: 0,
+                flush_bytes: config.row_group_bytes.max(1),
             }),
             Err(e) => {
                 staged.discard();
@@ -405,6 +418,13 @@ fn build_array<'a>(
     })
 }
 
+impl ParquetSink {
+    /// Bytes the writer holds for the row group in progress (encoded and buffered pages, dictionaries).
+    pub fn buffered_bytes(&self) -> usize {
+        self.writer.as_ref().map_or(0, |w| w.memory_size())
+    }
+}
+
 impl Sink for ParquetSink {
     fn write(&mut self, batch: &Batch) -> Result<(), SinkError> {
         if batch.rows.is_empty() {
@@ -417,7 +437,18 @@ impl Sink for ParquetSink {
                 "write after finish or abort (a bug in the caller)",
             )
         })?;
-        if let Err(e) = writer.write(&record_batch) {
+        // The writer's own byte limit counts the estimated *encoded* size; what
+        // it holds in memory (uncompressed page buffers, dictionaries) can be
+        // several times more, and that is what `row_group_bytes` bounds.
+        let flush_bytes = self.flush_bytes;
+        let written = writer.write(&record_batch).and_then(|()| {
+            if writer.memory_size() >= flush_bytes {
+                writer.flush()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = written {
             return Err(self.parquet_error("cannot write", e));
         }
         self.rows += batch.rows.len() as u64;
@@ -470,6 +501,106 @@ impl Drop for ParquetSink {
 mod tests {
     use super::*;
     use ::parquet::schema::types::ColumnPath;
+
+    fn expense_like_schema() -> Arc<Schema> {
+        let col = |name: &str, ty| Column {
+            name: name.into(),
+            ty,
+        };
+        Arc::new(Schema {
+            columns: vec![
+                col("id", ColumnType::String),
+                col("purpose", ColumnType::String),
+                col(
+                    "amount",
+                    ColumnType::Decimal {
+                        precision: 18,
+                        scale: 2,
+                    },
+                ),
+                col("spent_at", ColumnType::Timestamp),
+                col("count", ColumnType::Integer),
+            ],
+        })
+    }
+
+    fn batch(start: usize, n: usize) -> Batch {
+        use chrono::TimeZone;
+        let rows = (start..start + n)
+            .map(|i| crate::row::Row {
+                cells: vec![
+                    Cell::Str(format!("tx{i:012}")),
+                    // Distinct text per row, so dictionaries and pages keep growing.
+                    Cell::Str(format!(
+                        "client dinner {i} with a rather long purpose text {}",
+                        i * 7919
+                    )),
+                    Cell::Decimal(rust_decimal::Decimal::new(i as i64 * 101, 2)),
+                    Cell::Timestamp(
+                        chrono::Utc
+                            .timestamp_opt(1_700_000_000 + i as i64, 0)
+                            .unwrap(),
+                    ),
+                    Cell::Int(i as i64),
+                ],
+            })
+            .collect();
+        Batch { rows }
+    }
+
+    fn context(dir: &Path) -> SinkContext {
+        SinkContext {
+            pipeline: "p".into(),
+            run_id: "r1".into(),
+            started_at: chrono::Utc::now(),
+            output_dir: dir.to_path_buf(),
+            window_start: None,
+            window_end: None,
+        }
+    }
+
+    #[test]
+    fn row_group_closes_once_the_writer_holds_row_group_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.parquet");
+        let mut config = ParquetSinkConfig::new(path.display().to_string());
+        config.compression = Compression::None;
+        // The writer's own limit counts estimated encoded bytes; here it held
+        // 2.7 MiB of pages and dictionaries while estimating 0.9 MiB.
+        config.row_group_bytes = 1024 * 1024;
+        let mut sink = Box::new(
+            ParquetSink::create(&config, &path, &context(dir.path()), expense_like_schema())
+                .unwrap(),
+        );
+        let mut peak = 0;
+        for page in 0..100 {
+            sink.write(&batch(page * 200, 200)).unwrap();
+            let held = sink.buffered_bytes();
+            peak = peak.max(held);
+            assert!(
+                held < config.row_group_bytes,
+                "after page {page} the writer still holds {held} bytes, bound {}",
+                config.row_group_bytes
+            );
+        }
+        assert!(peak > 0, "nothing was ever buffered");
+        let out = sink.finish().unwrap();
+        let staged = out.staged.as_ref().unwrap();
+        let reader = ::parquet::file::reader::SerializedFileReader::new(
+            File::open(&staged.temp_path).unwrap(),
+        )
+        .unwrap();
+        use ::parquet::file::reader::FileReader;
+        let meta = reader.metadata();
+        let rows: i64 = meta.row_groups().iter().map(|g| g.num_rows()).sum();
+        assert_eq!(rows, 20_000);
+        assert!(
+            meta.num_row_groups() > 2,
+            "{} row groups",
+            meta.num_row_groups()
+        );
+        staged.discard();
+    }
 
     #[test]
     fn writer_properties_carry_codec_level_and_row_group_size() {

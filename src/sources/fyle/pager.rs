@@ -160,9 +160,10 @@ impl Shared {
 ///
 /// The window starts as one slice. Whenever a worker learns (from the
 /// server's `count`) that its slice still holds more than two pages while
-/// another worker sits idle, it splits the rest of its time range in half
-/// and queues the far half, so a large backfill runs at the rate limit
-/// rather than at one round trip per page. Slices never overlap, and each
+/// another worker sits idle and the rate limiter is not what holds requests
+/// back, it splits the rest of its time range in half and queues the far
+/// half, so a large backfill runs at the rate limit rather than at one round
+/// trip per page, with few more requests than pages. Slices never overlap, and each
 /// is paged by keyset, so splitting cannot skip or repeat a record.
 ///
 /// Returns when the window is exhausted, or early (without error) if the
@@ -387,10 +388,16 @@ async fn fetch_slice(
                 ))
             )));
         }
-        // Split off the far half of what is left when it is worth a second worker.
+        // Split off the far half of what is left when it is worth a second
+        // worker. Every slice ends in a page of its own, usually short: a
+        // split costs about one request, so none is made while requests
+        // already wait for the rate limiter, or pages wait for the stage
+        // after this one (more in flight would not be done any sooner).
         let remaining = count.unwrap_or(0).saturating_sub(returned);
         if remaining > 2 * cfg.page_size as u64
             && shared.idle.load(AtomicOrdering::SeqCst) > 0
+            && tx.capacity() > 0
+            && !client.session().http().rate_bound()
             && let (Some(k), Some(to)) = (&seek, slice.to)
         {
             let span = to - k.at;

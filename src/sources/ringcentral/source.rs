@@ -231,11 +231,7 @@ async fn page_all(
                 stats.pages += 1;
                 stats.records += records.len() as u64;
                 stats.duplicates = pager.duplicates;
-                if pages
-                    .send(Page::new(records, None))
-                    .await
-                    .is_err()
-                {
+                if pages.send(Page::new(records, None)).await.is_err() {
                     // The run is stopping.
                     return Ok(stats);
                 }
