@@ -21,6 +21,7 @@ pub mod simulator;
 pub mod sinks;
 pub mod sources;
 pub mod state;
+pub mod store;
 pub mod transforms;
 
 pub use error::{Error, ExitCode};
