@@ -159,7 +159,9 @@ async fn an_export_to_s3_equals_ground_truth_and_reads_back_with_csv_and_parquet
         .map(|o| o["path"].as_str().unwrap())
         .collect();
     assert!(
-        paths.iter().all(|p| p.starts_with("s3://exports/acme/out/")),
+        paths
+            .iter()
+            .all(|p| p.starts_with("s3://exports/acme/out/")),
         "the summary names the objects: {paths:?}"
     );
 
@@ -333,7 +335,11 @@ async fn the_lease_of_a_killed_run_is_taken_over_only_after_it_expires() {
     .await;
     assert!(!o.status.success(), "{}", stderr(&o));
     let killed_at = std::time::Instant::now();
-    assert!(s3.keys("out").await.contains(&"out/leased.state.json.lease".to_string()));
+    assert!(
+        s3.keys("out")
+            .await
+            .contains(&"out/leased.state.json.lease".to_string())
+    );
 
     // Before the expiry: refused, naming the dead holder.
     let o = run_bin(&file, &sim, &s3, &[ttl]).await;
@@ -343,10 +349,17 @@ async fn the_lease_of_a_killed_run_is_taken_over_only_after_it_expires() {
     );
     assert_eq!(o.status.code(), Some(EXIT_LOCKED), "{}", stderr(&o));
     assert!(stderr(&o).contains("held by pid"), "{}", stderr(&o));
-    assert!(stderr(&o).contains("taken over once it expires"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("taken over once it expires"),
+        "{}",
+        stderr(&o)
+    );
 
     // After it: taken over, and the run commits.
-    tokio::time::sleep(Duration::from_secs(4).saturating_sub(killed_at.elapsed()) + Duration::from_millis(200)).await;
+    tokio::time::sleep(
+        Duration::from_secs(4).saturating_sub(killed_at.elapsed()) + Duration::from_millis(200),
+    )
+    .await;
     let o = run_bin(&file, &sim, &s3, &[ttl]).await;
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(

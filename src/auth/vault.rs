@@ -394,7 +394,7 @@ struct RemoteVault {
 }
 
 /// Tries of a conditional vault save before giving up.
-const SAVE_TRIES: usize = 8;
+const SAVE_TRIES: usize = 40;
 
 impl std::fmt::Debug for RemoteVault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -626,7 +626,11 @@ impl Vault {
 
     /// Writes `connections` conditionally on the version last read; on a
     /// conflict, re-applies this process's changes onto the newer vault.
-    fn save_remote(&self, remote: &RemoteVault, connections: &Connections) -> Result<(), VaultError> {
+    fn save_remote(
+        &self,
+        remote: &RemoteVault,
+        connections: &Connections,
+    ) -> Result<(), VaultError> {
         let (store, key) = self.store(remote)?;
         let seen = remote.seen.lock().expect("not poisoned").clone();
         let (mut version, base) = match seen {
@@ -643,7 +647,7 @@ impl Vault {
         }
         let ours = to_json(connections);
         let mut merged = connections.clone();
-        for _ in 0..SAVE_TRIES {
+        for attempt in 0..SAVE_TRIES {
             let bytes = self.serialize(&merged)?;
             let mode = match &version {
                 Some(v) => object_store::PutMode::Update(v.clone()),
@@ -655,6 +659,9 @@ impl Vault {
                     return Ok(());
                 }
                 Err(e) if e.conflict => {
+                    // Random, growing pauses: writers that collided do not collide again in step.
+                    let pause = rand::random_range(5..50u64) * (attempt as u64 + 1).min(8);
+                    std::thread::sleep(std::time::Duration::from_millis(pause));
                     let (v, theirs) = self.load_remote(remote)?;
                     merged = reapply(&base, &ours, theirs);
                     version = v;
@@ -769,7 +776,11 @@ fn to_json(all: &Connections) -> serde_json::Value {
 
 /// Three-way merge: the connections this process changed since `base`
 /// (added, changed or removed in `ours`) applied onto `theirs`.
-fn reapply(base: &serde_json::Value, ours: &serde_json::Value, mut theirs: Connections) -> Connections {
+fn reapply(
+    base: &serde_json::Value,
+    ours: &serde_json::Value,
+    mut theirs: Connections,
+) -> Connections {
     let empty = serde_json::Map::new();
     let base = base.as_object().unwrap_or(&empty);
     let ours = ours.as_object().unwrap_or(&empty);

@@ -133,9 +133,7 @@ impl<'a> Run<'a> {
             target: None,
             lease: None,
         });
-        let output_dir = remote
-            .as_ref()
-            .map_or(output_dir, |r| r.spool.clone());
+        let output_dir = remote.as_ref().map_or(output_dir, |r| r.spool.clone());
         Self {
             summary: RunSummary::new(pipeline.name(), &run_id, started_at),
             pipeline,
@@ -214,7 +212,13 @@ impl<'a> Run<'a> {
                 (Some(lock), st)
             }
             Some(remote) => {
-                let st = open_remote(pipeline, remote, &self.state_path, &self.run_id, source.cursor())?;
+                let st = open_remote(
+                    pipeline,
+                    remote,
+                    &self.state_path,
+                    &self.run_id,
+                    source.cursor(),
+                )?;
                 (None, st)
             }
         };
@@ -781,7 +785,10 @@ impl<'a> Run<'a> {
         let rel = remote.relative(path).ok_or_else(|| {
             Error::Config(ConfigError::single(
                 &self.pipeline.file,
-                format!("sinks[{sink}].{}", self.pipeline.spec.sinks[sink].path_key()),
+                format!(
+                    "sinks[{sink}].{}",
+                    self.pipeline.spec.sinks[sink].path_key()
+                ),
                 format!(
                     "{} is outside the output location {}: with outputs in object storage, sink \
                      paths are relative to pipeline.output_dir",
@@ -913,7 +920,10 @@ fn open_remote(
         ))
     };
     if has_push(pipeline) {
-        return Err(unsupported("sinks", "an http sink (its push journal is local)"));
+        return Err(unsupported(
+            "sinks",
+            "an http sink (its push journal is local)",
+        ));
     }
     if pipeline.spec.writeback.is_some() {
         return Err(unsupported("writeback", "the export-status write-back"));

@@ -14,8 +14,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use commit::{
-    Advance, CommitPlan, LocalTarget, PlannedFile, Recovery, Target, commit, commit_to, finish_pending,
-    recover,
+    Advance, CommitPlan, LocalTarget, PlannedFile, Recovery, Target, commit, commit_to,
+    finish_pending, recover,
 };
 pub use lock::{LockError, PipelineLock, acquire};
 

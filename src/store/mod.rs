@@ -21,8 +21,8 @@ use object_store::{
     ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion, WriteMultipart,
 };
 
-pub use object_store::path::Path as ObjectKey;
 pub use object_store::UpdateVersion as ObjectVersion;
+pub use object_store::path::Path as ObjectKey;
 
 /// URL schemes that name object storage rather than a local directory.
 const SCHEMES: &[&str] = &[
@@ -203,12 +203,7 @@ impl Remote {
     }
 
     /// Writes `bytes` at `key`: `Create` fails if it exists, `Update` if it changed since read.
-    pub fn put(
-        &self,
-        key: &Key,
-        bytes: Bytes,
-        mode: PutMode,
-    ) -> Result<UpdateVersion, StoreError> {
+    pub fn put(&self, key: &Key, bytes: Bytes, mode: PutMode) -> Result<UpdateVersion, StoreError> {
         self.block(async {
             let r = self
                 .store
@@ -274,9 +269,7 @@ impl Remote {
             message: format!("cannot {what} {}: {e}", local.display()),
             conflict: false,
         };
-        let len = std::fs::metadata(local)
-            .map_err(|e| fail("read", e))?
-            .len();
+        let len = std::fs::metadata(local).map_err(|e| fail("read", e))?.len();
         if len <= MULTIPART_OVER {
             let bytes = std::fs::read(local).map_err(|e| fail("read", e))?;
             return self

@@ -116,7 +116,9 @@ impl RemoteTarget {
         self.save(state)?;
         for key in leftovers {
             self.remote.delete(&key).map_err(|e| self.error(e))?;
-            report.removed_temps.push(PathBuf::from(self.remote.url(&key)));
+            report
+                .removed_temps
+                .push(PathBuf::from(self.remote.url(&key)));
         }
         info!(
             count = report.removed_temps.len(),
@@ -302,7 +304,10 @@ mod tests {
             assert_eq!(b, Bytes::from(format!("file {i}")));
         }
         assert!(r.list(&t2.temp_root("p")).unwrap().is_empty());
-        assert!(r.exists(&other).unwrap(), "another pipeline's temporaries stay");
+        assert!(
+            r.exists(&other).unwrap(),
+            "another pipeline's temporaries stay"
+        );
         assert!(st2.pending.is_none() && st2.watermark.is_some());
     }
 
@@ -318,7 +323,10 @@ mod tests {
         let e = state::commit_to(&mut t, &mut st, pl).unwrap_err();
         assert!(e.message.contains("already exists"), "{e}");
         assert!(e.message.contains("memory://test/out/f0.csv"), "{e}");
-        assert_eq!(r.get(&fin).unwrap().unwrap().0, Bytes::from("someone else's"));
+        assert_eq!(
+            r.get(&fin).unwrap().unwrap().0,
+            Bytes::from("someone else's")
+        );
         assert!(st.pending.is_some());
     }
 }

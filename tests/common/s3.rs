@@ -130,7 +130,14 @@ impl S3Server {
                 Err(e) if started.elapsed() > Duration::from_secs(60) => {
                     let log = std::fs::read_to_string(self._dir.path().join("weed.log"))
                         .unwrap_or_default();
-                    let tail: String = log.chars().rev().take(3000).collect::<Vec<_>>().into_iter().rev().collect();
+                    let tail: String = log
+                        .chars()
+                        .rev()
+                        .take(3000)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect();
                     panic!("SeaweedFS did not become ready in 60 s: {e}\n{tail}");
                 }
                 Err(_) => {
