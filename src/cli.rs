@@ -969,19 +969,6 @@ fn parse_redirect(s: &str) -> Result<crate::simulator::receiver::Redirect, Strin
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn colour_only_on_a_terminal_without_no_color() {
-        assert!(use_colour(true, None));
-        assert!(use_colour(true, Some("".into())));
-        assert!(!use_colour(true, Some("1".into())));
-        assert!(!use_colour(false, None));
-    }
-}
-
 /// Reads a state object (`expense-sync state` with the state in object storage).
 fn read_remote_state(
     url: &std::path::Path,
@@ -994,4 +981,17 @@ fn read_remote_state(
     crate::store::state::RemoteTarget::load(std::sync::Arc::new(remote), key, pipeline, cursor)
         .map(|(_, st)| st)
         .map_err(|e| Error::State(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(use_colour(true, None));
+        assert!(use_colour(true, Some("".into())));
+        assert!(!use_colour(true, Some("1".into())));
+        assert!(!use_colour(false, None));
+    }
 }

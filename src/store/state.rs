@@ -139,7 +139,7 @@ impl RemoteTarget {
             .remote
             .get(a)
             .map_err(|e| e.to_string())?
-            .is_some_and(|(bytes, _)| &bytes == b))
+            .is_some_and(|(bytes, _)| bytes == *b))
     }
 }
 
