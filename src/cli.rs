@@ -547,8 +547,12 @@ async fn dispatch(
             let p = config::load(&pipeline)?;
             let dir = output_dir.unwrap_or_else(|| p.spec.pipeline.output_dir.clone());
             let path = p.state_path(&dir);
-            let st = crate::state::load(&path, p.name(), p.spec.source.cursor())
-                .map_err(|e| Error::State(e.to_string()))?;
+            let st = if crate::store::is_remote(&path) {
+                read_remote_state(&path, p.name(), p.spec.source.cursor())?
+            } else {
+                crate::state::load(&path, p.name(), p.spec.source.cursor())
+                    .map_err(|e| Error::State(e.to_string()))?
+            };
             eprintln!("state file: {}", path.display());
             println!(
                 "{}",
@@ -1019,14 +1023,27 @@ async fn check(path: &Path, offline: bool, vault: Option<PathBuf>) -> Result<Exi
         .into());
     }
     let output_dir = &p.spec.pipeline.output_dir;
-    if let Err(e) = crate::fsutil::check_writable_dir(output_dir) {
+    if crate::store::is_remote(output_dir) {
+        let url = output_dir.to_string_lossy();
+        let reached = crate::store::Remote::open(&url).and_then(|r| {
+            let probe = r.key(crate::store::state::TEMP_DIR);
+            r.exists(&probe)
+        });
+        if let Err(e) = reached {
+            check_failed(&e.to_string(), ExitCode::Sink);
+            return Ok(ExitCode::Sink);
+        }
+        println!("ok   output location {url} is reachable");
+    } else if let Err(e) = crate::fsutil::check_writable_dir(output_dir) {
         check_failed(
             &pipeline::unwritable_output_dir(output_dir, &e),
             ExitCode::Sink,
         );
         return Ok(ExitCode::Sink);
     }
-    println!("ok   output directory {} is writable", output_dir.display());
+    if !crate::store::is_remote(output_dir) {
+        println!("ok   output directory {} is writable", output_dir.display());
+    }
     let source = built.expect("no problems means the source was built or failed")?;
     match source.check().await? {
         None => Ok(ExitCode::Ok),
@@ -1147,6 +1164,20 @@ fn parse_redirect(s: &str) -> Result<crate::simulator::receiver::Redirect, Strin
         status,
         location: location.to_string(),
     })
+}
+
+/// Reads a state object (`expense-sync state` with the state in object storage).
+fn read_remote_state(
+    url: &std::path::Path,
+    pipeline: &str,
+    cursor: &str,
+) -> Result<crate::state::State, Error> {
+    let remote = crate::store::Remote::open(&url.to_string_lossy())
+        .map_err(|e| Error::State(e.to_string()))?;
+    let key = remote.prefix().clone();
+    crate::store::state::RemoteTarget::load(std::sync::Arc::new(remote), key, pipeline, cursor)
+        .map(|(_, st)| st)
+        .map_err(|e| Error::State(e.to_string()))
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ pub mod simulator;
 pub mod sinks;
 pub mod sources;
 pub mod state;
+pub mod store;
 pub mod tenants;
 pub mod transforms;
 

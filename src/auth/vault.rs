@@ -9,6 +9,13 @@
 //! - With `EXPENSE_SYNC_VAULT_KEY` set, the connections are sealed with
 //!   ChaCha20-Poly1305 under a key derived from that value by Argon2id with a
 //!   random per-write salt.
+//! - The vault can live in object storage (`--vault s3://bucket/vault.json`);
+//!   there it must be encrypted, and there is no lock: each save is a put
+//!   conditional on the version this process last read. When another process
+//!   wrote in between (HTTP 412), the save re-reads the vault, re-applies this
+//!   process's changes (the connections it changed since its read) onto what
+//!   the other wrote, and tries again, so neither write loses the other's
+//!   rotated refresh token.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -348,9 +355,22 @@ const KDF: &str = "argon2id-v19-m19456-t2-p1";
 const CIPHER: &str = "chacha20poly1305";
 
 /// Exclusive hold on the vault for a read-modify-write; released on drop.
+/// (A vault in object storage has no lock: its saves are conditional instead.)
 #[derive(Debug)]
 pub struct VaultLock {
-    _file: File,
+    _file: Option<File>,
+    _held: Option<Held>,
+}
+
+/// This process's hold on a vault object; released on drop.
+#[derive(Debug)]
+struct Held(std::sync::Arc<RemoteVault>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        *self.0.held.lock().expect("not poisoned") = false;
+        self.0.released.notify_one();
+    }
 }
 
 /// A vault file and the key (if any) it is sealed with.
@@ -358,6 +378,28 @@ pub struct VaultLock {
 pub struct Vault {
     path: PathBuf,
     key: Option<SecretString>,
+    remote: Option<std::sync::Arc<RemoteVault>>,
+}
+
+/// A vault object: the store (opened on first use) and what this process last read.
+#[derive(Default)]
+struct RemoteVault {
+    /// One read-modify-write at a time in this process (as `flock` does locally),
+    /// so `seen` is the read of the task that saves next.
+    held: std::sync::Mutex<bool>,
+    released: std::sync::Condvar,
+    store: std::sync::OnceLock<Result<(crate::store::Remote, crate::store::ObjectKey), String>>,
+    /// Version and connections (as JSON) of the last read or write.
+    seen: std::sync::Mutex<Option<(Option<crate::store::ObjectVersion>, serde_json::Value)>>,
+}
+
+/// Tries of a conditional vault save before giving up.
+const SAVE_TRIES: usize = 40;
+
+impl std::fmt::Debug for RemoteVault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RemoteVault")
+    }
 }
 
 impl std::fmt::Debug for Vault {
@@ -384,6 +426,19 @@ impl Vault {
         Self {
             path: path.to_path_buf(),
             key,
+            remote: crate::store::is_remote(path).then(Default::default),
+        }
+    }
+
+    /// A vault object in a store opened by the caller (`path` is its URL, for messages).
+    pub fn with_remote(path: &Path, key: SecretString, store: crate::store::Remote) -> Self {
+        let remote = RemoteVault::default();
+        let object = store.prefix().clone();
+        let _ = remote.store.set(Ok((store, object)));
+        Self {
+            path: path.to_path_buf(),
+            key: Some(key),
+            remote: Some(std::sync::Arc::new(remote)),
         }
     }
 
@@ -405,6 +460,17 @@ impl Vault {
 
     /// Waits for the exclusive lock (blocking; call from a blocking thread in async code).
     pub fn lock(&self) -> Result<VaultLock, VaultError> {
+        if let Some(remote) = &self.remote {
+            let mut held = remote.held.lock().expect("not poisoned");
+            while *held {
+                held = remote.released.wait(held).expect("not poisoned");
+            }
+            *held = true;
+            return Ok(VaultLock {
+                _file: None,
+                _held: Some(Held(remote.clone())),
+            });
+        }
         self.ensure_dir()?;
         let mut options = OpenOptions::new();
         options.read(true).write(true).create(true).truncate(false);
@@ -415,7 +481,10 @@ impl Vault {
         }
         let file = options.open(self.lock_path()).map_err(|e| self.io(e))?;
         file.lock().map_err(|e| self.io(e))?;
-        Ok(VaultLock { _file: file })
+        Ok(VaultLock {
+            _file: Some(file),
+            _held: None,
+        })
     }
 
     /// [`Vault::lock`] from async code, without blocking a runtime worker.
@@ -444,13 +513,25 @@ impl Vault {
 
     /// Reads every connection (none if the file does not exist yet).
     pub fn load(&self) -> Result<Connections, VaultError> {
+        if let Some(remote) = &self.remote {
+            let (version, all) = self.load_remote(remote)?;
+            // A read under the hold is the base of the save that follows.
+            if *remote.held.lock().expect("not poisoned") {
+                *remote.seen.lock().expect("not poisoned") = Some((version, to_json(&all)));
+            }
+            return Ok(all);
+        }
         let bytes = match std::fs::read(&self.path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Connections::new()),
             Err(e) => return Err(self.io(e)),
         };
         self.check_permissions()?;
-        let file: VaultFile = serde_json::from_slice(&bytes).map_err(|e| VaultError::Corrupt {
+        self.parse(&bytes)
+    }
+
+    fn parse(&self, bytes: &[u8]) -> Result<Connections, VaultError> {
+        let file: VaultFile = serde_json::from_slice(bytes).map_err(|e| VaultError::Corrupt {
             path: self.path.clone(),
             message: e.to_string(),
         })?;
@@ -481,7 +562,17 @@ impl Vault {
 
     /// Replaces the file with `connections` (mode 0600, atomic). Requires the lock.
     pub fn save(&self, _lock: &VaultLock, connections: &Connections) -> Result<(), VaultError> {
+        if let Some(remote) = &self.remote {
+            return self.save_remote(remote, connections);
+        }
         self.ensure_dir()?;
+        let bytes = self.serialize(connections)?;
+        let tag = format!("vault-{}-{:08x}", std::process::id(), rand::random::<u32>());
+        crate::fsutil::write_atomic_with_mode(&self.path, &bytes, &tag, Some(0o600))
+            .map_err(|e| self.io(e))
+    }
+
+    fn serialize(&self, connections: &Connections) -> Result<Vec<u8>, VaultError> {
         let file = match &self.key {
             None => VaultFile {
                 version: 1,
@@ -494,10 +585,94 @@ impl Vault {
                 connections: Connections::new(),
             },
         };
-        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| self.io(io::Error::other(e)))?;
-        let tag = format!("vault-{}-{:08x}", std::process::id(), rand::random::<u32>());
-        crate::fsutil::write_atomic_with_mode(&self.path, &bytes, &tag, Some(0o600))
-            .map_err(|e| self.io(e))
+        serde_json::to_vec_pretty(&file).map_err(|e| self.io(io::Error::other(e)))
+    }
+
+    fn store<'a>(
+        &self,
+        remote: &'a RemoteVault,
+    ) -> Result<&'a (crate::store::Remote, crate::store::ObjectKey), VaultError> {
+        remote
+            .store
+            .get_or_init(|| {
+                let url = self.path.to_string_lossy();
+                let store = crate::store::Remote::open(&url).map_err(|e| e.message)?;
+                let key = store.prefix().clone();
+                Ok((store, key))
+            })
+            .as_ref()
+            .map_err(|m| self.io(io::Error::other(m.clone())))
+    }
+
+    fn load_remote(
+        &self,
+        remote: &RemoteVault,
+    ) -> Result<(Option<crate::store::ObjectVersion>, Connections), VaultError> {
+        if self.key.is_none() {
+            return Err(VaultError::Key {
+                path: self.path.clone(),
+                message: format!(
+                    "a vault in object storage is always encrypted, but {VAULT_KEY_ENV} is not set"
+                ),
+            });
+        }
+        let (store, key) = self.store(remote)?;
+        match store.get(key) {
+            Ok(None) => Ok((None, Connections::new())),
+            Ok(Some((bytes, version))) => Ok((Some(version), self.parse(&bytes)?)),
+            Err(e) => Err(self.io(io::Error::other(e.message))),
+        }
+    }
+
+    /// Writes `connections` conditionally on the version last read; on a
+    /// conflict, re-applies this process's changes onto the newer vault.
+    fn save_remote(
+        &self,
+        remote: &RemoteVault,
+        connections: &Connections,
+    ) -> Result<(), VaultError> {
+        let (store, key) = self.store(remote)?;
+        let seen = remote.seen.lock().expect("not poisoned").clone();
+        let (mut version, base) = match seen {
+            Some(s) => s,
+            // Never read: the first save must not replace a vault someone else wrote.
+            None => {
+                let (v, all) = self.load_remote(remote)?;
+                (v, to_json(&all))
+            }
+        };
+        if self.key.is_none() {
+            // Refused with the reason: a vault object is always encrypted.
+            self.load_remote(remote)?;
+        }
+        let ours = to_json(connections);
+        let mut merged = connections.clone();
+        for attempt in 0..SAVE_TRIES {
+            let bytes = self.serialize(&merged)?;
+            let mode = match &version {
+                Some(v) => object_store::PutMode::Update(v.clone()),
+                None => object_store::PutMode::Create,
+            };
+            match store.put(key, bytes::Bytes::from(bytes), mode) {
+                Ok(v) => {
+                    *remote.seen.lock().expect("not poisoned") = Some((Some(v), to_json(&merged)));
+                    return Ok(());
+                }
+                Err(e) if e.conflict => {
+                    // Random, growing pauses: writers that collided do not collide again in step.
+                    let pause = rand::random_range(5..50u64) * (attempt as u64 + 1).min(8);
+                    std::thread::sleep(std::time::Duration::from_millis(pause));
+                    let (v, theirs) = self.load_remote(remote)?;
+                    merged = reapply(&base, &ours, theirs);
+                    version = v;
+                    tracing::info!(vault = %self.path.display(), "the vault changed since it was read; re-applied this process's changes and retrying");
+                }
+                Err(e) => return Err(self.io(io::Error::other(e.message))),
+            }
+        }
+        Err(self.io(io::Error::other(format!(
+            "the vault kept changing under {SAVE_TRIES} conditional saves; try again"
+        ))))
     }
 
     /// Locks, loads, applies `f`, saves if `f` succeeded, unlocks.
@@ -513,6 +688,9 @@ impl Vault {
     }
 
     fn check_permissions(&self) -> Result<(), VaultError> {
+        if self.remote.is_some() {
+            return Ok(());
+        }
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -589,6 +767,38 @@ impl Vault {
             })?;
         serde_json::from_slice(&plain).map_err(|e| corrupt(&e.to_string()))
     }
+}
+
+/// Connections as comparable JSON (secrets included: the vault's own form).
+fn to_json(all: &Connections) -> serde_json::Value {
+    serde_json::to_value(all).unwrap_or(serde_json::Value::Null)
+}
+
+/// Three-way merge: the connections this process changed since `base`
+/// (added, changed or removed in `ours`) applied onto `theirs`.
+fn reapply(
+    base: &serde_json::Value,
+    ours: &serde_json::Value,
+    mut theirs: Connections,
+) -> Connections {
+    let empty = serde_json::Map::new();
+    let base = base.as_object().unwrap_or(&empty);
+    let ours = ours.as_object().unwrap_or(&empty);
+    let names: std::collections::BTreeSet<&String> = base.keys().chain(ours.keys()).collect();
+    for name in names {
+        match (base.get(name), ours.get(name)) {
+            (b, Some(o)) if b != Some(o) => {
+                if let Ok(conn) = serde_json::from_value::<Connection>(o.clone()) {
+                    theirs.insert(name.clone(), conn);
+                }
+            }
+            (Some(_), None) => {
+                theirs.remove(name);
+            }
+            _ => {}
+        }
+    }
+    theirs
 }
 
 /// Serde for `Option<SecretString>`: the vault is the one place secrets are written.

@@ -40,8 +40,47 @@ pub(super) struct Run<'a> {
     pub(super) summary: RunSummary,
     /// Token grants the source made, for the summary (also when the run fails).
     pub(super) grants: u64,
+    /// Where the sinks write: the output directory, or the local spool when it is remote.
     output_dir: PathBuf,
     state_path: PathBuf,
+    /// Outputs and state in object storage (`output_dir = "s3://…"`).
+    remote: Option<RemoteRun>,
+}
+
+/// A run whose outputs and state live in object storage: the sinks write into
+/// a local spool, and the commit stage uploads and commits there.
+struct RemoteRun {
+    /// The output location as configured, e.g. `s3://bucket/prefix`.
+    url: String,
+    /// Local directory the sinks write into; removed when the run ends.
+    spool: PathBuf,
+    /// The state object, once read (plan stage).
+    target: Option<crate::store::state::RemoteTarget>,
+    /// One run per pipeline at a time; released when the run ends.
+    lease: Option<crate::store::lease::Lease>,
+}
+
+impl RemoteRun {
+    /// The key, relative to the output prefix, of a file the sinks wrote under the spool.
+    fn relative(&self, local: &std::path::Path) -> Option<String> {
+        let rel = local.strip_prefix(&self.spool).ok()?;
+        let parts: Vec<String> = rel
+            .components()
+            .map(|c| match c {
+                std::path::Component::Normal(p) => Some(p.to_string_lossy().into_owned()),
+                _ => None,
+            })
+            .collect::<Option<_>>()?;
+        (!parts.is_empty()).then(|| parts.join("/"))
+    }
+
+    /// How a spooled file is shown to people: its final object URL.
+    fn shown(&self, local: &std::path::Path) -> PathBuf {
+        match self.relative(local) {
+            Some(rel) => PathBuf::from(format!("{}/{rel}", self.url.trim_end_matches('/'))),
+            None => local.to_path_buf(),
+        }
+    }
 }
 
 /// What planning produced: the opened source, the locked state, the window and the sinks.
@@ -49,7 +88,8 @@ struct Planned {
     source: Box<dyn Source>,
     projector: Projector,
     transforms: Transforms,
-    _lock: state::PipelineLock,
+    /// The local pipeline lock (a remote run holds a lease in [`RemoteRun`] instead).
+    _lock: Option<state::PipelineLock>,
     st: state::State,
     plan: Plan,
     ctx: SinkContext,
@@ -87,6 +127,13 @@ impl<'a> Run<'a> {
             .clone()
             .unwrap_or_else(|| pipeline.spec.pipeline.output_dir.clone());
         let state_path = pipeline.state_path(&output_dir);
+        let remote = crate::store::is_remote(&output_dir).then(|| RemoteRun {
+            url: output_dir.to_string_lossy().into_owned(),
+            spool: spool_dir(pipeline.name(), &run_id),
+            target: None,
+            lease: None,
+        });
+        let output_dir = remote.as_ref().map_or(output_dir, |r| r.spool.clone());
         Self {
             summary: RunSummary::new(pipeline.name(), &run_id, started_at),
             pipeline,
@@ -97,11 +144,26 @@ impl<'a> Run<'a> {
             grants: 0,
             output_dir,
             state_path,
+            remote,
         }
     }
 
-    /// Every stage in order.
+    /// Every stage in order; a remote run then releases its lease and spool.
     pub(super) async fn execute(&mut self) -> Result<(), Error> {
+        let result = self.stages().await;
+        if let Some(r) = self.remote.take() {
+            let RemoteRun { spool, lease, .. } = r;
+            tokio::task::spawn_blocking(move || {
+                drop(lease);
+                let _ = std::fs::remove_dir_all(&spool);
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("releasing the lease panicked: {e}")))?;
+        }
+        result
+    }
+
+    async fn stages(&mut self) -> Result<(), Error> {
         let mut planned = self.plan().await?;
         let streamed = self.stream(&mut planned).await?;
         let finished = self.finish(streamed).await?;
@@ -146,13 +208,28 @@ impl<'a> Run<'a> {
         let output_dir = &self.output_dir;
         crate::fsutil::ensure_writable_dir(output_dir)
             .map_err(|e| Error::Sink(super::unwritable_output_dir(output_dir, &e)))?;
-        let lock_path = PathBuf::from(format!("{}.lock", self.state_path.display()));
-        let lock = state::acquire(&lock_path, pipeline.name()).map_err(|e| match e {
-            state::LockError::Held { .. } => Error::Locked(e.to_string()),
-            other => Error::State(other.to_string()),
-        })?;
-        let mut st = state::load(&self.state_path, pipeline.name(), source.cursor())
-            .map_err(|e| Error::State(e.to_string()))?;
+        let (lock, mut st) = match self.remote.as_mut() {
+            None => {
+                let lock_path = PathBuf::from(format!("{}.lock", self.state_path.display()));
+                let lock = state::acquire(&lock_path, pipeline.name()).map_err(|e| match e {
+                    state::LockError::Held { .. } => Error::Locked(e.to_string()),
+                    other => Error::State(other.to_string()),
+                })?;
+                let st = state::load(&self.state_path, pipeline.name(), source.cursor())
+                    .map_err(|e| Error::State(e.to_string()))?;
+                (Some(lock), st)
+            }
+            Some(remote) => {
+                let st = open_remote(
+                    pipeline,
+                    remote,
+                    &self.state_path,
+                    &self.run_id,
+                    source.cursor(),
+                )?;
+                (None, st)
+            }
+        };
 
         // The server stamps the cursor with its own clock: read it just before planning.
         let server_clock = source.server_clock().await?;
@@ -174,8 +251,11 @@ impl<'a> Run<'a> {
                 roots.push(parent.to_path_buf());
             }
         }
-        let recovery = state::recover(&self.state_path, &mut st, &roots)
-            .map_err(|e| Error::State(e.to_string()))?;
+        let recovery = match self.remote.as_mut().and_then(|r| r.target.as_mut()) {
+            None => state::recover(&self.state_path, &mut st, &roots),
+            Some(target) => target.recover(&mut st),
+        }
+        .map_err(|e| Error::State(e.to_string()))?;
         self.summary.recovered_run = recovery.rolled_forward.clone();
         self.summary.removed_temp_files = recovery.removed_temps.len() as u64;
         // Recovery may have advanced the watermark: plan again from the recovered state.
@@ -213,8 +293,8 @@ impl<'a> Run<'a> {
         // A fixed name that is already taken stops the run before it reads anything.
         for (i, cfg) in spec.sinks.iter().enumerate() {
             let path = crate::sinks::render_path(cfg.path_template(), &ctx);
-            if !cfg.overwrite() && path.symlink_metadata().is_ok() {
-                return Err(output_exists(pipeline, i, &path));
+            if !cfg.overwrite() && self.final_exists(i, &path)? {
+                return Err(output_exists(pipeline, i, &self.shown(&path)));
             }
         }
         // What receivers acknowledged in earlier runs that did not commit; a
@@ -489,8 +569,14 @@ impl<'a> Run<'a> {
             for o in out.staged_files() {
                 // Split and partitioned sinks name their files only now: check them
                 // before the commit point, where refusing still rolls back cleanly.
-                if !cfg.overwrite() && taken.is_none() && o.final_path.symlink_metadata().is_ok() {
-                    taken = Some(output_exists(pipeline, i, &o.final_path));
+                if !cfg.overwrite() && taken.is_none() {
+                    match self.final_exists(i, &o.final_path) {
+                        Ok(false) => {}
+                        Ok(true) => {
+                            taken = Some(output_exists(pipeline, i, &self.shown(&o.final_path)))
+                        }
+                        Err(e) => taken = Some(e),
+                    }
                 }
                 files.push(PlannedFile {
                     temp: o.temp_path.clone(),
@@ -580,7 +666,16 @@ impl<'a> Run<'a> {
             files,
             advance,
         };
-        if let Err(e) = state::commit(&self.state_path, st, commit_plan) {
+        let committed = match self.remote.as_mut() {
+            None => state::commit(&self.state_path, st, commit_plan),
+            Some(remote) => {
+                let committed = commit_remote(remote, &self.run_id, st, commit_plan);
+                // The spooled files are uploaded or worthless now; the spool goes at the end.
+                finished.discard(after_commit_plan.as_ref());
+                committed
+            }
+        };
+        if let Err(e) = committed {
             // Before the commit point the temps are ours to remove; after it the
             // plan is in the state file and the next run finishes it.
             if st.pending.is_none() {
@@ -597,6 +692,15 @@ impl<'a> Run<'a> {
             warn!("{e}; the next run removes it");
         }
         self.record_outputs(&finished);
+        if let Some(remote) = &self.remote {
+            for o in &mut self.summary.outputs {
+                o.path = remote.shown(&o.path);
+                o.dead_letter = o.dead_letter.as_deref().map(|p| remote.shown(p));
+            }
+            if let Some(q) = &mut self.summary.quarantine_file {
+                *q = remote.shown(q);
+            }
+        }
         info!(
             records = self.summary.records_out,
             outputs = self.summary.outputs.len(),
@@ -682,6 +786,41 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
+    /// Whether sink `sink`'s final file (named by its spool path when remote) exists already.
+    fn final_exists(&self, sink: usize, path: &std::path::Path) -> Result<bool, Error> {
+        let Some(remote) = &self.remote else {
+            return Ok(path.symlink_metadata().is_ok());
+        };
+        let target = remote.target.as_ref().expect("read in the plan stage");
+        let rel = remote.relative(path).ok_or_else(|| {
+            Error::Config(ConfigError::single(
+                &self.pipeline.file,
+                format!(
+                    "sinks[{sink}].{}",
+                    self.pipeline.spec.sinks[sink].path_key()
+                ),
+                format!(
+                    "{} is outside the output location {}: with outputs in object storage, sink \
+                     paths are relative to pipeline.output_dir",
+                    path.display(),
+                    remote.url
+                ),
+            ))
+        })?;
+        let remote_store = target.remote();
+        remote_store
+            .exists(&remote_store.key(&rel))
+            .map_err(|e| Error::Sink(e.to_string()))
+    }
+
+    /// A path as people see it: its object URL when the outputs are remote.
+    fn shown(&self, path: &std::path::Path) -> PathBuf {
+        match &self.remote {
+            Some(r) => r.shown(path),
+            None => path.to_path_buf(),
+        }
+    }
+
     fn run_files(&self) -> RunFiles<'_> {
         RunFiles {
             output_dir: &self.output_dir,
@@ -754,4 +893,155 @@ pub(super) fn open_source(
         source.make_reproducible();
     }
     Ok(source)
+}
+
+/// Where a remote run's sinks write before the upload:
+/// `$EXPENSE_SYNC_SPOOL_DIR` (default: the system temp directory)
+/// `/expense-sync-spool/{pipeline}.{run_id}`.
+fn spool_dir(pipeline: &str, run_id: &str) -> PathBuf {
+    let base = std::env::var_os("EXPENSE_SYNC_SPOOL_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("expense-sync-spool")
+        .join(format!("{pipeline}.{run_id}"))
+}
+
+/// Opens the output store, takes the pipeline's lease and reads the state object.
+fn open_remote(
+    pipeline: &Pipeline,
+    remote: &mut RemoteRun,
+    state_path: &std::path::Path,
+    run_id: &str,
+    cursor: &str,
+) -> Result<state::State, Error> {
+    use crate::store::{Remote, lease, state::RemoteTarget};
+    let unsupported = |key: &str, what: &str| {
+        Error::Config(ConfigError::single(
+            &pipeline.file,
+            key,
+            format!(
+                "{what} is not supported yet with outputs in object storage ({}); use a local \
+                 output_dir for this pipeline",
+                remote.url
+            ),
+        ))
+    };
+    if has_push(pipeline) {
+        return Err(unsupported(
+            "sinks",
+            "an http sink (its push journal is local)",
+        ));
+    }
+    if pipeline.spec.writeback.is_some() {
+        return Err(unsupported("writeback", "the export-status write-back"));
+    }
+    let store = Arc::new(Remote::open(&remote.url).map_err(|e| Error::Sink(e.to_string()))?);
+    let state_url = state_path.to_string_lossy();
+    let state_key = store.key_of_url(&state_url).ok_or_else(|| {
+        Error::Config(ConfigError::single(
+            &pipeline.file,
+            "pipeline.state_path",
+            format!(
+                "{state_url} is not in the output's object store {}: with outputs in object \
+                 storage the state lives in the same store (leave state_path out for \
+                 `{{output_dir}}/{{name}}.state.json`)",
+                remote.url
+            ),
+        ))
+    })?;
+    let ttl = lease::ttl_from_env().map_err(|m| Error::State(m.to_string()))?;
+    let lease_key = crate::store::ObjectKey::from(format!("{}.lease", state_key.as_ref()));
+    let held = lease::Lease::acquire(store.clone(), lease_key, pipeline.name(), run_id, ttl)
+        .map_err(|e| match e {
+            lease::LeaseError::Held(m) => Error::Locked(m),
+            other => Error::State(other.to_string()),
+        })?;
+    remote.lease = Some(held);
+    let (target, st) = RemoteTarget::load(store, state_key, pipeline.name(), cursor)
+        .map_err(|e| Error::State(e.to_string()))?;
+    remote.target = Some(target);
+    Ok(st)
+}
+
+/// The commit stage in object storage: upload every staged file under a
+/// temporary key, then run the commit protocol against the state object.
+fn commit_remote(
+    remote: &mut RemoteRun,
+    run_id: &str,
+    st: &mut state::State,
+    plan: CommitPlan,
+) -> Result<(), state::StateError> {
+    let mut target = remote.target.take().expect("read in the plan stage");
+    let result = upload_and_commit(remote, &mut target, run_id, st, plan);
+    remote.target = Some(target);
+    result
+}
+
+fn upload_and_commit(
+    remote: &RemoteRun,
+    target: &mut crate::store::state::RemoteTarget,
+    run_id: &str,
+    st: &mut state::State,
+    mut plan: CommitPlan,
+) -> Result<(), state::StateError> {
+    let err = |message: String| state::StateError {
+        path: target_location(&remote.url),
+        message,
+    };
+    if remote.lease.as_ref().is_some_and(|l| l.is_lost()) {
+        return Err(err(
+            "this run's lease was taken over by another run (it stalled past the lease's expiry); \
+             nothing was committed"
+                .into(),
+        ));
+    }
+    let store = target.remote().clone();
+    let delete_all = |keys: &[crate::store::ObjectKey]| {
+        for k in keys {
+            if let Err(e) = store.delete(k) {
+                warn!(error = %e, "could not delete a temporary object; the next run removes it");
+            }
+        }
+    };
+    let pipeline = st.pipeline.clone();
+    let mut uploaded = Vec::new();
+    let mut files = Vec::with_capacity(plan.files.len());
+    for f in &plan.files {
+        let rel = remote.relative(&f.final_path).ok_or_else(|| {
+            err(format!(
+                "{} is outside the spool {}",
+                f.final_path.display(),
+                remote.spool.display()
+            ))
+        })?;
+        let temp = target.temp_key(&pipeline, run_id, &rel);
+        if let Err(e) = store.upload_file(&f.temp, &temp) {
+            delete_all(&uploaded);
+            return Err(err(format!("uploading the run's outputs failed: {e}")));
+        }
+        crate::failpoint::hit("remote-uploaded");
+        files.push(PlannedFile {
+            temp: PathBuf::from(temp.as_ref()),
+            final_path: PathBuf::from(store.key(&rel).as_ref()),
+            replace: f.replace,
+        });
+        uploaded.push(temp);
+    }
+    plan.files = files;
+    plan.run.files = plan.run.files.iter().map(|p| remote.shown(p)).collect();
+    let result = state::commit_to(target, st, plan);
+    if result.is_err()
+        && target.refused()
+        && st.pending.as_ref().is_some_and(|p| p.run.run_id == run_id)
+    {
+        // The commit point itself was refused: nothing references this run's objects.
+        st.pending = None;
+        delete_all(&uploaded);
+    }
+    result
+}
+
+fn target_location(url: &str) -> PathBuf {
+    PathBuf::from(url)
 }

@@ -77,23 +77,68 @@ fn state_err(path: &Path, message: String) -> StateError {
     }
 }
 
-/// Runs the protocol for `plan` and leaves `state` as saved.
-pub fn commit(state_path: &Path, state: &mut State, plan: CommitPlan) -> Result<(), StateError> {
-    crate::failpoint::hit("before-commit");
-    state.pending = Some(plan.clone());
-    save(state_path, state)?;
-    crate::failpoint::hit("after-pending");
-    finish_pending(state_path, state)
+/// Where a commit's files and state live: a local directory, or object
+/// storage (`crate::store::state::RemoteTarget`). The protocol above is the
+/// same for both; only saving the state and placing one file differ.
+pub trait Target {
+    /// Saves `state` (the commit point when it carries `pending`).
+    fn save(&mut self, state: &State) -> Result<(), StateError>;
+    /// Moves one planned file into place; must be safe to repeat after a crash at any instant.
+    fn place(&mut self, f: &PlannedFile) -> Result<(), String>;
+    /// The state's location, for messages.
+    fn location(&self) -> PathBuf;
 }
 
-fn finish_pending(state_path: &Path, state: &mut State) -> Result<(), StateError> {
+/// A state file and outputs on the local filesystem.
+#[derive(Debug)]
+pub struct LocalTarget<'a> {
+    /// The state file.
+    pub state_path: &'a Path,
+}
+
+impl Target for LocalTarget<'_> {
+    fn save(&mut self, state: &State) -> Result<(), StateError> {
+        save(self.state_path, state)
+    }
+
+    fn place(&mut self, f: &PlannedFile) -> Result<(), String> {
+        place(f)
+    }
+
+    fn location(&self) -> PathBuf {
+        self.state_path.to_path_buf()
+    }
+}
+
+/// Runs the protocol for `plan` and leaves `state` as saved.
+pub fn commit(state_path: &Path, state: &mut State, plan: CommitPlan) -> Result<(), StateError> {
+    commit_to(&mut LocalTarget { state_path }, state, plan)
+}
+
+/// [`commit`] into any [`Target`].
+pub fn commit_to(
+    target: &mut dyn Target,
+    state: &mut State,
+    plan: CommitPlan,
+) -> Result<(), StateError> {
+    crate::failpoint::hit("before-commit");
+    state.pending = Some(plan.clone());
+    // On an error `pending` stays set: the save may have landed (e.g. only the
+    // directory fsync failed), so the temporaries are left for recovery.
+    target.save(state)?;
+    crate::failpoint::hit("after-pending");
+    finish_pending(target, state)
+}
+
+/// Carries out the pending plan of `state`, if any, and applies it.
+pub fn finish_pending(target: &mut dyn Target, state: &mut State) -> Result<(), StateError> {
     let Some(plan) = state.pending.clone() else {
         return Ok(());
     };
     for f in &plan.files {
-        place(f).map_err(|message| {
+        target.place(f).map_err(|message| {
             state_err(
-                state_path,
+                &target.location(),
                 format!(
                     "committing run {} (window {:?}..{:?}): {message}",
                     plan.run.run_id, plan.run.window_from, plan.run.window_to
@@ -102,7 +147,7 @@ fn finish_pending(state_path: &Path, state: &mut State) -> Result<(), StateError
         })?;
     }
     state.apply(&plan);
-    save(state_path, state)?;
+    target.save(state)?;
     crate::failpoint::hit("after-commit");
     Ok(())
 }
@@ -182,7 +227,7 @@ pub fn recover(
             run_id,
             "the previous run stopped during its commit; finishing it"
         );
-        finish_pending(state_path, state)?;
+        finish_pending(&mut LocalTarget { state_path }, state)?;
         report.rolled_forward = Some(run_id);
     }
     let prefix = format!("{TEMP_PREFIX}{}.", state.pipeline);

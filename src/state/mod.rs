@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-pub use commit::{Advance, CommitPlan, PlannedFile, Recovery, commit, recover};
+pub use commit::{
+    Advance, CommitPlan, LocalTarget, PlannedFile, Recovery, Target, commit, commit_to,
+    finish_pending, recover,
+};
 pub use lock::{LockError, PipelineLock, acquire};
 
 /// Version of the state file format.
@@ -166,7 +169,21 @@ pub fn load(path: &Path, pipeline: &str, cursor_field: &str) -> Result<State, St
         }
         Err(e) => return Err(err(format!("cannot be read: {e}"))),
     };
-    let state: State = serde_json::from_str(&text).map_err(|e| {
+    parse(&text, path, pipeline, cursor_field)
+}
+
+/// Parses and checks state text read from `path` (a file or an object URL).
+pub fn parse(
+    text: &str,
+    path: &Path,
+    pipeline: &str,
+    cursor_field: &str,
+) -> Result<State, StateError> {
+    let err = |message: String| StateError {
+        path: path.to_path_buf(),
+        message,
+    };
+    let state: State = serde_json::from_str(text).map_err(|e| {
         err(format!(
             "is not a valid state file ({e}). It was left untouched; fix it, or move it aside \
              to start over (the next run then exports everything from incremental.start)"
@@ -206,9 +223,7 @@ pub fn save(path: &Path, state: &State) -> Result<(), StateError> {
         path: path.to_path_buf(),
         message,
     };
-    let mut text = serde_json::to_string_pretty(state)
-        .map_err(|e| err(format!("cannot be serialised: {e}")))?;
-    text.push('\n');
+    let text = to_text(state).map_err(err)?;
     let cannot = |e: std::io::Error| err(format!("cannot be written: {e}"));
     let temp = state_temp_path(path, &state.pipeline);
     match std::fs::remove_file(&temp) {
@@ -239,6 +254,14 @@ pub fn save(path: &Path, state: &State) -> Result<(), StateError> {
     })?;
     crate::failpoint::hit("state-save-renamed");
     crate::fsutil::sync_parent_dir(path).map_err(cannot)
+}
+
+/// The state as the file holds it: pretty JSON and a final newline.
+pub fn to_text(state: &State) -> Result<String, String> {
+    let mut text =
+        serde_json::to_string_pretty(state).map_err(|e| format!("cannot be serialised: {e}"))?;
+    text.push('\n');
+    Ok(text)
 }
 
 fn state_temp_tag(pipeline: &str) -> String {

@@ -2,6 +2,8 @@
 //! it, and readers for the files a run writes.
 #![allow(dead_code)]
 
+pub mod s3;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,311 @@
+//! Object storage (S3 and S3-compatible servers, GCS, Azure) for outputs,
+//! state, leases and the vault, through the `object_store` crate.
+//!
+//! A location such as `s3://bucket/prefix` is opened with the provider's
+//! usual environment (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`,
+//! `AWS_ALLOW_HTTP`, …, `GOOGLE_*`, `AZURE_*`). The rest of expense-sync is
+//! synchronous where it touches storage (the commit protocol, the vault), so
+//! [`Remote`] is a blocking facade: each call runs on the store's own small
+//! runtime, on a scoped thread, so it may be called from async code and from
+//! blocking threads alike without nesting runtimes.
+
+pub mod lease;
+pub mod state;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object_store::path::Path as Key;
+use object_store::{
+    ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion, WriteMultipart,
+};
+
+pub use object_store::UpdateVersion as ObjectVersion;
+pub use object_store::path::Path as ObjectKey;
+
+/// URL schemes that name object storage rather than a local directory.
+const SCHEMES: &[&str] = &[
+    "s3://", "s3a://", "gs://", "az://", "azure://", "abfs://", "abfss://",
+];
+/// Files larger than this are uploaded in parts.
+const MULTIPART_OVER: u64 = 8 * 1024 * 1024;
+/// Size of one uploaded part.
+const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Environment variables whose names configure a store (`AWS_REGION` → `aws_region`).
+const ENV_PREFIXES: &[&str] = &["AWS_", "GOOGLE_", "AZURE_"];
+
+/// Whether `location` names object storage (`s3://…`, `gs://…`, `az://…`).
+pub fn is_remote(location: &Path) -> bool {
+    let s = location.to_string_lossy();
+    SCHEMES.iter().any(|p| s.starts_with(p))
+}
+
+/// A failed object-store operation, naming the object and what to do.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{url}: {message}")]
+pub struct StoreError {
+    /// The object or location (`s3://bucket/key`).
+    pub url: String,
+    /// What went wrong.
+    pub message: String,
+    /// A conditional write lost to another writer (HTTP 412 / object exists).
+    pub conflict: bool,
+}
+
+/// One object store and the base URL its keys are shown under.
+pub struct Remote {
+    store: Arc<dyn ObjectStore>,
+    /// `scheme://bucket`, for messages.
+    base: String,
+    /// The key prefix the opened URL pointed at.
+    prefix: Key,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("base", &self.base)
+            .field("prefix", &self.prefix.as_ref())
+            .finish()
+    }
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks; this one may be dropped inside async code.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn error(url: String, e: object_store::Error) -> StoreError {
+    let conflict = matches!(
+        e,
+        object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }
+    );
+    StoreError {
+        url,
+        message: e.to_string(),
+        conflict,
+    }
+}
+
+impl Remote {
+    /// Opens the store `url` names, configured from the environment.
+    pub fn open(url: &str) -> Result<Remote, StoreError> {
+        let options: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| ENV_PREFIXES.iter().any(|p| k.starts_with(p)))
+            .collect();
+        Self::open_with(url, &options)
+    }
+
+    /// Opens the store `url` names with explicit settings (`AWS_ENDPOINT_URL`-style names).
+    pub fn open_with(url: &str, settings: &[(String, String)]) -> Result<Remote, StoreError> {
+        let fail = |message: String| StoreError {
+            url: url.to_string(),
+            message,
+            conflict: false,
+        };
+        let parsed = url::Url::parse(url).map_err(|e| fail(format!("not a valid URL: {e}")))?;
+        let options: Vec<(String, String)> = settings
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect();
+        let (store, prefix) = object_store::parse_url_opts(&parsed, options).map_err(|e| {
+            fail(format!(
+                "cannot open this object store ({e}); check the URL and the AWS_*/GOOGLE_*/AZURE_* \
+                 environment (endpoint, region, credentials; AWS_ALLOW_HTTP=true for a plain-HTTP endpoint)"
+            ))
+        })?;
+        let base = format!("{}://{}", parsed.scheme(), parsed.host_str().unwrap_or(""));
+        Self::with_store(Arc::from(store), &base, prefix)
+    }
+
+    /// A store given directly (tests use an in-memory one).
+    pub fn with_store(
+        store: Arc<dyn ObjectStore>,
+        base: &str,
+        prefix: Key,
+    ) -> Result<Remote, StoreError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("object-store")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError {
+                url: base.to_string(),
+                message: format!("cannot start the object-store runtime: {e}"),
+                conflict: false,
+            })?;
+        Ok(Remote {
+            store,
+            base: base.trim_end_matches('/').to_string(),
+            prefix,
+            runtime: Some(runtime),
+        })
+    }
+
+    /// Runs `fut` on the store's runtime and waits for it, from any context.
+    fn block<T: Send>(&self, fut: impl std::future::Future<Output = T> + Send) -> T {
+        let rt = self.runtime.as_ref().expect("runtime lives until drop");
+        std::thread::scope(|s| {
+            s.spawn(|| rt.block_on(fut))
+                .join()
+                .expect("object-store call panicked")
+        })
+    }
+
+    /// The key prefix of the opened URL.
+    pub fn prefix(&self) -> &Key {
+        &self.prefix
+    }
+
+    /// `rel` (slash-separated) under the prefix.
+    pub fn key(&self, rel: &str) -> Key {
+        let prefix = self.prefix.as_ref().trim_end_matches('/');
+        if prefix.is_empty() {
+            Key::from(rel)
+        } else {
+            Key::from(format!("{prefix}/{rel}"))
+        }
+    }
+
+    /// The key of a URL in this store (`s3://bucket/a/b` → `a/b`), if it is in this store.
+    pub fn key_of_url(&self, url: &str) -> Option<Key> {
+        let rest = url.strip_prefix(&self.base)?.strip_prefix('/')?;
+        Some(Key::from(rest))
+    }
+
+    /// How a key is shown to people: `s3://bucket/key`.
+    pub fn url(&self, key: &Key) -> String {
+        format!("{}/{}", self.base, key.as_ref())
+    }
+
+    /// The object's bytes and version, or `None` if it does not exist.
+    pub fn get(&self, key: &Key) -> Result<Option<(Bytes, UpdateVersion)>, StoreError> {
+        self.block(async {
+            match self.store.get(key).await {
+                Ok(r) => {
+                    let version = UpdateVersion {
+                        e_tag: r.meta.e_tag.clone(),
+                        version: r.meta.version.clone(),
+                    };
+                    let bytes = r.bytes().await.map_err(|e| error(self.url(key), e))?;
+                    Ok(Some((bytes, version)))
+                }
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(error(self.url(key), e)),
+            }
+        })
+    }
+
+    /// Writes `bytes` at `key`: `Create` fails if it exists, `Update` if it changed since read.
+    pub fn put(&self, key: &Key, bytes: Bytes, mode: PutMode) -> Result<UpdateVersion, StoreError> {
+        self.block(async {
+            let r = self
+                .store
+                .put_opts(key, PutPayload::from(bytes), PutOptions::from(mode))
+                .await
+                .map_err(|e| error(self.url(key), e))?;
+            Ok(UpdateVersion {
+                e_tag: r.e_tag,
+                version: r.version,
+            })
+        })
+    }
+
+    /// Whether an object exists at `key`.
+    pub fn exists(&self, key: &Key) -> Result<bool, StoreError> {
+        self.block(async {
+            match self.store.head(key).await {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::NotFound { .. }) => Ok(false),
+                Err(e) => Err(error(self.url(key), e)),
+            }
+        })
+    }
+
+    /// Deletes `key`; a missing object is not an error.
+    pub fn delete(&self, key: &Key) -> Result<(), StoreError> {
+        self.block(async {
+            match self.store.delete(key).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(error(self.url(key), e)),
+            }
+        })
+    }
+
+    /// Every key under `prefix`.
+    pub fn list(&self, prefix: &Key) -> Result<Vec<Key>, StoreError> {
+        use futures::TryStreamExt;
+        self.block(async {
+            self.store
+                .list(Some(prefix))
+                .map_ok(|m| m.location)
+                .try_collect()
+                .await
+                .map_err(|e| error(self.url(prefix), e))
+        })
+    }
+
+    /// Server-side copy, replacing whatever is at `to`.
+    pub fn copy(&self, from: &Key, to: &Key) -> Result<(), StoreError> {
+        self.block(async {
+            self.store
+                .copy(from, to)
+                .await
+                .map_err(|e| error(self.url(to), e))
+        })
+    }
+
+    /// Uploads a local file to `key` (in parts when large), replacing what is there.
+    pub fn upload_file(&self, local: &Path, key: &Key) -> Result<(), StoreError> {
+        use std::io::Read;
+        let fail = |what: &str, e: std::io::Error| StoreError {
+            url: self.url(key),
+            message: format!("cannot {what} {}: {e}", local.display()),
+            conflict: false,
+        };
+        let len = std::fs::metadata(local).map_err(|e| fail("read", e))?.len();
+        if len <= MULTIPART_OVER {
+            let bytes = std::fs::read(local).map_err(|e| fail("read", e))?;
+            return self
+                .put(key, Bytes::from(bytes), PutMode::Overwrite)
+                .map(|_| ());
+        }
+        let mut file = std::fs::File::open(local).map_err(|e| fail("open", e))?;
+        self.block(async {
+            let upload = self
+                .store
+                .put_multipart(key)
+                .await
+                .map_err(|e| error(self.url(key), e))?;
+            let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+            let mut buf = vec![0u8; PART_SIZE];
+            loop {
+                let n = match file.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = writer.abort().await;
+                        return Err(fail("read", e));
+                    }
+                };
+                writer
+                    .wait_for_capacity(4)
+                    .await
+                    .map_err(|e| error(self.url(key), e))?;
+                writer.write(&buf[..n]);
+                crate::failpoint::hit("remote-part-uploaded");
+            }
+            writer
+                .finish()
+                .await
+                .map(|_| ())
+                .map_err(|e| error(self.url(key), e))
+        })
+    }
+}
