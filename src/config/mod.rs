@@ -94,10 +94,10 @@ pub struct PipelineFile {
     pub writeback: Option<toml::Table>,
     /// `[metrics]`: a textfile for node-exporter and/or a Pushgateway, written at the end of each run.
     #[serde(default)]
-    pub metrics: Option<crate::metrics::MetricsConfig>,
+    pub metrics: Option<crate::metrics::config::MetricsConfig>,
     /// `[[notify]]`: post the run summary to team chat or a webhook after each run.
     #[serde(default)]
-    pub notify: Vec<crate::notify::NotifyConfig>,
+    pub notify: Vec<crate::notify::config::NotifyConfig>,
 }
 
 /// A loaded and validated pipeline.

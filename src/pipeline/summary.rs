@@ -117,7 +117,7 @@ pub struct RunSummary {
     pub error: Option<String>,
     /// Notifications sent after the run (`[[notify]]`); failures never change the outcome.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub notify: Option<crate::notify::NotifySummary>,
+    pub notify: Option<crate::notify::config::NotifySummary>,
 }
 
 impl RunSummary {
