@@ -442,3 +442,109 @@ async fn concurrent_updates_of_a_vault_in_object_storage_lose_no_rotated_token()
     assert!(!raw.contains("token-"), "{raw}");
     assert!(raw.contains("chacha20poly1305"), "{raw}");
 }
+
+/// Stores a Fyle connection to `sim` as `name` in the vault at `path`.
+fn add_tenant(path: &Path, name: &str, sim: &Simulator) {
+    use expense_sync::auth::vault::{GrantKind, Profile};
+    use expense_sync::auth::{Connection, Vault, VaultError};
+    use secrecy::SecretString;
+    let c = sim.credentials();
+    let mut conn = Connection::new(
+        Profile::Fyle,
+        GrantKind::RefreshToken,
+        &sim.accounts_url(),
+        &c.client_id,
+    );
+    conn.client_secret = Some(SecretString::from(c.client_secret.clone()));
+    conn.refresh_token = Some(SecretString::from(c.refresh_token.clone()));
+    Vault::open(path)
+        .update(|all| {
+            all.insert(name.to_string(), conn);
+            Ok::<_, VaultError>(())
+        })
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_of_many_tenants_commit_each_tenant_once_under_its_own_prefix_in_the_store() {
+    let s3 = S3Server::start("tenants").await;
+    let names = ["acme", "globex", "initech", "umbrella"];
+    let mut sims = Vec::new();
+    for i in 0..names.len() {
+        sims.push(simulator(60 + 11 * i, 200 + i as u64, None).await);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let vault = dir.path().join("vault.json");
+    for (name, sim) in names.iter().zip(&sims) {
+        add_tenant(&vault, name, sim);
+    }
+    // The file's own [connection] is replaced by each tenant's vault connection.
+    let text = pipeline(&sims[0], "p", &s3.url("orgs/{tenant}"))
+        .replace(
+            &format!("accounts_url = \"{}\"", sims[0].accounts_url()),
+            "vault = \"per-tenant\"",
+        )
+        .replace("client_id = { env = \"FYLE_CLIENT_ID\" }\n", "")
+        .replace("client_secret = { env = \"FYLE_CLIENT_SECRET\" }\n", "")
+        .replace("refresh_token = { env = \"FYLE_REFRESH_TOKEN\" }\n", "");
+    let file = dir.path().join("p.toml");
+    std::fs::write(&file, text).unwrap();
+
+    // Two shard processes, started as an Indexed Job starts its pods.
+    let run_shards = || async {
+        let mut outs = Vec::new();
+        for index in ["0", "1"] {
+            let mut cmd = tokio::process::Command::new(BIN);
+            cmd.arg("--vault")
+                .arg(&vault)
+                .arg("run")
+                .arg(&file)
+                .args(["--connections", "all", "--shards", "2"])
+                .current_dir(dir.path())
+                .env("JOB_COMPLETION_INDEX", index)
+                .env(
+                    "EXPENSE_SYNC_SPOOL_DIR",
+                    dir.path().join(format!("spool{index}")),
+                )
+                .env_remove("EXPENSE_SYNC_LOG")
+                .env_remove("FYLE_ACCOUNTS_URL")
+                .env_remove("EXPENSE_SYNC_SHARDS")
+                .kill_on_drop(true);
+            for (k, v) in s3.env() {
+                cmd.env(k, v);
+            }
+            outs.push(cmd.output());
+        }
+        futures::future::join_all(outs).await
+    };
+    for round in 0..2 {
+        let mut ran = Vec::new();
+        for o in run_shards().await {
+            let o = o.unwrap();
+            assert!(o.status.success(), "round {round}: {}", stderr(&o));
+            let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            for t in s["tenants"].as_array().unwrap() {
+                assert_eq!(t["status"], "ok", "{t}");
+                ran.push(t["tenant"].as_str().unwrap().to_string());
+            }
+        }
+        ran.sort();
+        assert_eq!(
+            ran, names,
+            "round {round}: each tenant run by exactly one shard"
+        );
+        for (name, sim) in names.iter().zip(&sims) {
+            let prefix = format!("orgs/{name}");
+            assert_exactly_once_in(&s3, &prefix, sim).await;
+            let state = state_json(&s3, &format!("{prefix}/p.state.json")).await;
+            assert!(state["watermark"].is_string(), "{name}: {state}");
+            assert!(leftovers(&s3, &prefix).await.is_empty(), "{name}");
+        }
+        for sim in &sims {
+            sim.mutate(4);
+        }
+    }
+    for sim in sims {
+        sim.shutdown().await;
+    }
+}

@@ -110,7 +110,7 @@ struct Finished {
     outputs: Vec<SinkOutput>,
     quarantine: Option<StagedFile>,
     dedup: Dedup,
-    exported: Option<Vec<String>>,
+    exported: Option<crate::sources::ExportedIds>,
     progress: progress::Progress,
 }
 
@@ -390,7 +390,14 @@ impl<'a> Run<'a> {
             },
             // A sample is for looking at: marking it exported in Fyle could hide those
             // records from the real runs whose filters leave exported ones out.
-            exported: (planned.source.wants_exported_ids() && opts.limit.is_none()).then(Vec::new),
+            exported: (planned.source.wants_exported_ids() && opts.limit.is_none())
+                .then(crate::sources::ExportedIds::new)
+                .transpose()
+                .map_err(|e| {
+                    Error::Sink(format!(
+                        "cannot create the exported-ids spool in the temporary directory: {e}"
+                    ))
+                })?,
         };
         let page_rx = match opts.limit {
             Some(n) => take_records(page_rx, n),
@@ -603,7 +610,7 @@ impl<'a> Run<'a> {
         for d in finished.outputs.iter().filter_map(|o| o.delivery.as_ref()) {
             rejected_ids.extend(d.rejected_ids.iter().cloned());
         }
-        let after_commit_plan = match &finished.exported {
+        let after_commit_plan = match &mut finished.exported {
             Some(ids) => {
                 match planned
                     .source

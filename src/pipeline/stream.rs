@@ -75,7 +75,7 @@ pub(super) struct TransformStage {
     pub(super) quarantine: Quarantine,
     pub(super) dedup: Dedup,
     /// Ids of the exported records, when the source's after-commit hook needs them.
-    pub(super) exported: Option<Vec<String>>,
+    pub(super) exported: Option<crate::sources::ExportedIds>,
 }
 
 impl TransformStage {
@@ -111,7 +111,11 @@ impl TransformStage {
                 match self.projector.project(record) {
                     Ok(row) => {
                         if let Some(ids) = self.exported.as_mut() {
-                            ids.push(crate::record::record_id(record));
+                            ids.push(&crate::record::record_id(record)).map_err(|e| {
+                                Error::Sink(format!(
+                                    "the exported-ids spool (temporary directory): {e}"
+                                ))
+                            })?;
                         }
                         batch.rows.push(row);
                         versions.push(version);

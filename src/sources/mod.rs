@@ -6,6 +6,7 @@
 //! `Box<dyn Source>`. Adding a source is one folder plus one registration
 //! line in [`SourceConfig`].
 
+pub mod exported;
 pub mod fyle;
 pub mod ringcentral;
 
@@ -22,6 +23,7 @@ use crate::error::Error;
 use crate::fsutil::StagedFile;
 use crate::http::{HttpClient, ServerClock};
 
+pub use exported::ExportedIds;
 pub use fyle::WriteBackSummary as AfterCommitSummary;
 
 /// The half-open time range `[from, to)` of the cursor field a run covers.
@@ -125,7 +127,7 @@ pub trait Source: Send + Sync {
     fn stage_after_commit(
         &self,
         _run: &RunFiles<'_>,
-        _exported: &[String],
+        _exported: &mut ExportedIds,
         _rejected: &HashMap<String, String>,
     ) -> Result<Option<StagedFile>, Error> {
         Ok(None)

@@ -212,7 +212,7 @@ impl Source for FyleSource {
     fn stage_after_commit(
         &self,
         run: &RunFiles<'_>,
-        exported: &[String],
+        exported: &mut crate::sources::ExportedIds,
         rejected: &HashMap<String, String>,
     ) -> Result<Option<StagedFile>, Error> {
         if self.writeback.is_none() || exported.is_empty() {

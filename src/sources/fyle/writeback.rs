@@ -96,17 +96,17 @@ pub fn plan_path(output_dir: &Path, pipeline: &str, run_id: &str) -> PathBuf {
 pub fn stage_plan(
     final_path: &Path,
     temp_tag: &str,
-    exported: &[String],
+    exported: &mut crate::sources::ExportedIds,
     rejected: &HashMap<String, String>,
 ) -> std::io::Result<StagedFile> {
     let (staged, file) = StagedFile::create(final_path, temp_tag)?;
     let mut w = std::io::BufWriter::new(file);
     let written = (|| {
-        for id in exported {
+        exported.for_each(|id| {
             let line = json!({"id": id, "rejected": rejected.get(id)});
             serde_json::to_writer(&mut w, &line)?;
-            w.write_all(b"\n")?;
-        }
+            w.write_all(b"\n")
+        })?;
         w.flush()?;
         sync_file(w.get_ref(), &staged.temp_path)
     })();
@@ -151,23 +151,39 @@ pub async fn run_pending(
 ) -> WriteBackSummary {
     let mut total = WriteBackSummary::default();
     for path in pending_plans(output_dir, pipeline) {
-        let (exported, rejected) = match read_plan(&path) {
+        // A plan is read one batch at a time: a backfill's plan can hold a
+        // million ids. Marking is idempotent, so a plan that turns out
+        // unreadable half-way is simply left for the next run.
+        let cannot_read = |e: std::io::Error| {
+            format!(
+                "cannot read the write-back plan {}: {e}; fix or delete it",
+                path.display()
+            )
+        };
+        let mut plan = match PlanReader::open(&path) {
             Ok(p) => p,
             Err(e) => {
-                total.failed = Some(format!(
-                    "cannot read the write-back plan {}: {e}; fix or delete it",
-                    path.display()
-                ));
+                total.failed = Some(cannot_read(e));
                 return total;
             }
         };
-        let s = write_back(client, cfg, &exported, &rejected).await;
-        total.complete += s.complete;
-        total.error += s.error;
-        total.skipped_deleted += s.skipped_deleted;
-        if s.failed.is_some() {
-            total.failed = s.failed;
-            return total;
+        loop {
+            let (exported, rejected) = match plan.next_batch(cfg.batch_size) {
+                Ok(Some(batch)) => batch,
+                Ok(None) => break,
+                Err(e) => {
+                    total.failed = Some(cannot_read(e));
+                    return total;
+                }
+            };
+            let s = write_back(client, cfg, &exported, &rejected).await;
+            total.complete += s.complete;
+            total.error += s.error;
+            total.skipped_deleted += s.skipped_deleted;
+            if s.failed.is_some() {
+                total.failed = s.failed;
+                return total;
+            }
         }
         if let Err(e) = std::fs::remove_file(&path) {
             total.failed = Some(format!(
@@ -181,28 +197,45 @@ pub async fn run_pending(
     total
 }
 
-#[allow(clippy::type_complexity)]
-fn read_plan(path: &Path) -> std::io::Result<(Vec<String>, HashMap<String, String>)> {
-    let file = std::io::BufReader::new(std::fs::File::open(path)?);
-    let mut exported = Vec::new();
-    let mut rejected = HashMap::new();
-    for line in file.lines() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: Value = serde_json::from_str(&line).map_err(std::io::Error::other)?;
-        let id = v
-            .get("id")
-            .and_then(Value::as_str)
-            .ok_or_else(|| std::io::Error::other("a line without an \"id\""))?
-            .to_string();
-        if let Some(reason) = v.get("rejected").and_then(Value::as_str) {
-            rejected.insert(id.clone(), reason.to_string());
-        }
-        exported.push(id);
+/// Reads a staged plan a batch of lines at a time.
+struct PlanReader {
+    lines: std::io::Lines<std::io::BufReader<std::fs::File>>,
+}
+
+impl PlanReader {
+    fn open(path: &Path) -> std::io::Result<Self> {
+        Ok(Self {
+            lines: std::io::BufReader::new(std::fs::File::open(path)?).lines(),
+        })
     }
-    Ok((exported, rejected))
+
+    /// Up to `size` ids with the receiver's reasons for the rejected ones; `None` at the end.
+    #[allow(clippy::type_complexity)]
+    fn next_batch(
+        &mut self,
+        size: usize,
+    ) -> std::io::Result<Option<(Vec<String>, HashMap<String, String>)>> {
+        let mut exported = Vec::new();
+        let mut rejected = HashMap::new();
+        while exported.len() < size.max(1) {
+            let Some(line) = self.lines.next() else { break };
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let v: Value = serde_json::from_str(&line).map_err(std::io::Error::other)?;
+            let id = v
+                .get("id")
+                .and_then(Value::as_str)
+                .ok_or_else(|| std::io::Error::other("a line without an \"id\""))?
+                .to_string();
+            if let Some(reason) = v.get("rejected").and_then(Value::as_str) {
+                rejected.insert(id.clone(), reason.to_string());
+            }
+            exported.push(id);
+        }
+        Ok((!exported.is_empty()).then_some((exported, rejected)))
+    }
 }
 
 /// What the write-back did, for the run summary.
@@ -336,7 +369,35 @@ async fn existing_ids(client: &FyleClient, ids: &[&str]) -> Result<HashSet<Strin
 
 #[cfg(test)]
 mod tests {
-    use super::existing_ids_query;
+    use std::collections::HashMap;
+
+    use super::{PlanReader, existing_ids_query, stage_plan};
+    use crate::sources::ExportedIds;
+
+    #[test]
+    fn a_staged_plan_is_read_back_one_batch_at_a_time_with_its_rejections() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ids = ExportedIds::new().unwrap();
+        for i in 0..25 {
+            ids.push(&format!("tx{i:02}")).unwrap();
+        }
+        let rejected = HashMap::from([("tx07".to_string(), "bad account".to_string())]);
+        let path = dir.path().join("p.r1.writeback.jsonl");
+        let staged = stage_plan(&path, "t1", &mut ids, &rejected).unwrap();
+        let mut plan = PlanReader::open(&staged.temp_path).unwrap();
+        let mut sizes = Vec::new();
+        let mut all = Vec::new();
+        let mut reasons = HashMap::new();
+        while let Some((batch, rej)) = plan.next_batch(10).unwrap() {
+            sizes.push(batch.len());
+            all.extend(batch);
+            reasons.extend(rej);
+        }
+        assert_eq!(sizes, [10, 10, 5]);
+        assert_eq!(all.len(), 25);
+        assert_eq!(all[24], "tx24");
+        assert_eq!(reasons, rejected);
+    }
 
     #[test]
     fn ids_are_listed_as_filter_literals_quoted_only_when_needed() {
