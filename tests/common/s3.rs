@@ -62,63 +62,78 @@ impl S3Server {
     /// Starts a server and creates `bucket` (at least 3 characters).
     pub async fn start(bucket: &str) -> S3Server {
         let bin = weed_bin();
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("s3.json");
-        std::fs::write(
-            &config,
-            format!(
-                r#"{{"identities":[{{"name":"tests","credentials":[{{"accessKey":"{ACCESS_KEY}","secretKey":"{SECRET_KEY}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
-            ),
-        )
-        .unwrap();
-        let data = dir.path().join("data");
-        std::fs::create_dir(&data).unwrap();
-        let s3 = free_port();
-        let mut args: Vec<String> = vec![
-            "server".into(),
-            format!("-dir={}", data.display()),
-            "-ip=127.0.0.1".into(),
-            "-ip.bind=127.0.0.1".into(),
-            "-s3".into(),
-            format!("-s3.port={s3}"),
-            format!("-s3.config={}", config.display()),
-            "-s3.port.iceberg=0".into(),
-            "-s3.port.lance=0".into(),
-            "-master.telemetry=false".into(),
-            "-volume.max=0".into(),
-        ];
-        for flag in [
-            "master.port",
-            "master.port.grpc",
-            "volume.port",
-            "volume.port.grpc",
-            "filer.port",
-            "filer.port.grpc",
-            "s3.port.grpc",
-        ] {
-            args.push(format!("-{flag}={}", free_port()));
+        // A port found free can be taken by a parallel test's server before
+        // this one binds it; such a server exits at once, and the next
+        // attempt uses fresh ports.
+        let mut last = String::new();
+        for _attempt in 0..4 {
+            let dir = tempfile::tempdir().unwrap();
+            let config = dir.path().join("s3.json");
+            std::fs::write(
+                &config,
+                format!(
+                    r#"{{"identities":[{{"name":"tests","credentials":[{{"accessKey":"{ACCESS_KEY}","secretKey":"{SECRET_KEY}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
+                ),
+            )
+            .unwrap();
+            let data = dir.path().join("data");
+            std::fs::create_dir(&data).unwrap();
+            let s3 = free_port();
+            let mut args: Vec<String> = vec![
+                "server".into(),
+                format!("-dir={}", data.display()),
+                "-ip=127.0.0.1".into(),
+                "-ip.bind=127.0.0.1".into(),
+                "-s3".into(),
+                format!("-s3.port={s3}"),
+                format!("-s3.config={}", config.display()),
+                "-s3.port.iceberg=0".into(),
+                "-s3.port.lance=0".into(),
+                "-master.telemetry=false".into(),
+                "-volume.max=0".into(),
+            ];
+            for flag in [
+                "master.port",
+                "master.port.grpc",
+                "volume.port",
+                "volume.port.grpc",
+                "filer.port",
+                "filer.port.grpc",
+                "s3.port.grpc",
+            ] {
+                args.push(format!("-{flag}={}", free_port()));
+            }
+            let log = std::fs::File::create(dir.path().join("weed.log")).unwrap();
+            let child = Command::new(&bin)
+                .args(&args)
+                .current_dir(dir.path())
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+            let mut server = S3Server {
+                child,
+                endpoint: format!("http://127.0.0.1:{s3}"),
+                bucket: bucket.to_string(),
+                _dir: dir,
+            };
+            match server.wait_ready().await {
+                Ok(()) => return server,
+                Err(status) => {
+                    let log = std::fs::read_to_string(server._dir.path().join("weed.log"))
+                        .unwrap_or_default();
+                    let tail: String = log.lines().rev().take(15).collect::<Vec<_>>().join("\n");
+                    last = format!(
+                        "exited with {status}; the last lines of its log, newest first:\n{tail}"
+                    );
+                }
+            }
         }
-        let log = std::fs::File::create(dir.path().join("weed.log")).unwrap();
-        let child = Command::new(&bin)
-            .args(&args)
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let mut server = S3Server {
-            child,
-            endpoint: format!("http://127.0.0.1:{s3}"),
-            bucket: bucket.to_string(),
-            _dir: dir,
-        };
-        server.wait_ready().await;
-        server
+        panic!("SeaweedFS did not start in 4 attempts; the last one {last}");
     }
-
     /// Waits until the bucket accepts a write (the server creates it on the first one).
-    async fn wait_ready(&mut self) {
+    async fn wait_ready(&mut self) -> Result<(), std::process::ExitStatus> {
         let store = self.store();
         let started = Instant::now();
         let marker = object_store::path::Path::from(".ready");
@@ -127,7 +142,7 @@ impl S3Server {
                 .put_opts(&marker, "ok".into(), Default::default())
                 .await;
             match put {
-                Ok(_) => return,
+                Ok(_) => return Ok(()),
                 Err(e) if started.elapsed() > Duration::from_secs(60) => {
                     let log = std::fs::read_to_string(self._dir.path().join("weed.log"))
                         .unwrap_or_default();
@@ -143,7 +158,7 @@ impl S3Server {
                 }
                 Err(_) => {
                     if let Ok(Some(status)) = self.child.try_wait() {
-                        panic!("SeaweedFS exited early with {status}");
+                        return Err(status);
                     }
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
