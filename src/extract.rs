@@ -12,7 +12,9 @@
 //! The page's bytes are kept alongside ([`PageSource`]) so that a record which
 //! must be quarantined is written as the server sent it, not as the pruned tree.
 
-use std::collections::HashMap;
+/// Key lookups happen for every key of every record: a fast non-DoS-resistant
+/// hash is fine for keys chosen by the pipeline file.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::fmt;
 use std::ops::Range;
 use std::sync::OnceLock;
@@ -57,7 +59,7 @@ impl FieldSet {
     /// No field yet; add what is read with [`FieldSet::add_path`] and [`FieldSet::add_key`].
     pub fn nothing() -> Self {
         Self {
-            root: Need::Keys(HashMap::new()),
+            root: Need::Keys(HashMap::default()),
         }
     }
 
@@ -75,7 +77,7 @@ impl FieldSet {
                 Need::Keys(keys) => {
                     need = keys
                         .entry(key.to_string())
-                        .or_insert_with(|| Need::Keys(HashMap::new()));
+                        .or_insert_with(|| Need::Keys(HashMap::default()));
                 }
             }
         }
