@@ -18,53 +18,17 @@ const EXIT_LOCKED: i32 = 7;
 
 /// An incremental pipeline with outputs in `output_dir`: a CSV and a Parquet file per run.
 fn pipeline(sim: &Simulator, name: &str, output_dir: &str) -> String {
+    let text = incremental_text(sim, name, "page_size = 50")
+        .replace(
+            "[pipeline]\n",
+            &format!("[pipeline]\noutput_dir = \"{output_dir}\"\n"),
+        )
+        .replace(
+            "path = \"{pipeline}-{run_id}.csv\"",
+            "path = \"csv/{pipeline}-{run_id}.csv\"",
+        );
     format!(
-        r#"
-[pipeline]
-name = "{name}"
-output_dir = "{output_dir}"
-
-[connection]
-accounts_url = "{accounts}"
-client_id = {{ env = "FYLE_CLIENT_ID" }}
-client_secret = {{ env = "FYLE_CLIENT_SECRET" }}
-refresh_token = {{ env = "FYLE_REFRESH_TOKEN" }}
-
-[http]
-requests_per_second = 1000
-initial_backoff = "20ms"
-
-[source]
-type = "fyle"
-resource = "expenses"
-safety_lag = "0s"
-page_size = 50
-
-[incremental]
-lookback = "2s"
-
-[[columns]]
-name = "id"
-path = "id"
-
-[[columns]]
-name = "updated_at"
-path = "updated_at"
-
-[[columns]]
-name = "amount"
-path = "amount"
-type = "decimal"
-
-[[sinks]]
-type = "csv"
-path = "csv/{{pipeline}}-{{run_id}}.csv"
-
-[[sinks]]
-type = "parquet"
-path = "parquet/{{pipeline}}-{{run_id}}.parquet"
-"#,
-        accounts = sim.accounts_url(),
+        "{text}\n[[sinks]]\ntype = \"parquet\"\npath = \"parquet/{{pipeline}}-{{run_id}}.parquet\"\n"
     )
 }
 

@@ -65,50 +65,25 @@ fn default_accounts_url() -> String {
 impl FyleConnectionConfig {
     /// Checks what can be checked without reading secrets.
     pub fn validate(&self, prefix: &str) -> Vec<Problem> {
-        let mut p = Vec::new();
-        match Url::parse(&self.accounts_url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-            _ => p.push(Problem::new(
-                format!("{prefix}.accounts_url"),
-                format!(
-                    "`{}` is not an http(s) URL; expected e.g. \"{DEFAULT_ACCOUNTS_URL}\"",
-                    self.accounts_url
-                ),
-            )),
-        }
-        let given = [
-            ("client_id", self.client_id.is_some()),
-            ("client_secret", self.client_secret.is_some()),
-            ("refresh_token", self.refresh_token.is_some()),
-        ];
-        match &self.vault {
-            Some(name) => {
-                if name.is_empty() {
-                    p.push(Problem::new(
-                        format!("{prefix}.vault"),
-                        "is empty; give the name of a stored connection (see `expense-sync auth list`)",
-                    ));
-                }
-                for (k, present) in given {
-                    if present {
-                        p.push(Problem::new(
-                            format!("{prefix}.{k}"),
-                            "cannot be combined with connection.vault: the vault connection carries its own credentials; remove one of them",
-                        ));
-                    }
-                }
-            }
-            None => {
-                for (k, present) in given {
-                    if !present {
-                        p.push(Problem::new(
-                            format!("{prefix}.{k}"),
-                            "is required but missing (or use a stored connection: vault = \"name\")",
-                        ));
-                    }
-                }
-            }
-        }
+        use crate::common::connection::{check_http_url, check_vault_or_inline};
+        let mut p: Vec<Problem> = check_http_url(
+            format!("{prefix}.accounts_url"),
+            &self.accounts_url,
+            DEFAULT_ACCOUNTS_URL,
+        )
+        .into_iter()
+        .collect();
+        p.extend(check_vault_or_inline(
+            prefix,
+            self.vault.as_deref(),
+            &[
+                ("client_id", self.client_id.is_some()),
+                ("client_secret", self.client_secret.is_some()),
+                ("refresh_token", self.refresh_token.is_some()),
+            ],
+            &["client_id", "client_secret", "refresh_token"],
+            "",
+        ));
         p
     }
 

@@ -3,6 +3,7 @@
 //! A leaf: nothing here imports from the rest of the crate, so components can
 //! use it without depending on the config module that collects them all.
 
+pub mod connection;
 pub mod duration;
 pub mod keys;
 mod secret;

@@ -547,13 +547,12 @@ impl HttpClient {
         self.inner.groups.wait_ready(&req.method, &req.url).await;
         match &self.tenant {
             Some(t) => {
-                let asked = Instant::now();
-                self.inner
+                if self
+                    .inner
                     .fair
                     .until_ready(&self.inner.limiter, &t.name)
-                    .await;
-                // Turns are handed out in order, so only a wait says the limit was reached.
-                if asked.elapsed() >= Duration::from_millis(2) {
+                    .await
+                {
                     self.mark_rate_bound();
                 }
             }

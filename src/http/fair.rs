@@ -25,13 +25,13 @@ pub(crate) struct FairQueue {
 
 #[derive(Default)]
 struct Waiting {
-    queues: BTreeMap<Arc<str>, VecDeque<oneshot::Sender<()>>>,
+    queues: BTreeMap<Arc<str>, VecDeque<oneshot::Sender<bool>>>,
     /// The tenant served last; the next slot goes to the next waiting tenant after it.
     last: Option<Arc<str>>,
 }
 
 impl Waiting {
-    fn pop_next(&mut self) -> Option<oneshot::Sender<()>> {
+    fn pop_next(&mut self) -> Option<oneshot::Sender<bool>> {
         let after = self.last.as_ref().and_then(|last| {
             self.queues
                 .range::<str, _>((Bound::Excluded(&**last), Bound::Unbounded))
@@ -50,8 +50,13 @@ impl Waiting {
 }
 
 impl FairQueue {
-    /// Waits until `limiter` allows one request for `tenant`, taking turns with other tenants.
-    pub(crate) async fn until_ready(&self, limiter: &DefaultDirectRateLimiter, tenant: &Arc<str>) {
+    /// Waits until `limiter` allows one request for `tenant`, taking turns with
+    /// other tenants; returns whether the slot had to wait for the limiter.
+    pub(crate) async fn until_ready(
+        &self,
+        limiter: &DefaultDirectRateLimiter,
+        tenant: &Arc<str>,
+    ) -> bool {
         let (tx, mut rx) = oneshot::channel();
         self.waiting
             .lock()
@@ -63,15 +68,18 @@ impl FairQueue {
         loop {
             tokio::select! {
                 biased;
-                _ = &mut rx => return,
+                waited = &mut rx => return waited.unwrap_or(false),
                 guard = self.dispatch.lock() => {
-                    limiter.until_ready().await;
+                    let waited = limiter.check().is_err();
+                    if waited {
+                        limiter.until_ready().await;
+                    }
                     // The slot goes to the next tenant in turn (perhaps this
                     // one); a waiter that gave up meanwhile is skipped.
                     loop {
                         let next = self.waiting.lock().expect("fair queue").pop_next();
                         let Some(tx) = next else { break };
-                        if tx.send(()).is_ok() {
+                        if tx.send(waited).is_ok() {
                             break;
                         }
                     }
@@ -135,13 +143,13 @@ mod tests {
         let mut w = Waiting::default();
         let mut rxs = Vec::new();
         for t in ["a", "a", "a", "b", "c"] {
-            let (tx, rx) = oneshot::channel::<()>();
+            let (tx, rx) = oneshot::channel::<bool>();
             w.queues.entry(Arc::from(t)).or_default().push_back(tx);
             rxs.push((t, rx));
         }
         let mut served = Vec::new();
         while let Some(tx) = w.pop_next() {
-            tx.send(()).unwrap();
+            tx.send(false).unwrap();
             served.push(w.last.as_deref().unwrap().to_string());
         }
         assert_eq!(served, ["a", "b", "c", "a", "a"]);

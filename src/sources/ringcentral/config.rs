@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use secrecy::ExposeSecret;
 use serde::Deserialize;
-use url::Url;
 
 use super::{MAX_PER_PAGE, View};
 use crate::auth::Connection;
@@ -82,52 +81,25 @@ pub struct RcConnectionConfig {
 impl RcConnectionConfig {
     /// Checks what can be checked without reading secrets.
     pub fn validate(&self, prefix: &str) -> Vec<Problem> {
-        let mut p = Vec::new();
-        if let Some(server) = &self.server {
-            match Url::parse(server) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-                _ => p.push(Problem::new(
-                    format!("{prefix}.server"),
-                    format!(
-                        "`{server}` is not an http(s) URL; expected e.g. \"{RINGCENTRAL_URL}\""
-                    ),
-                )),
-            }
-        }
-        let given = [
-            ("server", self.server.is_some()),
-            ("client_id", self.client_id.is_some()),
-            ("client_secret", self.client_secret.is_some()),
-            ("jwt", self.jwt.is_some()),
-        ];
-        match &self.vault {
-            Some(name) => {
-                if name.is_empty() {
-                    p.push(Problem::new(
-                        format!("{prefix}.vault"),
-                        "is empty; give the name of a stored connection (see `expense-sync auth list`)",
-                    ));
-                }
-                for (k, present) in given {
-                    if present {
-                        p.push(Problem::new(
-                            format!("{prefix}.{k}"),
-                            "cannot be combined with connection.vault: the vault connection carries its own server and credentials; remove one of them",
-                        ));
-                    }
-                }
-            }
-            None => {
-                for (k, present) in given.into_iter().skip(1) {
-                    if !present {
-                        p.push(Problem::new(
-                            format!("{prefix}.{k}"),
-                            "is required but missing (or use a stored connection: vault = \"name\", made by `expense-sync auth add --provider ringcentral`)",
-                        ));
-                    }
-                }
-            }
-        }
+        use crate::common::connection::{check_http_url, check_vault_or_inline};
+        let mut p: Vec<Problem> = self
+            .server
+            .as_deref()
+            .and_then(|s| check_http_url(format!("{prefix}.server"), s, RINGCENTRAL_URL))
+            .into_iter()
+            .collect();
+        p.extend(check_vault_or_inline(
+            prefix,
+            self.vault.as_deref(),
+            &[
+                ("server", self.server.is_some()),
+                ("client_id", self.client_id.is_some()),
+                ("client_secret", self.client_secret.is_some()),
+                ("jwt", self.jwt.is_some()),
+            ],
+            &["client_id", "client_secret", "jwt"],
+            ", made by `expense-sync auth add --provider ringcentral`",
+        ));
         p
     }
 
