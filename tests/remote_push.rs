@@ -164,6 +164,56 @@ async fn an_http_push_with_outputs_in_object_storage_delivers_every_record_once_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_the_commit_and_the_journal_removal_in_object_storage_resends_nothing() {
+    let s3 = S3Server::start("latejournal").await;
+    let sim = simulator(100, 43, None).await;
+    // Only batch keys: a record re-sent would be applied twice.
+    let rx = Receiver::start(ReceiverConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.toml");
+    let text = pipeline(&sim, "late", &s3.url("acme/out"), &http_sink(rx.url()));
+    std::fs::write(&file, text).unwrap();
+    let journal = "acme/out/late.state.json.push-journal";
+    let before = version_keys(&sim);
+
+    let ttl = ("EXPENSE_SYNC_LEASE_TTL", "2s");
+    let o = run_bin(
+        &file,
+        &sim,
+        &s3,
+        &[ttl, ("EXPENSE_SYNC_FAILPOINT", "after-commit")],
+    )
+    .await;
+    assert_eq!(o.status.code(), None, "aborted: {}", stderr(&o));
+    let st: serde_json::Value =
+        serde_json::from_slice(&s3.read("acme/out/late.state.json").await).unwrap();
+    assert!(st["watermark"].is_string(), "it had committed: {st}");
+    assert_eq!(
+        s3.keys(journal).await.len(),
+        5,
+        "the crash left the journal"
+    );
+
+    // New versions after the crash: the journal of a committed run must neither
+    // hide them nor make the rerun skip anything.
+    sim.mutate(20);
+    let after = version_keys(&sim);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let o = run_bin(&file, &sim, &s3, &[ttl]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let applied = rx.applied_key_counts();
+    assert!(applied.values().all(|n| *n == 1), "{applied:?}");
+    let keys: BTreeSet<String> = applied.keys().cloned().collect();
+    let expected: BTreeSet<String> = before.union(&after).cloned().collect();
+    assert_eq!(keys.len(), 120, "100 versions, then 20 new ones");
+    assert_eq!(keys, expected);
+    assert!(s3.keys(journal).await.is_empty());
+    assert!(leftovers(&s3, "acme/out").await.is_empty());
+    rx.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writeback_with_outputs_in_object_storage_marks_every_exported_expense_once() {
     let s3 = S3Server::start("writeback").await;
     let sim = simulator(120, 42, None).await;
