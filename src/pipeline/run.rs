@@ -836,15 +836,16 @@ impl<'a> Run<'a> {
     }
 
     fn run_files(&self) -> RunFiles<'_> {
-        let location = match self
-            .remote
-            .as_ref()
-            .and_then(|r| Some((r, r.target.as_ref()?)))
-        {
+        let location = match &self.remote {
             None => OutputLocation::Dir(self.output_dir.clone()),
-            Some((remote, target)) => OutputLocation::Store {
-                remote: target.remote().clone(),
-                spool: remote.spool.clone(),
+            Some(r) => OutputLocation::Store {
+                remote: r
+                    .target
+                    .as_ref()
+                    .expect("read in the plan stage")
+                    .remote()
+                    .clone(),
+                spool: r.spool.clone(),
             },
         };
         RunFiles {
