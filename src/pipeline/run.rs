@@ -23,6 +23,7 @@ use crate::sinks::journal::{PushJournal, journal_path};
 use crate::sinks::{Sink, SinkContext, SinkError, SinkOutput};
 use crate::sources::{BuildError, Page, RunFiles, Source, SourceContext};
 use crate::state::{self, CommitPlan, PlannedFile, RunRecord, Selection, Version};
+use crate::store::OutputLocation;
 use crate::transforms::{Projector, TransformReport, Transforms};
 
 /// Pages in flight between the source and the transform stage.
@@ -301,10 +302,16 @@ impl<'a> Run<'a> {
         // journal of a run that has committed since is removed here.
         let journal = if has_push(pipeline) {
             let committed = |run: &str| st.runs.iter().any(|r| r.run_id == run);
-            Some(
-                PushJournal::open(&journal_path(&self.state_path), &self.run_id, committed)
-                    .map_err(|e| Error::State(e.to_string()))?,
-            )
+            let opened = match self.remote.as_ref().and_then(|r| r.target.as_ref()) {
+                None => PushJournal::open(&journal_path(&self.state_path), &self.run_id, committed),
+                Some(target) => PushJournal::open_remote(
+                    target.remote().clone(),
+                    target.state_key(),
+                    &self.run_id,
+                    committed,
+                ),
+            };
+            Some(opened.map_err(|e| Error::State(e.to_string()))?)
         } else {
             None
         };
@@ -829,8 +836,21 @@ impl<'a> Run<'a> {
     }
 
     fn run_files(&self) -> RunFiles<'_> {
+        let location = match &self.remote {
+            None => OutputLocation::Dir(self.output_dir.clone()),
+            Some(r) => OutputLocation::Store {
+                remote: r
+                    .target
+                    .as_ref()
+                    .expect("read in the plan stage")
+                    .remote()
+                    .clone(),
+                spool: r.spool.clone(),
+            },
+        };
         RunFiles {
             output_dir: &self.output_dir,
+            location,
             pipeline: self.pipeline.name(),
             run_id: &self.run_id,
             temp_tag: format!("{}.{}", self.pipeline.name(), self.run_id),
@@ -923,26 +943,6 @@ fn open_remote(
     cursor: &str,
 ) -> Result<state::State, Error> {
     use crate::store::{Remote, lease, state::RemoteTarget};
-    let unsupported = |key: &str, what: &str| {
-        Error::Config(ConfigError::single(
-            &pipeline.file,
-            key,
-            format!(
-                "{what} is not supported yet with outputs in object storage ({}); use a local \
-                 output_dir for this pipeline",
-                remote.url
-            ),
-        ))
-    };
-    if has_push(pipeline) {
-        return Err(unsupported(
-            "sinks",
-            "an http sink (its push journal is local)",
-        ));
-    }
-    if pipeline.spec.writeback.is_some() {
-        return Err(unsupported("writeback", "the export-status write-back"));
-    }
     let store = Arc::new(Remote::open(&remote.url).map_err(|e| Error::Sink(e.to_string()))?);
     let state_url = state_path.to_string_lossy();
     let state_key = store.key_of_url(&state_url).ok_or_else(|| {

@@ -837,7 +837,7 @@ impl Sink for HttpSink {
             tracing::info!(
                 sink = %self.label,
                 records = self.acknowledged.len(),
-                journal = %journal.path().display(),
+                journal = journal.location(),
                 "an earlier run that did not commit had records acknowledged; they are not sent again"
             );
         }

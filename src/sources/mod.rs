@@ -153,8 +153,11 @@ pub trait Source: Send + Sync {
 /// Where a run keeps its files, for a source's after-commit bookkeeping.
 #[derive(Debug, Clone)]
 pub struct RunFiles<'a> {
-    /// The run's output directory.
+    /// The run's output directory (the local spool when outputs are remote):
+    /// where after-commit plans are staged.
     pub output_dir: &'a Path,
+    /// Where committed outputs are, so after-commit plans are found there later.
+    pub location: crate::store::OutputLocation,
     /// The pipeline's name.
     pub pipeline: &'a str,
     /// The run's id.

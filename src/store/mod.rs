@@ -10,6 +10,7 @@
 //! blocking threads alike without nesting runtimes.
 
 pub mod lease;
+pub mod location;
 pub mod state;
 
 use std::path::Path;
@@ -21,6 +22,7 @@ use object_store::{
     ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion, WriteMultipart,
 };
 
+pub use location::OutputLocation;
 pub use object_store::UpdateVersion as ObjectVersion;
 pub use object_store::path::Path as ObjectKey;
 
@@ -248,6 +250,46 @@ impl Remote {
                 .try_collect()
                 .await
                 .map_err(|e| error(self.url(prefix), e))
+        })
+    }
+
+    /// Keys directly under `prefix` (not in its sub-folders), as `list` would show them.
+    pub fn list_here(&self, prefix: &Key) -> Result<Vec<Key>, StoreError> {
+        self.block(async {
+            self.store
+                .list_with_delimiter(Some(prefix))
+                .await
+                .map(|r| r.objects.into_iter().map(|m| m.location).collect())
+                .map_err(|e| error(self.url(prefix), e))
+        })
+    }
+
+    /// Streams the object at `key` into `to` (a plan can be large: it is never
+    /// held in memory); `None` if there is no such object.
+    pub fn download(&self, key: &Key, to: &mut std::fs::File) -> Result<Option<u64>, StoreError> {
+        use futures::TryStreamExt;
+        use std::io::Write;
+        self.block(async {
+            let r = match self.store.get(key).await {
+                Ok(r) => r,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(error(self.url(key), e)),
+            };
+            let mut stream = r.into_stream();
+            let mut n = 0u64;
+            while let Some(chunk) = stream
+                .try_next()
+                .await
+                .map_err(|e| error(self.url(key), e))?
+            {
+                to.write_all(&chunk).map_err(|e| StoreError {
+                    url: self.url(key),
+                    message: format!("cannot write the downloaded object to a local file: {e}"),
+                    conflict: false,
+                })?;
+                n += chunk.len() as u64;
+            }
+            Ok(Some(n))
         })
     }
 

@@ -75,6 +75,11 @@ impl RemoteTarget {
         self.refused
     }
 
+    /// The state object's key.
+    pub fn state_key(&self) -> &Key {
+        &self.state_key
+    }
+
     /// The store.
     pub fn remote(&self) -> &Arc<Remote> {
         &self.remote

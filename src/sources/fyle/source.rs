@@ -233,7 +233,7 @@ impl Source for FyleSource {
         Some(Box::pin(run_pending(
             &self.client,
             cfg,
-            run.output_dir,
+            &run.location,
             run.pipeline,
         )))
     }

@@ -4,7 +4,9 @@
 //!
 //! The plan (which ids, which were rejected) is committed with the run's
 //! outputs as a JSONL file and removed once carried out, so a crash between
-//! the commit and the write-back leaves it for the next run.
+//! the commit and the write-back leaves it for the next run. Plans are found,
+//! read and removed through [`OutputLocation`], so the same holds for outputs
+//! in object storage (`{prefix}/{pipeline}.{run_id}.writeback.jsonl`).
 //!
 //! Each small batch is first marked `IN_PROGRESS`, then `COMPLETE` (or
 //! `ERROR` with `error_type` for records a receiver rejected), so an
@@ -24,6 +26,7 @@ use super::{FyleClient, FyleError};
 use crate::common::Problem;
 use crate::fsutil::{StagedFile, sync_file};
 use crate::http::HttpError;
+use crate::store::OutputLocation;
 
 const BULK_PATH: &str = "admin/expenses/accounting_export_summary/bulk";
 
@@ -119,49 +122,47 @@ pub fn stage_plan(
     }
 }
 
-/// Committed plans of `pipeline` not yet written back, oldest first.
-pub fn pending_plans(output_dir: &Path, pipeline: &str) -> Vec<PathBuf> {
+/// Committed plans of `pipeline` not yet written back (their names in
+/// `location`), oldest first.
+pub fn pending_plans(location: &OutputLocation, pipeline: &str) -> std::io::Result<Vec<String>> {
     let prefix = format!("{pipeline}.");
-    let mut plans: Vec<PathBuf> = std::fs::read_dir(output_dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                // `{pipeline}.{run_id}.writeback.jsonl`; run ids hold no dots.
-                n.strip_prefix(&prefix)
-                    .and_then(|rest| rest.strip_suffix(PLAN_SUFFIX))
-                    .is_some_and(|run_id| !run_id.is_empty() && !run_id.contains('.'))
-            })
-        })
-        .collect();
-    plans.sort();
-    plans
+    location.list(|n| {
+        // `{pipeline}.{run_id}.writeback.jsonl`; run ids hold no dots.
+        n.strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(PLAN_SUFFIX))
+            .is_some_and(|run_id| !run_id.is_empty() && !run_id.contains('.'))
+    })
 }
 
-/// Carries out every pending plan (oldest first), removing each once Fyle
-/// accepted all of it; stops at the first failure, leaving that plan and
-/// later ones for the next run.
+/// Carries out every pending plan in `location` (oldest first), removing
+/// each once Fyle accepted all of it; stops at the first failure, leaving
+/// that plan and later ones for the next run.
 pub async fn run_pending(
     client: &FyleClient,
     cfg: &WriteBackConfig,
-    output_dir: &Path,
+    location: &OutputLocation,
     pipeline: &str,
 ) -> WriteBackSummary {
     let mut total = WriteBackSummary::default();
-    for path in pending_plans(output_dir, pipeline) {
+    let plans = match pending_plans(location, pipeline) {
+        Ok(p) => p,
+        Err(e) => {
+            total.failed = Some(format!(
+                "cannot list the pending write-back plans: {e}; the next run tries again"
+            ));
+            return total;
+        }
+    };
+    for name in plans {
+        let shown = location.shown(&name);
         // A plan is read one batch at a time: a backfill's plan can hold a
         // million ids. Marking is idempotent, so a plan that turns out
         // unreadable half-way is simply left for the next run.
         let cannot_read = |e: std::io::Error| {
-            format!(
-                "cannot read the write-back plan {}: {e}; fix or delete it",
-                path.display()
-            )
+            format!("cannot read the write-back plan {shown}: {e}; fix or delete it")
         };
-        let mut plan = match PlanReader::open(&path) {
-            Ok(p) => p,
+        let mut plan = match location.open(&name) {
+            Ok(r) => PlanReader::new(r),
             Err(e) => {
                 total.failed = Some(cannot_read(e));
                 return total;
@@ -185,11 +186,10 @@ pub async fn run_pending(
                 return total;
             }
         }
-        if let Err(e) = std::fs::remove_file(&path) {
+        if let Err(e) = location.remove(&name) {
             total.failed = Some(format!(
-                "the write-back succeeded but its plan {} could not be removed ({e}); \
-                 the next run would mark those expenses again",
-                path.display()
+                "the write-back succeeded but its plan {shown} could not be removed ({e}); \
+                 the next run would mark those expenses again"
             ));
             return total;
         }
@@ -199,14 +199,20 @@ pub async fn run_pending(
 
 /// Reads a staged plan a batch of lines at a time.
 struct PlanReader {
-    lines: std::io::Lines<std::io::BufReader<std::fs::File>>,
+    lines: std::io::Lines<Box<dyn BufRead + Send>>,
 }
 
 impl PlanReader {
+    fn new(reader: Box<dyn BufRead + Send>) -> Self {
+        Self {
+            lines: reader.lines(),
+        }
+    }
+
+    #[cfg(test)]
     fn open(path: &Path) -> std::io::Result<Self> {
-        Ok(Self {
-            lines: std::io::BufReader::new(std::fs::File::open(path)?).lines(),
-        })
+        let file = std::fs::File::open(path)?;
+        Ok(Self::new(Box::new(std::io::BufReader::new(file))))
     }
 
     /// Up to `size` ids with the receiver's reasons for the rejected ones; `None` at the end.
