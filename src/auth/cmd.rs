@@ -382,7 +382,11 @@ pub async fn refresh_all(vault: &Vault) -> Result<ExitCode, Error> {
                 "ok   {name}: refreshed; access token valid until {}",
                 t.expires_at.format("%Y-%m-%dT%H:%M:%SZ")
             ),
-            Err(e @ (AuthError::ReconnectNeeded { .. } | AuthError::RefreshLost { .. })) => {
+            Err(
+                e @ (AuthError::ReconnectNeeded { .. }
+                | AuthError::RefreshLost { .. }
+                | AuthError::RotatedInReadOnlyVault { .. }),
+            ) => {
                 reconnect += 1;
                 println!("FAIL {name}: {e}");
             }
