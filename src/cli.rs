@@ -812,24 +812,26 @@ async fn run_tenants(
         }
     }
     if metrics.is_enabled() {
-        let per_tenant = metrics
+        // One file per tenant, or tenants would overwrite each other's file;
+        // Pushgateway pushes go to a group per tenant (its `tenant` label).
+        if metrics
             .textfile
             .as_ref()
-            .is_some_and(|f| f.to_string_lossy().contains(tenants::TENANT));
-        if metrics.pushgateway.is_some() || !per_tenant {
+            .is_some_and(|f| !f.to_string_lossy().contains(tenants::TENANT))
+        {
             eprintln!(
-                "warning: metrics were not exported: with tenants, [metrics] textfile needs {} in                  its path (one file per tenant), and pushgateway is not supported yet",
+                "warning: the metrics file was not written: with tenants, [metrics] textfile needs {} in its path (one file per tenant)",
                 tenants::TENANT
             );
-        } else {
-            for r in &runs {
-                let mut m = metrics.clone();
-                m.textfile = m.textfile.map(|f| {
-                    PathBuf::from(f.to_string_lossy().replace(tenants::TENANT, &r.tenant.name))
-                });
-                for problem in crate::metrics::export(&m, &r.outcome.summary).await {
-                    eprintln!("warning: tenant {}: {problem}", r.tenant.name);
-                }
+            metrics.textfile = None;
+        }
+        for r in &runs {
+            let mut m = metrics.clone();
+            m.textfile = m.textfile.map(|f| {
+                PathBuf::from(f.to_string_lossy().replace(tenants::TENANT, &r.tenant.name))
+            });
+            for problem in crate::metrics::export(&m, &r.outcome.summary).await {
+                eprintln!("warning: tenant {}: {problem}", r.tenant.name);
             }
         }
     }

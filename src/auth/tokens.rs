@@ -188,7 +188,11 @@ impl VaultAuth {
                         self.name, self.name
                     ))
                 })?;
-                info!(connection = %self.name, rotated, expires_at = %token.expires_at, "access token refreshed and saved to the vault");
+                if self.vault.is_read_only() {
+                    info!(connection = %self.name, rotated, expires_at = %token.expires_at, "access token obtained (kept in memory: the vault is read-only)");
+                } else {
+                    info!(connection = %self.name, rotated, expires_at = %token.expires_at, "access token refreshed and saved to the vault");
+                }
                 Ok(token)
             }
             Err(TokenError::GrantRefused(reason)) => {
