@@ -515,3 +515,54 @@ async fn shards_of_many_tenants_commit_each_tenant_once_under_its_own_prefix_in_
         sim.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_tenant_reads_one_tenants_state_object_from_the_store() {
+    let s3 = S3Server::start("tenstate").await;
+    let sim = simulator(25, 331, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let vault = dir.path().join("vault.json");
+    add_tenant(&vault, "acme", &sim);
+    let text = pipeline(&sim, "p", &s3.url("orgs/{tenant}"))
+        .replace(
+            &format!("accounts_url = \"{}\"", sim.accounts_url()),
+            "vault = \"per-tenant\"",
+        )
+        .replace("client_id = { env = \"FYLE_CLIENT_ID\" }\n", "")
+        .replace("client_secret = { env = \"FYLE_CLIENT_SECRET\" }\n", "")
+        .replace("refresh_token = { env = \"FYLE_REFRESH_TOKEN\" }\n", "");
+    let file = dir.path().join("p.toml");
+    std::fs::write(&file, text).unwrap();
+    let bin = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.arg("--vault")
+            .arg(&vault)
+            .args(args)
+            .current_dir(dir.path())
+            .env("EXPENSE_SYNC_SPOOL_DIR", dir.path().join("spool"))
+            .env_remove("EXPENSE_SYNC_LOG")
+            .env_remove("FYLE_ACCOUNTS_URL")
+            .env_remove("JOB_COMPLETION_INDEX")
+            .env_remove("EXPENSE_SYNC_SHARDS")
+            .kill_on_drop(true);
+        for (k, v) in s3.env() {
+            cmd.env(k, v);
+        }
+        cmd.output()
+    };
+    let f = file.to_str().unwrap();
+    let o = bin(&["run", f, "--connections", "acme"]).await.unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = bin(&["state", f, "--tenant", "acme"]).await.unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let shown: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let stored = state_json(&s3, "orgs/acme/p.state.json").await;
+    assert!(shown["watermark"].is_string(), "{shown}");
+    assert_eq!(shown["watermark"], stored["watermark"]);
+    assert!(
+        stderr(&o).contains("orgs/acme/p.state.json"),
+        "{}",
+        stderr(&o)
+    );
+    sim.shutdown().await;
+}
