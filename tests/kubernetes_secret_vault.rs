@@ -331,7 +331,7 @@ async fn a_refresh_token_the_server_rotates_fails_with_reconnect_needed_and_poin
 }
 
 #[tokio::test]
-async fn a_secret_key_with_an_unknown_field_is_named_with_its_file() {
+async fn a_secret_key_with_an_unknown_field_is_named_and_changes_to_the_secret_are_refused() {
     let sim = simulator(3, 42, None).await;
     let dir = tempfile::tempdir().unwrap();
     let mount = dir.path().join("secret");
@@ -362,5 +362,22 @@ async fn a_secret_key_with_an_unknown_field_is_named_with_its_file() {
         err.contains("read-only") && err.contains("kubectl"),
         "{err}"
     );
+    // The auth commands: list reads it; those that store something are refused.
+    let vault_arg = format!("k8s-secret:{}", dir.path().join("ok").display());
+    let o = run_bin(&["--vault", &vault_arg, "auth", "list"], dir.path()).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("acme"),
+        "{}",
+        text(&o)
+    );
+    for args in [["auth", "login", "acme"], ["auth", "remove", "acme"]] {
+        let mut all = vec!["--vault", vault_arg.as_str()];
+        all.extend(args);
+        let o = run_bin(&all, dir.path()).await;
+        assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+        let out = text(&o);
+        assert!(out.contains("read-only") && out.contains(args[1]), "{out}");
+    }
     sim.shutdown().await;
 }

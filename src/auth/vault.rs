@@ -434,8 +434,9 @@ struct Mounted {
     dir: PathBuf,
     held: std::sync::Mutex<bool>,
     released: std::sync::Condvar,
-    /// Each connection as last saved: its run-time fields overlay the Secret's.
-    runtime: std::sync::Mutex<Connections>,
+    /// Each connection as last saved, with the Secret's own form of it then:
+    /// its run-time fields overlay the Secret's while the Secret is unchanged.
+    runtime: std::sync::Mutex<BTreeMap<String, (serde_json::Value, Connection)>>,
 }
 
 impl std::fmt::Debug for Mounted {
@@ -647,7 +648,11 @@ impl Vault {
             let mut all = self.read_mounted(&mounted.dir)?;
             let runtime = mounted.runtime.lock().expect("not poisoned");
             for (name, conn) in all.iter_mut() {
-                if let Some(ours) = runtime.get(name) {
+                // An operator's update of the Secret (new credentials) starts
+                // that connection afresh rather than under stale tokens.
+                if let Some((seen, ours)) = runtime.get(name)
+                    && serde_json::to_value(&*conn).ok().as_ref() == Some(seen)
+                {
                     copy_runtime(ours, conn);
                 }
             }
@@ -841,6 +846,7 @@ impl Vault {
         if let Some(name) = secret.keys().find(|n| !connections.contains_key(*n)) {
             return Err(read_only(format!("cannot remove connection `{name}`")));
         }
+        let mut runtime = BTreeMap::new();
         for (name, conn) in connections {
             let mut expected = secret[name].clone();
             copy_runtime(conn, &mut expected);
@@ -849,8 +855,11 @@ impl Vault {
                     "cannot change the settings or credentials of connection `{name}`"
                 )));
             }
+            let seen =
+                serde_json::to_value(&secret[name]).map_err(|e| self.io(io::Error::other(e)))?;
+            runtime.insert(name.clone(), (seen, conn.clone()));
         }
-        *mounted.runtime.lock().expect("not poisoned") = connections.clone();
+        *mounted.runtime.lock().expect("not poisoned") = runtime;
         Ok(())
     }
 
@@ -1178,6 +1187,57 @@ mod tests {
         let err = v.load().unwrap_err().to_string();
         assert!(err.contains("chmod 600"), "{err}");
         assert!(err.contains("644"), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_mounted_secret_keeps_tokens_in_memory_until_kubelet_swaps_in_a_new_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let mount = dir.path().join("mount");
+        let key = |secret: &str| {
+            format!(
+                r#"{{"grant": "client_credentials", "profile": "oauth2", "accounts_url": "http://x/",
+                    "client_id": "id", "client_secret": "{secret}"}}"#
+            )
+        };
+        for (version, secret) in [("..v1", "s1"), ("..v2", "s2")] {
+            std::fs::create_dir_all(mount.join(version)).unwrap();
+            std::fs::write(mount.join(version).join("acme.json"), key(secret)).unwrap();
+        }
+        std::os::unix::fs::symlink("..v1", mount.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/acme.json", mount.join("acme.json")).unwrap();
+        let v = Vault::open(Path::new(&format!(
+            "{SECRET_DIR_PREFIX}{}",
+            mount.display()
+        )));
+        assert!(v.is_read_only());
+        let lock = v.lock().unwrap();
+        let mut all = v.load().unwrap();
+        assert_eq!(
+            all["acme"].accounts_url, "http://x",
+            "defaults from Connection::new"
+        );
+        assert_eq!(all["acme"].token_url, "http://x/oauth/token");
+        all.get_mut("acme").unwrap().access_token = Some(SecretString::from("at-1".to_string()));
+        v.save(&lock, &all).unwrap();
+        drop(lock);
+        let again = v.get("acme").unwrap();
+        assert_eq!(again.access_token.unwrap().expose_secret(), "at-1");
+        // kubelet's atomic update: `..data` now points at the new version.
+        std::fs::remove_file(mount.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..v2", mount.join("..data")).unwrap();
+        let fresh = v.get("acme").unwrap();
+        assert_eq!(fresh.client_secret.unwrap().expose_secret(), "s2");
+        assert!(fresh.access_token.is_none(), "new credentials start afresh");
+        // Changing a setting is refused; nothing was written to the mount.
+        let err = v
+            .update(|all| {
+                all.get_mut("acme").unwrap().client_id = "other".into();
+                Ok::<_, VaultError>(())
+            })
+            .unwrap_err();
+        assert!(matches!(err, VaultError::ReadOnly { .. }), "{err}");
+        assert_eq!(std::fs::read_dir(&mount).unwrap().count(), 4);
     }
 
     #[test]
