@@ -36,7 +36,8 @@ pub struct Cli {
     /// Log line format on stderr; `json` also writes the final error and the demo's report as JSON lines.
     #[arg(long, global = true, value_enum, default_value = "text")]
     pub log_format: LogFormat,
-    /// Credential vault file (default: $XDG_CONFIG_HOME/expense-sync/vault.json).
+    /// Credential vault: a file (default: $XDG_CONFIG_HOME/expense-sync/vault.json), an
+    /// object-store URL (s3://bucket/vault.json) or k8s-secret:DIR (a mounted Kubernetes Secret, read-only).
     #[arg(long, global = true, env = "EXPENSE_SYNC_VAULT")]
     pub vault: Option<PathBuf>,
     /// What to do.

@@ -344,6 +344,16 @@ async fn a_secret_key_with_an_unknown_field_is_named_and_changes_to_the_secret_a
         err.contains("acme.json") && err.contains("unknown field `refresh-token`"),
         "{err}"
     );
+    // A mount that is not there says where it was looked for and what to check.
+    let missing = dir.path().join("not-mounted");
+    let err = Vault::open(Path::new(&format!("k8s-secret:{}", missing.display())))
+        .load()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&missing.display().to_string()) && err.contains("mountPath"),
+        "{err}"
+    );
     // And a read-only vault refuses changes with what to do instead.
     kubelet_mount(&dir.path().join("ok"), &[("acme.json", fyle_key(&sim))]);
     let vault = Vault::open(Path::new(&format!(

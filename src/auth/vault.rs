@@ -873,8 +873,19 @@ impl Vault {
             Err(e) if e.kind() == io::ErrorKind::NotFound => dir.to_path_buf(),
             Err(e) => return Err(self.io(e)),
         };
+        let listing = std::fs::read_dir(&base).map_err(|e| {
+            let hint = if e.kind() == io::ErrorKind::NotFound {
+                format!(
+                    "{} does not exist: mount the Secret there (volumeMounts[].mountPath) or correct the directory after {SECRET_DIR_PREFIX}",
+                    dir.display()
+                )
+            } else {
+                format!("cannot list {}: {e}", dir.display())
+            };
+            self.io(io::Error::new(e.kind(), hint))
+        })?;
         let mut keys = Vec::new();
-        for entry in std::fs::read_dir(&base).map_err(|e| self.io(e))? {
+        for entry in listing {
             let entry = entry.map_err(|e| self.io(e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             // kubelet's own entries (`..data`, `..2026_…`) and hidden files are not keys.
