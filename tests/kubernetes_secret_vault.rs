@@ -391,3 +391,52 @@ async fn a_secret_key_with_an_unknown_field_is_named_and_changes_to_the_secret_a
     }
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_rotated_refresh_token_beside_a_jwt_credential_falls_back_to_the_jwt_and_warns() {
+    let sim = simulator(12, 43, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (conn, rt) = rotating_refresh_token(&sim, dir.path()).await;
+    let key = serde_json::json!({
+        "profile": "oauth2",
+        "grant": "jwt_bearer",
+        "accounts_url": conn.accounts_url,
+        "client_id": conn.client_id,
+        "client_secret": conn.client_secret.as_ref().unwrap().expose_secret(),
+        "assertion": sim.issue_jwt_credential(Duration::from_secs(3600)),
+        "refresh_token": rt,
+    });
+    let mount = dir.path().join("secret");
+    kubelet_mount(&mount, &[("rc.json", key.to_string())]);
+    let pipeline = dir.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        tenant_pipeline("p").replace("set-per-tenant", "rc"),
+    )
+    .unwrap();
+    let vault_arg = format!("k8s-secret:{}", mount.display());
+    let out = dir.path().join("out");
+    let args = [
+        "--vault",
+        vault_arg.as_str(),
+        "run",
+        pipeline.to_str().unwrap(),
+        "--output-dir",
+        out.to_str().unwrap(),
+    ];
+    let o = run_bin(&args, dir.path()).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(!sim.refresh_token_is_live(&rt), "the server rotated it");
+    assert!(
+        text(&o).contains("Remove refresh_token from the Secret"),
+        "{}",
+        text(&o)
+    );
+    assert_exactly_once(&out, &sim);
+    // The next run's refresh is refused (spent), and the JWT grant carries it.
+    sim.mutate(3);
+    let o = run_bin(&args, dir.path()).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_exactly_once(&out, &sim);
+    sim.shutdown().await;
+}

@@ -156,7 +156,9 @@ impl VaultAuth {
         }
         let entry = all.get_mut(&self.name).expect("present above");
         match result {
-            Ok((tokens, sent)) if self.spends_read_only(sent, &tokens) => {
+            Ok((tokens, sent))
+                if self.spends_read_only(sent, &tokens) && !direct_grant_possible(&conn) =>
+            {
                 // The Secret's refresh token is spent and its successor cannot
                 // be stored: later refreshes in this process must not send it.
                 let reason = format!(
@@ -175,7 +177,11 @@ impl VaultAuth {
                     vault: self.vault.path().display().to_string(),
                 })
             }
-            Ok((tokens, _)) => {
+            Ok((tokens, sent)) => {
+                if self.spends_read_only(sent, &tokens) {
+                    // Its own grant (JWT, client credentials…) still works: carry on.
+                    warn!(connection = %self.name, vault = %self.vault.path().display(), "the token endpoint rotated the refresh token stored in the read-only Kubernetes Secret, so that one is spent; later runs fall back to the connection's own grant. Remove refresh_token from the Secret");
+                }
                 let rotated = tokens.refresh_token.is_some();
                 let token = apply_tokens(entry, tokens);
                 // Persist first: if the provider rotated the refresh token, the
