@@ -36,7 +36,8 @@ pub struct Cli {
     /// Log line format on stderr; `json` also writes the final error and the demo's report as JSON lines.
     #[arg(long, global = true, value_enum, default_value = "text")]
     pub log_format: LogFormat,
-    /// Credential vault file (default: $XDG_CONFIG_HOME/expense-sync/vault.json).
+    /// Credential vault: a file (default: $XDG_CONFIG_HOME/expense-sync/vault.json), an
+    /// object-store URL (s3://bucket/vault.json) or k8s-secret:DIR (a mounted Kubernetes Secret, read-only).
     #[arg(long, global = true, env = "EXPENSE_SYNC_VAULT")]
     pub vault: Option<PathBuf>,
     /// What to do.
@@ -167,6 +168,12 @@ pub enum Command {
         /// The output directory the pipeline runs with, if overridden with --output-dir.
         #[arg(long)]
         output_dir: Option<PathBuf>,
+        /// Show this tenant's state (a pipeline run with --connections / --tenants).
+        #[arg(long, value_name = "NAME")]
+        tenant: Option<String>,
+        /// The tenants file the pipeline runs with (its per-tenant output_dir / state_path).
+        #[arg(long, value_name = "FILE", requires = "tenant")]
+        tenants: Option<PathBuf>,
     },
     /// Validate a pipeline file, then check credentials, cluster, roles and the resource.
     Check {
@@ -543,10 +550,54 @@ async fn dispatch(
         Command::State {
             pipeline,
             output_dir,
+            tenant,
+            tenants,
         } => {
-            let p = config::load(&pipeline)?;
-            let dir = output_dir.unwrap_or_else(|| p.spec.pipeline.output_dir.clone());
+            let mut p = config::load(&pipeline)?;
+            let mut dir = output_dir.unwrap_or_else(|| p.spec.pipeline.output_dir.clone());
+            if let Some(name) = tenant {
+                let t = match tenants {
+                    Some(file) => crate::tenants::load_file(&file)?
+                        .into_iter()
+                        .find(|t| t.name == name)
+                        .ok_or_else(|| {
+                            crate::common::ConfigError::single(
+                                &file,
+                                "tenants",
+                                format!(
+                                    "no tenant named `{name}`; pass one of its names with --tenant"
+                                ),
+                            )
+                        })?,
+                    None => crate::tenants::Tenant::of_connection(&name),
+                };
+                let opts = RunOptions {
+                    output_dir: Some(dir),
+                    ..RunOptions::default()
+                };
+                let (tp, to) = crate::tenants::for_tenant(&p, &opts, &t)?;
+                p = tp;
+                dir = to.output_dir.expect("set per tenant");
+            }
             let path = p.state_path(&dir);
+            if path.to_string_lossy().contains(crate::tenants::TENANT) {
+                let key = if p.spec.pipeline.state_path.is_some() {
+                    "pipeline.state_path"
+                } else {
+                    "pipeline.output_dir"
+                };
+                return Err(crate::common::ConfigError::single(
+                    &pipeline,
+                    key,
+                    format!(
+                        "the state location {} contains {}: name the tenant whose state to show \
+                         with --tenant NAME (and --tenants FILE if the pipeline runs with a tenants file)",
+                        path.display(),
+                        crate::tenants::TENANT
+                    ),
+                )
+                .into());
+            }
             let st = if crate::store::is_remote(&path) {
                 read_remote_state(&path, p.name(), p.spec.source.cursor())?
             } else {
@@ -812,24 +863,26 @@ async fn run_tenants(
         }
     }
     if metrics.is_enabled() {
-        let per_tenant = metrics
+        // One file per tenant, or tenants would overwrite each other's file;
+        // Pushgateway pushes go to a group per tenant (its `tenant` label).
+        if metrics
             .textfile
             .as_ref()
-            .is_some_and(|f| f.to_string_lossy().contains(tenants::TENANT));
-        if metrics.pushgateway.is_some() || !per_tenant {
+            .is_some_and(|f| !f.to_string_lossy().contains(tenants::TENANT))
+        {
             eprintln!(
-                "warning: metrics were not exported: with tenants, [metrics] textfile needs {} in                  its path (one file per tenant), and pushgateway is not supported yet",
+                "warning: the metrics file was not written: with tenants, [metrics] textfile needs {} in its path (one file per tenant)",
                 tenants::TENANT
             );
-        } else {
-            for r in &runs {
-                let mut m = metrics.clone();
-                m.textfile = m.textfile.map(|f| {
-                    PathBuf::from(f.to_string_lossy().replace(tenants::TENANT, &r.tenant.name))
-                });
-                for problem in crate::metrics::export(&m, &r.outcome.summary).await {
-                    eprintln!("warning: tenant {}: {problem}", r.tenant.name);
-                }
+            metrics.textfile = None;
+        }
+        for r in &runs {
+            let mut m = metrics.clone();
+            m.textfile = m.textfile.map(|f| {
+                PathBuf::from(f.to_string_lossy().replace(tenants::TENANT, &r.tenant.name))
+            });
+            for problem in crate::metrics::export(&m, &r.outcome.summary).await {
+                eprintln!("warning: tenant {}: {problem}", r.tenant.name);
             }
         }
     }

@@ -337,6 +337,69 @@ fn kubernetes_sharded_jobs_are_indexed_one_pod_per_shard_and_never_overlap() {
     );
 }
 
+#[test]
+fn kubernetes_secret_vault_shards_read_connections_from_a_read_only_secret_without_a_shared_volume()
+{
+    let docs = yaml_docs("deploy/kubernetes/sharded-secret-vault.yaml");
+    let cj = of_kind(&docs, "CronJob");
+    assert_eq!(cj["spec"]["concurrencyPolicy"].as_str(), Some("Forbid"));
+    let job = &cj["spec"]["jobTemplate"]["spec"];
+    assert_eq!(job["completionMode"].as_str(), Some("Indexed"));
+    let completions = job["completions"].as_i64().unwrap();
+    assert_eq!(job["parallelism"].as_i64(), Some(completions));
+    let pod = &job["template"]["spec"];
+    let c = &pod["containers"][0];
+    let env: BTreeMap<&str, &Yaml> = c["env"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap(), e))
+        .collect();
+    assert_eq!(
+        env["EXPENSE_SYNC_SHARDS"]["value"].as_str(),
+        Some(completions.to_string().as_str())
+    );
+    // The vault names the mount of a Secret volume, mounted read-only.
+    let vault = env["EXPENSE_SYNC_VAULT"]["value"].as_str().unwrap();
+    let dir = vault
+        .strip_prefix(expense_sync::auth::vault::SECRET_DIR_PREFIX)
+        .unwrap_or_else(|| panic!("the vault is a mounted Secret: {vault}"));
+    let mount = c["volumeMounts"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"].as_str() == Some(dir))
+        .unwrap_or_else(|| panic!("nothing is mounted at {dir}"));
+    assert_eq!(mount["readOnly"].as_bool(), Some(true));
+    let volumes = pod["volumes"].as_vec().unwrap();
+    let volume = volumes.iter().find(|v| v["name"] == mount["name"]).unwrap();
+    assert!(volume["secret"]["secretName"].as_str().is_some());
+    assert!(
+        volumes
+            .iter()
+            .all(|v| v["persistentVolumeClaim"].is_badvalue()),
+        "no shared volume: outputs and state are in object storage"
+    );
+    let cm = of_kind(&docs, "ConfigMap");
+    let (key, text) = cm["data"].as_hash().unwrap().iter().next().unwrap();
+    let key = key.as_str().unwrap();
+    let p = expense_sync::config::load_str(text.as_str().unwrap(), Path::new(key))
+        .expect("pipeline is valid");
+    let out = p.spec.pipeline.output_dir.to_string_lossy().into_owned();
+    assert!(
+        out.starts_with("s3://") && out.contains("{tenant}"),
+        "{out}"
+    );
+    let args: Vec<&str> = c["args"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(args.contains(&"--connections"));
+    assert!(args[1].ends_with(key));
+}
+
 /// `key=value` lines of a unit file, grouped by section (keys may repeat).
 fn unit(path: &str) -> BTreeMap<String, Vec<(String, String)>> {
     let mut sections: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
@@ -624,6 +687,7 @@ fn kubernetes_manifests_pass_strict_schema_validation() {
         .arg("--strict")
         .arg(repo("deploy/kubernetes/cronjob.yaml"))
         .arg(repo("deploy/kubernetes/sharded.yaml"))
+        .arg(repo("deploy/kubernetes/sharded-secret-vault.yaml"))
         .output()
         .unwrap();
     let text = format!(
@@ -638,6 +702,7 @@ fn kubernetes_manifests_pass_strict_schema_validation() {
         "configmap/",
         "job/expense-sync-tenants-backfill",
         "cronjob/expense-sync-tenants",
+        "cronjob/expense-sync-tenants-secret-vault",
     ] {
         assert!(
             text.contains(&format!("passed for resource {kind}")),

@@ -361,3 +361,121 @@ pushgateway = "pushgateway:9091"
     assert!(msg.contains("metrics.pushgateway"), "{msg}");
     assert!(msg.contains("http://"), "{msg}");
 }
+
+/// A vault with one Fyle connection per simulator (named as given); `None`: a refused refresh token.
+fn tenant_vault(path: &Path, orgs: &[(&str, Option<&Simulator>)], fallback: &Simulator) {
+    use expense_sync::auth::vault::{GrantKind, Profile};
+    use expense_sync::auth::{Connection, Vault, VaultError};
+    use secrecy::SecretString;
+    let vault = Vault::with_key(path, None);
+    for (name, sim) in orgs {
+        let s = sim.unwrap_or(fallback);
+        let c = s.credentials();
+        let mut conn = Connection::new(
+            Profile::Fyle,
+            GrantKind::RefreshToken,
+            &s.accounts_url(),
+            &c.client_id,
+        );
+        conn.client_secret = Some(SecretString::from(c.client_secret.clone()));
+        let rt = match sim {
+            Some(_) => c.refresh_token.clone(),
+            None => "revoked-long-ago".to_string(),
+        };
+        conn.refresh_token = Some(SecretString::from(rt));
+        vault
+            .update(|all| {
+                all.insert(name.to_string(), conn);
+                Ok::<_, VaultError>(())
+            })
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_tenant_pushes_to_its_own_pushgateway_group_and_textfile_with_a_tenant_label() {
+    let acme = simulator(20, 31, None).await;
+    let globex = simulator(27, 32, None).await;
+    let (gw, addr) = start_gateway().await;
+    let dir = tempfile::tempdir().unwrap();
+    let vault = dir.path().join("vault.json");
+    tenant_vault(
+        &vault,
+        &[
+            ("acme", Some(&acme)),
+            ("globex", Some(&globex)),
+            ("umbrella", None),
+        ],
+        &acme,
+    );
+    let prom = dir.path().join("textfile").join("{tenant}.prom");
+    std::fs::create_dir_all(dir.path().join("textfile")).unwrap();
+    let text = pipeline(
+        &acme,
+        "p",
+        &format!("[metrics]\ntextfile = {:?}\n", prom.to_str().unwrap()),
+    );
+    // The connection comes from each tenant's vault entry.
+    let start = text.find("[connection]").unwrap();
+    let end = start + text[start..].find("\n[http]").unwrap();
+    let text = format!(
+        "{}[connection]\nvault = \"per-tenant\"\n{}",
+        &text[..start],
+        &text[end..]
+    );
+    let file = dir.path().join("p.toml");
+    std::fs::write(&file, text).unwrap();
+    let o = tokio::process::Command::new(BIN)
+        .arg("--vault")
+        .arg(&vault)
+        .arg("run")
+        .arg(&file)
+        .args(["--connections", "all", "--metrics-push"])
+        .arg(format!("http://{addr}"))
+        .current_dir(dir.path())
+        .env_remove("EXPENSE_SYNC_LOG")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "umbrella fails: {stderr}");
+    assert!(!stderr.contains("not supported"), "{stderr}");
+
+    let seen = gw.seen.lock().unwrap().clone();
+    let by_path: BTreeMap<&str, &Seen> = seen.iter().map(|s| (s.1.as_str(), s)).collect();
+    assert_eq!(seen.len(), 3, "one push per tenant: {seen:?}");
+    for (tenant, sim) in [
+        ("acme", Some(&acme)),
+        ("globex", Some(&globex)),
+        ("umbrella", None),
+    ] {
+        let path = format!("/metrics/job/expense_sync/pipeline/p/tenant/{tenant}");
+        let (method, _, _, body) = by_path
+            .get(path.as_str())
+            .unwrap_or_else(|| panic!("no push to {path}: {seen:?}"));
+        let labels = format!("{{pipeline=\"p\",tenant=\"{tenant}\"}}");
+        for line in body.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.contains(&labels), "{line}");
+        }
+        let m = parse_prometheus(body);
+        match sim {
+            Some(sim) => {
+                assert_eq!(method, "PUT");
+                let truth = sim.ground_truth("expenses").len() as f64;
+                assert_eq!(m["expense_sync_last_run_records_out"], truth, "{tenant}");
+                // The per-tenant textfile carries the same labels.
+                let file = dir.path().join("textfile").join(format!("{tenant}.prom"));
+                let t = std::fs::read_to_string(&file).unwrap();
+                assert_eq!(
+                    parse_prometheus(&t)["expense_sync_last_run_records_out"],
+                    truth
+                );
+                assert!(t.contains(&labels), "{t}");
+            }
+            None => {
+                assert_eq!(method, "POST", "a failed tenant keeps its last success");
+                assert_eq!(m["expense_sync_last_run_success"], 0.0);
+            }
+        }
+    }
+}

@@ -410,3 +410,91 @@ async fn small_tenants_finish_while_a_big_backfill_is_still_paging() {
         big_total - big_after
     );
 }
+
+#[tokio::test]
+async fn state_tenant_shows_the_state_of_one_tenant_wherever_its_template_puts_it() {
+    let sims = orgs(2, 15).await;
+    let dir = tempfile::tempdir().unwrap();
+    let vault_path = dir.path().join("vault.json");
+    let vault = Vault::open(&vault_path);
+    add_connection(&vault, "acme", &sims[0], true);
+    add_connection(&vault, "globex", &sims[1], true);
+    // State kept apart from the outputs, templated by tenant; a tenants file
+    // moves globex's outputs (and so where its default state would be).
+    let file_text = tenant_pipeline("p", 1000, 200).replace(
+        "name = \"p\"",
+        "name = \"p\"\noutput_dir = \"exports/{tenant}\"",
+    );
+    let pipeline = dir.path().join("p.toml");
+    std::fs::write(&pipeline, file_text).unwrap();
+    let tenants_file = dir.path().join("tenants.toml");
+    std::fs::write(
+        &tenants_file,
+        "[[tenants]]\nname = \"acme\"\n\n[[tenants]]\nname = \"globex\"\noutput_dir = \"elsewhere/{tenant}-files\"\n",
+    )
+    .unwrap();
+    let vault_arg = vault_path.to_str().unwrap();
+    let p = pipeline.to_str().unwrap();
+    let tf = tenants_file.to_str().unwrap();
+    let o = run_bin(
+        &["--vault", vault_arg, "run", p, "--tenants", tf],
+        dir.path(),
+        &[],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let runs = by_tenant(&summary(&o));
+
+    for (tenant, file) in [
+        ("acme", "exports/acme/p.state.json"),
+        ("globex", "elsewhere/globex-files/p.state.json"),
+    ] {
+        let o = run_bin(
+            &["state", p, "--tenants", tf, "--tenant", tenant],
+            dir.path(),
+            &[],
+        )
+        .await;
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let shown: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let on_disk: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(file)).unwrap()).unwrap();
+        assert!(shown["watermark"].is_string(), "{tenant}: {shown}");
+        assert_eq!(shown["watermark"], on_disk["watermark"], "{tenant}");
+        assert_eq!(runs[tenant]["status"], "ok");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(file),
+            "{}",
+            text(&o)
+        );
+    }
+    // Without a tenants file the tenant gets the pipeline's own template.
+    let o = run_bin(&["state", p, "--tenant", "acme"], dir.path(), &[]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // A template without --tenant cannot name a file: say what to add.
+    let o = run_bin(&["state", p], dir.path(), &[]).await;
+    assert_eq!(
+        o.status.code(),
+        Some(ExitCode::Config.code()),
+        "{}",
+        text(&o)
+    );
+    assert!(text(&o).contains("--tenant"), "{}", text(&o));
+    // An unknown tenant in the tenants file is named.
+    let o = run_bin(
+        &["state", p, "--tenants", tf, "--tenant", "nobody"],
+        dir.path(),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        o.status.code(),
+        Some(ExitCode::Config.code()),
+        "{}",
+        text(&o)
+    );
+    assert!(text(&o).contains("nobody"), "{}", text(&o));
+    for sim in sims {
+        sim.shutdown().await;
+    }
+}

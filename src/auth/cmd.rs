@@ -129,6 +129,22 @@ fn http() -> Result<HttpClient, Error> {
 /// Runs an `auth` subcommand against the vault at `vault` (or the default).
 pub async fn run(cmd: AuthCommand, vault: Option<PathBuf>) -> Result<ExitCode, Error> {
     let vault = Vault::open(&vault_path(vault.as_deref()));
+    // Tokens a read-only vault would keep only in memory die with this
+    // process: refuse the commands that exist to store something.
+    let changes = match &cmd {
+        AuthCommand::Add(_) => Some("`auth add` cannot store a connection"),
+        AuthCommand::Login { .. } => Some("`auth login` cannot store the tokens it obtains"),
+        AuthCommand::Revoke { .. } => Some("`auth revoke` cannot forget the stored tokens"),
+        AuthCommand::Remove { .. } => Some("`auth remove` cannot delete a connection"),
+        AuthCommand::List | AuthCommand::RefreshAll => None,
+    };
+    if let Some(what) = changes.filter(|_| vault.is_read_only()) {
+        return Err(AuthError::Vault(VaultError::ReadOnly {
+            path: vault.path().to_path_buf(),
+            what: what.to_string(),
+        })
+        .into());
+    }
     match cmd {
         AuthCommand::Add(args) => {
             let AddArgs {
@@ -382,7 +398,11 @@ pub async fn refresh_all(vault: &Vault) -> Result<ExitCode, Error> {
                 "ok   {name}: refreshed; access token valid until {}",
                 t.expires_at.format("%Y-%m-%dT%H:%M:%SZ")
             ),
-            Err(e @ (AuthError::ReconnectNeeded { .. } | AuthError::RefreshLost { .. })) => {
+            Err(
+                e @ (AuthError::ReconnectNeeded { .. }
+                | AuthError::RefreshLost { .. }
+                | AuthError::RotatedInReadOnlyVault { .. }),
+            ) => {
                 reconnect += 1;
                 println!("FAIL {name}: {e}");
             }

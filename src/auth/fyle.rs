@@ -229,6 +229,23 @@ pub enum AuthError {
         /// The request and how its answer was lost (never a secret).
         detail: String,
     },
+    /// The provider rotated a refresh token that a read-only vault (a mounted
+    /// Kubernetes Secret) holds: the stored one is spent and its successor
+    /// cannot be kept.
+    #[error(
+        "connection `{connection}`: the token endpoint rotated the refresh token, but the vault {vault} is a read-only \
+         Kubernetes Secret, which cannot keep the new one, so the refresh token in the Secret is now spent. A Secret \
+         suits credentials the server does not rotate (client credentials, a JWT assertion, a Fyle refresh token); \
+         keep connections with rotating refresh tokens in the object-store vault (`--vault s3://bucket/vault.json` \
+         with {key}) and authorise this one again there: `expense-sync --vault s3://bucket/vault.json auth login {connection}`",
+        key = super::vault::VAULT_KEY_ENV
+    )]
+    RotatedInReadOnlyVault {
+        /// Vault connection name.
+        connection: String,
+        /// The vault location (`k8s-secret:DIR`).
+        vault: String,
+    },
     /// The credential vault could not be used.
     #[error(transparent)]
     Vault(#[from] VaultError),
@@ -237,7 +254,9 @@ pub enum AuthError {
 impl From<AuthError> for crate::error::Error {
     fn from(e: AuthError) -> Self {
         match e {
-            AuthError::ReconnectNeeded { .. } | AuthError::RefreshLost { .. } => {
+            AuthError::ReconnectNeeded { .. }
+            | AuthError::RefreshLost { .. }
+            | AuthError::RotatedInReadOnlyVault { .. } => {
                 crate::error::Error::Reconnect(e.to_string())
             }
             other => crate::error::Error::Auth(other.to_string()),

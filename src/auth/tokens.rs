@@ -156,7 +156,32 @@ impl VaultAuth {
         }
         let entry = all.get_mut(&self.name).expect("present above");
         match result {
-            Ok(tokens) => {
+            Ok((tokens, sent))
+                if self.spends_read_only(sent, &tokens) && !direct_grant_possible(&conn) =>
+            {
+                // The Secret's refresh token is spent and its successor cannot
+                // be stored: later refreshes in this process must not send it.
+                let reason = format!(
+                    "the token endpoint rotated the refresh token stored in the read-only Kubernetes Secret {}",
+                    self.vault.path().display()
+                );
+                entry.status = ConnectionStatus::ReconnectNeeded;
+                entry.last_error = Some(reason);
+                entry.access_token = None;
+                entry.access_expires_at = None;
+                if let Err(e) = self.vault.save(&lock, &all) {
+                    warn!(connection = %self.name, error = %e, "could not record the spent refresh token in memory");
+                }
+                Err(AuthError::RotatedInReadOnlyVault {
+                    connection: self.name.clone(),
+                    vault: self.vault.path().display().to_string(),
+                })
+            }
+            Ok((tokens, sent)) => {
+                if self.spends_read_only(sent, &tokens) {
+                    // Its own grant (JWT, client credentials…) still works: carry on.
+                    warn!(connection = %self.name, vault = %self.vault.path().display(), "the token endpoint rotated the refresh token stored in the read-only Kubernetes Secret, so that one is spent; later runs fall back to the connection's own grant. Remove refresh_token from the Secret");
+                }
                 let rotated = tokens.refresh_token.is_some();
                 let token = apply_tokens(entry, tokens);
                 // Persist first: if the provider rotated the refresh token, the
@@ -169,7 +194,11 @@ impl VaultAuth {
                         self.name, self.name
                     ))
                 })?;
-                info!(connection = %self.name, rotated, expires_at = %token.expires_at, "access token refreshed and saved to the vault");
+                if self.vault.is_read_only() {
+                    info!(connection = %self.name, rotated, expires_at = %token.expires_at, "access token obtained (kept in memory: the vault is read-only)");
+                } else {
+                    info!(connection = %self.name, rotated, expires_at = %token.expires_at, "access token refreshed and saved to the vault");
+                }
                 Ok(token)
             }
             Err(TokenError::GrantRefused(reason)) => {
@@ -234,12 +263,29 @@ impl VaultAuth {
         })
     }
 
+    /// Whether `tokens`, granted for the refresh token `sent`, replace a
+    /// refresh token that a read-only vault holds and so cannot replace.
+    fn spends_read_only(&self, sent: Option<&SecretString>, tokens: &Tokens) -> bool {
+        match (sent, &tokens.refresh_token) {
+            (Some(old), Some(new)) => {
+                old.expose_secret() != new.expose_secret()
+                    && self.vault.holds_read_only(&self.name, old)
+            }
+            _ => false,
+        }
+    }
+
     /// Runs the right grant for `conn`: refresh if it has a refresh token,
-    /// else (or if that is refused) its non-interactive grant.
-    async fn obtain(&self, conn: &Connection) -> Result<Tokens, TokenError> {
+    /// else (or if that is refused) its non-interactive grant. Also returns
+    /// the refresh token the tokens were granted for, if that grant made them.
+    async fn obtain<'c>(
+        &self,
+        conn: &'c Connection,
+    ) -> Result<(Tokens, Option<&'c SecretString>), TokenError> {
         if let Some(rt) = &conn.refresh_token {
             self.grants.fetch_add(1, Ordering::Relaxed);
             match request_token(&self.http, conn, &Grant::RefreshToken(rt)).await {
+                Ok(tokens) => return Ok((tokens, Some(rt))),
                 Err(TokenError::GrantRefused(reason)) if direct_grant_possible(conn) => {
                     info!(connection = %self.name, %reason, "refresh token refused; using the connection's own grant instead");
                 }
@@ -247,7 +293,7 @@ impl VaultAuth {
                 Err(TokenError::Lost(detail)) if direct_grant_possible(conn) => {
                     info!(connection = %self.name, %detail, "the answer to the refresh was lost; using the connection's own grant instead");
                 }
-                other => return other,
+                Err(e) => return Err(e),
             }
         }
         if !direct_grant_possible(conn) {
@@ -256,7 +302,7 @@ impl VaultAuth {
             ));
         }
         self.grants.fetch_add(1, Ordering::Relaxed);
-        direct_grant(&self.http, conn, &self.name).await
+        Ok((direct_grant(&self.http, conn, &self.name).await?, None))
     }
 }
 

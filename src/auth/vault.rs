@@ -16,6 +16,10 @@
 //!   process's changes (the connections it changed since its read) onto what
 //!   the other wrote, and tries again, so neither write loses the other's
 //!   rotated refresh token.
+//! - The vault can be a mounted Kubernetes Secret (`--vault k8s-secret:DIR`),
+//!   read-only: each key is one connection's JSON (or `vault.json` a whole
+//!   vault file). Tokens obtained at run time stay in this process's memory;
+//!   nothing is ever written to the mount.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -35,6 +39,18 @@ use serde::{Deserialize, Serialize};
 pub const VAULT_ENV: &str = "EXPENSE_SYNC_VAULT";
 /// Environment variable holding the vault encryption key or passphrase.
 pub const VAULT_KEY_ENV: &str = "EXPENSE_SYNC_VAULT_KEY";
+/// Prefix of a vault location naming a mounted Kubernetes Secret (read-only).
+pub const SECRET_DIR_PREFIX: &str = "k8s-secret:";
+/// The Secret key that holds a whole vault file rather than one connection.
+pub const SECRET_VAULT_KEY: &str = "vault.json";
+
+/// The mounted Secret directory a vault location names (`k8s-secret:DIR`), if it names one.
+pub fn secret_dir(location: &Path) -> Option<PathBuf> {
+    location
+        .to_str()
+        .and_then(|s| s.strip_prefix(SECRET_DIR_PREFIX))
+        .map(PathBuf::from)
+}
 
 /// The vault file to use: `explicit`, else `$EXPENSE_SYNC_VAULT`, else
 /// `$XDG_CONFIG_HOME/expense-sync/vault.json` (or `~/.config/…`).
@@ -323,6 +339,43 @@ pub enum VaultError {
         /// Vault file.
         path: PathBuf,
     },
+    /// No key of that name in a mounted Secret.
+    #[error(
+        "no connection `{name}` in the Kubernetes Secret mounted at {}: it has no key `{name}.json` (or `{name}`); \
+         add one holding the connection's JSON, e.g. `kubectl create secret generic … --from-file={name}.json=./{name}.json`",
+        dir.display()
+    )]
+    UnknownMounted {
+        /// Connection name.
+        name: String,
+        /// The mount.
+        dir: PathBuf,
+    },
+    /// One key of a mounted Secret is not a connection.
+    #[error(
+        "credential vault key {}: {message}. Each key of the Secret holds one connection as a JSON object \
+         (profile, grant, accounts_url, client_id and its secrets; see README, \"A vault from a Kubernetes Secret\")",
+        path.display()
+    )]
+    MountedKey {
+        /// The key's file in the mount.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A change to a vault that is a read-only Kubernetes Secret.
+    #[error(
+        "the credential vault {} is a Kubernetes Secret, mounted read-only: {what}. Change the Secret itself \
+         (`kubectl create secret generic … --dry-run=client -o yaml | kubectl apply -f -`), or keep connections \
+         that change in a vault file or in object storage (`--vault s3://bucket/vault.json`)",
+        path.display()
+    )]
+    ReadOnly {
+        /// The vault location (`k8s-secret:DIR`).
+        path: PathBuf,
+        /// What was attempted.
+        what: String,
+    },
 }
 
 impl From<VaultError> for crate::error::Error {
@@ -360,6 +413,36 @@ const CIPHER: &str = "chacha20poly1305";
 pub struct VaultLock {
     _file: Option<File>,
     _held: Option<Held>,
+    _mounted: Option<MountedHeld>,
+}
+
+/// This process's hold on a mounted-Secret vault; released on drop.
+#[derive(Debug)]
+struct MountedHeld(std::sync::Arc<Mounted>);
+
+impl Drop for MountedHeld {
+    fn drop(&mut self) {
+        *self.0.held.lock().expect("not poisoned") = false;
+        self.0.released.notify_one();
+    }
+}
+
+/// A vault read from a mounted Kubernetes Secret, and the tokens this process
+/// obtained for its connections (in memory only: the mount is read-only).
+#[derive(Default)]
+struct Mounted {
+    dir: PathBuf,
+    held: std::sync::Mutex<bool>,
+    released: std::sync::Condvar,
+    /// Each connection as last saved, with the Secret's own form of it then:
+    /// its run-time fields overlay the Secret's while the Secret is unchanged.
+    runtime: std::sync::Mutex<BTreeMap<String, (serde_json::Value, Connection)>>,
+}
+
+impl std::fmt::Debug for Mounted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mounted").field("dir", &self.dir).finish()
+    }
 }
 
 /// This process's hold on a vault object; released on drop.
@@ -379,6 +462,7 @@ pub struct Vault {
     path: PathBuf,
     key: Option<SecretString>,
     remote: Option<std::sync::Arc<RemoteVault>>,
+    mounted: Option<std::sync::Arc<Mounted>>,
 }
 
 /// A vault object: the store (opened on first use) and what this process last read.
@@ -427,6 +511,12 @@ impl Vault {
             path: path.to_path_buf(),
             key,
             remote: crate::store::is_remote(path).then(Default::default),
+            mounted: secret_dir(path).map(|dir| {
+                std::sync::Arc::new(Mounted {
+                    dir,
+                    ..Mounted::default()
+                })
+            }),
         }
     }
 
@@ -439,12 +529,31 @@ impl Vault {
             path: path.to_path_buf(),
             key: Some(key),
             remote: Some(std::sync::Arc::new(remote)),
+            mounted: None,
         }
     }
 
     /// The vault file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether this vault is a read-only Kubernetes Secret (tokens kept in memory only).
+    pub fn is_read_only(&self) -> bool {
+        self.mounted.is_some()
+    }
+
+    /// Whether `token` is the refresh token the read-only Secret itself holds
+    /// for `name` (so a rotation of it cannot be kept).
+    pub fn holds_read_only(&self, name: &str, token: &SecretString) -> bool {
+        let Some(mounted) = &self.mounted else {
+            return false;
+        };
+        self.read_mounted(&mounted.dir)
+            .ok()
+            .and_then(|mut all| all.remove(name))
+            .and_then(|c| c.refresh_token)
+            .is_some_and(|t| t.expose_secret() == token.expose_secret())
     }
 
     fn io(&self, source: io::Error) -> VaultError {
@@ -469,6 +578,19 @@ impl Vault {
             return Ok(VaultLock {
                 _file: None,
                 _held: Some(Held(remote.clone())),
+                _mounted: None,
+            });
+        }
+        if let Some(mounted) = &self.mounted {
+            let mut held = mounted.held.lock().expect("not poisoned");
+            while *held {
+                held = mounted.released.wait(held).expect("not poisoned");
+            }
+            *held = true;
+            return Ok(VaultLock {
+                _file: None,
+                _held: None,
+                _mounted: Some(MountedHeld(mounted.clone())),
             });
         }
         self.ensure_dir()?;
@@ -484,6 +606,7 @@ impl Vault {
         Ok(VaultLock {
             _file: Some(file),
             _held: None,
+            _mounted: None,
         })
     }
 
@@ -521,6 +644,20 @@ impl Vault {
             }
             return Ok(all);
         }
+        if let Some(mounted) = &self.mounted {
+            let mut all = self.read_mounted(&mounted.dir)?;
+            let runtime = mounted.runtime.lock().expect("not poisoned");
+            for (name, conn) in all.iter_mut() {
+                // An operator's update of the Secret (new credentials) starts
+                // that connection afresh rather than under stale tokens.
+                if let Some((seen, ours)) = runtime.get(name)
+                    && serde_json::to_value(&*conn).ok().as_ref() == Some(seen)
+                {
+                    copy_runtime(ours, conn);
+                }
+            }
+            return Ok(all);
+        }
         let bytes = match std::fs::read(&self.path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Connections::new()),
@@ -554,6 +691,12 @@ impl Vault {
 
     /// The error for a missing connection.
     pub fn unknown(&self, name: &str) -> VaultError {
+        if let Some(mounted) = &self.mounted {
+            return VaultError::UnknownMounted {
+                name: name.to_string(),
+                dir: mounted.dir.clone(),
+            };
+        }
         VaultError::Unknown {
             name: name.to_string(),
             path: self.path.clone(),
@@ -564,6 +707,9 @@ impl Vault {
     pub fn save(&self, _lock: &VaultLock, connections: &Connections) -> Result<(), VaultError> {
         if let Some(remote) = &self.remote {
             return self.save_remote(remote, connections);
+        }
+        if let Some(mounted) = &self.mounted {
+            return self.save_mounted(mounted, connections);
         }
         self.ensure_dir()?;
         let bytes = self.serialize(connections)?;
@@ -687,6 +833,100 @@ impl Vault {
         Ok(r)
     }
 
+    /// Keeps run-time changes (tokens, status) in memory; refuses any other change.
+    fn save_mounted(&self, mounted: &Mounted, connections: &Connections) -> Result<(), VaultError> {
+        let secret = self.read_mounted(&mounted.dir)?;
+        let read_only = |what: String| VaultError::ReadOnly {
+            path: self.path.clone(),
+            what,
+        };
+        if let Some(name) = connections.keys().find(|n| !secret.contains_key(*n)) {
+            return Err(read_only(format!("cannot add connection `{name}`")));
+        }
+        if let Some(name) = secret.keys().find(|n| !connections.contains_key(*n)) {
+            return Err(read_only(format!("cannot remove connection `{name}`")));
+        }
+        let mut runtime = BTreeMap::new();
+        for (name, conn) in connections {
+            let mut expected = secret[name].clone();
+            copy_runtime(conn, &mut expected);
+            if serde_json::to_value(&expected).ok() != serde_json::to_value(conn).ok() {
+                return Err(read_only(format!(
+                    "cannot change the settings or credentials of connection `{name}`"
+                )));
+            }
+            let seen =
+                serde_json::to_value(&secret[name]).map_err(|e| self.io(io::Error::other(e)))?;
+            runtime.insert(name.clone(), (seen, conn.clone()));
+        }
+        *mounted.runtime.lock().expect("not poisoned") = runtime;
+        Ok(())
+    }
+
+    /// Every connection in the mounted Secret `dir`, read from one version of it.
+    fn read_mounted(&self, dir: &Path) -> Result<Connections, VaultError> {
+        // kubelet mounts each key as a symlink into `..data`, itself a symlink
+        // it swaps atomically to a new timestamped directory on an update:
+        // reading inside the directory `..data` resolves to sees one version.
+        let base = match std::fs::canonicalize(dir.join("..data")) {
+            Ok(p) => p,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => dir.to_path_buf(),
+            Err(e) => return Err(self.io(e)),
+        };
+        let listing = std::fs::read_dir(&base).map_err(|e| {
+            let hint = if e.kind() == io::ErrorKind::NotFound {
+                format!(
+                    "{} does not exist: mount the Secret there (volumeMounts[].mountPath) or correct the directory after {SECRET_DIR_PREFIX}",
+                    dir.display()
+                )
+            } else {
+                format!("cannot list {}: {e}", dir.display())
+            };
+            self.io(io::Error::new(e.kind(), hint))
+        })?;
+        let mut keys = Vec::new();
+        for entry in listing {
+            let entry = entry.map_err(|e| self.io(e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // kubelet's own entries (`..data`, `..2026_…`) and hidden files are not keys.
+            if !name.starts_with('.') {
+                keys.push(name);
+            }
+        }
+        keys.sort();
+        if keys.is_empty() {
+            return Err(self.io(io::Error::other(format!(
+                "{} has no keys: is the Secret mounted there?",
+                dir.display()
+            ))));
+        }
+        let mut all = Connections::new();
+        let mut from: BTreeMap<String, String> = BTreeMap::new();
+        for key in keys {
+            let shown = dir.join(&key);
+            let bytes = std::fs::read(base.join(&key)).map_err(|e| VaultError::Io {
+                path: shown.clone(),
+                source: e,
+            })?;
+            let found = if key == SECRET_VAULT_KEY {
+                self.parse(&bytes)?
+            } else {
+                let name = key.strip_suffix(".json").unwrap_or(&key).to_string();
+                Connections::from([(name, parse_mounted_connection(&bytes, &shown)?)])
+            };
+            for (name, conn) in found {
+                if let Some(other) = from.insert(name.clone(), key.clone()) {
+                    return Err(VaultError::MountedKey {
+                        path: shown,
+                        message: format!("connection `{name}` is also defined by key `{other}`"),
+                    });
+                }
+                all.insert(name, conn);
+            }
+        }
+        Ok(all)
+    }
+
     fn check_permissions(&self) -> Result<(), VaultError> {
         if self.remote.is_some() {
             return Ok(());
@@ -767,6 +1007,77 @@ impl Vault {
             })?;
         serde_json::from_slice(&plain).map_err(|e| corrupt(&e.to_string()))
     }
+}
+
+/// Copies what a run changes (tokens, their expiries, status) from `from` to `to`.
+fn copy_runtime(from: &Connection, to: &mut Connection) {
+    to.refresh_token = from.refresh_token.clone();
+    to.refresh_expires_at = from.refresh_expires_at;
+    to.access_token = from.access_token.clone();
+    to.access_expires_at = from.access_expires_at;
+    to.status = from.status;
+    to.last_refresh_at = from.last_refresh_at;
+    to.last_error = from.last_error.clone();
+}
+
+/// One Secret key's connection: its JSON object over the defaults of
+/// `Connection::new` (only `grant` and `client_id` are required; `profile`
+/// defaults to `fyle`, `accounts_url` to Fyle's), unknown fields refused.
+fn parse_mounted_connection(bytes: &[u8], path: &Path) -> Result<Connection, VaultError> {
+    let bad = |message: String| VaultError::MountedKey {
+        path: path.to_path_buf(),
+        message,
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| bad(format!("not JSON ({e})")))?;
+    let serde_json::Value::Object(given) = value else {
+        return Err(bad("not a JSON object".into()));
+    };
+    let field = |k: &str| given.get(k).cloned();
+    let profile: Profile = match field("profile") {
+        Some(v) => serde_json::from_value(v).map_err(|e| bad(format!("profile: {e}")))?,
+        None => Profile::Fyle,
+    };
+    let grant: GrantKind = serde_json::from_value(
+        field("grant").ok_or_else(|| bad("missing field `grant` (e.g. \"refresh_token\", \"jwt_bearer\", \"client_credentials\")".into()))?,
+    )
+    .map_err(|e| bad(format!("grant: {e}")))?;
+    let text = |k: &str| -> Result<Option<String>, VaultError> {
+        match field(k) {
+            None => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(bad(format!("`{k}` must be a string"))),
+        }
+    };
+    let client_id = text("client_id")?.ok_or_else(|| bad("missing field `client_id`".into()))?;
+    let accounts_url = match text("accounts_url")? {
+        Some(u) => u,
+        None if profile == Profile::Fyle => super::fyle::DEFAULT_ACCOUNTS_URL.to_string(),
+        None => return Err(bad("missing field `accounts_url`".into())),
+    };
+    let base = Connection::new(profile, grant, &accounts_url, &client_id);
+    let serde_json::Value::Object(mut merged) =
+        serde_json::to_value(&base).map_err(|e| bad(e.to_string()))?
+    else {
+        return Err(bad("internal: a connection is not an object".into()));
+    };
+    for (k, v) in given {
+        if !merged.contains_key(&k) {
+            let known: Vec<&String> = merged.keys().collect();
+            return Err(bad(format!(
+                "unknown field `{k}` (the fields are: {})",
+                known
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        if k != "accounts_url" {
+            merged.insert(k, v);
+        }
+    }
+    serde_json::from_value(serde_json::Value::Object(merged)).map_err(|e| bad(e.to_string()))
 }
 
 /// Connections as comparable JSON (secrets included: the vault's own form).
@@ -887,6 +1198,57 @@ mod tests {
         let err = v.load().unwrap_err().to_string();
         assert!(err.contains("chmod 600"), "{err}");
         assert!(err.contains("644"), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_mounted_secret_keeps_tokens_in_memory_until_kubelet_swaps_in_a_new_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let mount = dir.path().join("mount");
+        let key = |secret: &str| {
+            format!(
+                r#"{{"grant": "client_credentials", "profile": "oauth2", "accounts_url": "http://x/",
+                    "client_id": "id", "client_secret": "{secret}"}}"#
+            )
+        };
+        for (version, secret) in [("..v1", "s1"), ("..v2", "s2")] {
+            std::fs::create_dir_all(mount.join(version)).unwrap();
+            std::fs::write(mount.join(version).join("acme.json"), key(secret)).unwrap();
+        }
+        std::os::unix::fs::symlink("..v1", mount.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/acme.json", mount.join("acme.json")).unwrap();
+        let v = Vault::open(Path::new(&format!(
+            "{SECRET_DIR_PREFIX}{}",
+            mount.display()
+        )));
+        assert!(v.is_read_only());
+        let lock = v.lock().unwrap();
+        let mut all = v.load().unwrap();
+        assert_eq!(
+            all["acme"].accounts_url, "http://x",
+            "defaults from Connection::new"
+        );
+        assert_eq!(all["acme"].token_url, "http://x/oauth/token");
+        all.get_mut("acme").unwrap().access_token = Some(SecretString::from("at-1".to_string()));
+        v.save(&lock, &all).unwrap();
+        drop(lock);
+        let again = v.get("acme").unwrap();
+        assert_eq!(again.access_token.unwrap().expose_secret(), "at-1");
+        // kubelet's atomic update: `..data` now points at the new version.
+        std::fs::remove_file(mount.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..v2", mount.join("..data")).unwrap();
+        let fresh = v.get("acme").unwrap();
+        assert_eq!(fresh.client_secret.unwrap().expose_secret(), "s2");
+        assert!(fresh.access_token.is_none(), "new credentials start afresh");
+        // Changing a setting is refused; nothing was written to the mount.
+        let err = v
+            .update(|all| {
+                all.get_mut("acme").unwrap().client_id = "other".into();
+                Ok::<_, VaultError>(())
+            })
+            .unwrap_err();
+        assert!(matches!(err, VaultError::ReadOnly { .. }), "{err}");
+        assert_eq!(std::fs::read_dir(&mount).unwrap().count(), 4);
     }
 
     #[test]

@@ -19,13 +19,15 @@ pub const LAST_SUCCESS: &str = "expense_sync_last_success_timestamp_seconds";
 
 pub mod config;
 
-pub use config::{MetricsConfig, pushgateway_url};
+pub use config::{MetricsConfig, pushgateway_group_url, pushgateway_url};
 
 /// What the metrics say about one finished run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunMetrics {
     /// Pipeline name (the `pipeline` label).
     pub pipeline: String,
+    /// Tenant in a multi-tenant run (the `tenant` label, and a Pushgateway group of its own).
+    pub tenant: Option<String>,
     /// Whether the run committed (status `ok` or `partial`).
     pub success: bool,
     /// Process exit code of the run.
@@ -61,6 +63,7 @@ impl RunMetrics {
         let finished_at = epoch_seconds(finished_at);
         Self {
             pipeline: summary.pipeline.clone(),
+            tenant: summary.tenant.clone(),
             success,
             exit_code: summary.exit_code,
             finished_at,
@@ -77,9 +80,21 @@ impl RunMetrics {
         }
     }
 
+    /// The label set of every sample: `{pipeline="…"}` or `{pipeline="…",tenant="…"}`.
+    pub fn labels(&self) -> String {
+        match &self.tenant {
+            None => format!("{{pipeline=\"{}\"}}", escape_label(&self.pipeline)),
+            Some(t) => format!(
+                "{{pipeline=\"{}\",tenant=\"{}\"}}",
+                escape_label(&self.pipeline),
+                escape_label(t)
+            ),
+        }
+    }
+
     /// The OpenMetrics text, ending with `# EOF`.
     pub fn render(&self) -> String {
-        let label = format!("{{pipeline=\"{}\"}}", escape_label(&self.pipeline));
+        let label = self.labels();
         let mut out = String::new();
         let mut gauge = |name: &str, help: &str, value: String| {
             out.push_str(&format!(
@@ -188,7 +203,15 @@ pub fn textfile_path(template: &Path, pipeline: &str) -> PathBuf {
 
 /// The last-success timestamp of `pipeline` in an earlier metrics text, if any.
 pub fn previous_last_success(text: &str, pipeline: &str) -> Option<f64> {
-    let prefix = format!("{LAST_SUCCESS}{{pipeline=\"{}\"}} ", escape_label(pipeline));
+    last_success_with(
+        text,
+        &format!("{{pipeline=\"{}\"}}", escape_label(pipeline)),
+    )
+}
+
+/// The last-success timestamp of the series with exactly `labels`, if any.
+fn last_success_with(text: &str, labels: &str) -> Option<f64> {
+    let prefix = format!("{LAST_SUCCESS}{labels} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))
         .and_then(|v| v.split_whitespace().next())
@@ -202,7 +225,7 @@ pub fn write_textfile(path: &Path, metrics: &RunMetrics, run_id: &str) -> Result
     if m.last_success.is_none() {
         m.last_success = std::fs::read_to_string(path)
             .ok()
-            .and_then(|t| previous_last_success(&t, &m.pipeline));
+            .and_then(|t| last_success_with(&t, &m.labels()));
     }
     crate::fsutil::write_atomic(path, m.render().as_bytes(), run_id).map_err(|e| {
         format!(
@@ -218,7 +241,11 @@ pub fn write_textfile(path: &Path, metrics: &RunMetrics, run_id: &str) -> Result
 /// last-success time, so it POSTs, which replaces only the metrics it sends
 /// and leaves the previous last-success value in the group.
 pub async fn push(base: &str, metrics: &RunMetrics) -> Result<(), String> {
-    let url = pushgateway_url(base, &metrics.pipeline)?;
+    let mut group = vec![("pipeline", metrics.pipeline.as_str())];
+    if let Some(t) = &metrics.tenant {
+        group.push(("tenant", t.as_str()));
+    }
+    let url = pushgateway_group_url(base, &group)?;
     // Short timeouts and few retries: a missing Pushgateway must not hold up
     // a scheduled job for minutes. Still the project's one HTTP stack.
     let http = HttpClient::new(&HttpConfig {
@@ -283,9 +310,30 @@ mod tests {
     }
 
     #[test]
+    fn pushgateway_group_values_with_a_slash_or_empty_are_base64url() {
+        let u = pushgateway_group_url("http://gw:9091", &[("pipeline", "p"), ("tenant", "a/b")])
+            .unwrap();
+        assert_eq!(
+            u.as_str(),
+            "http://gw:9091/metrics/job/expense_sync/pipeline/p/tenant@base64/YS9i"
+        );
+        let u = pushgateway_group_url("http://gw:9091", &[("tenant", "")]).unwrap();
+        assert_eq!(
+            u.as_str(),
+            "http://gw:9091/metrics/job/expense_sync/tenant@base64/="
+        );
+        let u = pushgateway_group_url("http://gw:9091", &[("tenant", "acme corp")]).unwrap();
+        assert_eq!(
+            u.as_str(),
+            "http://gw:9091/metrics/job/expense_sync/tenant/acme%20corp"
+        );
+    }
+
+    #[test]
     fn previous_last_success_is_read_back_from_rendered_text() {
         let m = RunMetrics {
             pipeline: "p".into(),
+            tenant: None,
             success: true,
             exit_code: 0,
             finished_at: 1_700_000_000.25,
