@@ -515,3 +515,162 @@ async fn shards_of_many_tenants_commit_each_tenant_once_under_its_own_prefix_in_
         sim.shutdown().await;
     }
 }
+
+/// A store that counts the object bytes this process downloads through it.
+#[derive(Debug)]
+struct CountingStore {
+    inner: std::sync::Arc<dyn object_store::ObjectStore>,
+    downloaded: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::fmt::Display for CountingStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Counting({})", self.inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl object_store::ObjectStore for CountingStore {
+    async fn put_opts(
+        &self,
+        location: &object_store::path::Path,
+        payload: object_store::PutPayload,
+        opts: object_store::PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        self.inner.put_opts(location, payload, opts).await
+    }
+    async fn put_multipart_opts(
+        &self,
+        location: &object_store::path::Path,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+    async fn get_opts(
+        &self,
+        location: &object_store::path::Path,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        let head = options.head;
+        let r = self.inner.get_opts(location, options).await?;
+        if !head {
+            self.downloaded.fetch_add(
+                r.range.end - r.range.start,
+                std::sync::atomic::Ordering::SeqCst,
+            );
+        }
+        Ok(r)
+    }
+    fn delete_stream(
+        &self,
+        locations: futures::stream::BoxStream<
+            'static,
+            object_store::Result<object_store::path::Path>,
+        >,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>> {
+        self.inner.delete_stream(locations)
+    }
+    fn list(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> object_store::Result<object_store::ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+    async fn copy_opts(
+        &self,
+        from: &object_store::path::Path,
+        to: &object_store::path::Path,
+        options: object_store::CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+/// A planned file whose temporary object holds `len` pseudo-random bytes.
+fn large_planned_file(
+    target: &expense_sync::store::state::RemoteTarget,
+    dir: &Path,
+    len: usize,
+) -> (expense_sync::state::PlannedFile, Vec<u8>) {
+    use rand::{RngCore, SeedableRng};
+    let mut bytes = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(len as u64).fill_bytes(&mut bytes);
+    let local = dir.join("big.bin");
+    std::fs::write(&local, &bytes).unwrap();
+    let remote = target.remote();
+    let temp = target.temp_key("big", "r1", "big.bin");
+    remote.upload_file(&local, &temp).unwrap();
+    let planned = expense_sync::state::PlannedFile {
+        temp: std::path::PathBuf::from(temp.as_ref()),
+        final_path: std::path::PathBuf::from(remote.key("big.bin").as_ref()),
+        replace: false,
+    };
+    (planned, bytes)
+}
+
+/// Placing a committed object copies it inside the store: a file larger than
+/// the multipart threshold is never downloaded into this process, reads back
+/// identical, and a repeated place (a rerun after a crash between the copy and
+/// the temporary's removal) is a no-op that still removes the temporary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placing_a_file_larger_than_the_multipart_threshold_copies_it_in_the_store() {
+    use expense_sync::state::Target;
+    use expense_sync::store::{ObjectKey, Remote, state::RemoteTarget};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let s3 = S3Server::start("placing").await;
+    let dir = tempfile::tempdir().unwrap();
+    let downloaded = std::sync::Arc::new(AtomicU64::new(0));
+    let settings: Vec<(String, String)> = s3.env();
+    let opened = Remote::open_with(&s3.url("out"), &settings).unwrap();
+    let counting = CountingStore {
+        inner: opened.store().clone(),
+        downloaded: downloaded.clone(),
+    };
+    let remote = std::sync::Arc::new(
+        Remote::with_store(
+            std::sync::Arc::new(counting),
+            &format!("s3://{}", s3.bucket),
+            ObjectKey::from("out"),
+        )
+        .unwrap(),
+    );
+    let (mut target, _) = tokio::task::block_in_place(|| {
+        RemoteTarget::load(remote.clone(), remote.key("big.state.json"), "big", "u")
+    })
+    .unwrap();
+    let len = 20 * 1024 * 1024 + 123;
+    let (planned, bytes) =
+        tokio::task::block_in_place(|| large_planned_file(&target, dir.path(), len));
+
+    downloaded.store(0, Ordering::SeqCst);
+    tokio::task::block_in_place(|| target.place(&planned)).unwrap();
+    let placing = downloaded.load(Ordering::SeqCst);
+    assert!(
+        placing < 1024 * 1024,
+        "placing downloaded {placing} bytes of a {len}-byte object"
+    );
+    assert_eq!(s3.read("out/big.bin").await.as_ref(), bytes.as_slice());
+    assert!(leftovers(&s3, "out").await.is_empty());
+
+    // A crash after the copy, before the temporary was removed: the rerun's
+    // place finds the same content at the final key and only cleans up.
+    let temp = planned.temp.to_string_lossy().into_owned();
+    s3.write(&temp, &bytes).await;
+    tokio::task::block_in_place(|| target.place(&planned)).unwrap();
+    assert_eq!(s3.read("out/big.bin").await.as_ref(), bytes.as_slice());
+    assert!(leftovers(&s3, "out").await.is_empty());
+
+    // Different content at the final key is never replaced.
+    let mut other = bytes.clone();
+    other[len - 1] ^= 1;
+    s3.write(&temp, &other).await;
+    let e = tokio::task::block_in_place(|| target.place(&planned)).unwrap_err();
+    assert!(e.contains("already exists"), "{e}");
+    assert_eq!(s3.read("out/big.bin").await.as_ref(), bytes.as_slice());
+}
