@@ -41,3 +41,8 @@ async fn the_lease_of_a_killed_run_in_azure_is_taken_over_only_after_it_expires(
 async fn placing_a_large_file_in_azure_copies_it_in_the_store() {
     scenarios::large_file_is_placed_by_a_copy_in_the_store(&Azurite::start("placing").await).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_updates_of_a_vault_in_azure_lose_no_rotated_token() {
+    scenarios::vault_updates_lose_no_rotated_token(&Azurite::start("vaults").await).await;
+}

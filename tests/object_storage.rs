@@ -39,73 +39,7 @@ async fn the_lease_of_a_killed_run_is_taken_over_only_after_it_expires() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_updates_of_a_vault_in_object_storage_lose_no_rotated_token() {
-    use expense_sync::auth::vault::{Connection, GrantKind, Profile, Vault};
-    use expense_sync::store::Remote;
-    use secrecy::{ExposeSecret, SecretString};
-
-    let s3 = S3Server::start("vaults").await;
-    let url = s3.url("tenants/vault.json");
-    let env = s3.env();
-    let open = || {
-        Vault::with_remote(
-            Path::new(&url),
-            SecretString::from("vault passphrase"),
-            Remote::open_with(&url, &env).unwrap(),
-        )
-    };
-    const TENANTS: usize = 6;
-    const ROTATIONS: usize = 4;
-    open()
-        .update(|all| {
-            for t in 0..TENANTS {
-                let mut c = Connection::new(
-                    Profile::Fyle,
-                    GrantKind::RefreshToken,
-                    "https://accounts.example",
-                    &format!("client-{t}"),
-                );
-                c.refresh_token = Some(SecretString::from(format!("tenant-{t}-token-0")));
-                all.insert(format!("tenant-{t}"), c);
-            }
-            Ok::<_, expense_sync::auth::vault::VaultError>(())
-        })
-        .unwrap();
-
-    // One "process" (its own vault handle, its own reads) per tenant, all rotating at once.
-    let handles: Vec<_> = (0..TENANTS)
-        .map(|t| {
-            let vault = open();
-            std::thread::spawn(move || {
-                for r in 1..=ROTATIONS {
-                    vault
-                        .update(|all| {
-                            let c = all.get_mut(&format!("tenant-{t}")).unwrap();
-                            c.refresh_token =
-                                Some(SecretString::from(format!("tenant-{t}-token-{r}")));
-                            Ok::<_, expense_sync::auth::vault::VaultError>(())
-                        })
-                        .unwrap();
-                }
-            })
-        })
-        .collect();
-    for h in handles {
-        h.join().unwrap();
-    }
-    let all = open().load().unwrap();
-    for t in 0..TENANTS {
-        let token = all[&format!("tenant-{t}")]
-            .refresh_token
-            .as_ref()
-            .unwrap()
-            .expose_secret()
-            .to_string();
-        assert_eq!(token, format!("tenant-{t}-token-{ROTATIONS}"));
-    }
-    // Encrypted at rest: no token in the object's bytes.
-    let raw = String::from_utf8_lossy(&s3.read("tenants/vault.json").await).into_owned();
-    assert!(!raw.contains("token-"), "{raw}");
-    assert!(raw.contains("chacha20poly1305"), "{raw}");
+    scenarios::vault_updates_lose_no_rotated_token(&S3Server::start("vaults").await).await;
 }
 
 /// Stores a Fyle connection to `sim` as `name` in the vault at `path`.

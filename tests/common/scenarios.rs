@@ -320,3 +320,74 @@ pub async fn large_file_is_placed_by_a_copy_in_the_store(store: &impl TestStore)
     assert!(e.contains("already exists"), "{e}");
     assert_eq!(store.read("out/big.bin").await.as_ref(), bytes.as_slice());
 }
+
+/// Processes rotating the tokens of their tenants in one vault object at once
+/// lose no rotation (conditional puts), and the object is encrypted at rest.
+pub async fn vault_updates_lose_no_rotated_token(store: &impl TestStore) {
+    use expense_sync::auth::vault::{Connection, GrantKind, Profile, Vault};
+    use expense_sync::store::Remote;
+    use secrecy::{ExposeSecret, SecretString};
+
+    let url = store.url("tenants/vault.json");
+    let env = store.env();
+    let open = || {
+        Vault::with_remote(
+            Path::new(&url),
+            SecretString::from("vault passphrase"),
+            Remote::open_with(&url, &env).unwrap(),
+        )
+    };
+    const TENANTS: usize = 6;
+    const ROTATIONS: usize = 4;
+    open()
+        .update(|all| {
+            for t in 0..TENANTS {
+                let mut c = Connection::new(
+                    Profile::Fyle,
+                    GrantKind::RefreshToken,
+                    "https://accounts.example",
+                    &format!("client-{t}"),
+                );
+                c.refresh_token = Some(SecretString::from(format!("tenant-{t}-token-0")));
+                all.insert(format!("tenant-{t}"), c);
+            }
+            Ok::<_, expense_sync::auth::vault::VaultError>(())
+        })
+        .unwrap();
+
+    // One "process" (its own vault handle, its own reads) per tenant, all rotating at once.
+    let handles: Vec<_> = (0..TENANTS)
+        .map(|t| {
+            let vault = open();
+            std::thread::spawn(move || {
+                for r in 1..=ROTATIONS {
+                    vault
+                        .update(|all| {
+                            let c = all.get_mut(&format!("tenant-{t}")).unwrap();
+                            c.refresh_token =
+                                Some(SecretString::from(format!("tenant-{t}-token-{r}")));
+                            Ok::<_, expense_sync::auth::vault::VaultError>(())
+                        })
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let all = open().load().unwrap();
+    for t in 0..TENANTS {
+        let token = all[&format!("tenant-{t}")]
+            .refresh_token
+            .as_ref()
+            .unwrap()
+            .expose_secret()
+            .to_string();
+        assert_eq!(token, format!("tenant-{t}-token-{ROTATIONS}"));
+    }
+    // Encrypted at rest: no token in the object's bytes.
+    let raw = String::from_utf8_lossy(&store.read("tenants/vault.json").await).into_owned();
+    assert!(!raw.contains("token-"), "{raw}");
+    assert!(raw.contains("chacha20poly1305"), "{raw}");
+}
