@@ -3,229 +3,26 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Output;
 use std::time::Duration;
 
 use common::s3::S3Server;
 use common::*;
-use expense_sync::simulator::{Faults, SimConfig, Simulator};
+use expense_sync::simulator::Simulator;
 
-const BIN: &str = env!("CARGO_BIN_EXE_expense-sync");
-/// Exit code of a run refused because another run holds the pipeline.
-const EXIT_LOCKED: i32 = 7;
-
-/// An incremental pipeline with outputs in `output_dir`: a CSV and a Parquet file per run.
-fn pipeline(sim: &Simulator, name: &str, output_dir: &str) -> String {
-    let text = incremental_text(sim, name, "page_size = 50")
-        .replace(
-            "[pipeline]\n",
-            &format!("[pipeline]\noutput_dir = \"{output_dir}\"\n"),
-        )
-        .replace(
-            "path = \"{pipeline}-{run_id}.csv\"",
-            "path = \"csv/{pipeline}-{run_id}.csv\"",
-        );
-    format!(
-        "{text}\n[[sinks]]\ntype = \"parquet\"\npath = \"parquet/{{pipeline}}-{{run_id}}.parquet\"\n"
-    )
-}
-
-async fn run_bin(file: &Path, sim: &Simulator, s3: &S3Server, env: &[(&str, &str)]) -> Output {
-    let c = sim.credentials();
-    let spool = file.parent().unwrap().join("spool");
-    let mut cmd = tokio::process::Command::new(BIN);
-    cmd.arg("run")
-        .arg(file)
-        .current_dir(file.parent().unwrap())
-        .env("FYLE_CLIENT_ID", &c.client_id)
-        .env("FYLE_CLIENT_SECRET", &c.client_secret)
-        .env("FYLE_REFRESH_TOKEN", &c.refresh_token)
-        .env("EXPENSE_SYNC_SPOOL_DIR", &spool)
-        .env_remove("EXPENSE_SYNC_LOG")
-        .env_remove("EXPENSE_SYNC_FAILPOINT")
-        .env_remove("EXPENSE_SYNC_LEASE_TTL")
-        .kill_on_drop(true);
-    for (k, v) in s3.env() {
-        cmd.env(k, v);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().await.unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Every (id, updated_at) in the committed CSV objects under `prefix/csv/`, with counts.
-async fn committed_versions(s3: &S3Server, prefix: &str) -> BTreeMap<(String, String), usize> {
-    let dir = tempfile::tempdir().unwrap();
-    let mut seen = BTreeMap::new();
-    for key in s3.keys(&format!("{prefix}/csv")).await {
-        assert!(key.ends_with(".csv"), "unexpected object {key}");
-        let local = dir.path().join("f.csv");
-        std::fs::write(&local, s3.read(&key).await).unwrap();
-        for r in read_csv(&local).1 {
-            *seen.entry((r[0].clone(), r[1].clone())).or_insert(0) += 1;
-        }
-    }
-    seen
-}
-
-/// Every current expense version is in the committed CSV objects once, and no other.
-async fn assert_exactly_once_in(s3: &S3Server, prefix: &str, sim: &Simulator) {
-    let seen = committed_versions(s3, prefix).await;
-    let doubled: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
-    assert!(doubled.is_empty(), "versions delivered twice: {doubled:?}");
-    let missing: Vec<_> = truth_versions(sim)
-        .into_iter()
-        .filter(|v| !seen.contains_key(v))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} current versions never delivered, e.g. {:?}",
-        missing.len(),
-        &missing[..missing.len().min(3)]
-    );
-}
-
-/// Temporary objects and leases a finished run must not leave behind.
-async fn leftovers(s3: &S3Server, prefix: &str) -> Vec<String> {
-    s3.keys(prefix)
-        .await
-        .into_iter()
-        .filter(|k| k.contains(".expense-sync-tmp") || k.ends_with(".lease"))
-        .collect()
-}
-
-async fn state_json(s3: &S3Server, key: &str) -> serde_json::Value {
-    serde_json::from_slice(&s3.read(key).await).unwrap()
-}
+use common::store::{
+    BIN, assert_exactly_once_in, leftovers, remote_pipeline as pipeline, run_bin, state_json,
+    stderr,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_export_to_s3_equals_ground_truth_and_reads_back_with_csv_and_parquet_readers() {
-    let s3 = S3Server::start("exports").await;
-    let sim = simulator(230, 31, None).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("p.toml");
-    std::fs::write(&file, pipeline(&sim, "lake", &s3.url("acme/out"))).unwrap();
-
-    let o = run_bin(&file, &sim, &s3, &[]).await;
-    assert!(o.status.success(), "{}", stderr(&o));
-    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let paths: Vec<&str> = summary["outputs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["path"].as_str().unwrap())
-        .collect();
-    assert!(
-        paths
-            .iter()
-            .all(|p| p.starts_with("s3://exports/acme/out/")),
-        "the summary names the objects: {paths:?}"
-    );
-
-    // Ground truth, field by field, from the downloaded CSV.
-    let truth = truth_by_id(&sim);
-    let csv_keys = s3.keys("acme/out/csv").await;
-    assert_eq!(csv_keys.len(), 1, "{csv_keys:?}");
-    let local = dir.path().join("got.csv");
-    std::fs::write(&local, s3.read(&csv_keys[0]).await).unwrap();
-    let (header, rows) = csv_by_id(&local);
-    assert_eq!(header, ["id", "updated_at", "amount"]);
-    assert_eq!(rows.len(), truth.len());
-    for (id, row) in &rows {
-        let t = &truth[id];
-        assert_eq!(row[1], t["updated_at"].as_str().unwrap(), "{id}");
-        assert_eq!(
-            row[2].parse::<rust_decimal::Decimal>().unwrap(),
-            json_decimal(&t["amount"]).unwrap(),
-            "{id}"
-        );
-    }
-    // The Parquet object, read back with the parquet reader.
-    let pq_keys = s3.keys("acme/out/parquet").await;
-    assert_eq!(pq_keys.len(), 1, "{pq_keys:?}");
-    let bytes = s3.read(&pq_keys[0]).await;
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .unwrap()
-        .build()
-        .unwrap();
-    let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
-    assert_eq!(rows, truth.len());
-
-    // The state object records the run; nothing temporary is left.
-    let st = state_json(&s3, "acme/out/lake.state.json").await;
-    assert_eq!(st["runs"].as_array().unwrap().len(), 1);
-    assert!(st["pending"].is_null());
-    assert!(st["watermark"].is_string());
-    assert!(leftovers(&s3, "acme/out").await.is_empty());
-    assert!(
-        !dir.path().join("spool").exists()
-            || std::fs::read_dir(dir.path().join("spool/expense-sync-spool"))
-                .map(|d| d.count() == 0)
-                .unwrap_or(true),
-        "the local spool is removed after the run"
-    );
-
-    // An incremental second run adds only what changed: exactly once overall.
-    sim.mutate(15);
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let o = run_bin(&file, &sim, &s3, &[]).await;
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert_exactly_once_in(&s3, "acme/out", &sim).await;
-    assert_eq!(s3.keys("acme/out/csv").await.len(), 2);
-    sim.shutdown().await;
+    scenarios::export_equals_ground_truth(&S3Server::start("exports").await, &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_racing_on_one_pipeline_commit_exactly_once() {
-    let s3 = S3Server::start("racing").await;
-    // Slow pages keep the first run inside its window while the second starts.
-    let sim = Simulator::start(SimConfig {
-        seed: 5,
-        expenses: 300,
-        faults: Faults {
-            latency: Duration::from_millis(150),
-            ..Faults::default()
-        },
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("p.toml");
-    std::fs::write(&file, pipeline(&sim, "race", &s3.url("out"))).unwrap();
-
-    let first = run_bin(&file, &sim, &s3, &[]);
-    let second = async {
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        run_bin(&file, &sim, &s3, &[]).await
-    };
-    let (a, b) = tokio::join!(first, second);
-    let codes = [a.status.code(), b.status.code()];
-    assert_eq!(
-        codes.iter().filter(|c| **c == Some(0)).count(),
-        1,
-        "exactly one run commits: {codes:?}\n{}\n{}",
-        stderr(&a),
-        stderr(&b)
-    );
-    assert_eq!(codes[1], Some(EXIT_LOCKED), "{}", stderr(&b));
-    assert!(
-        stderr(&b).contains("another run of pipeline `race` is in progress"),
-        "{}",
-        stderr(&b)
-    );
-    let st = state_json(&s3, "out/race.state.json").await;
-    assert_eq!(st["runs"].as_array().unwrap().len(), 1);
-    assert_exactly_once_in(&s3, "out", &sim).await;
-    assert!(leftovers(&s3, "out").await.is_empty());
-    sim.shutdown().await;
+    scenarios::racing_commit_exactly_once(&S3Server::start("racing").await).await;
 }
 
 /// Runs killed at each step of the remote commit; the lease of the killed
@@ -233,178 +30,17 @@ async fn two_processes_racing_on_one_pipeline_commit_exactly_once() {
 /// outputs exactly once and no temporary object behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_killed_mid_upload_or_mid_commit_leaves_exactly_once_outputs_and_no_temporaries() {
-    let s3 = S3Server::start("crashes").await;
-    for (i, point) in [
-        "remote-uploaded#1",
-        "before-commit",
-        "after-pending",
-        "remote-placed#1",
-        "after-commit",
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let sim = simulator(120, 40 + i as u64, None).await;
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("p.toml");
-        let prefix = format!("case{i}");
-        std::fs::write(&file, pipeline(&sim, "crash", &s3.url(&prefix))).unwrap();
-        let ttl = [("EXPENSE_SYNC_LEASE_TTL", "2s")];
-
-        let o = run_bin(
-            &file,
-            &sim,
-            &s3,
-            &[ttl[0], ("EXPENSE_SYNC_FAILPOINT", point)],
-        )
-        .await;
-        assert!(
-            !o.status.success(),
-            "{point}: the run should have crashed: {}",
-            stderr(&o)
-        );
-        sim.mutate(10);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        // Wait out the dead run's lease, then run twice: recovery, then a normal run.
-        tokio::time::sleep(Duration::from_millis(2100)).await;
-        for attempt in 0..2 {
-            let o = run_bin(&file, &sim, &s3, &ttl).await;
-            assert!(o.status.success(), "{point} run {attempt}: {}", stderr(&o));
-        }
-        assert_exactly_once_in(&s3, &prefix, &sim).await;
-        assert_eq!(
-            leftovers(&s3, &prefix).await,
-            Vec::<String>::new(),
-            "{point}: temporary objects or a lease left behind"
-        );
-        sim.shutdown().await;
-    }
+    scenarios::killed_runs_leave_exactly_once(&S3Server::start("crashes").await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lease_of_a_killed_run_is_taken_over_only_after_it_expires() {
-    let s3 = S3Server::start("leases").await;
-    let sim = simulator(60, 8, None).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("p.toml");
-    std::fs::write(&file, pipeline(&sim, "leased", &s3.url("out"))).unwrap();
-    let ttl = ("EXPENSE_SYNC_LEASE_TTL", "4s");
-
-    let o = run_bin(
-        &file,
-        &sim,
-        &s3,
-        &[ttl, ("EXPENSE_SYNC_FAILPOINT", "before-commit")],
-    )
-    .await;
-    assert!(!o.status.success(), "{}", stderr(&o));
-    let killed_at = std::time::Instant::now();
-    assert!(
-        s3.keys("out")
-            .await
-            .contains(&"out/leased.state.json.lease".to_string())
-    );
-
-    // Before the expiry: refused, naming the dead holder.
-    let o = run_bin(&file, &sim, &s3, &[ttl]).await;
-    assert!(
-        killed_at.elapsed() < Duration::from_secs(4),
-        "the machine was too slow to try within the lease"
-    );
-    assert_eq!(o.status.code(), Some(EXIT_LOCKED), "{}", stderr(&o));
-    assert!(stderr(&o).contains("held by pid"), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("taken over once it expires"),
-        "{}",
-        stderr(&o)
-    );
-
-    // After it: taken over, and the run commits.
-    tokio::time::sleep(
-        Duration::from_secs(4).saturating_sub(killed_at.elapsed()) + Duration::from_millis(200),
-    )
-    .await;
-    let o = run_bin(&file, &sim, &s3, &[ttl]).await;
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("took over an expired lease"),
-        "{}",
-        stderr(&o)
-    );
-    assert_exactly_once_in(&s3, "out", &sim).await;
-    assert!(leftovers(&s3, "out").await.is_empty());
-    sim.shutdown().await;
+    scenarios::lease_taken_over_only_after_expiry(&S3Server::start("leases").await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_updates_of_a_vault_in_object_storage_lose_no_rotated_token() {
-    use expense_sync::auth::vault::{Connection, GrantKind, Profile, Vault};
-    use expense_sync::store::Remote;
-    use secrecy::{ExposeSecret, SecretString};
-
-    let s3 = S3Server::start("vaults").await;
-    let url = s3.url("tenants/vault.json");
-    let env = s3.env();
-    let open = || {
-        Vault::with_remote(
-            Path::new(&url),
-            SecretString::from("vault passphrase"),
-            Remote::open_with(&url, &env).unwrap(),
-        )
-    };
-    const TENANTS: usize = 6;
-    const ROTATIONS: usize = 4;
-    open()
-        .update(|all| {
-            for t in 0..TENANTS {
-                let mut c = Connection::new(
-                    Profile::Fyle,
-                    GrantKind::RefreshToken,
-                    "https://accounts.example",
-                    &format!("client-{t}"),
-                );
-                c.refresh_token = Some(SecretString::from(format!("tenant-{t}-token-0")));
-                all.insert(format!("tenant-{t}"), c);
-            }
-            Ok::<_, expense_sync::auth::vault::VaultError>(())
-        })
-        .unwrap();
-
-    // One "process" (its own vault handle, its own reads) per tenant, all rotating at once.
-    let handles: Vec<_> = (0..TENANTS)
-        .map(|t| {
-            let vault = open();
-            std::thread::spawn(move || {
-                for r in 1..=ROTATIONS {
-                    vault
-                        .update(|all| {
-                            let c = all.get_mut(&format!("tenant-{t}")).unwrap();
-                            c.refresh_token =
-                                Some(SecretString::from(format!("tenant-{t}-token-{r}")));
-                            Ok::<_, expense_sync::auth::vault::VaultError>(())
-                        })
-                        .unwrap();
-                }
-            })
-        })
-        .collect();
-    for h in handles {
-        h.join().unwrap();
-    }
-    let all = open().load().unwrap();
-    for t in 0..TENANTS {
-        let token = all[&format!("tenant-{t}")]
-            .refresh_token
-            .as_ref()
-            .unwrap()
-            .expose_secret()
-            .to_string();
-        assert_eq!(token, format!("tenant-{t}-token-{ROTATIONS}"));
-    }
-    // Encrypted at rest: no token in the object's bytes.
-    let raw = String::from_utf8_lossy(&s3.read("tenants/vault.json").await).into_owned();
-    assert!(!raw.contains("token-"), "{raw}");
-    assert!(raw.contains("chacha20poly1305"), "{raw}");
+    scenarios::vault_updates_lose_no_rotated_token(&S3Server::start("vaults").await).await;
 }
 
 /// Stores a Fyle connection to `sim` as `name` in the vault at `path`.
@@ -673,4 +309,13 @@ async fn runs_sigkilled_at_random_instants_of_upload_and_commit_leave_exactly_on
         "temporary objects or a lease left behind"
     );
     sim.shutdown().await;
+}
+
+/// Placing a committed object copies it inside the store: a file larger than
+/// the multipart threshold is never downloaded into this process, reads back
+/// identical, and a repeated place (a rerun after a crash between the copy and
+/// the temporary's removal) is a no-op that still removes the temporary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placing_a_file_larger_than_the_multipart_threshold_copies_it_in_the_store() {
+    scenarios::large_file_is_placed_by_a_copy_in_the_store(&S3Server::start("placing").await).await;
 }

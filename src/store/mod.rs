@@ -34,6 +34,10 @@ const SCHEMES: &[&str] = &[
 const MULTIPART_OVER: u64 = 8 * 1024 * 1024;
 /// Size of one uploaded part.
 const PART_SIZE: usize = 8 * 1024 * 1024;
+/// How a create-only server-side copy is done on S3 unless `AWS_COPY_IF_NOT_EXISTS`
+/// says otherwise: a multipart upload whose one part is an UploadPartCopy of the
+/// source, completed with `If-None-Match: *` (AWS S3 and SeaweedFS honour it).
+pub const S3_COPY_IF_NOT_EXISTS: &str = "multipart";
 /// Environment variables whose names configure a store (`AWS_REGION` → `aws_region`).
 const ENV_PREFIXES: &[&str] = &["AWS_", "GOOGLE_", "AZURE_"];
 
@@ -112,10 +116,20 @@ impl Remote {
             conflict: false,
         };
         let parsed = url::Url::parse(url).map_err(|e| fail(format!("not a valid URL: {e}")))?;
-        let options: Vec<(String, String)> = settings
+        let mut options: Vec<(String, String)> = settings
             .iter()
             .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
             .collect();
+        if parsed.scheme().starts_with("s3")
+            && !options
+                .iter()
+                .any(|(k, _)| k == "aws_copy_if_not_exists" || k == "copy_if_not_exists")
+        {
+            options.push((
+                "aws_copy_if_not_exists".to_string(),
+                S3_COPY_IF_NOT_EXISTS.to_string(),
+            ));
+        }
         let (store, prefix) = object_store::parse_url_opts(&parsed, options).map_err(|e| {
             fail(format!(
                 "cannot open this object store ({e}); check the URL and the AWS_*/GOOGLE_*/AZURE_* \
@@ -158,6 +172,11 @@ impl Remote {
                 .join()
                 .expect("object-store call panicked")
         })
+    }
+
+    /// The underlying store (tests wrap it to observe traffic).
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
     }
 
     /// The key prefix of the opened URL.
@@ -290,6 +309,72 @@ impl Remote {
                 n += chunk.len() as u64;
             }
             Ok(Some(n))
+        })
+    }
+
+    /// Server-side copy that creates `to` only if nothing is there (a lost race
+    /// is a `conflict`). The bytes never pass through this process; on S3 this
+    /// is a multipart upload of one UploadPartCopy part completed with
+    /// `If-None-Match: *` (see [`S3_COPY_IF_NOT_EXISTS`]).
+    pub fn copy_create(&self, from: &Key, to: &Key) -> Result<(), StoreError> {
+        self.block(async {
+            self.store
+                .copy_if_not_exists(from, to)
+                .await
+                .map_err(|e| match e {
+                    object_store::Error::NotSupported { .. } => StoreError {
+                        url: self.url(to),
+                        message: format!(
+                            "this store cannot copy an object only if the target does not exist \
+                             ({e}); for an S3-compatible server set AWS_COPY_IF_NOT_EXISTS (see README, \
+                             Object storage)"
+                        ),
+                        conflict: false,
+                    },
+                    e => error(self.url(to), e),
+                })
+        })
+    }
+
+    /// Whether the objects at `a` and `b` hold the same bytes, compared a
+    /// window at a time so neither is held in memory; a missing object differs.
+    pub fn same_content(&self, a: &Key, b: &Key) -> Result<bool, StoreError> {
+        self.block(async {
+            let (ha, hb) = futures::join!(self.store.head(a), self.store.head(b));
+            let size = |k: &Key, h: object_store::Result<object_store::ObjectMeta>| match h {
+                Ok(m) => Ok(Some(m.size)),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(error(self.url(k), e)),
+            };
+            let (Some(len), Some(len_b)) = (size(a, ha)?, size(b, hb)?) else {
+                return Ok(false);
+            };
+            if len != len_b {
+                return Ok(false);
+            }
+            let mut at = 0u64;
+            while at < len {
+                let range = at..len.min(at + PART_SIZE as u64);
+                let (x, y) = futures::try_join!(
+                    async {
+                        self.store
+                            .get_range(a, range.clone())
+                            .await
+                            .map_err(|e| error(self.url(a), e))
+                    },
+                    async {
+                        self.store
+                            .get_range(b, range.clone())
+                            .await
+                            .map_err(|e| error(self.url(b), e))
+                    }
+                )?;
+                if x != y {
+                    return Ok(false);
+                }
+                at = range.end;
+            }
+            Ok(true)
         })
     }
 

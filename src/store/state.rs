@@ -138,14 +138,6 @@ impl RemoteTarget {
             message: e.to_string(),
         }
     }
-
-    fn same_bytes(&self, a: &Key, b: &Bytes) -> Result<bool, String> {
-        Ok(self
-            .remote
-            .get(a)
-            .map_err(|e| e.to_string())?
-            .is_some_and(|(bytes, _)| bytes == *b))
-    }
 }
 
 impl Target for RemoteTarget {
@@ -192,7 +184,9 @@ impl Target for RemoteTarget {
             )
         };
         let store = |e: StoreError| format!("{e}; {pending_note}");
-        let Some((bytes, _)) = self.remote.get(&temp).map_err(store)? else {
+        // The bytes are copied inside the store, never through this process: a
+        // placed file (or a write-back plan of a million ids) can be any size.
+        if !self.remote.exists(&temp).map_err(store)? {
             return if self.remote.exists(&fin).map_err(store)? {
                 Ok(())
             } else {
@@ -202,14 +196,14 @@ impl Target for RemoteTarget {
                      --since/--until for the window"
                 ))
             };
-        };
+        }
         if f.replace {
             self.remote.copy(&temp, &fin).map_err(store)?;
         } else {
-            match self.remote.put(&fin, bytes.clone(), PutMode::Create) {
-                Ok(_) => {}
+            match self.remote.copy_create(&temp, &fin) {
+                Ok(()) => {}
                 // Placed by an earlier attempt that stopped before deleting the temporary.
-                Err(e) if e.conflict && self.same_bytes(&fin, &bytes)? => {}
+                Err(e) if e.conflict && self.remote.same_content(&fin, &temp).map_err(store)? => {}
                 Err(e) if e.conflict => return Err(occupied()),
                 Err(e) => return Err(store(e)),
             }

@@ -2,7 +2,10 @@
 //! it, and readers for the files a run writes.
 #![allow(dead_code)]
 
+pub mod azurite;
 pub mod s3;
+pub mod scenarios;
+pub mod store;
 pub mod tools;
 
 use std::collections::BTreeMap;
@@ -15,6 +18,8 @@ use expense_sync::pipeline::{self, RunOptions, RunOutcome};
 use expense_sync::simulator::{SimConfig, Simulator};
 use rust_decimal::Decimal;
 use secrecy::SecretString;
+#[allow(unused_imports)]
+pub use store::TestStore;
 
 /// Columns used by most tests: one of each type.
 pub const TEST_COLUMNS: &str = r#"

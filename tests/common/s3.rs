@@ -134,6 +134,7 @@ impl S3Server {
     }
     /// Waits until the bucket accepts a write (the server creates it on the first one).
     async fn wait_ready(&mut self) -> Result<(), std::process::ExitStatus> {
+        use super::store::TestStore;
         let store = self.store();
         let started = Instant::now();
         let marker = object_store::path::Path::from(".ready");
@@ -165,9 +166,10 @@ impl S3Server {
             }
         }
     }
+}
 
-    /// The environment a process needs to reach this server.
-    pub fn env(&self) -> Vec<(String, String)> {
+impl super::store::TestStore for S3Server {
+    fn env(&self) -> Vec<(String, String)> {
         vec![
             ("AWS_ENDPOINT_URL".into(), self.endpoint.clone()),
             ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
@@ -177,13 +179,11 @@ impl S3Server {
         ]
     }
 
-    /// `s3://bucket/prefix`.
-    pub fn url(&self, prefix: &str) -> String {
+    fn url(&self, prefix: &str) -> String {
         format!("s3://{}/{prefix}", self.bucket)
     }
 
-    /// A client for the bucket, to inspect what a run left.
-    pub fn store(&self) -> Arc<dyn ObjectStore> {
+    fn store(&self) -> Arc<dyn ObjectStore> {
         Arc::new(
             AmazonS3Builder::new()
                 .with_endpoint(&self.endpoint)
@@ -195,41 +195,5 @@ impl S3Server {
                 .build()
                 .unwrap(),
         )
-    }
-
-    /// Every key under `prefix`, sorted.
-    pub async fn keys(&self, prefix: &str) -> Vec<String> {
-        use futures::TryStreamExt;
-        let p = object_store::path::Path::from(prefix);
-        let mut keys: Vec<String> = self
-            .store()
-            .list(Some(&p))
-            .map_ok(|m| m.location.to_string())
-            .try_collect()
-            .await
-            .unwrap();
-        keys.sort();
-        keys
-    }
-
-    /// The bytes at `key`.
-    pub async fn read(&self, key: &str) -> bytes::Bytes {
-        use object_store::ObjectStoreExt;
-        self.store()
-            .get(&object_store::path::Path::from(key))
-            .await
-            .unwrap_or_else(|e| panic!("{key}: {e}"))
-            .bytes()
-            .await
-            .unwrap()
-    }
-
-    /// Writes `bytes` at `key`.
-    pub async fn write(&self, key: &str, bytes: &[u8]) {
-        use object_store::ObjectStoreExt;
-        self.store()
-            .put(&object_store::path::Path::from(key), bytes.to_vec().into())
-            .await
-            .unwrap();
     }
 }

@@ -12,17 +12,23 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// A tool in `.ci/venv/bin`, running `.ci/setup.sh` first when it is missing.
-/// Test binaries run in parallel, so the script runs under `flock`.
 pub fn venv_tool(name: &str) -> PathBuf {
-    let path = repo_root().join(".ci/venv/bin").join(name);
+    ci_tool(&format!("venv/bin/{name}"))
+}
+
+/// A file `.ci/setup.sh` installs (`rel` is relative to `.ci`), running the
+/// script first when it is missing. Test binaries run in parallel, so the
+/// script runs under `flock`.
+pub fn ci_tool(rel: &str) -> PathBuf {
+    let path = repo_root().join(".ci").join(rel);
     if !path.is_file() {
         static SETUP: Once = Once::new();
         SETUP.call_once(run_setup);
     }
     assert!(
         path.is_file(),
-        "{name} is still missing from {} after .ci/setup.sh; run `bash .ci/setup.sh` and read its output",
-        path.display()
+        "{rel} is still missing from {} after .ci/setup.sh; run `bash .ci/setup.sh` and read its output",
+        repo_root().join(".ci").display()
     );
     path
 }
@@ -43,7 +49,7 @@ fn run_setup() {
         });
     assert!(
         out.status.success(),
-        ".ci/setup.sh failed ({}): it installs the test tools from PyPI into .ci/venv (needs python3 with venv and access to PyPI)\n{}{}",
+        ".ci/setup.sh failed ({}): it installs the test tools from PyPI into .ci/venv and from npm into .ci/node_modules (needs python3 with venv, npm, and access to both registries)\n{}{}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
