@@ -11,10 +11,10 @@ use super::login;
 use super::oauth2::revoke_token;
 use super::presets::Provider;
 use super::tokens::VaultAuth;
+use super::types::{AuthError, DEFAULT_ACCOUNTS_URL};
 use super::vault::{
     ClientAuth, Connection, ConnectionStatus, GrantKind, Profile, Vault, VaultError, vault_path,
 };
-use super::{AuthError, DEFAULT_ACCOUNTS_URL};
 use crate::error::{Error, ExitCode};
 use crate::http::{HttpClient, HttpConfig};
 

@@ -13,12 +13,10 @@ use tracing::{debug, info};
 use url::Url;
 
 use super::tokens::VaultAuth;
-use super::vault::{Vault, VaultError};
+use super::types::{AuthError, DEFAULT_ACCOUNTS_URL};
+use super::vault::Vault;
 use crate::common::{Problem, SecretRef};
 use crate::http::{HttpClient, HttpError, Request};
-
-/// Default Fyle accounts server.
-pub const DEFAULT_ACCOUNTS_URL: &str = "https://accounts.fylehq.com";
 
 /// Tokens whose lifetime we cannot read are assumed to live this long (Fyle: about 1 hour).
 const ASSUMED_LIFETIME: Duration = Duration::from_secs(55 * 60);
@@ -171,96 +169,6 @@ impl std::fmt::Debug for Token {
             .field("cluster", &self.cluster.as_str())
             .field("generation", &self.generation)
             .finish()
-    }
-}
-
-/// Why authentication failed.
-#[derive(Debug, thiserror::Error)]
-pub enum AuthError {
-    /// The accounts server refused the credentials.
-    #[error(
-        "the accounts server {accounts_url} refused the credentials of client_id {client_id} (HTTP {status}: {message}). \
-         Check connection.client_id, connection.client_secret and connection.refresh_token; \
-         an internal app's refresh token is shown in Fyle under Settings → Integrations → Custom Apps"
-    )]
-    Refused {
-        /// Accounts server.
-        accounts_url: String,
-        /// Client id (not secret).
-        client_id: String,
-        /// HTTP status.
-        status: u16,
-        /// The server's message.
-        message: String,
-    },
-    /// The token or cluster endpoint could not be used.
-    #[error(
-        "{what} failed: {source}; check connection.accounts_url and that the server can be reached"
-    )]
-    Http {
-        /// Which step.
-        what: &'static str,
-        /// The request failure.
-        source: HttpError,
-    },
-    /// The server answered something we cannot use.
-    #[error("{0}")]
-    Protocol(String),
-    /// A stored connection's refresh token or credential was refused (expired
-    /// or revoked): only a person can fix it, so it is never retried.
-    #[error("reconnect needed: run `expense-sync auth login {connection}` ({reason})")]
-    ReconnectNeeded {
-        /// Vault connection name.
-        connection: String,
-        /// The provider's words.
-        reason: String,
-    },
-    /// A refresh of a stored connection may have reached the provider, which
-    /// may have rotated the refresh token, but the answer was lost.
-    #[error(
-        "connection `{connection}`: the token endpoint may have rotated the refresh token but its answer was lost \
-         ({detail}). The refresh was not repeated: a rotated refresh token is spent, and sending it again is refused \
-         (some providers then revoke the whole grant). Run `expense-sync auth login {connection}` to authorise it again; \
-         the stored refresh token is kept, so if the provider had not rotated it after all, the next run simply works"
-    )]
-    RefreshLost {
-        /// Vault connection name.
-        connection: String,
-        /// The request and how its answer was lost (never a secret).
-        detail: String,
-    },
-    /// The provider rotated a refresh token that a read-only vault (a mounted
-    /// Kubernetes Secret) holds: the stored one is spent and its successor
-    /// cannot be kept.
-    #[error(
-        "connection `{connection}`: the token endpoint rotated the refresh token, but the vault {vault} is a read-only \
-         Kubernetes Secret, which cannot keep the new one, so the refresh token in the Secret is now spent. A Secret \
-         suits credentials the server does not rotate (client credentials, a JWT assertion, a Fyle refresh token); \
-         keep connections with rotating refresh tokens in the object-store vault (`--vault s3://bucket/vault.json` \
-         with {key}) and authorise this one again there: `expense-sync --vault s3://bucket/vault.json auth login {connection}`",
-        key = super::vault::VAULT_KEY_ENV
-    )]
-    RotatedInReadOnlyVault {
-        /// Vault connection name.
-        connection: String,
-        /// The vault location (`k8s-secret:DIR`).
-        vault: String,
-    },
-    /// The credential vault could not be used.
-    #[error(transparent)]
-    Vault(#[from] VaultError),
-}
-
-impl From<AuthError> for crate::error::Error {
-    fn from(e: AuthError) -> Self {
-        match e {
-            AuthError::ReconnectNeeded { .. }
-            | AuthError::RefreshLost { .. }
-            | AuthError::RotatedInReadOnlyVault { .. } => {
-                crate::error::Error::Reconnect(e.to_string())
-            }
-            other => crate::error::Error::Auth(other.to_string()),
-        }
     }
 }
 

@@ -11,9 +11,9 @@ use tokio::net::TcpListener;
 use tracing::info;
 use url::Url;
 
-use super::AuthError;
 use super::oauth2::{Grant, TokenError, pkce_pair, request_token};
 use super::tokens::{apply_tokens, direct_grant, reconnect};
+use super::types::AuthError;
 use super::vault::{Connection, GrantKind, Profile, Vault};
 use crate::http::HttpClient;
 

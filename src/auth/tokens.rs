@@ -14,8 +14,8 @@ use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use tracing::{debug, info, warn};
 
-use super::AuthError;
 use super::oauth2::{Grant, TokenError, Tokens, request_token};
+use super::types::AuthError;
 use super::vault::{Connection, ConnectionStatus, GrantKind, Vault};
 use crate::http::HttpClient;
 

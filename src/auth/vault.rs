@@ -35,10 +35,11 @@ use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use super::types::DEFAULT_ACCOUNTS_URL;
+pub use super::types::{VAULT_KEY_ENV, VaultError};
+
 /// Environment variable naming the vault file (the `--vault` flag wins).
 pub const VAULT_ENV: &str = "EXPENSE_SYNC_VAULT";
-/// Environment variable holding the vault encryption key or passphrase.
-pub const VAULT_KEY_ENV: &str = "EXPENSE_SYNC_VAULT_KEY";
 /// Prefix of a vault location naming a mounted Kubernetes Secret (read-only).
 pub const SECRET_DIR_PREFIX: &str = "k8s-secret:";
 /// The Secret key that holds a whole vault file rather than one connection.
@@ -229,7 +230,7 @@ impl Connection {
             // it on its accounts server, so the default follows accounts_url
             // unless it is the real accounts server.
             Profile::Fyle => (
-                if base == super::fyle::DEFAULT_ACCOUNTS_URL {
+                if base == DEFAULT_ACCOUNTS_URL {
                     "https://app.fylehq.com/app/developers/oauth/authorize".to_string()
                 } else {
                     format!("{base}/app/developers/oauth/authorize")
@@ -287,102 +288,6 @@ impl Connection {
 
 /// Connections by name.
 pub type Connections = BTreeMap<String, Connection>;
-
-/// Why the vault could not be used; each says what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum VaultError {
-    /// Group or others can read or write the file.
-    #[error(
-        "the credential vault {} has mode {mode:o}, so other users can read or change it; \
-         refusing to use it. Fix it with `chmod 600 {}` (and check no one copied it meanwhile)",
-        path.display(), path.display()
-    )]
-    Permissions {
-        /// Vault file.
-        path: PathBuf,
-        /// Its permission bits.
-        mode: u32,
-    },
-    /// Reading, writing or locking failed.
-    #[error("credential vault {}: {source}", path.display())]
-    Io {
-        /// Vault file.
-        path: PathBuf,
-        /// OS error.
-        source: io::Error,
-    },
-    /// The file is not a vault this version understands.
-    #[error("credential vault {} is damaged or not a vault: {message}", path.display())]
-    Corrupt {
-        /// Vault file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
-    /// The vault is encrypted and no key (or the wrong key) was given.
-    #[error("credential vault {} is encrypted and {message}; set {VAULT_KEY_ENV} to the key it was written with", path.display())]
-    Key {
-        /// Vault file.
-        path: PathBuf,
-        /// What is wrong with the key.
-        message: String,
-    },
-    /// No connection of that name.
-    #[error(
-        "no connection `{name}` in the credential vault {}; add it with `expense-sync auth add {name} …` \
-         (see `expense-sync auth list`)",
-        path.display()
-    )]
-    Unknown {
-        /// Connection name.
-        name: String,
-        /// Vault file.
-        path: PathBuf,
-    },
-    /// No key of that name in a mounted Secret.
-    #[error(
-        "no connection `{name}` in the Kubernetes Secret mounted at {}: it has no key `{name}.json` (or `{name}`); \
-         add one holding the connection's JSON, e.g. `kubectl create secret generic … --from-file={name}.json=./{name}.json`",
-        dir.display()
-    )]
-    UnknownMounted {
-        /// Connection name.
-        name: String,
-        /// The mount.
-        dir: PathBuf,
-    },
-    /// One key of a mounted Secret is not a connection.
-    #[error(
-        "credential vault key {}: {message}. Each key of the Secret holds one connection as a JSON object \
-         (profile, grant, accounts_url, client_id and its secrets; see README, \"A vault from a Kubernetes Secret\")",
-        path.display()
-    )]
-    MountedKey {
-        /// The key's file in the mount.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
-    /// A change to a vault that is a read-only Kubernetes Secret.
-    #[error(
-        "the credential vault {} is a Kubernetes Secret, mounted read-only: {what}. Change the Secret itself \
-         (`kubectl create secret generic … --dry-run=client -o yaml | kubectl apply -f -`), or keep connections \
-         that change in a vault file or in object storage (`--vault s3://bucket/vault.json`)",
-        path.display()
-    )]
-    ReadOnly {
-        /// The vault location (`k8s-secret:DIR`).
-        path: PathBuf,
-        /// What was attempted.
-        what: String,
-    },
-}
-
-impl From<VaultError> for crate::error::Error {
-    fn from(e: VaultError) -> Self {
-        crate::error::Error::Auth(e.to_string())
-    }
-}
 
 /// On-disk form.
 #[derive(Serialize, Deserialize)]
@@ -1052,7 +957,7 @@ fn parse_mounted_connection(bytes: &[u8], path: &Path) -> Result<Connection, Vau
     let client_id = text("client_id")?.ok_or_else(|| bad("missing field `client_id`".into()))?;
     let accounts_url = match text("accounts_url")? {
         Some(u) => u,
-        None if profile == Profile::Fyle => super::fyle::DEFAULT_ACCOUNTS_URL.to_string(),
+        None if profile == Profile::Fyle => DEFAULT_ACCOUNTS_URL.to_string(),
         None => return Err(bad("missing field `accounts_url`".into())),
     };
     let base = Connection::new(profile, grant, &accounts_url, &client_id);

@@ -19,9 +19,11 @@ mod oauth;
 mod query;
 pub mod receiver;
 mod reports;
+mod respond;
 pub mod ringcentral;
 mod rng;
 mod server;
+mod state;
 mod store;
 mod values;
 
@@ -33,7 +35,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use server::{Limiter, Server, Shared, TokenBook};
+use server::Server;
+use state::{Limiter, OAuthBook, Shared, TokenBook};
 use store::Store;
 
 pub use oauth::{REFRESH_TOKEN_TTL, SIM_PASSWORD, SIM_PUBLIC_CLIENT_ID, SIM_USERNAME};
@@ -337,7 +340,7 @@ impl Simulator {
             limiter: Mutex::new(Limiter::new(cfg.rate_limit)),
             log: Mutex::new(Vec::new()),
             cluster_url: cluster_url.clone(),
-            oauth: Mutex::new(oauth::OAuthBook::new(cfg.seed)),
+            oauth: Mutex::new(OAuthBook::new(cfg.seed)),
             clock_offset_us: std::sync::atomic::AtomicI64::new(offset_us),
         });
         let (tx, rx) = watch::channel(false);

@@ -21,8 +21,9 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use url::Url;
 
+use super::respond::{Body, json_value};
 use super::rng::Rng;
-use super::server::{Body, Shared, json_value};
+use super::state::{CodeGrant, JwtCredential, OAuthBook, RefreshGrant, Shared};
 
 /// Client id of the simulated *public* client (no secret; PKCE required).
 pub const SIM_PUBLIC_CLIENT_ID: &str = "sim-public-client";
@@ -32,39 +33,6 @@ pub const SIM_USERNAME: &str = "sim-user@example.com";
 pub const SIM_PASSWORD: &str = "sim-password-31c8";
 /// Lifetime of refresh tokens issued by the standard endpoint (RingCentral: a week).
 pub const REFRESH_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
-
-struct CodeGrant {
-    client_id: String,
-    redirect_uri: String,
-    challenge: Option<String>,
-    expires: Instant,
-    used: bool,
-    /// Tokens issued from this code: revoked if the code is replayed (RFC 6749 §4.1.2).
-    issued: Vec<String>,
-}
-
-struct RefreshGrant {
-    client_id: String,
-    /// The access token issued alongside; rotation revokes it.
-    access: String,
-    expires: Instant,
-    /// Standard-style refresh tokens rotate; Fyle-style ones do not.
-    rotating: bool,
-}
-
-struct JwtCredential {
-    exp: i64,
-    revoked: bool,
-}
-
-/// Codes, refresh tokens and JWT credentials the accounts server knows.
-pub(crate) struct OAuthBook {
-    codes: HashMap<String, CodeGrant>,
-    refresh: HashMap<String, RefreshGrant>,
-    jwts: HashMap<String, JwtCredential>,
-    rng: Rng,
-    pub(crate) code_ttl: Duration,
-}
 
 impl OAuthBook {
     pub(crate) fn new(seed: u64) -> Self {

@@ -4,17 +4,13 @@
 //! Built on bare hyper with our own accept loop so a fault can drop a
 //! connection without answering, which no router framework exposes.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use http_body_util::{BodyExt, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
@@ -22,121 +18,13 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
-use super::rng::Rng;
-use super::store::{ListQuirks, Listed, Store, WriteBackError};
+use super::respond::{Body, full, json_response, json_value};
+use super::state::Shared;
+use super::store::{ListQuirks, Listed, WriteBackError};
 use super::{
-    DEMO_AUTHORIZATION_CODE, Faults, LoggedRequest, MSG_INVALID_CLIENT, MSG_INVALID_TOKEN,
-    MSG_RATE_LIMITED, SimCredentials, TokenFault,
+    DEMO_AUTHORIZATION_CODE, LoggedRequest, MSG_INVALID_CLIENT, MSG_INVALID_TOKEN,
+    MSG_RATE_LIMITED, TokenFault,
 };
-
-pub(crate) type Body = BoxBody<Bytes, std::io::Error>;
-
-/// State shared by both servers and the `Simulator` handle.
-pub(crate) struct Shared {
-    pub(crate) store: RwLock<Store>,
-    pub(crate) credentials: SimCredentials,
-    pub(crate) token_ttl: Duration,
-    pub(crate) faults: Mutex<Faults>,
-    pub(crate) fault_rng: Mutex<Rng>,
-    pub(crate) tokens: Mutex<TokenBook>,
-    pub(crate) limiter: Mutex<Limiter>,
-    pub(crate) log: Mutex<Vec<LoggedRequest>>,
-    pub(crate) cluster_url: String,
-    pub(crate) oauth: Mutex<super::oauth::OAuthBook>,
-    /// `SimConfig::clock_offset` in microseconds, for `Date` headers.
-    pub(crate) clock_offset_us: std::sync::atomic::AtomicI64,
-}
-
-/// Issued access tokens. Tokens are opaque to the server: validity is a
-/// lookup, so `expire_tokens` can revoke them all at once.
-pub(crate) struct TokenBook {
-    issued: HashMap<String, (Instant, u64)>,
-    epoch: u64,
-    rng: Rng,
-    counter: u64,
-}
-
-impl TokenBook {
-    pub(crate) fn new(seed: u64) -> Self {
-        TokenBook {
-            issued: HashMap::new(),
-            epoch: 0,
-            rng: Rng::new(seed ^ 0x70CE_4B00),
-            counter: 0,
-        }
-    }
-
-    pub(crate) fn issue(&mut self, ttl: Duration, subject: &str, org_id: &str) -> String {
-        let now = Instant::now();
-        let iat = chrono::Utc::now().timestamp();
-        let exp = iat + ttl.as_secs_f64().ceil() as i64;
-        self.counter += 1;
-        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-        let payload = json!({
-            "iat": iat,
-            "exp": exp,
-            "iss": "fyle-simulator",
-            "sub": subject,
-            "org_id": org_id,
-            "jti": self.counter,
-        });
-        let payload = URL_SAFE_NO_PAD.encode(payload.to_string());
-        let sig: Vec<u8> = (0..4)
-            .flat_map(|_| self.rng.next_u64().to_le_bytes())
-            .collect();
-        let token = format!("{header}.{payload}.{}", URL_SAFE_NO_PAD.encode(sig));
-        // Expired entries are useless; drop them so long runs stay small.
-        self.issued.retain(|_, (until, _)| *until > now);
-        self.issued.insert(token.clone(), (now + ttl, self.epoch));
-        token
-    }
-
-    pub(crate) fn valid(&self, token: &str) -> bool {
-        matches!(self.issued.get(token), Some((until, epoch)) if *epoch == self.epoch && Instant::now() < *until)
-    }
-
-    /// Invalidates one access token (refresh-token rotation, revocation).
-    pub(crate) fn revoke(&mut self, token: &str) {
-        self.issued.remove(token);
-    }
-
-    pub(crate) fn expire_all(&mut self) {
-        self.epoch += 1;
-        self.issued.clear();
-    }
-}
-
-/// Token bucket per client IP shared by both servers (Fyle limits per IP).
-pub(crate) struct Limiter {
-    pub(crate) rate: Option<u32>,
-    buckets: HashMap<IpAddr, (f64, Instant)>,
-}
-
-impl Limiter {
-    pub(crate) fn new(rate: Option<u32>) -> Self {
-        Limiter {
-            rate,
-            buckets: HashMap::new(),
-        }
-    }
-
-    fn allow(&mut self, ip: IpAddr) -> bool {
-        let Some(rate) = self.rate else {
-            return true;
-        };
-        let cap = rate as f64;
-        let now = Instant::now();
-        let (tokens, last) = self.buckets.entry(ip).or_insert((cap, now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * cap).min(cap);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
 
 /// Which server a request arrived on.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -158,24 +46,6 @@ enum Outcome {
     Respond(Response<Body>),
     /// Close the connection without answering.
     Drop,
-}
-
-fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never: Infallible| match never {})
-        .boxed()
-}
-
-fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
-    let mut r = Response::new(full(body));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r
-}
-
-pub(crate) fn json_value(status: StatusCode, v: &Value) -> Response<Body> {
-    json_response(status, v.to_string().into_bytes())
 }
 
 fn message(status: StatusCode, msg: &str) -> Response<Body> {
