@@ -284,7 +284,7 @@ impl<'a> Scanner<'a> {
         self.i += 1;
         let mut escaped = false;
         loop {
-            self.to_special();
+            self.skip_plain();
             match self.b.get(self.i) {
                 Some(b'"') => {
                     self.i += 1;
@@ -312,7 +312,7 @@ impl<'a> Scanner<'a> {
 
     /// Moves to the next `"`, `\` or control character (or the end).
     #[inline]
-    fn to_special(&mut self) {
+    fn skip_plain(&mut self) {
         const ONES: u64 = u64::MAX / 255;
         const HIGH: u64 = ONES * 0x80;
         while let Some(chunk) = self.b.get(self.i..self.i + 8) {
