@@ -27,6 +27,8 @@ use serde_json::{Map, Number, Value};
 
 use crate::record::{FieldPath, Record};
 
+mod scan;
+
 /// The key serde_json (with `arbitrary_precision`) presents a number under, as a one-entry map.
 const NUMBER_TOKEN: &str = "$serde_json::private::Number";
 
@@ -93,6 +95,9 @@ impl FieldSet {
 
     /// Parses one record's JSON text, building only the fields of this set.
     pub fn parse_record(&self, json: &str) -> serde_json::Result<Record> {
+        if let Some(record) = scan::record(&self.root, json) {
+            return Ok(record);
+        }
         let mut de = serde_json::Deserializer::from_str(json);
         let record = NeedSeed(&self.root).deserialize(&mut de)?;
         de.end()?;
@@ -272,6 +277,13 @@ pub struct DecodedPage {
 /// (a garbled or cut-off body) is an error; a valid body of another shape
 /// has `data: None`.
 pub fn decode_page(fields: &FieldSet, body: &Bytes) -> serde_json::Result<DecodedPage> {
+    if let Some((count, data)) = scan::page(&fields.root, body) {
+        return Ok(DecodedPage {
+            count,
+            data,
+            body: body.clone(),
+        });
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let parsed = (&mut de)
         .deserialize_any(PageVisitor(&fields.root))

@@ -108,6 +108,17 @@ impl FieldPath {
         })
     }
 
+    /// The keys of this path when it has no array index.
+    pub(crate) fn key_only(&self) -> Option<Vec<&str>> {
+        self.segments
+            .iter()
+            .map(|s| match s {
+                Segment::Key(k) => Some(k.as_str()),
+                Segment::Index(_) => None,
+            })
+            .collect()
+    }
+
     /// The value at this path, or `None` when any step is missing or null.
     pub fn lookup<'a>(&self, record: &'a Value) -> Option<&'a Value> {
         let mut cur = record;

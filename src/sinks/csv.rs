@@ -18,7 +18,9 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 
 use super::output::{FileCompression, Manifest, Output, file_name, stage_manifest};
-use super::{Sink, SinkContext, SinkError, SinkOutput, cell_text, fit_decimal_for_column, label};
+use super::{
+    Sink, SinkContext, SinkError, SinkOutput, fit_decimal_for_column, label, push_cell_text,
+};
 use crate::common::Problem;
 use crate::fsutil::StagedFile;
 use crate::row::{Batch, Cell, ColumnType, Schema};
@@ -573,7 +575,7 @@ impl Sink for CsvSink {
                         buf.push('\'');
                         buf.push_str(s);
                     }
-                    _ => buf.push_str(&cell_text(cell)),
+                    _ => push_cell_text(buf, cell),
                 }
             }
             if self.config.manifest {

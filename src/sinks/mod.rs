@@ -610,5 +610,57 @@ pub fn cell_text(cell: &Cell) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// [`cell_text`] appended to `buf`, without a temporary string per number,
+/// date or timestamp (the CSV sink writes every cell of every row).
+pub fn push_cell_text(buf: &mut String, cell: &Cell) {
+    use chrono::{Datelike, Timelike};
+    use std::fmt::Write;
+    match cell {
+        Cell::Null => {}
+        Cell::Str(s) => buf.push_str(s),
+        Cell::Decimal(d) => write!(buf, "{d}").expect("writing to a String cannot fail"),
+        Cell::Int(i) => write!(buf, "{i}").expect("writing to a String cannot fail"),
+        Cell::Bool(b) => buf.push_str(if *b { "true" } else { "false" }),
+        // Four-digit years and no leap second: what `to_rfc3339_opts` prints
+        // (digits pushed directly: `write!` with widths costs more than the allocation).
+        Cell::Timestamp(t)
+            if (0..=9999).contains(&t.year()) && t.timestamp_subsec_nanos() < 1_000_000_000 =>
+        {
+            push_digits(buf, t.year() as u32, 4);
+            buf.push('-');
+            push_digits(buf, t.month(), 2);
+            buf.push('-');
+            push_digits(buf, t.day(), 2);
+            buf.push('T');
+            push_digits(buf, t.hour(), 2);
+            buf.push(':');
+            push_digits(buf, t.minute(), 2);
+            buf.push(':');
+            push_digits(buf, t.second(), 2);
+            let nanos = t.timestamp_subsec_nanos();
+            if nanos != 0 {
+                buf.push('.');
+                push_digits(buf, nanos / 1000, 6);
+            }
+            buf.push('Z');
+        }
+        Cell::Date(d) if (0..=9999).contains(&d.year()) => {
+            push_digits(buf, d.year() as u32, 4);
+            buf.push('-');
+            push_digits(buf, d.month(), 2);
+            buf.push('-');
+            push_digits(buf, d.day(), 2);
+        }
+        _ => buf.push_str(&cell_text(cell)),
+    }
+}
+
+/// `n` in exactly `width` decimal digits, zero-padded (`n` has at most `width` digits).
+fn push_digits(buf: &mut String, n: u32, width: u32) {
+    for place in (0..width).rev() {
+        buf.push(char::from(b'0' + (n / 10u32.pow(place) % 10) as u8));
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -212,6 +212,7 @@ struct Compiled {
 #[derive(Debug, Clone)]
 pub struct Projector {
     columns: Vec<Compiled>,
+    lookups: Lookups,
     schema: Arc<Schema>,
     /// Amounts whose float noise was removed, over every clone of this projector.
     normalised: Arc<AtomicU64>,
@@ -397,8 +398,10 @@ impl Projector {
                 })
                 .collect(),
         });
+        let lookups = Lookups::new(&columns);
         Ok(Projector {
             columns,
+            lookups,
             schema,
             normalised: Arc::new(AtomicU64::new(0)),
         })
@@ -429,18 +432,25 @@ impl Projector {
 
     /// Turns one record into a row, or says which column's value is unusable and why.
     pub fn project(&self, record: &Record) -> Result<Row, RecordError> {
+        let mut found = vec![None; self.lookups.slots];
+        self.lookups.root.walk(record, &mut found);
+        let at = |slot: Option<usize>, path: &FieldPath| match slot {
+            Some(s) => found[s].filter(|v: &&Value| !v.is_null()),
+            None => path.lookup(record),
+        };
         let mut cells = Vec::with_capacity(self.columns.len());
         let mut normalised = 0;
-        for col in &self.columns {
+        for (col, slots) in self.columns.iter().zip(&self.lookups.columns) {
             let value = match &col.source {
-                Source::Path(p) => p.lookup(record),
+                Source::Path(p) => at(slots.value, p),
                 Source::CustomField(name) => custom_field(record, name),
             };
             let cell = match value {
                 None => Cell::Null,
                 Some(v) => {
+                    let currency = col.currency.as_ref().map(|p| at(slots.currency, p));
                     let (cell, denoised) =
-                        convert(v, col, record).map_err(|reason| RecordError {
+                        convert(v, col, currency).map_err(|reason| RecordError {
                             record_id: record_id(record),
                             column: col.name.clone(),
                             reason,
@@ -458,6 +468,75 @@ impl Projector {
     }
 }
 
+/// The columns' key-only paths as one tree, so a record is walked once per
+/// projection instead of hashing every path's keys again for every column
+/// (serde_json's maps hash with SipHash).
+#[derive(Debug, Clone, Default)]
+struct Lookups {
+    root: PathNode,
+    /// Distinct paths in the tree.
+    slots: usize,
+    /// For each column, the slots of its value and currency paths (`None`: looked up directly).
+    columns: Vec<ColumnSlots>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct ColumnSlots {
+    value: Option<usize>,
+    currency: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct PathNode {
+    /// The slot of the path ending here.
+    slot: Option<usize>,
+    children: std::collections::HashMap<String, PathNode, foldhash::fast::RandomState>,
+}
+
+impl Lookups {
+    fn new(columns: &[Compiled]) -> Self {
+        let mut me = Lookups::default();
+        for col in columns {
+            let value = match &col.source {
+                Source::Path(p) => me.slot_of(p),
+                Source::CustomField(_) => None,
+            };
+            let currency = col.currency.as_ref().and_then(|p| me.slot_of(p));
+            me.columns.push(ColumnSlots { value, currency });
+        }
+        me
+    }
+
+    fn slot_of(&mut self, path: &FieldPath) -> Option<usize> {
+        let keys = path.key_only()?;
+        let mut node = &mut self.root;
+        for k in keys {
+            node = node.children.entry(k.to_owned()).or_default();
+        }
+        if node.slot.is_none() {
+            node.slot = Some(self.slots);
+            self.slots += 1;
+        }
+        node.slot
+    }
+}
+
+impl PathNode {
+    fn walk<'a>(&self, value: &'a Value, found: &mut [Option<&'a Value>]) {
+        let Value::Object(map) = value else { return };
+        for (k, v) in map {
+            if let Some(child) = self.children.get(k.as_str()) {
+                if let Some(slot) = child.slot {
+                    found[slot] = Some(v);
+                }
+                if !child.children.is_empty() {
+                    child.walk(v, found);
+                }
+            }
+        }
+    }
+}
+
 /// The value of the custom field named `name` in the record's `custom_fields` list.
 fn custom_field<'a>(record: &'a Value, name: &str) -> Option<&'a Value> {
     record
@@ -470,14 +549,16 @@ fn custom_field<'a>(record: &'a Value, name: &str) -> Option<&'a Value> {
 }
 
 /// One value as the column's cell; the flag says whether float noise was removed.
-fn convert(value: &Value, col: &Compiled, record: &Record) -> Result<(Cell, bool), String> {
+fn convert(
+    value: &Value,
+    col: &Compiled,
+    currency: Option<Option<&Value>>,
+) -> Result<(Cell, bool), String> {
     let plain = |r: Result<Cell, String>| r.map(|c| (c, false));
     match col.ty {
         ColumnType::String => Ok((convert::to_string_cell(value), false)),
-        ColumnType::Decimal { precision, scale } => match &col.currency {
-            Some(path) => {
-                convert::to_money(value, path.lookup(record), precision, scale, col.rounding)
-            }
+        ColumnType::Decimal { precision, scale } => match currency {
+            Some(currency) => convert::to_money(value, currency, precision, scale, col.rounding),
             None => convert::to_decimal(value, precision, scale, col.rounding),
         },
         ColumnType::Timestamp => plain(convert::to_timestamp(value)),

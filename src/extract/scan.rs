@@ -1,0 +1,479 @@
+//! A byte-level reader for pages and records: the fast path of [`super::decode_page`].
+//!
+//! serde_json's visitor machinery costs more than the reading itself on a page
+//! where most bytes are skipped: every key goes through a visitor and UTF-8
+//! validation, every skipped value through `IgnoredAny`. This reader validates
+//! the page's UTF-8 once, walks the JSON grammar strictly over bytes (eight at
+//! a time inside strings), and builds only the wanted values. Anything unusual
+//! — a syntax error, a number or a value under [`Need::All`] that is not a
+//! plain scalar, the private number key — hands the page back (`None`) to the
+//! serde path, which then reports the error or builds the value exactly as
+//! before. So this path only ever decides the common case, and errors keep
+//! serde_json's messages.
+
+use serde_json::{Map, Value};
+
+use super::{HashMap, NUMBER_TOKEN, Need};
+use crate::record::Record;
+
+/// Nesting deeper than serde_json's own limit goes to the serde path (which rejects it).
+const MAX_DEPTH: usize = 120;
+
+/// Why the fast path gave up; the serde path takes over.
+struct Bail;
+
+type R<T> = Result<T, Bail>;
+
+/// Reads `{"count": …, "data": [ … ]}` keeping `need` of each record; `None`
+/// when the body is not such a page or not valid JSON.
+#[allow(clippy::type_complexity)]
+pub(super) fn page(need: &Need, body: &[u8]) -> Option<(Option<Value>, Option<Vec<Record>>)> {
+    let text = std::str::from_utf8(body).ok()?;
+    let mut s = Scanner {
+        b: text.as_bytes(),
+        text,
+        i: 0,
+    };
+    s.page(need).ok()
+}
+
+/// One record's JSON text keeping `need`; `None` hands it to the serde path.
+pub(super) fn record(need: &Need, text: &str) -> Option<Record> {
+    let mut s = Scanner {
+        b: text.as_bytes(),
+        text,
+        i: 0,
+    };
+    s.ws();
+    let v = s.value(need, 0).ok()?;
+    s.ws();
+    (s.i == s.b.len()).then_some(v)
+}
+
+struct Scanner<'a> {
+    b: &'a [u8],
+    /// The same bytes, known to be UTF-8.
+    text: &'a str,
+    i: usize,
+}
+
+impl<'a> Scanner<'a> {
+    fn page(&mut self, need: &Need) -> R<(Option<Value>, Option<Vec<Record>>)> {
+        let (mut count, mut data) = (None, None);
+        self.ws();
+        self.eat(b'{')?;
+        self.ws();
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+        } else {
+            loop {
+                let key = self.key()?;
+                self.ws();
+                self.eat(b':')?;
+                self.ws();
+                match key {
+                    "count" => {
+                        let start = self.i;
+                        self.skip(0)?;
+                        count = Some(parse_span(&self.text[start..self.i])?);
+                    }
+                    "data" if self.peek() == Some(b'[') => data = Some(self.records(need)?),
+                    // Data that is not a list: the serde path decides what that means.
+                    "data" => return Err(Bail),
+                    _ => self.skip(0)?,
+                }
+                if self.after_member(b'}')? {
+                    break;
+                }
+            }
+        }
+        self.ws();
+        if self.i != self.b.len() {
+            return Err(Bail);
+        }
+        Ok((count, data))
+    }
+
+    fn records(&mut self, need: &Need) -> R<Vec<Record>> {
+        self.i += 1; // '['
+        let mut out = Vec::with_capacity(256);
+        self.ws();
+        if self.peek() == Some(b']') {
+            self.i += 1;
+            return Ok(out);
+        }
+        loop {
+            self.ws();
+            out.push(self.value(need, 1)?);
+            if self.after_member(b']')? {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// After a member or element: `,` (then `false`) or the closing byte (then `true`).
+    #[inline]
+    fn after_member(&mut self, close: u8) -> R<bool> {
+        self.ws();
+        match self.peek() {
+            Some(b',') => {
+                self.i += 1;
+                self.ws();
+                Ok(false)
+            }
+            Some(c) if c == close => {
+                self.i += 1;
+                Ok(true)
+            }
+            _ => Err(Bail),
+        }
+    }
+
+    /// The value at the cursor, keeping `need` of it.
+    fn value(&mut self, need: &Need, depth: usize) -> R<Value> {
+        if depth > MAX_DEPTH {
+            return Err(Bail);
+        }
+        match (need, self.peek()) {
+            (Need::Keys(keys), Some(b'{')) => self.object(keys, depth),
+            (Need::Keys(_), Some(b'[')) => {
+                self.i += 1;
+                let mut items = Vec::new();
+                self.ws();
+                if self.peek() == Some(b']') {
+                    self.i += 1;
+                    return Ok(Value::Array(items));
+                }
+                loop {
+                    self.ws();
+                    items.push(self.value(need, depth + 1)?);
+                    if self.after_member(b']')? {
+                        return Ok(Value::Array(items));
+                    }
+                }
+            }
+            (Need::All, Some(b'{' | b'[')) => {
+                let start = self.i;
+                self.skip(depth)?;
+                parse_span(&self.text[start..self.i])
+            }
+            _ => self.scalar(),
+        }
+    }
+
+    fn object(&mut self, keys: &HashMap<String, Need>, depth: usize) -> R<Value> {
+        self.i += 1; // '{'
+        let mut out = Map::with_capacity(keys.len());
+        self.ws();
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            return Ok(Value::Object(out));
+        }
+        loop {
+            let key = self.key()?;
+            self.ws();
+            self.eat(b':')?;
+            self.ws();
+            match keys.get_key_value(key) {
+                Some((k, need)) => {
+                    let v = self.value(need, depth + 1)?;
+                    out.insert(k.clone(), v);
+                }
+                None => self.skip(depth + 1)?,
+            }
+            if self.after_member(b'}')? {
+                return Ok(Value::Object(out));
+            }
+        }
+    }
+
+    /// A string, number or literal, built as serde_json builds it.
+    fn scalar(&mut self) -> R<Value> {
+        match self.peek() {
+            Some(b'"') => {
+                let start = self.i;
+                if self.string()? {
+                    parse_span(&self.text[start..self.i])
+                } else {
+                    Ok(Value::String(self.text[start + 1..self.i - 1].to_owned()))
+                }
+            }
+            Some(b't') => self.literal(b"true").map(|_| Value::Bool(true)),
+            Some(b'f') => self.literal(b"false").map(|_| Value::Bool(false)),
+            Some(b'n') => self.literal(b"null").map(|_| Value::Null),
+            Some(b'-' | b'0'..=b'9') => {
+                let start = self.i;
+                self.number()?;
+                parse_span(&self.text[start..self.i])
+            }
+            _ => Err(Bail),
+        }
+    }
+
+    /// An object key without its quotes; keys with escapes (and the private
+    /// number key, which serde_json reads as a number) go to the serde path.
+    #[inline]
+    fn key(&mut self) -> R<&'a str> {
+        if self.peek() != Some(b'"') {
+            return Err(Bail);
+        }
+        let start = self.i + 1;
+        if self.string()? {
+            return Err(Bail);
+        }
+        let key = &self.text[start..self.i - 1];
+        if key.len() == NUMBER_TOKEN.len() && key == NUMBER_TOKEN {
+            return Err(Bail);
+        }
+        Ok(key)
+    }
+
+    /// Steps over any valid value.
+    fn skip(&mut self, depth: usize) -> R<()> {
+        if depth > MAX_DEPTH {
+            return Err(Bail);
+        }
+        match self.peek() {
+            Some(b'"') => self.string().map(|_| ()),
+            Some(b'{') => {
+                self.i += 1;
+                self.ws();
+                if self.peek() == Some(b'}') {
+                    self.i += 1;
+                    return Ok(());
+                }
+                loop {
+                    if self.peek() != Some(b'"') {
+                        return Err(Bail);
+                    }
+                    self.string()?;
+                    self.ws();
+                    self.eat(b':')?;
+                    self.ws();
+                    self.skip(depth + 1)?;
+                    if self.after_member(b'}')? {
+                        return Ok(());
+                    }
+                }
+            }
+            Some(b'[') => {
+                self.i += 1;
+                self.ws();
+                if self.peek() == Some(b']') {
+                    self.i += 1;
+                    return Ok(());
+                }
+                loop {
+                    self.skip(depth + 1)?;
+                    if self.after_member(b']')? {
+                        return Ok(());
+                    }
+                }
+            }
+            Some(b't') => self.literal(b"true"),
+            Some(b'f') => self.literal(b"false"),
+            Some(b'n') => self.literal(b"null"),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            _ => Err(Bail),
+        }
+    }
+
+    /// Steps over a string at the cursor (on its opening quote); says whether it has escapes.
+    #[inline]
+    fn string(&mut self) -> R<bool> {
+        self.i += 1;
+        let mut escaped = false;
+        loop {
+            self.skip_plain();
+            match self.b.get(self.i) {
+                Some(b'"') => {
+                    self.i += 1;
+                    return Ok(escaped);
+                }
+                Some(b'\\') => {
+                    escaped = true;
+                    match self.b.get(self.i + 1) {
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.i += 2,
+                        Some(b'u') => {
+                            let hex = self.b.get(self.i + 2..self.i + 6).ok_or(Bail)?;
+                            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                                return Err(Bail);
+                            }
+                            self.i += 6;
+                        }
+                        _ => return Err(Bail),
+                    }
+                }
+                // A control character, or the end of the input.
+                _ => return Err(Bail),
+            }
+        }
+    }
+
+    /// Moves to the next `"`, `\` or control character (or the end).
+    #[inline]
+    fn skip_plain(&mut self) {
+        const ONES: u64 = u64::MAX / 255;
+        const HIGH: u64 = ONES * 0x80;
+        while let Some(chunk) = self.b.get(self.i..self.i + 8) {
+            let x = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+            let quote = x ^ (ONES * u64::from(b'"'));
+            let slash = x ^ (ONES * u64::from(b'\\'));
+            // Bytes below 0x20, and zero bytes of `quote`/`slash`: the first set
+            // high bit marks the first special byte (later ones may be borrows).
+            let hits = (x.wrapping_sub(ONES * 0x20) & !x)
+                | (quote.wrapping_sub(ONES) & !quote)
+                | (slash.wrapping_sub(ONES) & !slash);
+            let hits = hits & HIGH;
+            if hits != 0 {
+                self.i += (hits.trailing_zeros() / 8) as usize;
+                return;
+            }
+            self.i += 8;
+        }
+        while let Some(&c) = self.b.get(self.i) {
+            if c == b'"' || c == b'\\' || c < 0x20 {
+                return;
+            }
+            self.i += 1;
+        }
+    }
+
+    /// Steps over a number, checking JSON's grammar.
+    fn number(&mut self) -> R<()> {
+        if self.peek() == Some(b'-') {
+            self.i += 1;
+        }
+        match self.peek() {
+            Some(b'0') => self.i += 1,
+            Some(b'1'..=b'9') => self.digits(),
+            _ => return Err(Bail),
+        }
+        if self.peek() == Some(b'.') {
+            self.i += 1;
+            if !matches!(self.peek(), Some(b'0'..=b'9')) {
+                return Err(Bail);
+            }
+            self.digits();
+        }
+        if matches!(self.peek(), Some(b'e' | b'E')) {
+            self.i += 1;
+            if matches!(self.peek(), Some(b'+' | b'-')) {
+                self.i += 1;
+            }
+            if !matches!(self.peek(), Some(b'0'..=b'9')) {
+                return Err(Bail);
+            }
+            self.digits();
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn digits(&mut self) {
+        while matches!(self.peek(), Some(b'0'..=b'9')) {
+            self.i += 1;
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> R<()> {
+        if self.b.get(self.i..self.i + word.len()) == Some(word) {
+            self.i += word.len();
+            Ok(())
+        } else {
+            Err(Bail)
+        }
+    }
+
+    #[inline]
+    fn eat(&mut self, c: u8) -> R<()> {
+        if self.peek() == Some(c) {
+            self.i += 1;
+            Ok(())
+        } else {
+            Err(Bail)
+        }
+    }
+
+    #[inline]
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    #[inline]
+    fn ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\n' | b'\r' | b'\t')) {
+            self.i += 1;
+        }
+    }
+}
+
+/// A value serde_json must build itself (numbers keep their exact text, escapes are decoded).
+fn parse_span(span: &str) -> R<Value> {
+    serde_json::from_str(span).map_err(|_| Bail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::FieldPath;
+
+    fn need(paths: &[&str]) -> Need {
+        let mut s = super::super::FieldSet::nothing();
+        for p in paths {
+            s.add_path(&FieldPath::parse(p).unwrap());
+        }
+        s.root
+    }
+
+    #[test]
+    fn a_plain_page_is_read_by_the_fast_path_as_serde_would() {
+        let body = br#" {"count": 2, "offset": 0, "data": [
+            {"id": "a\"1", "amount": 1.50, "n": {"x": [1, {"y": null}], "z": "\u00e9"}, "skip": {"deep": [true, false, -0.5e+3]}},
+            {"id": "b", "amount": -0, "n": [{"x": 2}, 3], "flag": true}
+        ]} "#;
+        let need = need(&["id", "amount", "n.x", "flag"]);
+        let (count, data) = page(&need, body).expect("fast path");
+        assert_eq!(count, Some(Value::from(2)));
+        let full: Value = serde_json::from_slice(body).unwrap();
+        let want: Vec<Value> = full["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| super::super::prune(&need, r))
+            .collect();
+        assert_eq!(data.unwrap(), want);
+    }
+
+    #[test]
+    fn invalid_or_unusual_json_is_left_to_serde() {
+        let need = need(&["id"]);
+        for bad in [
+            &br#"{"data": [{"id": 01}]}"#[..],
+            br#"{"data": [{"id": 1.}]}"#,
+            br#"{"data": [{"id": -}]}"#,
+            br#"{"data": [{"id": 1e}]}"#,
+            br#"{"data": [{"id": "a\x"}]}"#,
+            br#"{"data": [{"id": "\u12"}]}"#,
+            b"{\"data\": [{\"x\": \"tab\there\"}]}",
+            br#"{"data": [{"id": 1,}]}"#,
+            br#"{"data": [{"id": 1}],}"#,
+            br#"{"data": [{"id": 1} {"id": 2}]}"#,
+            br#"{"data": [{"id": tru}]}"#,
+            br#"{"data": [{"id": 1}]} x"#,
+            br#"{"data": [{"id": 1}"#,
+            br#"{"data": [{"x": "cut"#,
+            b"{\"data\": [{\"x\": \"\xff\"}]}",
+            br#"{"data": {"id": 1}}"#,
+            br#"{"data": [{"$serde_json::private::Number": "1"}]}"#,
+            br#"{"data": [{"i\u0064": 1}]}"#,
+            br#"[1]"#,
+        ] {
+            assert!(
+                page(&need, bad).is_none(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}
