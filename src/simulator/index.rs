@@ -17,6 +17,9 @@ use serde_json::Value;
 use super::query::{self, CmpOp, ColRef, Expr, Op, Query, Table};
 use super::values::{Cell, Collation, Lit, cmp_lit, looks_like_date};
 
+/// A list answer: how many rows match, and the rows of the requested page.
+pub(crate) type Answer = (usize, Vec<u32>);
+
 /// What every non-null cell of a column is, as far as comparing it with a
 /// literal can fail or disagree with `order=`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,7 +273,7 @@ pub(crate) fn run_indexed<T: Table>(
     coll: Collation,
     kind_of: &mut dyn FnMut(&ColRef) -> Kind,
     prefix: &mut dyn FnMut(&Expr) -> Option<Arc<Vec<u32>>>,
-) -> Option<(usize, Vec<u32>)> {
+) -> Option<Answer> {
     let term = q.order.first()?;
     let (on_lead, rest) = split_filter(q)?;
     let kind = kind_of(&term.col);
@@ -387,7 +390,7 @@ mod tests {
         }
     }
 
-    fn both(t: &Rows, raw: &str) -> (Result<(usize, Vec<u32>), String>, Option<(usize, Vec<u32>)>) {
+    fn both(t: &Rows, raw: &str) -> (Result<Answer, String>, Option<Answer>) {
         let q = query::parse_query(raw, t).unwrap();
         let perm = query::sort_perm(t, &q.order, Collation::C);
         let slow = query::run(t, &q, &perm, Collation::C);

@@ -384,7 +384,7 @@ impl Store {
         t: &T,
         q: &query::Query,
         perm: &Arc<Vec<u32>>,
-    ) -> Option<(usize, Vec<u32>)> {
+    ) -> Option<index::Answer> {
         let mut cache = self.index_cache.lock().expect("index cache");
         if cache.generation != self.generation {
             *cache = IndexCache {
@@ -951,7 +951,7 @@ mod tests {
     fn fast_and_slow(
         store: &Store,
         raw: &str,
-    ) -> (Option<(usize, Vec<u32>)>, Result<(usize, Vec<u32>), String>) {
+    ) -> (Option<index::Answer>, Result<index::Answer, String>) {
         let t = store.expense_table();
         let q = query::parse_query(raw, &t).unwrap();
         let perm = store.sorted("expenses", &t, &q);
