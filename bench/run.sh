@@ -4,6 +4,8 @@
 # table; compare them side by side within one run, never across machines.
 #
 #   bench/run.sh export    # 100,000 expenses, rate limit and latency off: records/s and peak memory, CSV vs Parquet
+#   bench/run.sh million   # CSV + Parquet in one run at 100,000 and at 1,000,000 expenses (N_SMALL, N_LARGE):
+#                          # exporter peak RSS (from /usr/bin/time -v, the exporter process alone), CPU, wall, side by side
 #   bench/run.sh backfill  # 20,000 expenses at 150 ms latency and 10 requests/s: share of the allowed rate used, 429s
 #   bench/run.sh peers     # expense-sync vs the official `fyle` SDK and dlt's rest_api on the same simulator:
 #                          # 10,000 expenses at 150 ms / 10 req/s, then 50,000 with no limits; wall, CPU, peak RSS, ratios
@@ -28,7 +30,7 @@ trap 'kill "${SIM:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
 start_sim() { # args passed to simulate
   "$BIN" simulate --port "$PORT" "$@" >"$work/sim.log" 2>&1 &
   SIM=$!
-  for _ in $(seq 1 200); do
+  for _ in $(seq 1 1200); do
     grep -q "FYLE_CLIENT_ID" "$work/sim.log" 2>/dev/null && break
     sleep 0.1
   done
@@ -80,6 +82,24 @@ export)
       'BEGIN { printf "%-10s %10d %10.2f %12.0f %14.1f\n", s, r, ms/1000, r/(ms/1000), rss/1048576 }'
   done
   ;;
+million)
+  printf '%-10s %10s %10s %10s %12s %14s\n' records pages seconds cpu_s records/s peak_rss_MiB
+  for n in "${N_SMALL:-100000}" "${N_LARGE:-1000000}"; do
+    start_sim --expenses "$n" --rate-limit 0
+    pipeline "bench-million" csv 1000 4
+    printf '[[sinks]]\ntype = "parquet"\npath = "{pipeline}.parquet"\n' >>"$work/bench-million.toml"
+    rm -rf "$work/out"
+    /usr/bin/time -v -o "$work/time.txt" \
+      "$BIN" --log-level warn run "$work/bench-million.toml" --output-dir "$work/out" >"$work/bench-million.json"
+    f="$work/bench-million.json"
+    recs=$(field "$f" records_out); pages=$(field "$f" pages); ms=$(field "$f" duration_ms)
+    kb=$(sed -n 's/.*Maximum resident set size (kbytes): *//p' "$work/time.txt")
+    cpu=$(awk -F': *' '/User time|System time/ { s += $2 } END { print s }' "$work/time.txt")
+    awk -v r="$recs" -v p="$pages" -v ms="$ms" -v c="$cpu" -v kb="$kb" \
+      'BEGIN { printf "%-10d %10d %10.1f %10.1f %12.0f %14.1f\n", r, p, ms/1000, c, r/(ms/1000), kb/1024 }'
+    kill "$SIM" 2>/dev/null || true; wait "$SIM" 2>/dev/null || true
+  done
+  ;;
 backfill)
   N=${N:-20000}
   start_sim --expenses "$N" --rate-limit 10 --latency 150ms
@@ -126,5 +146,5 @@ peers)
   scenario "50k-cpu" "${N_CPU:-50000}" 1000 --rate-limit 0
   "$PY" bench/peers/report.py "$rows"
   ;;
-*) echo "usage: $0 export|backfill|peers" >&2; exit 2 ;;
+*) echo "usage: $0 export|million|backfill|peers" >&2; exit 2 ;;
 esac

@@ -14,6 +14,7 @@
 //! printed like a Python float (`12.5`, `100.0`), and 502/503 bodies are HTML.
 
 mod generate;
+mod index;
 mod model;
 mod oauth;
 mod query;

@@ -326,6 +326,16 @@ impl Lit {
         }
     }
 
+    /// Whether comparing this literal with a timestamp column cannot fail.
+    pub(crate) fn is_timestamp(&self) -> bool {
+        self.ts.is_some()
+    }
+
+    /// Whether comparing this literal with a numeric column cannot fail.
+    pub(crate) fn is_number(&self) -> bool {
+        self.dec.is_some()
+    }
+
     fn need_dec(&self, ty: &str) -> Result<Decimal, String> {
         self.dec
             .ok_or_else(|| format!("invalid input syntax for type {ty}: \"{}\"", self.raw))
@@ -385,7 +395,7 @@ fn cmp_str(s: &str, lit: &Lit, coll: Collation) -> Result<Ordering, String> {
     Ok(coll.cmp(s, lit.raw.as_str()))
 }
 
-fn looks_like_date(s: &str) -> bool {
+pub(crate) fn looks_like_date(s: &str) -> bool {
     let b = s.as_bytes();
     b.len() >= 10 && b[4] == b'-' && b[7] == b'-' && b[0].is_ascii_digit()
 }

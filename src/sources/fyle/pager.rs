@@ -74,6 +74,39 @@ impl Key {
     }
 }
 
+/// Ids delivered at one cursor instant, kept for the current page and the
+/// one before only: a seek past the last record can be repeated by the next
+/// page, never by a later one, so a backfill whose records share one instant
+/// (a bulk update of a million) holds at most two pages of ids, not all of them.
+#[derive(Debug, Default)]
+struct TieIds {
+    current: HashSet<String>,
+    previous: HashSet<String>,
+}
+
+impl TieIds {
+    /// Starts a new page: what the page before delivered is still checked against.
+    fn next_page(&mut self) {
+        self.previous = std::mem::take(&mut self.current);
+    }
+
+    /// Forgets everything: the cursor moved to a later instant.
+    fn clear(&mut self) {
+        self.current.clear();
+        self.previous.clear();
+    }
+
+    /// Whether `id` is new at this instant, remembering it.
+    fn insert(&mut self, id: &str) -> bool {
+        !self.previous.contains(id) && self.current.insert(id.to_owned())
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.current.len() + self.previous.len()
+    }
+}
+
 /// Formats an instant the way Fyle writes timestamps.
 pub fn fyle_timestamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, false)
@@ -274,10 +307,11 @@ async fn fetch_slice(
     // The last record the server returned: the next page starts after it, in
     // the server's own order.
     let mut seek: Option<Key> = None;
-    // Ids delivered at the cursor instant `seek` sits on. A correct server
-    // never repeats them; one that treats `gt` as `gte` at a boundary would,
-    // and this is what keeps such a repeat from being delivered twice.
-    let mut tie: HashSet<String> = HashSet::new();
+    // Ids delivered at the cursor instant `seek` sits on, in this page and the
+    // one before. A correct server never repeats them; one that treats `gt` as
+    // `gte` at a boundary repeats the record it was asked to seek past, and
+    // this keeps such a repeat from being delivered twice.
+    let mut tie = TieIds::default();
     let mut first = true;
     loop {
         let query = page_query(cfg, slice.from, slice.to, seek.as_ref());
@@ -309,6 +343,7 @@ async fn fetch_slice(
         let mut records = Vec::with_capacity(data.len());
         let mut positions = Vec::with_capacity(data.len());
         let mut duplicates = 0;
+        tie.next_page();
         for (position, record) in data.into_iter().enumerate() {
             let key = Key::of(&record, cursor)?;
             // Instants compare the same under every collation, so this check
@@ -326,7 +361,7 @@ async fn fetch_slice(
             if seek.as_ref().is_none_or(|prev| key.at > prev.at) {
                 tie.clear();
             }
-            let fresh = tie.insert(key.id_json.clone());
+            let fresh = tie.insert(&key.id_json);
             seek = Some(key);
             if fresh {
                 records.push(record);
@@ -440,6 +475,28 @@ mod tests {
             n.id_json, "\"10\"",
             "a numeric id and a text id never collide"
         );
+    }
+
+    #[test]
+    fn ids_at_one_instant_are_kept_for_two_pages_and_a_repeated_boundary_is_caught() {
+        let mut tie = TieIds::default();
+        for page in 0..50 {
+            tie.next_page();
+            if page > 0 {
+                // A server treating `gt` as `gte` repeats the last record of the page before.
+                assert!(!tie.insert(&format!("id-{}-{}", page - 1, 199)));
+            }
+            for i in 0..200 {
+                assert!(tie.insert(&format!("id-{page}-{i}")));
+            }
+            assert!(
+                !tie.insert(&format!("id-{page}-7")),
+                "a repeat inside the page"
+            );
+            assert!(tie.len() <= 400, "page {page}: {} ids held", tie.len());
+        }
+        tie.clear();
+        assert_eq!(tie.len(), 0);
     }
 
     #[test]
