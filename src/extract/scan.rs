@@ -310,9 +310,47 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Moves to the next `"`, `\` or control character (or the end).
+    /// Moves to the next `"`, `\` or control character (or the end), sixteen
+    /// bytes at a time with SSE2 (part of every x86-64 CPU).
+    #[cfg(target_arch = "x86_64")]
     #[inline]
     fn skip_plain(&mut self) {
+        use std::arch::x86_64::{
+            _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
+            _mm_set1_epi8,
+        };
+        while let Some(chunk) = self.b.get(self.i..self.i + 16) {
+            // SAFETY: SSE2 is part of the x86-64 baseline, so these intrinsics
+            // exist on every CPU this target runs on; `chunk` is sixteen
+            // readable bytes, and the unaligned load needs no alignment.
+            let hits = unsafe {
+                let x = _mm_loadu_si128(chunk.as_ptr().cast());
+                let quote = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'"' as i8));
+                let slash = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'\\' as i8));
+                // min(x, 0x1f) == x exactly for the bytes 0x00..=0x1f (unsigned).
+                let control = _mm_cmpeq_epi8(_mm_min_epu8(x, _mm_set1_epi8(0x1f)), x);
+                _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, slash), control))
+            };
+            if hits != 0 {
+                self.i += hits.trailing_zeros() as usize;
+                return;
+            }
+            self.i += 16;
+        }
+        self.skip_plain_swar();
+    }
+
+    /// [`Self::skip_plain`] where SSE2 is not available.
+    #[cfg(not(target_arch = "x86_64"))]
+    #[inline]
+    fn skip_plain(&mut self) {
+        self.skip_plain_swar();
+    }
+
+    /// Moves to the next `"`, `\` or control character (or the end), eight
+    /// bytes at a time in a `u64`.
+    #[inline]
+    fn skip_plain_swar(&mut self) {
         const ONES: u64 = u64::MAX / 255;
         const HIGH: u64 = ONES * 0x80;
         while let Some(chunk) = self.b.get(self.i..self.i + 8) {
@@ -443,6 +481,34 @@ mod tests {
             .map(|r| super::super::prune(&need, r))
             .collect();
         assert_eq!(data.unwrap(), want);
+    }
+
+    #[test]
+    fn string_skipping_stops_at_the_first_quote_backslash_or_control_character() {
+        // Every special byte at every offset of runs longer and shorter than
+        // one 16-byte block, after plain ASCII and multi-byte UTF-8 text.
+        for filler in ["a", "é", "\u{7f}", " "] {
+            for len in 0..40 {
+                let plain: String = filler.repeat(len);
+                for special in ['"', '\\', '\u{0}', '\u{1f}', '\n'] {
+                    let text = format!("{plain}{special}tail\"");
+                    let mut s = Scanner {
+                        b: text.as_bytes(),
+                        text: &text,
+                        i: 0,
+                    };
+                    s.skip_plain();
+                    assert_eq!(s.i, plain.len(), "{filler:?} × {len} then {special:?}");
+                }
+                let mut s = Scanner {
+                    b: plain.as_bytes(),
+                    text: &plain,
+                    i: 0,
+                };
+                s.skip_plain();
+                assert_eq!(s.i, plain.len(), "{filler:?} × {len} to the end");
+            }
+        }
     }
 
     #[test]

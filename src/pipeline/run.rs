@@ -365,6 +365,7 @@ impl<'a> Run<'a> {
         // Every sink on its own blocking thread, fed through its own bounded channel.
         let mut sink_txs = Vec::new();
         let mut workers = Vec::new();
+        let versions = planned.sinks.iter().any(|s| s.wants_versions());
         for mut sink in std::mem::take(&mut planned.sinks) {
             let (tx, mut rx) = mpsc::channel::<Arc<Versioned>>(BATCH_BUFFER);
             sink_txs.push(tx);
@@ -405,6 +406,7 @@ impl<'a> Run<'a> {
                         "cannot create the exported-ids spool in the temporary directory: {e}"
                     ))
                 })?,
+            versions,
         };
         let page_rx = match opts.limit {
             Some(n) => take_records(page_rx, n),

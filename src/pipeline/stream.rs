@@ -47,24 +47,31 @@ impl Dedup {
 
     fn remember(&mut self, record: &serde_json::Value) {
         let Some(from) = self.keep_from else { return };
-        if let Some((v, at)) = version_of(record, &self.cursor_field)
+        // Most records lie before the lookback: their version is not built at all.
+        if let Some((text, at)) = cursor_of(record, &self.cursor_field)
             && at >= from
         {
-            self.kept.insert(v);
+            self.kept.insert(version(record, text));
         }
     }
 }
 
-fn version_of(record: &serde_json::Value, cursor: &str) -> Option<(Version, DateTime<Utc>)> {
+/// The record's cursor text and the instant it names.
+fn cursor_of<'r>(record: &'r serde_json::Value, cursor: &str) -> Option<(&'r str, DateTime<Utc>)> {
     let text = record.get(cursor)?.as_str()?;
     let at = DateTime::parse_from_rfc3339(text).ok()?.with_timezone(&Utc);
-    Some((
-        Version {
-            id: crate::record::record_id(record),
-            cursor: text.to_string(),
-        },
-        at,
-    ))
+    Some((text, at))
+}
+
+fn version(record: &serde_json::Value, cursor_text: &str) -> Version {
+    Version {
+        id: crate::record::record_id(record),
+        cursor: cursor_text.to_string(),
+    }
+}
+
+fn version_of(record: &serde_json::Value, cursor: &str) -> Option<(Version, DateTime<Utc>)> {
+    cursor_of(record, cursor).map(|(text, at)| (version(record, text), at))
 }
 
 /// What the transform stage holds across pages.
@@ -76,6 +83,9 @@ pub(super) struct TransformStage {
     pub(super) dedup: Dedup,
     /// Ids of the exported records, when the source's after-commit hook needs them.
     pub(super) exported: Option<crate::sources::ExportedIds>,
+    /// Whether a sink reads each row's source version ([`crate::sinks::Sink::wants_versions`]);
+    /// building them costs two strings and a timestamp parse per record.
+    pub(super) versions: bool,
 }
 
 impl TransformStage {
@@ -94,7 +104,8 @@ impl TransformStage {
             let mut batch = Batch {
                 rows: Vec::with_capacity(page.records.len()),
             };
-            let mut versions = Vec::with_capacity(page.records.len());
+            let mut versions =
+                Vec::with_capacity(if self.versions { page.records.len() } else { 0 });
             let source = page.source;
             for (i, mut record) in page.records.into_iter().enumerate() {
                 let record = &mut record;
@@ -104,7 +115,9 @@ impl TransformStage {
                 }
                 // Remembered from the source version, before transforms add fields.
                 self.dedup.remember(record);
-                let version = version_of(record, &self.dedup.cursor_field).map(|(v, _)| v);
+                let version = self
+                    .versions
+                    .then(|| version_of(record, &self.dedup.cursor_field).map(|(v, _)| v));
                 if self.transforms.apply(record, &mut self.report) != Verdict::Keep {
                     continue;
                 }
@@ -118,7 +131,9 @@ impl TransformStage {
                             })?;
                         }
                         batch.rows.push(row);
-                        versions.push(version);
+                        if let Some(version) = version {
+                            versions.push(version);
+                        }
                     }
                     Err(e) => {
                         summary.quarantined += 1;

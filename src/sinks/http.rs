@@ -844,6 +844,10 @@ impl Sink for HttpSink {
         self.journal = Some(journal.clone());
     }
 
+    fn wants_versions(&self) -> bool {
+        true
+    }
+
     fn write_versions(
         &mut self,
         batch: &Batch,

@@ -43,6 +43,11 @@ pub trait Sink: Send {
         let _ = versions;
         self.write(batch)
     }
+    /// Whether [`Sink::write_versions`] reads the versions; a sink that overrides
+    /// it must say `true`, or it is handed none.
+    fn wants_versions(&self) -> bool {
+        false
+    }
     /// Hands a pushing sink the journal of what receivers acknowledged in
     /// runs not yet committed (see [`journal`]); other sinks ignore it.
     fn use_journal(&mut self, journal: &journal::PushJournal) {

@@ -36,21 +36,24 @@ struct Key {
 
 impl Key {
     fn of(record: &Record, cursor_field: &str) -> Result<Key, FyleError> {
-        let rid = record_id(record);
+        // Only for the errors: building it for every record cost an allocation each.
+        let rid = || record_id(record);
         let text = record
             .get(cursor_field)
             .and_then(Value::as_str)
             .ok_or_else(|| {
                 FyleError::Protocol(format!(
-                    "record {rid} has no `{cursor_field}` timestamp to page by; \
-                     set source.cursor_field to a timestamp every record has"
+                    "record {} has no `{cursor_field}` timestamp to page by; \
+                     set source.cursor_field to a timestamp every record has",
+                    rid()
                 ))
             })?
             .to_string();
         let at = DateTime::parse_from_rfc3339(&text)
             .map_err(|e| {
                 FyleError::Protocol(format!(
-                    "record {rid}: `{cursor_field}` = `{text}` is not an RFC 3339 timestamp ({e})"
+                    "record {}: `{cursor_field}` = `{text}` is not an RFC 3339 timestamp ({e})",
+                    rid()
                 ))
             })?
             .with_timezone(&Utc);
