@@ -17,11 +17,19 @@ fn main() {
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tune_malloc() {
     // Setting either value also turns off glibc's dynamic adjustment of both.
-    // SAFETY: mallopt only changes allocator parameters; called before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1024 * 1024);
-    }
+    // A value the user set in the environment (glibc reads it before main) wins.
+    let set = |param, env: &str, value| {
+        if std::env::var_os(env).is_none() && std::env::var_os("GLIBC_TUNABLES").is_none() {
+            // SAFETY: mallopt only changes allocator parameters; called before any thread starts.
+            unsafe { libc::mallopt(param, value) };
+        }
+    };
+    set(libc::M_MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_", 256 * 1024);
+    set(
+        libc::M_TRIM_THRESHOLD,
+        "MALLOC_TRIM_THRESHOLD_",
+        1024 * 1024,
+    );
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
