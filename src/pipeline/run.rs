@@ -26,8 +26,13 @@ use crate::state::{self, CommitPlan, PlannedFile, RunRecord, Selection, Version}
 use crate::store::OutputLocation;
 use crate::transforms::{Projector, TransformReport, Transforms};
 
-/// Pages in flight between the source and the transform stage.
-const PAGE_BUFFER: usize = 8;
+/// Pages queued between the source and the transform stage.
+///
+/// Each queued page holds its body (~1 MB, kept for quarantine) and its
+/// decoded records. Two are enough to keep the transform stage busy: a pager
+/// worker that finds the queue full holds its own page until there is room,
+/// so up to `concurrency` more pages stand ready behind these.
+const PAGE_BUFFER: usize = 2;
 /// Batches in flight to each sink.
 const BATCH_BUFFER: usize = 2;
 
