@@ -6,8 +6,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::Path;
-use std::process::Output;
 
 use common::s3::S3Server;
 use common::*;
@@ -15,7 +13,7 @@ use expense_sync::simulator::receiver::{Receiver, ReceiverConfig};
 use expense_sync::simulator::{Faults, Simulator};
 use expense_sync::sinks::http::record_key;
 
-const BIN: &str = env!("CARGO_BIN_EXE_expense-sync");
+use common::store::{leftovers, run_bin, stderr};
 
 /// An incremental pipeline with outputs in `output_dir` (a CSV per run) and `extra` appended.
 fn pipeline(sim: &Simulator, name: &str, output_dir: &str, extra: &str) -> String {
@@ -43,43 +41,6 @@ max_backoff = "500ms"
 max_retries = 6
 "#
     )
-}
-
-async fn run_bin(file: &Path, sim: &Simulator, s3: &S3Server, env: &[(&str, &str)]) -> Output {
-    let c = sim.credentials();
-    let spool = file.parent().unwrap().join("spool");
-    let mut cmd = tokio::process::Command::new(BIN);
-    cmd.arg("run")
-        .arg(file)
-        .current_dir(file.parent().unwrap())
-        .env("FYLE_CLIENT_ID", &c.client_id)
-        .env("FYLE_CLIENT_SECRET", &c.client_secret)
-        .env("FYLE_REFRESH_TOKEN", &c.refresh_token)
-        .env("EXPENSE_SYNC_SPOOL_DIR", &spool)
-        .env_remove("EXPENSE_SYNC_LOG")
-        .env_remove("EXPENSE_SYNC_FAILPOINT")
-        .env_remove("EXPENSE_SYNC_LEASE_TTL")
-        .kill_on_drop(true);
-    for (k, v) in s3.env() {
-        cmd.env(k, v);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().await.unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Temporary objects and leases a finished run must not leave behind.
-async fn leftovers(s3: &S3Server, prefix: &str) -> Vec<String> {
-    s3.keys(prefix)
-        .await
-        .into_iter()
-        .filter(|k| k.contains(".expense-sync-tmp") || k.ends_with(".lease"))
-        .collect()
 }
 
 /// The per-record keys of the simulator's current expense versions.

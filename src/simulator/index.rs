@@ -366,29 +366,8 @@ pub(crate) fn run_indexed<T: Table>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::simulator::values::nav;
+    use crate::simulator::query::tests::Rows;
     use serde_json::json;
-
-    struct Rows(Vec<Value>, Vec<&'static str>);
-
-    impl Table for Rows {
-        fn len(&self) -> usize {
-            self.0.len()
-        }
-        fn resolve(&self, name: &str) -> Option<usize> {
-            self.1.iter().position(|c| *c == name)
-        }
-        fn column_names(&self) -> Vec<&str> {
-            self.1.clone()
-        }
-        fn cell(&self, row: usize, col: usize, path: &[String]) -> Cell<'_> {
-            let v = self.0[row].get(self.1[col]).unwrap_or(&Value::Null);
-            nav(Cell::Val(v), path)
-        }
-        fn write_row(&self, row: usize, out: &mut Vec<u8>) {
-            out.extend_from_slice(self.0[row].to_string().as_bytes());
-        }
-    }
 
     fn both(t: &Rows, raw: &str) -> (Result<Answer, String>, Option<Answer>) {
         let q = query::parse_query(raw, t).unwrap();

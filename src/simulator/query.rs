@@ -588,11 +588,12 @@ pub(crate) fn run<T: Table>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use serde_json::{Value, json};
 
-    struct Rows(Vec<Value>, Vec<&'static str>);
+    /// A table of JSON rows with named columns (shared with the index tests).
+    pub(in crate::simulator) struct Rows(pub Vec<Value>, pub Vec<&'static str>);
 
     impl Table for Rows {
         fn len(&self) -> usize {

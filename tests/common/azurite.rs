@@ -52,14 +52,6 @@ pub fn azurite_bin() -> PathBuf {
     path
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Azurite {
     /// Starts the emulator and creates `container` (3–63 lowercase letters, digits, dashes).
     pub async fn start(container: &str) -> Azurite {
@@ -69,7 +61,7 @@ impl Azurite {
         // binds it; such a server exits, and the next attempt uses a fresh port.
         for _attempt in 0..4 {
             let dir = tempfile::tempdir().unwrap();
-            let port = free_port();
+            let port = super::tools::free_port();
             let log = std::fs::File::create(dir.path().join("azurite.log")).unwrap();
             let child = Command::new(&bin)
                 .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])

@@ -50,14 +50,6 @@ pub fn weed_bin() -> PathBuf {
     path
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl S3Server {
     /// Starts a server and creates `bucket` (at least 3 characters).
     pub async fn start(bucket: &str) -> S3Server {
@@ -78,7 +70,7 @@ impl S3Server {
             .unwrap();
             let data = dir.path().join("data");
             std::fs::create_dir(&data).unwrap();
-            let s3 = free_port();
+            let s3 = super::tools::free_port();
             let mut args: Vec<String> = vec![
                 "server".into(),
                 format!("-dir={}", data.display()),
@@ -101,7 +93,7 @@ impl S3Server {
                 "filer.port.grpc",
                 "s3.port.grpc",
             ] {
-                args.push(format!("-{flag}={}", free_port()));
+                args.push(format!("-{flag}={}", super::tools::free_port()));
             }
             let log = std::fs::File::create(dir.path().join("weed.log")).unwrap();
             let child = Command::new(&bin)

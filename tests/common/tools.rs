@@ -63,3 +63,13 @@ pub fn runs(path: &Path) -> bool {
         .output()
         .is_ok_and(|o| o.status.success())
 }
+
+/// A loopback port free right now (a parallel test may still take it first:
+/// servers started on it retry with a fresh one).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
