@@ -925,6 +925,15 @@ fn copy_runtime(from: &Connection, to: &mut Connection) {
     to.last_error = from.last_error.clone();
 }
 
+/// The fields of a connection that hold secrets (all strings).
+const SECRET_FIELDS: [&str; 5] = [
+    "client_secret",
+    "assertion",
+    "password",
+    "refresh_token",
+    "access_token",
+];
+
 /// One Secret key's connection: its JSON object over the defaults of
 /// `Connection::new` (only `grant` and `client_id` are required; `profile`
 /// defaults to `fyle`, `accounts_url` to Fyle's), unknown fields refused.
@@ -977,6 +986,10 @@ fn parse_mounted_connection(bytes: &[u8], path: &Path) -> Result<Connection, Vau
                     .collect::<Vec<_>>()
                     .join(", ")
             )));
+        }
+        // Named here: serde's own message would not say which field is wrong.
+        if SECRET_FIELDS.contains(&k.as_str()) && !v.is_string() {
+            return Err(bad(format!("`{k}` must be a string")));
         }
         if k != "accounts_url" {
             merged.insert(k, v);
@@ -1106,6 +1119,27 @@ mod tests {
     }
 
     #[cfg(unix)]
+    #[test]
+    fn a_mounted_key_with_a_secret_of_the_wrong_type_names_the_field_and_not_its_value() {
+        let path = Path::new("/var/run/secrets/expense-sync/acme");
+        for field in [
+            "client_secret",
+            "refresh_token",
+            "assertion",
+            "password",
+            "access_token",
+        ] {
+            let text = format!(
+                r#"{{"grant": "refresh_token", "client_id": "cid", "{field}": 987654321}}"#
+            );
+            let e = parse_mounted_connection(text.as_bytes(), path)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{field}: {e}");
+            assert!(!e.contains("987654321"), "{field}: the secret leaked: {e}");
+        }
+    }
+
     #[test]
     fn a_mounted_secret_keeps_tokens_in_memory_until_kubelet_swaps_in_a_new_version() {
         let dir = tempfile::tempdir().unwrap();
