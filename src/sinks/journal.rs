@@ -277,6 +277,9 @@ impl Storage for LocalFile {
     }
 }
 
+/// Entries fetched together while scanning a remote journal (bounds memory, keeps order).
+const SCAN_CHUNK: usize = 256;
+
 /// The journal as one object per entry under a prefix (object storage has no append).
 struct RemotePrefix {
     remote: Arc<Remote>,
@@ -300,13 +303,16 @@ impl Storage for RemotePrefix {
             .list(&self.prefix)
             .map_err(|e| self.fail("list", e))?;
         keys.sort();
-        for key in keys {
-            // Listed but deleted meanwhile: nothing to read.
-            let Some((bytes, _)) = self.remote.get(&key).map_err(|e| self.fail("read", e))? else {
-                continue;
-            };
-            if !each(&bytes) {
-                break;
+        for chunk in keys.chunks(SCAN_CHUNK) {
+            let entries = self
+                .remote
+                .get_many(chunk)
+                .map_err(|e| self.fail("read", e))?;
+            // Listed but deleted meanwhile (`None`): nothing to read.
+            for bytes in entries.iter().flatten() {
+                if !each(bytes) {
+                    return Ok(());
+                }
             }
         }
         Ok(())
@@ -325,18 +331,20 @@ impl Storage for RemotePrefix {
     }
 
     fn remove(&self) -> io::Result<()> {
-        let keys = self
+        let mut keys = self
             .remote
             .list(&self.prefix)
             .map_err(|e| self.fail("list", e))?;
-        // Stopped half-way, the rest still names the committed run and the
-        // next run removes it before reading anything.
-        for key in keys {
-            self.remote
-                .delete(&key)
-                .map_err(|e| self.fail("remove", e))?;
-        }
-        Ok(())
+        // Run ids sort by start time, so the last entry belongs to the newest
+        // run — the one that committed — and goes last: stopped half-way, the
+        // rest still names the committed run and the next run removes it
+        // before reading anything.
+        keys.sort();
+        let last = keys.pop();
+        self.remote
+            .delete_many(&keys)
+            .and_then(|()| self.remote.delete_many(last.as_slice()))
+            .map_err(|e| self.fail("remove", e))
     }
 
     fn location(&self) -> &str {
@@ -458,6 +466,26 @@ mod tests {
         let j3 = PushJournal::open_remote(r.clone(), &state, "r3", |_| false).unwrap();
         assert_eq!(j3.acknowledged("https://a/x").len(), 3);
         j3.retire().unwrap();
+        assert!(r.list(&journal_prefix(&state)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_remote_journal_longer_than_one_read_chunk_is_read_whole_and_in_order() {
+        let r = memory_store();
+        let state = r.key("p.state.json");
+        let n = SCAN_CHUNK + 44;
+        let j = PushJournal::open_remote(r.clone(), &state, "r1", |_| false).unwrap();
+        for i in 0..n {
+            j.record("u", vec![rec(&format!("tx{i}"), "t1")]).unwrap();
+        }
+        let j2 = PushJournal::open_remote(r.clone(), &state, "r2", |_| false).unwrap();
+        let a = j2.acknowledged("u");
+        assert_eq!(a.len(), n);
+        assert!((0..n).all(|i| has(&a, &format!("tx{i}"), "t1")));
+        // A committed run's entry after the first chunk still makes the whole journal stale.
+        j2.record("u", vec![rec("late", "t2")]).unwrap();
+        let j3 = PushJournal::open_remote(r.clone(), &state, "r3", |run| run == "r2").unwrap();
+        assert!(j3.acknowledged("u").is_empty());
         assert!(r.list(&journal_prefix(&state)).unwrap().is_empty());
     }
 

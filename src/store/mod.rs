@@ -26,6 +26,9 @@ pub use location::OutputLocation;
 pub use object_store::UpdateVersion as ObjectVersion;
 pub use object_store::path::Path as ObjectKey;
 
+/// Requests in flight for [`Remote::get_many`] and [`Remote::delete_many`].
+const MANY_IN_FLIGHT: usize = 16;
+
 /// URL schemes that name object storage rather than a local directory.
 const SCHEMES: &[&str] = &[
     "s3://", "s3a://", "gs://", "az://", "azure://", "abfs://", "abfss://",
@@ -207,20 +210,35 @@ impl Remote {
 
     /// The object's bytes and version, or `None` if it does not exist.
     pub fn get(&self, key: &Key) -> Result<Option<(Bytes, UpdateVersion)>, StoreError> {
-        self.block(async {
-            match self.store.get(key).await {
-                Ok(r) => {
-                    let version = UpdateVersion {
-                        e_tag: r.meta.e_tag.clone(),
-                        version: r.meta.version.clone(),
-                    };
-                    let bytes = r.bytes().await.map_err(|e| error(self.url(key), e))?;
-                    Ok(Some((bytes, version)))
-                }
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(error(self.url(key), e)),
+        self.block(self.fetch(key))
+    }
+
+    /// The bytes of each of `keys`, in their order (`None`: no such object),
+    /// a few requests in flight at a time: reading many small objects one
+    /// round trip after another would make a run's start slow.
+    pub fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Bytes>>, StoreError> {
+        use futures::{StreamExt, TryStreamExt};
+        self.block(
+            futures::stream::iter(keys)
+                .map(|key| async move { Ok(self.fetch(key).await?.map(|(bytes, _)| bytes)) })
+                .buffered(MANY_IN_FLIGHT)
+                .try_collect(),
+        )
+    }
+
+    async fn fetch(&self, key: &Key) -> Result<Option<(Bytes, UpdateVersion)>, StoreError> {
+        match self.store.get(key).await {
+            Ok(r) => {
+                let version = UpdateVersion {
+                    e_tag: r.meta.e_tag.clone(),
+                    version: r.meta.version.clone(),
+                };
+                let bytes = r.bytes().await.map_err(|e| error(self.url(key), e))?;
+                Ok(Some((bytes, version)))
             }
-        })
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(error(self.url(key), e)),
+        }
     }
 
     /// Writes `bytes` at `key`: `Create` fails if it exists, `Update` if it changed since read.
@@ -257,6 +275,22 @@ impl Remote {
                 Err(e) => Err(error(self.url(key), e)),
             }
         })
+    }
+
+    /// Deletes every one of `keys` (absent ones included), a few at a time.
+    pub fn delete_many(&self, keys: &[Key]) -> Result<(), StoreError> {
+        use futures::{StreamExt, TryStreamExt};
+        self.block(
+            futures::stream::iter(keys)
+                .map(|key| async move {
+                    match self.store.delete(key).await {
+                        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                        Err(e) => Err(error(self.url(key), e)),
+                    }
+                })
+                .buffer_unordered(MANY_IN_FLIGHT)
+                .try_collect::<()>(),
+        )
     }
 
     /// Every key under `prefix`.
