@@ -988,8 +988,8 @@ fn parse_mounted_connection(bytes: &[u8], path: &Path) -> Result<Connection, Vau
             )));
         }
         // Named here: serde's own message would not say which field is wrong.
-        if SECRET_FIELDS.contains(&k.as_str()) && !v.is_string() {
-            return Err(bad(format!("`{k}` must be a string")));
+        if SECRET_FIELDS.contains(&k.as_str()) && !(v.is_string() || v.is_null()) {
+            return Err(bad(format!("`{k}` must be a string (or null)")));
         }
         if k != "accounts_url" {
             merged.insert(k, v);
