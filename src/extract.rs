@@ -33,9 +33,29 @@ mod scan;
 const NUMBER_TOKEN: &str = "$serde_json::private::Number";
 
 /// The parts of a record a run reads: whole values at some paths, nothing else.
+///
+/// Most of them are read by the columns alone: those are *captured* — handed
+/// over as slices of the page ([`Columns`]) instead of built into the record —
+/// so the common record is a handful of small values and a row of offsets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldSet {
+    /// What the fast path builds into each record.
     root: Need,
+    /// `root` and the captured paths: what the serde path builds (it captures nothing).
+    full: Need,
+    /// The captured paths as a tree of keys.
+    capture: Capture,
+    /// Slots per record in a [`Columns`] table (one past the largest captured slot).
+    slots: usize,
+}
+
+/// Captured paths: a slot where a path ends, the keys that go further.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Capture {
+    slot: Option<usize>,
+    /// Every slot at or below this key, cleared when the key appears again (last one wins).
+    below: Vec<usize>,
+    children: HashMap<String, Capture>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,13 +75,21 @@ impl Default for FieldSet {
 impl FieldSet {
     /// Every field: records are parsed in full (a run that cannot say what it reads).
     pub fn everything() -> Self {
-        Self { root: Need::All }
+        Self {
+            root: Need::All,
+            full: Need::All,
+            capture: Capture::default(),
+            slots: 0,
+        }
     }
 
     /// No field yet; add what is read with [`FieldSet::add_path`] and [`FieldSet::add_key`].
     pub fn nothing() -> Self {
         Self {
             root: Need::Keys(HashMap::default()),
+            full: Need::Keys(HashMap::default()),
+            capture: Capture::default(),
+            slots: 0,
         }
     }
 
@@ -72,34 +100,51 @@ impl FieldSet {
 
     /// Keeps the whole value at `path` (array indexes keep that part of every element).
     pub fn add_path(&mut self, path: &FieldPath) {
-        let mut need = &mut self.root;
-        for key in path.keys() {
-            match need {
-                Need::All => return,
-                Need::Keys(keys) => {
-                    need = keys
-                        .entry(key.to_string())
-                        .or_insert_with(|| Need::Keys(HashMap::default()));
-                }
+        add_path(&mut self.root, path);
+        add_path(&mut self.full, path);
+    }
+
+    /// Hands the value at `path` over as a slice of the page in `slot` of the
+    /// page's [`Columns`] instead of building it into the record; `false` (and
+    /// the path is kept like [`FieldSet::add_path`]) when it cannot be: an
+    /// array index on the way, or a record parsed whole.
+    pub fn capture_path(&mut self, path: &FieldPath, slot: usize) -> bool {
+        let keys = match path.key_only() {
+            Some(keys) if !self.is_everything() && !keys.is_empty() => keys,
+            _ => {
+                self.add_path(path);
+                return false;
             }
+        };
+        add_path(&mut self.full, path);
+        let mut node = &mut self.capture;
+        for key in keys {
+            node.below.push(slot);
+            node = node.children.entry(key.to_string()).or_default();
         }
-        *need = Need::All;
+        node.below.push(slot);
+        node.slot = Some(slot);
+        self.slots = self.slots.max(slot + 1);
+        true
     }
 
     /// Keeps the whole top-level field `key`.
     pub fn add_key(&mut self, key: &str) {
-        if let Need::Keys(keys) = &mut self.root {
-            keys.insert(key.to_string(), Need::All);
+        for need in [&mut self.root, &mut self.full] {
+            if let Need::Keys(keys) = need {
+                keys.insert(key.to_string(), Need::All);
+            }
         }
     }
 
-    /// Parses one record's JSON text, building only the fields of this set.
+    /// Parses one record's JSON text, building every field of this set
+    /// (captured ones included: there is no page to slice).
     pub fn parse_record(&self, json: &str) -> serde_json::Result<Record> {
-        if let Some(record) = scan::record(&self.root, json) {
+        if let Some(record) = scan::record(&self.full, json) {
             return Ok(record);
         }
         let mut de = serde_json::Deserializer::from_str(json);
-        let record = NeedSeed(&self.root).deserialize(&mut de)?;
+        let record = NeedSeed(&self.full).deserialize(&mut de)?;
         de.end()?;
         Ok(record)
     }
@@ -107,8 +152,23 @@ impl FieldSet {
     /// The part of an already parsed record this set keeps: what
     /// [`FieldSet::parse_record`] builds from the same text.
     pub fn prune(&self, record: &Value) -> Value {
-        prune(&self.root, record)
+        prune(&self.full, record)
     }
+}
+
+fn add_path(root: &mut Need, path: &FieldPath) {
+    let mut need = root;
+    for key in path.keys() {
+        match need {
+            Need::All => return,
+            Need::Keys(keys) => {
+                need = keys
+                    .entry(key.to_string())
+                    .or_insert_with(|| Need::Keys(HashMap::default()));
+            }
+        }
+    }
+    *need = Need::All;
 }
 
 fn prune(need: &Need, value: &Value) -> Value {
@@ -271,22 +331,26 @@ pub struct DecodedPage {
     pub data: Option<Vec<Record>>,
     /// The body as received, for [`PageSource`].
     pub body: Bytes,
+    /// The captured values of every record of `data`, when the fast path read
+    /// the page (the serde path builds them into the records instead).
+    pub columns: Option<ColumnTable>,
 }
 
 /// Reads a list page keeping only `fields` of each record. A syntax error
 /// (a garbled or cut-off body) is an error; a valid body of another shape
 /// has `data: None`.
 pub fn decode_page(fields: &FieldSet, body: &Bytes) -> serde_json::Result<DecodedPage> {
-    if let Some((count, data)) = scan::page(&fields.root, body) {
+    if let Some((count, data, columns)) = scan::page(fields, body) {
         return Ok(DecodedPage {
             count,
             data,
             body: body.clone(),
+            columns,
         });
     }
     let mut de = serde_json::Deserializer::from_slice(body);
     let parsed = (&mut de)
-        .deserialize_any(PageVisitor(&fields.root))
+        .deserialize_any(PageVisitor(&fields.full))
         .and_then(|p| de.end().map(|_| p));
     let (count, data) = match parsed {
         Ok(p) => p,
@@ -301,6 +365,7 @@ pub fn decode_page(fields: &FieldSet, body: &Bytes) -> serde_json::Result<Decode
         count,
         data,
         body: body.clone(),
+        columns: None,
     })
 }
 
@@ -420,6 +485,60 @@ impl<'de> Visitor<'de> for DataSeed<'_> {
     }
 }
 
+/// Where a captured value lies in the page: a byte range, or nothing (`end == 0`:
+/// missing; no JSON value is empty).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Span {
+    pub(crate) start: u32,
+    pub(crate) end: u32,
+}
+
+/// The captured values of a page's records: `slots` spans per `data` element.
+#[derive(Debug, Clone, Default)]
+pub struct ColumnTable {
+    slots: usize,
+    spans: Vec<Span>,
+}
+
+impl ColumnTable {
+    pub(crate) fn new(slots: usize, records: usize) -> Self {
+        Self {
+            slots,
+            spans: Vec::with_capacity(slots * records),
+        }
+    }
+
+    /// Starts the next record's row, every slot missing; returns its first index.
+    pub(crate) fn push_record(&mut self) -> usize {
+        let at = self.spans.len();
+        self.spans.resize(at + self.slots, Span::default());
+        at
+    }
+
+    pub(crate) fn set(&mut self, at: usize, slot: usize, span: Span) {
+        self.spans[at + slot] = span;
+    }
+}
+
+/// One record's captured values: the JSON text of each slot's value, as sent.
+#[derive(Debug, Clone, Copy)]
+pub struct Columns<'a> {
+    body: &'a [u8],
+    spans: &'a [Span],
+}
+
+impl<'a> Columns<'a> {
+    /// The JSON text of the value in `slot`; `None` when the record has none there.
+    pub fn get(&self, slot: usize) -> Option<&'a str> {
+        let span = *self.spans.get(slot)?;
+        if span.end == 0 {
+            return None;
+        }
+        // The scanner validated the page as UTF-8 and spans end on value boundaries.
+        std::str::from_utf8(self.body.get(span.start as usize..span.end as usize)?).ok()
+    }
+}
+
 /// The page a batch of records came from, so a record can be shown as the server sent it.
 #[derive(Debug)]
 pub struct PageSource {
@@ -428,6 +547,8 @@ pub struct PageSource {
     positions: Vec<u32>,
     /// Byte ranges of the `data` elements, found when first asked for (rare: quarantine).
     spans: OnceLock<Option<Vec<Range<usize>>>>,
+    /// The captured values of the page's `data` elements.
+    columns: Option<ColumnTable>,
 }
 
 impl PageSource {
@@ -437,7 +558,24 @@ impl PageSource {
             body,
             positions,
             spans: OnceLock::new(),
+            columns: None,
         }
+    }
+
+    /// The same page with the captured values of its `data` elements.
+    pub fn with_columns(mut self, columns: Option<ColumnTable>) -> Self {
+        self.columns = columns;
+        self
+    }
+
+    /// The captured values of the `i`-th record passed on, when the page was read with a capture.
+    pub fn columns(&self, i: usize) -> Option<Columns<'_>> {
+        let table = self.columns.as_ref()?;
+        let at = *self.positions.get(i)? as usize * table.slots;
+        Some(Columns {
+            body: &self.body,
+            spans: table.spans.get(at..at + table.slots)?,
+        })
     }
 
     /// The JSON text of the `i`-th record passed on, exactly as the server sent it.
@@ -507,6 +645,65 @@ mod tests {
         let r = s.parse_record(text).unwrap();
         assert_eq!(r, s.prune(&full));
         assert_eq!(r["a"].to_string(), "1.50");
+    }
+
+    #[test]
+    fn captured_values_are_the_values_the_tree_holds_at_their_paths() {
+        // Repeated keys (the last wins, also over a deeper capture), nulls,
+        // lists and scalars on the way, escapes, and a path also kept whole.
+        let body = Bytes::from_static(
+            br#"{"data": [
+            {"id": "a", "employee": {"user": {"email": "first"}, "code": 1}, "employee": null},
+            {"id": "b", "employee": {"code": 2}, "employee": {"user": {"email": "x\"y"}}},
+            {"id": "c", "employee": [{"user": {"email": "in a list"}}], "amount": 1.50},
+            {"id": "d", "employee": {"user": "scalar", "code": {"n": [1, 2]}}, "amount": -0},
+            {"id": "e", "employee": {"user": {"email": "kept", "email": "last"}, "code": null}},
+            "not a record",
+            {"id": "f", "employee": {"user": {}}, "amount": 1e3, "id": "g"}
+        ], "count": 7}"#,
+        );
+        let paths = ["employee.user.email", "employee.code", "amount", "id"];
+        let mut s = FieldSet::nothing();
+        s.add_key("id");
+        for (slot, p) in paths.iter().enumerate() {
+            assert!(s.capture_path(&FieldPath::parse(p).unwrap(), slot));
+        }
+        let page = decode_page(&s, &body).unwrap();
+        let data = page.data.unwrap();
+        let full: Value = serde_json::from_slice(&body).unwrap();
+        let source =
+            PageSource::new(page.body, (0..data.len() as u32).collect()).with_columns(page.columns);
+        for (i, record) in full["data"].as_array().unwrap().iter().enumerate() {
+            let cols = source.columns(i).expect("read with a capture");
+            for (slot, p) in paths.iter().enumerate() {
+                let want = FieldPath::parse(p).unwrap().lookup(record);
+                let got = cols
+                    .get(slot)
+                    .map(|t| serde_json::from_str::<Value>(t).unwrap())
+                    .filter(|v| !v.is_null());
+                assert_eq!(got.as_ref(), want, "record {i}, {p}");
+            }
+            // Only `id` is built into the record.
+            assert_eq!(data[i].get("id"), record.get("id"), "record {i}");
+            assert!(data[i].get("employee").is_none() && data[i].get("amount").is_none());
+        }
+        assert_eq!(source.columns(4).unwrap().get(2), None);
+        assert_eq!(source.columns(3).unwrap().get(2), Some("-0"), "exact text");
+    }
+
+    #[test]
+    fn a_page_the_fast_path_cannot_read_builds_the_captured_paths_into_the_records() {
+        let mut s = FieldSet::nothing();
+        assert!(s.capture_path(&FieldPath::parse("a.b").unwrap(), 0));
+        assert!(!s.capture_path(&FieldPath::parse("c[0].d").unwrap(), 1));
+        // An escaped key sends the page to the serde path: no capture, whole values.
+        let body = Bytes::from_static(br#"{"data": [{"a": {"b": 1.50}, "\u0063": [{"d": 2}]}]}"#);
+        let page = decode_page(&s, &body).unwrap();
+        assert!(page.columns.is_none());
+        assert_eq!(page.data.unwrap()[0]["a"]["b"].to_string(), "1.50");
+        // A record parsed whole captures nothing.
+        let mut all = FieldSet::everything();
+        assert!(!all.capture_path(&FieldPath::parse("a.b").unwrap(), 0));
     }
 
     #[test]

@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 
 use bytes::Bytes;
-use expense_sync::extract::{FieldSet, decode_page};
+use expense_sync::extract::{Columns, FieldSet, PageSource, decode_page};
 use expense_sync::simulator::{Faults, SimConfig, Simulator};
 use expense_sync::sources::fyle::default_columns;
 use expense_sync::transforms::{
@@ -34,7 +34,8 @@ path = 'extra."odd.key"'
 "#;
 
 /// Transforms that read nested paths no column reads (templates, dates,
-/// coalesce, custom fields), and columns that read only what they write.
+/// coalesce, custom fields), columns that read only what they write, and
+/// columns that read what a transform reads too.
 const TRANSFORMS: &str = r#"
 [[transforms]]
 type = "filter"
@@ -102,6 +103,15 @@ path = "cf_cost_code"
 [[columns]]
 name = "dept_code"
 path = "dept_code"
+
+# Read by the columns and the transforms alike, and by a column alone.
+[[columns]]
+name = "category"
+path = "category.name"
+
+[[columns]]
+name = "review_state"
+path = "review.state"
 "#;
 
 struct Plan {
@@ -112,6 +122,15 @@ struct Plan {
 
 /// The default columns and [`COLUMNS`] without transforms, or [`TRANSFORMS`] alone.
 fn plan(with_transforms: bool) -> Plan {
+    compile(with_transforms, false)
+}
+
+/// [`plan`] as the runner compiles it: the columns' values captured from the page.
+fn captured_plan(with_transforms: bool) -> Plan {
+    compile(with_transforms, true)
+}
+
+fn compile(with_transforms: bool, capture: bool) -> Plan {
     #[derive(serde::Deserialize)]
     struct File {
         #[serde(default)]
@@ -129,10 +148,14 @@ fn plan(with_transforms: bool) -> Plan {
     let file: File = toml::from_str(file).expect("test pipeline parses");
     columns.extend(file.columns);
     let transforms = Transforms::new(&file.transforms, Path::new(".")).expect("transforms");
-    let projector = Projector::new(&columns).expect("columns");
+    let mut projector = Projector::new(&columns).expect("columns");
     // What the runner compiles: columns, transforms, the cursor and `id`.
     let mut fields = FieldSet::nothing();
-    projector.read_fields(&mut fields);
+    if capture {
+        projector.capture_fields(&mut fields, &transforms);
+    } else {
+        projector.read_fields(&mut fields);
+    }
     transforms.read_fields(&mut fields);
     fields.add_key("updated_at");
     fields.add_key("id");
@@ -145,10 +168,15 @@ fn plan(with_transforms: bool) -> Plan {
 }
 
 /// A record's verdict and row (or quarantine reason), as text to compare.
-fn outcome(plan: &Plan, mut record: Value) -> String {
+fn outcome(plan: &Plan, record: Value) -> String {
+    outcome_with(plan, record, None)
+}
+
+/// [`outcome`] of a record read from a page, with its captured values.
+fn outcome_with(plan: &Plan, mut record: Value, columns: Option<Columns<'_>>) -> String {
     let mut report = TransformReport::default();
     match plan.transforms.apply(&mut record, &mut report) {
-        Verdict::Keep => match plan.projector.project(&record) {
+        Verdict::Keep => match plan.projector.project_with(&record, columns) {
             Ok(row) => format!("row {:?}", row.cells),
             Err(e) => format!("quarantined {}: {}: {}", e.record_id, e.column, e.reason),
         },
@@ -165,6 +193,41 @@ fn assert_same_rows(plan: &Plan, text: &str) {
         outcome(plan, full),
         "plan and full tree disagree on {text}"
     );
+}
+
+/// The outcomes of `texts` read as one page with `plan` (captured values
+/// included), and whether the page was read with a capture.
+fn page_outcomes(plan: &Plan, texts: &[String]) -> (Vec<String>, bool) {
+    let body = Bytes::from(format!(
+        "{{\"count\": {}, \"data\": [{}]}}",
+        texts.len(),
+        texts.join(",\n")
+    ));
+    let page = decode_page(&plan.fields, &body).expect("valid page");
+    let captured = page.columns.is_some();
+    let data = page.data.expect("a data list");
+    let positions = (0..data.len() as u32).collect();
+    let source = PageSource::new(page.body, positions).with_columns(page.columns);
+    let outcomes = data
+        .into_iter()
+        .enumerate()
+        .map(|(i, record)| outcome_with(plan, record, source.columns(i)))
+        .collect();
+    (outcomes, captured)
+}
+
+/// Rows from captured page values equal the full tree's, record by record.
+fn assert_same_rows_from_page(plan: &Plan, texts: &[String]) -> bool {
+    let (got, captured) = page_outcomes(plan, texts);
+    for (got, text) in got.iter().zip(texts) {
+        let full: Value = serde_json::from_str(text).expect("valid JSON");
+        assert_eq!(
+            got,
+            &outcome(plan, full),
+            "captured values disagree on {text}"
+        );
+    }
+    captured
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,6 +255,13 @@ async fn plan_yields_the_rows_of_the_full_tree_for_every_simulator_record() {
             .filter(|o| o.starts_with("row"))
             .count();
         assert!(rows > 0, "{currency}: some records must reach the columns");
+        let texts: Vec<String> = truth.iter().map(Value::to_string).collect();
+        for with_transforms in [false, true] {
+            assert!(
+                assert_same_rows_from_page(&captured_plan(with_transforms), &texts),
+                "{currency}: a simulator page is read with its columns captured"
+            );
+        }
     }
 }
 
@@ -326,6 +396,15 @@ proptest! {
         let text = if pretty { serde_json::to_string_pretty(&r).unwrap() } else { r.to_string() };
         assert_same_rows(&plan(false), &text);
         assert_same_rows(&plan(true), &text);
+    }
+
+    #[test]
+    fn a_page_read_with_captured_columns_yields_the_rows_of_the_full_tree(records in prop::collection::vec(record().boxed(), 0..6), t in any::<bool>(), pretty in any::<bool>()) {
+        let texts: Vec<String> = records
+            .iter()
+            .map(|r| if pretty { serde_json::to_string_pretty(r).unwrap() } else { r.to_string() })
+            .collect();
+        assert_same_rows_from_page(&captured_plan(t), &texts);
     }
 
     #[test]

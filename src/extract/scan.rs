@@ -13,7 +13,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{HashMap, NUMBER_TOKEN, Need};
+use super::{Capture, ColumnTable, FieldSet, HashMap, NUMBER_TOKEN, Need, Span};
 use crate::record::Record;
 
 /// Nesting deeper than serde_json's own limit goes to the serde path (which rejects it).
@@ -24,26 +24,28 @@ struct Bail;
 
 type R<T> = Result<T, Bail>;
 
-/// Reads `{"count": …, "data": [ … ]}` keeping `need` of each record; `None`
-/// when the body is not such a page or not valid JSON.
-#[allow(clippy::type_complexity)]
-pub(super) fn page(need: &Need, body: &[u8]) -> Option<(Option<Value>, Option<Vec<Record>>)> {
+/// What [`page`] reads: `count`, the records, and their captured values.
+type PageParts = (Option<Value>, Option<Vec<Record>>, Option<ColumnTable>);
+
+/// Reads `{"count": …, "data": [ … ]}` building `fields.root` of each record
+/// and capturing `fields.capture`; `None` when the body is not such a page or
+/// not valid JSON.
+pub(super) fn page(fields: &FieldSet, body: &[u8]) -> Option<PageParts> {
     let text = std::str::from_utf8(body).ok()?;
-    let mut s = Scanner {
-        b: text.as_bytes(),
-        text,
-        i: 0,
-    };
-    s.page(need).ok()
+    let mut s = Scanner::new(text);
+    // Spans are u32 offsets; a page that large is read without a capture.
+    let capture =
+        (fields.slots > 0 && u32::try_from(body.len()).is_ok()).then_some(&fields.capture);
+    if capture.is_some() {
+        s.cols = Some(ColumnTable::new(fields.slots, 200));
+    }
+    let (count, data) = s.page(&fields.root, capture).ok()?;
+    Some((count, data, s.cols))
 }
 
 /// One record's JSON text keeping `need`; `None` hands it to the serde path.
 pub(super) fn record(need: &Need, text: &str) -> Option<Record> {
-    let mut s = Scanner {
-        b: text.as_bytes(),
-        text,
-        i: 0,
-    };
+    let mut s = Scanner::new(text);
     s.ws();
     let v = s.value(need, 0).ok()?;
     s.ws();
@@ -55,10 +57,28 @@ struct Scanner<'a> {
     /// The same bytes, known to be UTF-8.
     text: &'a str,
     i: usize,
+    /// Captured values of the records read so far, when capturing.
+    cols: Option<ColumnTable>,
+    /// Where the current record's row starts in `cols`.
+    row: usize,
 }
 
 impl<'a> Scanner<'a> {
-    fn page(&mut self, need: &Need) -> R<(Option<Value>, Option<Vec<Record>>)> {
+    fn new(text: &'a str) -> Self {
+        Scanner {
+            b: text.as_bytes(),
+            text,
+            i: 0,
+            cols: None,
+            row: 0,
+        }
+    }
+
+    fn page(
+        &mut self,
+        need: &Need,
+        capture: Option<&Capture>,
+    ) -> R<(Option<Value>, Option<Vec<Record>>)> {
         let (mut count, mut data) = (None, None);
         self.ws();
         self.eat(b'{')?;
@@ -77,7 +97,9 @@ impl<'a> Scanner<'a> {
                         self.skip(0)?;
                         count = Some(parse_span(&self.text[start..self.i])?);
                     }
-                    "data" if self.peek() == Some(b'[') => data = Some(self.records(need)?),
+                    "data" if self.peek() == Some(b'[') => {
+                        data = Some(self.records(need, capture)?)
+                    }
                     // Data that is not a list: the serde path decides what that means.
                     "data" => return Err(Bail),
                     _ => self.skip(0)?,
@@ -94,7 +116,7 @@ impl<'a> Scanner<'a> {
         Ok((count, data))
     }
 
-    fn records(&mut self, need: &Need) -> R<Vec<Record>> {
+    fn records(&mut self, need: &Need, capture: Option<&Capture>) -> R<Vec<Record>> {
         self.i += 1; // '['
         let mut out = Vec::with_capacity(256);
         self.ws();
@@ -104,7 +126,14 @@ impl<'a> Scanner<'a> {
         }
         loop {
             self.ws();
-            out.push(self.value(need, 1)?);
+            if let Some(cols) = self.cols.as_mut() {
+                self.row = cols.push_record();
+            }
+            let record = match (need, self.peek(), capture) {
+                (Need::Keys(keys), Some(b'{'), Some(c)) => self.object(keys, 1, Some(c))?,
+                _ => self.value(need, 1)?,
+            };
+            out.push(record);
             if self.after_member(b']')? {
                 return Ok(out);
             }
@@ -135,7 +164,7 @@ impl<'a> Scanner<'a> {
             return Err(Bail);
         }
         match (need, self.peek()) {
-            (Need::Keys(keys), Some(b'{')) => self.object(keys, depth),
+            (Need::Keys(keys), Some(b'{')) => self.object(keys, depth, None),
             (Need::Keys(_), Some(b'[')) => {
                 self.i += 1;
                 let mut items = Vec::new();
@@ -161,7 +190,13 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    fn object(&mut self, keys: &HashMap<String, Need>, depth: usize) -> R<Value> {
+    /// An object keeping `keys` of it, and capturing what `capture` names below it.
+    fn object(
+        &mut self,
+        keys: &HashMap<String, Need>,
+        depth: usize,
+        capture: Option<&Capture>,
+    ) -> R<Value> {
         self.i += 1; // '{'
         let mut out = Map::with_capacity(keys.len());
         self.ws();
@@ -174,15 +209,106 @@ impl<'a> Scanner<'a> {
             self.ws();
             self.eat(b':')?;
             self.ws();
-            match keys.get_key_value(key) {
-                Some((k, need)) => {
+            let below = capture.and_then(|c| c.children.get(key));
+            if let Some(c) = below {
+                self.uncapture(c);
+            }
+            match (keys.get_key_value(key), below) {
+                (Some((k, need)), None) => {
                     let v = self.value(need, depth + 1)?;
                     out.insert(k.clone(), v);
+                }
+                (Some((k, need)), Some(c)) => {
+                    let v = self.value_and_capture(need, c, depth + 1)?;
+                    out.insert(k.clone(), v);
+                }
+                (None, Some(c)) => self.capture(c, depth + 1)?,
+                (None, None) => self.skip(depth + 1)?,
+            }
+            if self.after_member(b'}')? {
+                return Ok(Value::Object(out));
+            }
+        }
+    }
+
+    /// A value both kept (`need`) and captured (`capture`).
+    fn value_and_capture(&mut self, need: &Need, capture: &Capture, depth: usize) -> R<Value> {
+        if depth > MAX_DEPTH {
+            return Err(Bail);
+        }
+        let start = self.i;
+        let value = match (need, self.peek()) {
+            (Need::Keys(keys), Some(b'{')) => self.object(keys, depth, Some(capture))?,
+            (Need::All, Some(b'{')) if !capture.children.is_empty() => {
+                self.capture_object(capture, depth)?;
+                parse_span(&self.text[start..self.i])?
+            }
+            // Scalars and arrays: nothing is captured inside a list.
+            _ => self.value(need, depth)?,
+        };
+        self.captured(capture, start);
+        Ok(value)
+    }
+
+    /// Steps over a value, capturing what `capture` names in it.
+    fn capture(&mut self, capture: &Capture, depth: usize) -> R<()> {
+        if depth > MAX_DEPTH {
+            return Err(Bail);
+        }
+        let start = self.i;
+        if !capture.children.is_empty() && self.peek() == Some(b'{') {
+            self.capture_object(capture, depth)?;
+        } else {
+            self.skip(depth)?;
+        }
+        self.captured(capture, start);
+        Ok(())
+    }
+
+    /// Steps over an object (at its `{`), capturing the keys `capture` names.
+    fn capture_object(&mut self, capture: &Capture, depth: usize) -> R<()> {
+        self.i += 1; // '{'
+        self.ws();
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            let key = self.key()?;
+            self.ws();
+            self.eat(b':')?;
+            self.ws();
+            match capture.children.get(key) {
+                Some(c) => {
+                    self.uncapture(c);
+                    self.capture(c, depth + 1)?;
                 }
                 None => self.skip(depth + 1)?,
             }
             if self.after_member(b'}')? {
-                return Ok(Value::Object(out));
+                return Ok(());
+            }
+        }
+    }
+
+    /// Records the value from `start` to the cursor in `capture`'s slot.
+    #[inline]
+    fn captured(&mut self, capture: &Capture, start: usize) {
+        if let (Some(slot), Some(cols)) = (capture.slot, self.cols.as_mut()) {
+            let span = Span {
+                start: start as u32,
+                end: self.i as u32,
+            };
+            cols.set(self.row, slot, span);
+        }
+    }
+
+    /// Forgets what an earlier occurrence of the same key captured: the last one wins, as in the tree.
+    #[inline]
+    fn uncapture(&mut self, capture: &Capture) {
+        if let Some(cols) = self.cols.as_mut() {
+            for &slot in &capture.below {
+                cols.set(self.row, slot, Span::default());
             }
         }
     }
@@ -456,12 +582,12 @@ mod tests {
     use super::*;
     use crate::record::FieldPath;
 
-    fn need(paths: &[&str]) -> Need {
-        let mut s = super::super::FieldSet::nothing();
+    fn need(paths: &[&str]) -> FieldSet {
+        let mut s = FieldSet::nothing();
         for p in paths {
             s.add_path(&FieldPath::parse(p).unwrap());
         }
-        s.root
+        s
     }
 
     #[test]
@@ -471,14 +597,14 @@ mod tests {
             {"id": "b", "amount": -0, "n": [{"x": 2}, 3], "flag": true}
         ]} "#;
         let need = need(&["id", "amount", "n.x", "flag"]);
-        let (count, data) = page(&need, body).expect("fast path");
+        let (count, data, _) = page(&need, body).expect("fast path");
         assert_eq!(count, Some(Value::from(2)));
         let full: Value = serde_json::from_slice(body).unwrap();
         let want: Vec<Value> = full["data"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|r| super::super::prune(&need, r))
+            .map(|r| need.prune(r))
             .collect();
         assert_eq!(data.unwrap(), want);
     }
@@ -492,19 +618,11 @@ mod tests {
                 let plain: String = filler.repeat(len);
                 for special in ['"', '\\', '\u{0}', '\u{1f}', '\n'] {
                     let text = format!("{plain}{special}tail\"");
-                    let mut s = Scanner {
-                        b: text.as_bytes(),
-                        text: &text,
-                        i: 0,
-                    };
+                    let mut s = Scanner::new(&text);
                     s.skip_plain();
                     assert_eq!(s.i, plain.len(), "{filler:?} × {len} then {special:?}");
                 }
-                let mut s = Scanner {
-                    b: plain.as_bytes(),
-                    text: &plain,
-                    i: 0,
-                };
+                let mut s = Scanner::new(&plain);
                 s.skip_plain();
                 assert_eq!(s.i, plain.len(), "{filler:?} × {len} to the end");
             }

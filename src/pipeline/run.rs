@@ -182,7 +182,7 @@ impl<'a> Run<'a> {
         let pipeline = self.pipeline;
         let spec = &pipeline.spec;
         let mut source = open_source(pipeline, self.http, self.opts)?;
-        let projector = Projector::new(&spec.columns).map_err(|problems| ConfigError {
+        let mut projector = Projector::new(&spec.columns).map_err(|problems| ConfigError {
             file: pipeline.file.clone(),
             problems,
         })?;
@@ -195,8 +195,9 @@ impl<'a> Run<'a> {
             })?;
         // Parse only what the run reads: columns, transforms, the cursor and `id`
         // (de-duplication, paging and the after-commit hook use those two).
+        // The columns' values are read from the page as slices, not built into records.
         let mut fields = crate::extract::FieldSet::nothing();
-        projector.read_fields(&mut fields);
+        projector.capture_fields(&mut fields, &transforms);
         transforms.read_fields(&mut fields);
         fields.add_key(source.cursor());
         fields.add_key("id");

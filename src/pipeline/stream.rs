@@ -121,7 +121,8 @@ impl TransformStage {
                 if self.transforms.apply(record, &mut self.report) != Verdict::Keep {
                     continue;
                 }
-                match self.projector.project(record) {
+                let columns = source.as_ref().and_then(|s| s.columns(i));
+                match self.projector.project_with(record, columns) {
                     Ok(row) => {
                         if let Some(ids) = self.exported.as_mut() {
                             ids.push(&crate::record::record_id(record)).map_err(|e| {

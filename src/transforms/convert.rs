@@ -141,8 +141,28 @@ pub(crate) fn to_decimal(
     let Some((d, text)) = decimal_of(value)? else {
         return Ok((Cell::Null, false));
     };
-    let (d, normalised) = denoise(d, &text, u32::from(scale));
-    let d = fit_decimal(d, &text, precision, scale, rounding)?;
+    decimal_cell(d, &text, precision, scale, rounding)
+}
+
+/// [`to_decimal`] of a JSON number's exact text.
+pub(crate) fn number_to_decimal(
+    text: &str,
+    precision: u8,
+    scale: u8,
+    rounding: Rounding,
+) -> Result<(Cell, bool), String> {
+    decimal_cell(parse_decimal_text(text)?, text, precision, scale, rounding)
+}
+
+fn decimal_cell(
+    d: Decimal,
+    text: &str,
+    precision: u8,
+    scale: u8,
+    rounding: Rounding,
+) -> Result<(Cell, bool), String> {
+    let (d, normalised) = denoise(d, text, u32::from(scale));
+    let d = fit_decimal(d, text, precision, scale, rounding)?;
     Ok((Cell::Decimal(d), normalised))
 }
 
@@ -158,15 +178,42 @@ pub(crate) fn to_money(
     let Some((d, text)) = decimal_of(value)? else {
         return Ok((Cell::Null, false));
     };
-    let code = currency
-        .and_then(Value::as_str)
-        .map(str::trim)
-        .filter(|c| !c.is_empty());
+    money_cell(
+        d,
+        &text,
+        currency.and_then(Value::as_str),
+        precision,
+        scale,
+        rounding,
+    )
+}
+
+/// [`to_money`] of a JSON number's exact text and the currency's text (when a string).
+pub(crate) fn number_to_money(
+    text: &str,
+    currency: Option<&str>,
+    precision: u8,
+    scale: u8,
+    rounding: Rounding,
+) -> Result<(Cell, bool), String> {
+    let d = parse_decimal_text(text)?;
+    money_cell(d, text, currency, precision, scale, rounding)
+}
+
+fn money_cell(
+    d: Decimal,
+    text: &str,
+    currency: Option<&str>,
+    precision: u8,
+    scale: u8,
+    rounding: Rounding,
+) -> Result<(Cell, bool), String> {
+    let code = currency.map(str::trim).filter(|c| !c.is_empty());
     let digits = code
         .and_then(minor_units)
         .unwrap_or(UNKNOWN_CURRENCY_DIGITS)
         .min(u32::from(scale));
-    let (d, normalised) = denoise(d, &text, digits);
+    let (d, normalised) = denoise(d, text, digits);
     if rounding == Rounding::Error && d.scale() > digits && d.trunc_with_scale(digits) != d {
         let unit = match code.map(|c| (c, minor_units(c))) {
             Some((c, Some(_))) => format!("the minor units of {c}"),
@@ -180,9 +227,9 @@ pub(crate) fn to_money(
         ));
     }
     let digits8 = u8::try_from(digits).expect("at most the column scale");
-    let d = fit_decimal(d, &text, precision, digits8, rounding)?;
+    let d = fit_decimal(d, text, precision, digits8, rounding)?;
     // Parquet stores the column at `scale`; the value must fit there too.
-    fit_decimal(d, &text, precision, scale, Rounding::Error)?;
+    fit_decimal(d, text, precision, scale, Rounding::Error)?;
     Ok((Cell::Decimal(d), normalised))
 }
 
@@ -345,23 +392,12 @@ pub(crate) fn to_timestamp(value: &Value) -> Result<Cell, String> {
 pub(crate) fn to_date(value: &Value) -> Result<Cell, String> {
     match value {
         Value::Null => Ok(Cell::Null),
-        Value::String(s) => {
-            let t = s.trim();
-            if let Ok(d) = NaiveDate::parse_from_str(t, "%Y-%m-%d") {
-                // chrono accepts `2024-3-5`; a strict ten-character form avoids ambiguity.
-                if t.len() == 10 {
-                    return Ok(Cell::Date(d));
-                }
-            }
-            parse_timestamp(t)
-                .map(|ts| Cell::Date(ts.date_naive()))
-                .ok_or_else(|| {
-                    format!(
-                        "{} is not a date (expected YYYY-MM-DD or an RFC 3339 timestamp)",
-                        quote(value)
-                    )
-                })
-        }
+        Value::String(s) => date_of(s).map(Cell::Date).ok_or_else(|| {
+            format!(
+                "{} is not a date (expected YYYY-MM-DD or an RFC 3339 timestamp)",
+                quote(value)
+            )
+        }),
         other => Err(format!(
             "expected a date string (YYYY-MM-DD), found {}",
             quote(other)
@@ -369,14 +405,39 @@ pub(crate) fn to_date(value: &Value) -> Result<Cell, String> {
     }
 }
 
+/// The date of `YYYY-MM-DD` text, or of an RFC 3339 timestamp (its UTC date).
+pub(crate) fn date_of(text: &str) -> Option<NaiveDate> {
+    let t = text.trim();
+    if let Ok(d) = NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+        // chrono accepts `2024-3-5`; a strict ten-character form avoids ambiguity.
+        if t.len() == 10 {
+            return Some(d);
+        }
+    }
+    parse_timestamp(t).map(|ts| ts.date_naive())
+}
+
 /// Converts a JSON bool, or the strings `true`/`false` (any case), to a bool.
 pub(crate) fn to_bool(value: &Value) -> Result<Cell, String> {
     match value {
         Value::Null => Ok(Cell::Null),
         Value::Bool(b) => Ok(Cell::Bool(*b)),
-        Value::String(s) if s.trim().eq_ignore_ascii_case("true") => Ok(Cell::Bool(true)),
-        Value::String(s) if s.trim().eq_ignore_ascii_case("false") => Ok(Cell::Bool(false)),
+        Value::String(s) => bool_of(s)
+            .map(Cell::Bool)
+            .ok_or_else(|| format!("expected true or false, found {}", quote(value))),
         other => Err(format!("expected true or false, found {}", quote(other))),
+    }
+}
+
+/// `true`/`false` text, any case, spaces around allowed.
+pub(crate) fn bool_of(text: &str) -> Option<bool> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("true") {
+        Some(true)
+    } else if t.eq_ignore_ascii_case("false") {
+        Some(false)
+    } else {
+        None
     }
 }
 
@@ -388,10 +449,15 @@ pub(crate) fn to_integer(value: &Value) -> Result<Cell, String> {
         Value::String(s) => s.trim().to_string(),
         other => return Err(format!("expected an integer, found {}", quote(other))),
     };
+    number_to_integer(&text)
+}
+
+/// [`to_integer`] of a JSON number's exact text (or a numeric string's trimmed text).
+pub(crate) fn number_to_integer(text: &str) -> Result<Cell, String> {
     if let Ok(i) = text.parse::<i64>() {
         return Ok(Cell::Int(i));
     }
-    let d = parse_decimal_text(&text).map_err(|_| format!("`{text}` is not an integer"))?;
+    let d = parse_decimal_text(text).map_err(|_| format!("`{text}` is not an integer"))?;
     if !d.fract().is_zero() {
         return Err(format!(
             "`{text}` has a fractional part; expected an integer"

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::common::Problem;
+use crate::extract::Columns;
 use crate::record::{FieldPath, Record, record_id};
 use crate::row::{Cell, Column, ColumnType, Row, Schema};
 
@@ -216,6 +217,17 @@ pub struct Projector {
     schema: Arc<Schema>,
     /// Amounts whose float noise was removed, over every clone of this projector.
     normalised: Arc<AtomicU64>,
+    /// Slots whose value comes from the page ([`Columns`]) when the page has a capture.
+    captured: Vec<bool>,
+}
+
+/// A column's value as found: nothing (missing or null), a value of the
+/// record, or the JSON text of a value captured from the page.
+#[derive(Debug, Clone, Copy)]
+enum Found<'a> {
+    Missing,
+    Tree(&'a Value),
+    Raw(&'a str),
 }
 
 /// Why one record could not be turned into a row.
@@ -401,6 +413,7 @@ impl Projector {
         let lookups = Lookups::new(&columns);
         Ok(Projector {
             columns,
+            captured: vec![false; lookups.slots],
             lookups,
             schema,
             normalised: Arc::new(AtomicU64::new(0)),
@@ -430,27 +443,88 @@ impl Projector {
         }
     }
 
+    /// Like [`Projector::read_fields`], but the columns' values are captured
+    /// from the page ([`FieldSet::capture_path`](crate::extract::FieldSet::capture_path))
+    /// instead of built into the record — except under a top-level key a transform
+    /// may write, whose final value only the record holds.
+    pub fn capture_fields(
+        &mut self,
+        fields: &mut crate::extract::FieldSet,
+        transforms: &Transforms,
+    ) {
+        let mut paths: Vec<(&FieldPath, Option<usize>)> = Vec::new();
+        for (col, slots) in self.columns.iter().zip(&self.lookups.columns) {
+            match &col.source {
+                Source::Path(p) => paths.push((p, slots.value)),
+                Source::CustomField(_) => fields.add_key("custom_fields"),
+            }
+            if let Some(p) = &col.currency {
+                paths.push((p, slots.currency));
+            }
+        }
+        for (path, slot) in paths {
+            let written = path.keys().next().is_some_and(|k| transforms.may_write(k));
+            match slot {
+                Some(slot) if !written => {
+                    if fields.capture_path(path, slot) {
+                        self.captured[slot] = true;
+                    }
+                }
+                _ => fields.add_path(path),
+            }
+        }
+    }
+
     /// Turns one record into a row, or says which column's value is unusable and why.
     pub fn project(&self, record: &Record) -> Result<Row, RecordError> {
-        let mut found = vec![None; self.lookups.slots];
-        self.lookups.root.walk(record, &mut found);
+        self.project_with(record, None)
+    }
+
+    /// [`Projector::project`] of a record whose captured values are `columns`
+    /// (the page's, when it was read with this projector's capture).
+    pub fn project_with(
+        &self,
+        record: &Record,
+        columns: Option<Columns<'_>>,
+    ) -> Result<Row, RecordError> {
+        let mut found = vec![Found::Missing; self.lookups.slots];
+        match columns {
+            Some(cols) => {
+                let mut rest = false;
+                for (slot, captured) in self.captured.iter().enumerate() {
+                    if *captured {
+                        if let Some(raw) = cols.get(slot).filter(|t| *t != "null") {
+                            found[slot] = Found::Raw(raw);
+                        }
+                    } else {
+                        rest = true;
+                    }
+                }
+                if rest {
+                    self.lookups.root.walk(record, &mut found, &self.captured);
+                }
+            }
+            None => self.lookups.root.walk(record, &mut found, &[]),
+        }
         let at = |slot: Option<usize>, path: &FieldPath| match slot {
-            Some(s) => found[s].filter(|v: &&Value| !v.is_null()),
-            None => path.lookup(record),
+            Some(s) => found[s],
+            None => path.lookup(record).map_or(Found::Missing, Found::Tree),
         };
         let mut cells = Vec::with_capacity(self.columns.len());
         let mut normalised = 0;
         for (col, slots) in self.columns.iter().zip(&self.lookups.columns) {
             let value = match &col.source {
                 Source::Path(p) => at(slots.value, p),
-                Source::CustomField(name) => custom_field(record, name),
+                Source::CustomField(name) => {
+                    custom_field(record, name).map_or(Found::Missing, Found::Tree)
+                }
             };
             let cell = match value {
-                None => Cell::Null,
-                Some(v) => {
+                Found::Missing => Cell::Null,
+                value => {
                     let currency = col.currency.as_ref().map(|p| at(slots.currency, p));
                     let (cell, denoised) =
-                        convert(v, col, currency).map_err(|reason| RecordError {
+                        convert_found(value, col, currency).map_err(|reason| RecordError {
                             record_id: record_id(record),
                             column: col.name.clone(),
                             reason,
@@ -522,18 +596,126 @@ impl Lookups {
 }
 
 impl PathNode {
-    fn walk<'a>(&self, value: &'a Value, found: &mut [Option<&'a Value>]) {
+    /// Fills the slots of this tree's paths from `value`, leaving `skip`ped slots alone.
+    fn walk<'a>(&self, value: &'a Value, found: &mut [Found<'a>], skip: &[bool]) {
         let Value::Object(map) = value else { return };
         for (k, v) in map {
             if let Some(child) = self.children.get(k.as_str()) {
-                if let Some(slot) = child.slot {
-                    found[slot] = Some(v);
+                if let Some(slot) = child.slot
+                    && !skip.get(slot).copied().unwrap_or(false)
+                {
+                    found[slot] = if v.is_null() {
+                        Found::Missing
+                    } else {
+                        Found::Tree(v)
+                    };
                 }
                 if !child.children.is_empty() {
-                    child.walk(v, found);
+                    child.walk(v, found, skip);
                 }
             }
         }
+    }
+}
+
+/// One found value as the column's cell. Captured text is converted directly
+/// in the common cases (a plain string, a number, a bool); anything else is
+/// parsed into a value and converted as a record's value is, so both ways
+/// give the same cell or the same error.
+fn convert_found(
+    value: Found<'_>,
+    col: &Compiled,
+    currency: Option<Found<'_>>,
+) -> Result<(Cell, bool), String> {
+    if let Found::Raw(raw) = value
+        && let Some(done) = convert_raw(raw, col, currency)
+    {
+        return done;
+    }
+    let value = found_value(value)?;
+    let currency = currency.map(found_value).transpose()?;
+    let currency = currency.as_ref().map(|c| c.as_deref());
+    match &value {
+        Some(v) => convert(v, col, currency),
+        None => Ok((Cell::Null, false)),
+    }
+}
+
+/// The found value as a JSON value (captured text parsed; `None` when missing).
+fn found_value(found: Found<'_>) -> Result<Option<std::borrow::Cow<'_, Value>>, String> {
+    Ok(match found {
+        Found::Missing => None,
+        Found::Tree(v) => Some(std::borrow::Cow::Borrowed(v)),
+        Found::Raw(raw) => Some(std::borrow::Cow::Owned(
+            serde_json::from_str(raw).map_err(|e| format!("unreadable value: {e}"))?,
+        )),
+    })
+}
+
+/// The text of a JSON string without escapes, the string's content.
+fn plain_string(raw: &str) -> Option<&str> {
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    (!inner.contains('\\')).then_some(inner)
+}
+
+/// Converts captured JSON text directly when that is plainly the same as
+/// converting its value; `None` leaves it to the general way.
+fn convert_raw(
+    raw: &str,
+    col: &Compiled,
+    currency: Option<Found<'_>>,
+) -> Option<Result<(Cell, bool), String>> {
+    let first = *raw.as_bytes().first()?;
+    let ok = |cell: Cell| Some(Ok((cell, false)));
+    match first {
+        b'"' => {
+            let s = plain_string(raw)?;
+            match col.ty {
+                ColumnType::String => ok(Cell::Str(s.to_owned())),
+                ColumnType::Timestamp => ok(Cell::Timestamp(convert::parse_timestamp(s)?)),
+                ColumnType::Date => ok(Cell::Date(convert::date_of(s)?)),
+                ColumnType::Bool => ok(Cell::Bool(convert::bool_of(s)?)),
+                ColumnType::Decimal { .. } | ColumnType::Integer => None,
+            }
+        }
+        b'-' | b'0'..=b'9' => match col.ty {
+            // A number's text is exactly what serde_json (arbitrary_precision) prints.
+            ColumnType::String => ok(Cell::Str(raw.to_owned())),
+            ColumnType::Integer => Some(convert::number_to_integer(raw).map(|c| (c, false))),
+            ColumnType::Decimal { precision, scale } => match currency {
+                None => Some(convert::number_to_decimal(
+                    raw,
+                    precision,
+                    scale,
+                    col.rounding,
+                )),
+                Some(currency) => {
+                    let code = match currency {
+                        Found::Missing => None,
+                        Found::Tree(v) => Some(v.as_str()),
+                        Found::Raw(r) if r.starts_with('"') => Some(Some(plain_string(r)?)),
+                        Found::Raw(_) => Some(None),
+                    };
+                    Some(convert::number_to_money(
+                        raw,
+                        code.flatten(),
+                        precision,
+                        scale,
+                        col.rounding,
+                    ))
+                }
+            },
+            _ => None,
+        },
+        b't' | b'f' => {
+            let b = raw == "true";
+            match col.ty {
+                ColumnType::String => ok(Cell::Str(raw.to_owned())),
+                ColumnType::Bool => ok(Cell::Bool(b)),
+                _ => None,
+            }
+        }
+        _ => None,
     }
 }
 

@@ -462,6 +462,23 @@ impl Transforms {
         self.steps.is_empty()
     }
 
+    /// Whether some transform may set the record's top-level field `key`.
+    pub fn may_write(&self, key: &str) -> bool {
+        self.steps.iter().any(|step| match step {
+            Step::Filter { .. } => false,
+            Step::Map { target, .. }
+            | Step::Template { target, .. }
+            | Step::Constant { target, .. }
+            | Step::Coalesce { target, .. }
+            | Step::DateFormat { target, .. } => target == key,
+            Step::CustomFields {
+                prefix: Some(prefix),
+                ..
+            } => key.starts_with(prefix.as_str()),
+            Step::CustomFields { fields, .. } => fields.iter().any(|(target, _)| target == key),
+        })
+    }
+
     /// Adds every record field the transforms read to `fields`.
     pub fn read_fields(&self, fields: &mut crate::extract::FieldSet) {
         for step in &self.steps {

@@ -391,7 +391,7 @@ async fn fetch_slice(
                 .send(Page {
                     records,
                     total,
-                    source: Some(PageSource::new(page.body, positions)),
+                    source: Some(PageSource::new(page.body, positions).with_columns(page.columns)),
                 })
                 .await
                 .is_err()
