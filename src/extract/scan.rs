@@ -13,7 +13,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{Capture, ColumnTable, FieldSet, HashMap, NUMBER_TOKEN, Need, Span};
+use super::{Capture, ColumnTable, FieldSet, Keys, NUMBER_TOKEN, Need, Span};
 use crate::record::Record;
 
 /// Nesting deeper than serde_json's own limit goes to the serde path (which rejects it).
@@ -191,12 +191,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// An object keeping `keys` of it, and capturing what `capture` names below it.
-    fn object(
-        &mut self,
-        keys: &HashMap<String, Need>,
-        depth: usize,
-        capture: Option<&Capture>,
-    ) -> R<Value> {
+    fn object(&mut self, keys: &Keys<Need>, depth: usize, capture: Option<&Capture>) -> R<Value> {
         self.i += 1; // '{'
         let mut out = Map::with_capacity(keys.len());
         self.ws();

@@ -366,9 +366,66 @@ pub(crate) fn fit_decimal(
 
 /// Parses an RFC 3339 instant; sub-microsecond digits are truncated so CSV and Parquet agree.
 pub(crate) fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(text.trim())
+    let text = text.trim();
+    if let Some(t) = common_timestamp(text.as_bytes()) {
+        return Some(t);
+    }
+    DateTime::parse_from_rfc3339(text)
         .ok()
         .map(|t| t.with_timezone(&Utc).trunc_subsecs(6))
+}
+
+/// The common shape `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, read without
+/// chrono's general parser (a record has five or six timestamps); `None`
+/// for anything else, which chrono then decides.
+fn common_timestamp(b: &[u8]) -> Option<DateTime<Utc>> {
+    fn num(b: &[u8]) -> Option<u32> {
+        b.iter().try_fold(0u32, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+        })
+    }
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let date = NaiveDate::from_ymd_opt(
+        i32::try_from(num(&b[0..4])?).ok()?,
+        num(&b[5..7])?,
+        num(&b[8..10])?,
+    )?;
+    let (h, m, sec) = (num(&b[11..13])?, num(&b[14..16])?, num(&b[17..19])?);
+    let mut rest = &b[19..];
+    let mut nanos = 0u32;
+    if let Some(frac) = rest.strip_prefix(b".") {
+        let digits = frac.iter().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 || digits > 9 {
+            return None;
+        }
+        nanos = num(&frac[..digits])? * 10u32.pow(9 - digits as u32);
+        rest = &frac[digits..];
+    }
+    let offset_secs = match rest {
+        b"Z" => 0,
+        [sign @ (b'+' | b'-'), oh @ .., b':', m1, m2] if oh.len() == 2 => {
+            let (oh, om) = (num(oh)?, num(&[*m1, *m2])?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let secs = i64::from(oh * 3600 + om * 60);
+            if *sign == b'-' { -secs } else { secs }
+        }
+        _ => return None,
+    };
+    // Leap seconds (60) and other out-of-range fields are left to chrono.
+    let time = chrono::NaiveTime::from_hms_nano_opt(h, m, sec, nanos - nanos % 1000)?;
+    let local = date.and_time(time);
+    let utc = local.checked_sub_signed(chrono::Duration::seconds(offset_secs))?;
+    Some(DateTime::from_naive_utc_and_offset(utc, Utc))
 }
 
 /// Converts an RFC 3339 string to a UTC instant.
@@ -408,6 +465,9 @@ pub(crate) fn to_date(value: &Value) -> Result<Cell, String> {
 /// The date of `YYYY-MM-DD` text, or of an RFC 3339 timestamp (its UTC date).
 pub(crate) fn date_of(text: &str) -> Option<NaiveDate> {
     let t = text.trim();
+    if let Some(t) = common_timestamp(t.as_bytes()) {
+        return Some(t.date_naive());
+    }
     if let Ok(d) = NaiveDate::parse_from_str(t, "%Y-%m-%d") {
         // chrono accepts `2024-3-5`; a strict ten-character form avoids ambiguity.
         if t.len() == 10 {
@@ -484,6 +544,51 @@ mod tests {
             Cell::Decimal(d) => d.to_string(),
             other => panic!("not a decimal: {other:?}"),
         }
+    }
+
+    #[test]
+    fn common_timestamps_are_read_as_chrono_reads_them() {
+        let mut texts = vec![
+            "2024-03-05T10:22:33Z".to_string(),
+            "2024-03-05T10:22:33.489185+00:00".to_string(),
+            "2024-02-29T23:59:59.999999999-05:30".to_string(),
+            "2023-02-29T10:00:00Z".to_string(),
+            "2024-03-05T24:00:00Z".to_string(),
+            "2016-12-31T23:59:60Z".to_string(),
+            "2024-03-05t10:22:33z".to_string(),
+            "2024-03-05 10:22:33Z".to_string(),
+            "2024-03-05T10:22:33.Z".to_string(),
+            "2024-03-05T10:22:33.1234567890Z".to_string(),
+            "2024-03-05T10:22:33+24:00".to_string(),
+            "2024-03-05T10:22:33+0100".to_string(),
+            "+2024-03-05T10:22:33Z".to_string(),
+            "2024-3-05T10:22:33Z".to_string(),
+            "0000-01-01T00:00:00+00:01".to_string(),
+            "9999-12-31T23:59:59-23:59".to_string(),
+        ];
+        // Every fraction length and offset sign over a day boundary.
+        for digits in 1..=9 {
+            for offset in ["Z", "+05:45", "-11:00", "+00:00"] {
+                texts.push(format!(
+                    "2024-12-31T23:59:59.{}{offset}",
+                    &"987654321"[..digits]
+                ));
+            }
+        }
+        for t in &texts {
+            let chrono = DateTime::parse_from_rfc3339(t)
+                .ok()
+                .map(|t| t.with_timezone(&Utc).trunc_subsecs(6));
+            assert_eq!(parse_timestamp(t), chrono, "{t}");
+            if let Some(fast) = common_timestamp(t.as_bytes()) {
+                assert_eq!(Some(fast), chrono, "{t}");
+            }
+        }
+        assert!(common_timestamp(b"2024-03-05T10:22:33.489185+00:00").is_some());
+        assert_eq!(
+            date_of("2024-01-01T01:00:00+02:00"),
+            NaiveDate::from_ymd_opt(2023, 12, 31)
+        );
     }
 
     #[test]
