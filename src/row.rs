@@ -47,8 +47,9 @@ pub struct Schema {
 pub enum Cell {
     /// Missing or null in the source.
     Null,
-    /// Text.
-    Str(String),
+    /// Text (held inline up to 24 bytes: a row of ids, names and codes
+    /// allocates nothing for them).
+    Str(compact_str::CompactString),
     /// Exact decimal, already at the column's scale (a `scale = "currency"`
     /// column: at the record currency's minor units, at most the column's scale).
     Decimal(Decimal),

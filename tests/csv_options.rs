@@ -70,7 +70,7 @@ fn rows() -> Vec<Row> {
         .enumerate()
         .map(|(i, m)| Row {
             cells: vec![
-                Cell::Str(m.to_string()),
+                Cell::Str((*m).into()),
                 Cell::Str(if i % 3 == 0 { "EUR" } else { "USD" }.into()),
                 if i == 5 {
                     Cell::Null

@@ -204,7 +204,7 @@ fn csv_keeps_hostile_strings_intact() {
         .iter()
         .enumerate()
         .map(|(i, s)| Row {
-            cells: vec![Cell::Str(s.to_string()), Cell::Int(i as i64)],
+            cells: vec![Cell::Str((*s).into()), Cell::Int(i as i64)],
         })
         .collect();
     sink.write(&Batch { rows }).unwrap();
@@ -578,7 +578,7 @@ fn csv_single_column_null_rows_are_not_lost_as_blank_lines() {
         }],
     });
     let (mut sink, path) = csv_sink(dir.path(), CsvSinkConfig::new("one.csv"), schema);
-    let rows = [Cell::Null, Cell::Str("x".into()), Cell::Str(String::new())]
+    let rows = [Cell::Null, Cell::Str("x".into()), Cell::Str("".into())]
         .into_iter()
         .map(|c| Row { cells: vec![c] })
         .collect();
@@ -606,7 +606,7 @@ fn csv_with_lf_endings_still_quotes_carriage_returns() {
         .iter()
         .chain(&["tab\there", "bare\rcr"])
         .map(|s| Row {
-            cells: vec![Cell::Str(s.to_string())],
+            cells: vec![Cell::Str((*s).into())],
         })
         .collect();
     sink.write(&Batch { rows }).unwrap();

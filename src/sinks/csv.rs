@@ -506,7 +506,7 @@ impl CsvSink {
 
     fn add_to_totals(&mut self, cells: &[Cell]) {
         let currency = match self.currency_column.map(|i| &cells[i]) {
-            Some(Cell::Str(c)) => c.clone(),
+            Some(Cell::Str(c)) => c.to_string(),
             Some(_) => "(blank)".to_string(),
             None => "(none)".to_string(),
         };

@@ -109,7 +109,7 @@ impl LedgerCsvSink {
                 if s.is_empty() {
                     Cell::Null
                 } else {
-                    Cell::Str(s.to_string())
+                    Cell::Str(s.into())
                 }
             };
             match self.layout {

@@ -950,7 +950,7 @@ pub fn id_column_index<'a>(
 pub fn cell_json(cell: &Cell) -> Value {
     match cell {
         Cell::Null => Value::Null,
-        Cell::Str(s) => Value::String(s.clone()),
+        Cell::Str(s) => Value::String(s.to_string()),
         Cell::Bool(b) => Value::Bool(*b),
         Cell::Int(i) => Value::from(*i),
         // arbitrary_precision keeps the decimal's text, so no digit is lost or added.

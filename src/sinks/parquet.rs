@@ -529,12 +529,15 @@ mod tests {
         let rows = (start..start + n)
             .map(|i| crate::row::Row {
                 cells: vec![
-                    Cell::Str(format!("tx{i:012}")),
+                    Cell::Str(format!("tx{i:012}").into()),
                     // Distinct text per row, so dictionaries and pages keep growing.
-                    Cell::Str(format!(
-                        "client dinner {i} with a rather long purpose text {}",
-                        i * 7919
-                    )),
+                    Cell::Str(
+                        format!(
+                            "client dinner {i} with a rather long purpose text {}",
+                            i * 7919
+                        )
+                        .into(),
+                    ),
                     Cell::Decimal(rust_decimal::Decimal::new(i as i64 * 101, 2)),
                     Cell::Timestamp(
                         chrono::Utc

@@ -32,9 +32,9 @@ pub(crate) fn quote(value: &Value) -> String {
 pub(crate) fn to_string_cell(value: &Value) -> Cell {
     match value {
         Value::Null => Cell::Null,
-        Value::String(s) => Cell::Str(s.clone()),
-        Value::Number(n) => Cell::Str(n.to_string()),
-        Value::Bool(b) => Cell::Str(b.to_string()),
+        Value::String(s) => Cell::Str(s.as_str().into()),
+        Value::Number(n) => Cell::Str(n.as_str().into()),
+        Value::Bool(b) => Cell::Str(if *b { "true" } else { "false" }.into()),
         Value::Array(items) if items.iter().all(is_scalar) => {
             // Nulls inside a list carry no information for a reader of the joined text.
             let parts: Vec<String> = items
@@ -45,9 +45,9 @@ pub(crate) fn to_string_cell(value: &Value) -> Cell {
                     other => other.to_string(),
                 })
                 .collect();
-            Cell::Str(parts.join(", "))
+            Cell::Str(parts.join(", ").into())
         }
-        other => Cell::Str(other.to_string()),
+        other => Cell::Str(other.to_string().into()),
     }
 }
 

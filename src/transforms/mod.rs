@@ -671,7 +671,7 @@ fn convert_raw(
         b'"' => {
             let s = plain_string(raw)?;
             match col.ty {
-                ColumnType::String => ok(Cell::Str(s.to_owned())),
+                ColumnType::String => ok(Cell::Str(s.into())),
                 ColumnType::Timestamp => ok(Cell::Timestamp(convert::parse_timestamp(s)?)),
                 ColumnType::Date => ok(Cell::Date(convert::date_of(s)?)),
                 ColumnType::Bool => ok(Cell::Bool(convert::bool_of(s)?)),
@@ -680,7 +680,7 @@ fn convert_raw(
         }
         b'-' | b'0'..=b'9' => match col.ty {
             // A number's text is exactly what serde_json (arbitrary_precision) prints.
-            ColumnType::String => ok(Cell::Str(raw.to_owned())),
+            ColumnType::String => ok(Cell::Str(raw.into())),
             ColumnType::Integer => Some(convert::number_to_integer(raw).map(|c| (c, false))),
             ColumnType::Decimal { precision, scale } => match currency {
                 None => Some(convert::number_to_decimal(
@@ -710,7 +710,7 @@ fn convert_raw(
         b't' | b'f' => {
             let b = raw == "true";
             match col.ty {
-                ColumnType::String => ok(Cell::Str(raw.to_owned())),
+                ColumnType::String => ok(Cell::Str(raw.into())),
                 ColumnType::Bool => ok(Cell::Bool(b)),
                 _ => None,
             }
