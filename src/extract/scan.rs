@@ -30,14 +30,14 @@ type PageParts = (Option<Value>, Option<Vec<Record>>, Option<ColumnTable>);
 /// Reads `{"count": …, "data": [ … ]}` building `fields.root` of each record
 /// and capturing `fields.capture`; `None` when the body is not such a page or
 /// not valid JSON.
-pub(super) fn page(fields: &FieldSet, body: &[u8]) -> Option<PageParts> {
-    let text = std::str::from_utf8(body).ok()?;
+pub(super) fn page(fields: &FieldSet, body: bytes::Bytes) -> Option<PageParts> {
+    let text = std::str::from_utf8(&body).ok()?;
     let mut s = Scanner::new(text);
     // Spans are u32 offsets; a page that large is read without a capture.
     let capture =
         (fields.slots > 0 && u32::try_from(body.len()).is_ok()).then_some(&fields.capture);
     if capture.is_some() {
-        s.cols = Some(ColumnTable::new(fields.slots, 200));
+        s.cols = Some(ColumnTable::new(body.clone(), fields.slots, 200));
     }
     let (count, data) = s.page(&fields.root, capture).ok()?;
     Some((count, data, s.cols))
@@ -52,7 +52,25 @@ pub(super) fn record(need: &Need, text: &str) -> Option<Record> {
     (s.i == s.b.len()).then_some(v)
 }
 
-struct Scanner<'a> {
+/// What the keys of one kind of object resolved to in the previous record,
+/// by position: the records of a page share their key order, so a key is
+/// usually compared with the one seen at its place instead of looked up.
+struct Shape<'f> {
+    /// The addresses of the object's `Keys` and `Capture` (0: none).
+    node: (usize, usize),
+    seen: Vec<Seen<'f>>,
+}
+
+#[derive(Clone, Copy)]
+struct Seen<'f> {
+    /// The key's text in the page.
+    start: u32,
+    len: u32,
+    keep: Option<(&'f String, &'f Need)>,
+    below: Option<&'f Capture>,
+}
+
+struct Scanner<'a, 'f> {
     b: &'a [u8],
     /// The same bytes, known to be UTF-8.
     text: &'a str,
@@ -61,9 +79,10 @@ struct Scanner<'a> {
     cols: Option<ColumnTable>,
     /// Where the current record's row starts in `cols`.
     row: usize,
+    shapes: Vec<Shape<'f>>,
 }
 
-impl<'a> Scanner<'a> {
+impl<'a, 'f> Scanner<'a, 'f> {
     fn new(text: &'a str) -> Self {
         Scanner {
             b: text.as_bytes(),
@@ -71,13 +90,65 @@ impl<'a> Scanner<'a> {
             i: 0,
             cols: None,
             row: 0,
+            shapes: Vec::new(),
         }
+    }
+
+    /// The shape memo of objects read with `keys` and `capture`.
+    fn shape(&mut self, keys: Option<&'f Keys<Need>>, capture: Option<&'f Capture>) -> usize {
+        let node = (
+            keys.map_or(0, |k| k as *const _ as usize),
+            capture.map_or(0, |c| c as *const _ as usize),
+        );
+        match self.shapes.iter().position(|s| s.node == node) {
+            Some(at) => at,
+            None => {
+                self.shapes.push(Shape {
+                    node,
+                    seen: Vec::new(),
+                });
+                self.shapes.len() - 1
+            }
+        }
+    }
+
+    /// What `key` (the `j`-th of an object of `shape`) resolves to: what the
+    /// previous record's `j`-th key resolved to when it is the same text, else `look()`.
+    #[inline]
+    fn resolve(
+        &mut self,
+        shape: usize,
+        j: usize,
+        key: &str,
+        look: impl FnOnce() -> (Option<(&'f String, &'f Need)>, Option<&'f Capture>),
+    ) -> (Option<(&'f String, &'f Need)>, Option<&'f Capture>) {
+        let start = key.as_ptr() as usize - self.b.as_ptr() as usize;
+        let seen = &mut self.shapes[shape].seen;
+        if let Some(s) = seen.get(j)
+            && s.len as usize == key.len()
+            && &self.b[s.start as usize..s.start as usize + key.len()] == key.as_bytes()
+        {
+            return (s.keep, s.below);
+        }
+        let (keep, below) = look();
+        let entry = Seen {
+            start: start as u32,
+            len: key.len() as u32,
+            keep,
+            below,
+        };
+        if j < seen.len() {
+            seen[j] = entry;
+        } else if j == seen.len() {
+            seen.push(entry);
+        }
+        (keep, below)
     }
 
     fn page(
         &mut self,
-        need: &Need,
-        capture: Option<&Capture>,
+        need: &'f Need,
+        capture: Option<&'f Capture>,
     ) -> R<(Option<Value>, Option<Vec<Record>>)> {
         let (mut count, mut data) = (None, None);
         self.ws();
@@ -116,7 +187,7 @@ impl<'a> Scanner<'a> {
         Ok((count, data))
     }
 
-    fn records(&mut self, need: &Need, capture: Option<&Capture>) -> R<Vec<Record>> {
+    fn records(&mut self, need: &'f Need, capture: Option<&'f Capture>) -> R<Vec<Record>> {
         self.i += 1; // '['
         let mut out = Vec::with_capacity(256);
         self.ws();
@@ -159,7 +230,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// The value at the cursor, keeping `need` of it.
-    fn value(&mut self, need: &Need, depth: usize) -> R<Value> {
+    fn value(&mut self, need: &'f Need, depth: usize) -> R<Value> {
         if depth > MAX_DEPTH {
             return Err(Bail);
         }
@@ -191,7 +262,12 @@ impl<'a> Scanner<'a> {
     }
 
     /// An object keeping `keys` of it, and capturing what `capture` names below it.
-    fn object(&mut self, keys: &Keys<Need>, depth: usize, capture: Option<&Capture>) -> R<Value> {
+    fn object(
+        &mut self,
+        keys: &'f Keys<Need>,
+        depth: usize,
+        capture: Option<&'f Capture>,
+    ) -> R<Value> {
         self.i += 1; // '{'
         let mut out = Map::with_capacity(keys.len());
         self.ws();
@@ -199,16 +275,24 @@ impl<'a> Scanner<'a> {
             self.i += 1;
             return Ok(Value::Object(out));
         }
+        let shape = self.shape(Some(keys), capture);
+        let mut j = 0;
         loop {
             let key = self.key()?;
             self.ws();
             self.eat(b':')?;
             self.ws();
-            let below = capture.and_then(|c| c.children.get(key));
+            let (keep, below) = self.resolve(shape, j, key, || {
+                (
+                    keys.get_key_value(key),
+                    capture.and_then(|c| c.children.get(key)),
+                )
+            });
+            j += 1;
             if let Some(c) = below {
                 self.uncapture(c);
             }
-            match (keys.get_key_value(key), below) {
+            match (keep, below) {
                 (Some((k, need)), None) => {
                     let v = self.value(need, depth + 1)?;
                     out.insert(k.clone(), v);
@@ -227,7 +311,12 @@ impl<'a> Scanner<'a> {
     }
 
     /// A value both kept (`need`) and captured (`capture`).
-    fn value_and_capture(&mut self, need: &Need, capture: &Capture, depth: usize) -> R<Value> {
+    fn value_and_capture(
+        &mut self,
+        need: &'f Need,
+        capture: &'f Capture,
+        depth: usize,
+    ) -> R<Value> {
         if depth > MAX_DEPTH {
             return Err(Bail);
         }
@@ -246,7 +335,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// Steps over a value, capturing what `capture` names in it.
-    fn capture(&mut self, capture: &Capture, depth: usize) -> R<()> {
+    fn capture(&mut self, capture: &'f Capture, depth: usize) -> R<()> {
         if depth > MAX_DEPTH {
             return Err(Bail);
         }
@@ -261,19 +350,23 @@ impl<'a> Scanner<'a> {
     }
 
     /// Steps over an object (at its `{`), capturing the keys `capture` names.
-    fn capture_object(&mut self, capture: &Capture, depth: usize) -> R<()> {
+    fn capture_object(&mut self, capture: &'f Capture, depth: usize) -> R<()> {
         self.i += 1; // '{'
         self.ws();
         if self.peek() == Some(b'}') {
             self.i += 1;
             return Ok(());
         }
+        let shape = self.shape(None, Some(capture));
+        let mut j = 0;
         loop {
             let key = self.key()?;
             self.ws();
             self.eat(b':')?;
             self.ws();
-            match capture.children.get(key) {
+            let (_, below) = self.resolve(shape, j, key, || (None, capture.children.get(key)));
+            j += 1;
+            match below {
                 Some(c) => {
                     self.uncapture(c);
                     self.capture(c, depth + 1)?;
@@ -592,7 +685,7 @@ mod tests {
             {"id": "b", "amount": -0, "n": [{"x": 2}, 3], "flag": true}
         ]} "#;
         let need = need(&["id", "amount", "n.x", "flag"]);
-        let (count, data, _) = page(&need, body).expect("fast path");
+        let (count, data, _) = page(&need, bytes::Bytes::from_static(body)).expect("fast path");
         assert_eq!(count, Some(Value::from(2)));
         let full: Value = serde_json::from_slice(body).unwrap();
         let want: Vec<Value> = full["data"]
@@ -649,7 +742,7 @@ mod tests {
             br#"[1]"#,
         ] {
             assert!(
-                page(&need, bad).is_none(),
+                page(&need, bytes::Bytes::from_static(bad)).is_none(),
                 "{}",
                 String::from_utf8_lossy(bad)
             );
