@@ -424,8 +424,11 @@ fn common_timestamp(b: &[u8]) -> Option<DateTime<Utc>> {
     // Leap seconds (60) and other out-of-range fields are left to chrono.
     let time = chrono::NaiveTime::from_hms_nano_opt(h, m, sec, nanos - nanos % 1000)?;
     let local = date.and_time(time);
+    if offset_secs == 0 {
+        return Some(local.and_utc());
+    }
     let utc = local.checked_sub_signed(chrono::Duration::seconds(offset_secs))?;
-    Some(DateTime::from_naive_utc_and_offset(utc, Utc))
+    Some(utc.and_utc())
 }
 
 /// Converts an RFC 3339 string to a UTC instant.
