@@ -126,7 +126,10 @@ impl<'a, 'f> Scanner<'a, 'f> {
         let seen = &mut self.shapes[shape].seen;
         if let Some(s) = seen.get(j)
             && s.len as usize == key.len()
-            && &self.b[s.start as usize..s.start as usize + key.len()] == key.as_bytes()
+            && same_text(
+                &self.b[s.start as usize..s.start as usize + key.len()],
+                key.as_bytes(),
+            )
         {
             return (s.keep, s.below);
         }
@@ -660,6 +663,22 @@ impl<'a, 'f> Scanner<'a, 'f> {
     }
 }
 
+/// `a == b` for two keys of the same length, inline: most keys are shorter
+/// than 17 bytes, where a call to `memcmp` costs more than the comparison.
+#[inline]
+fn same_text(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("8 bytes"));
+    match n {
+        0..8 => a.iter().zip(b).all(|(x, y)| x == y),
+        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        _ => a == b,
+    }
+}
+
 /// A value serde_json must build itself (numbers keep their exact text, escapes are decoded).
 fn parse_span(span: &str) -> R<Value> {
     serde_json::from_str(span).map_err(|_| Bail)
@@ -714,6 +733,21 @@ mod tests {
                 s.skip_plain();
                 assert_eq!(s.i, plain.len(), "{filler:?} × {len} to the end");
             }
+        }
+    }
+
+    #[test]
+    fn key_texts_compare_equal_exactly_when_every_byte_is_equal() {
+        let base: Vec<u8> = (0..40u8).map(|i| b'a' + i % 26).collect();
+        for n in 0..40 {
+            let a = &base[..n];
+            assert!(same_text(a, a), "{n}");
+            for at in 0..n {
+                let mut b = a.to_vec();
+                b[at] ^= 0x20;
+                assert!(!same_text(a, &b), "{n} bytes, differing at {at}");
+            }
+            assert!(!same_text(a, &base[..n + 1]), "{n} against {}", n + 1);
         }
     }
 
