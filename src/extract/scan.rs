@@ -28,7 +28,7 @@ type R<T> = Result<T, Bail>;
 /// when the body is not such a page or not valid JSON.
 #[allow(clippy::type_complexity)]
 pub(super) fn page(need: &Need, body: &[u8]) -> Option<(Option<Value>, Option<Vec<Record>>)> {
-    let text = std::str::from_utf8(body).ok()?;
+    let text = simdutf8::basic::from_utf8(body).ok()?;
     let mut s = Scanner {
         b: text.as_bytes(),
         text,
@@ -221,7 +221,9 @@ impl<'a> Scanner<'a> {
         if self.string()? {
             return Err(Bail);
         }
-        let key = &self.text[start..self.i - 1];
+        // SAFETY: `text` is UTF-8 and both ends of the key are next to an
+        // ASCII quote, so they are char boundaries within it.
+        let key = unsafe { self.text.get_unchecked(start..self.i - 1) };
         if key.len() == NUMBER_TOKEN.len() && key == NUMBER_TOKEN {
             return Err(Bail);
         }
@@ -431,8 +433,24 @@ impl<'a> Scanner<'a> {
         Ok(())
     }
 
+    /// Moves past a run of ASCII digits, eight bytes at a time in a `u64`.
     #[inline]
     fn digits(&mut self) {
+        const ONES: u64 = u64::MAX / 255;
+        while let Some(chunk) = self.b.get(self.i..self.i + 8) {
+            let x = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+            // A byte is a digit (0x30..=0x39) when neither x + 0x46 nor
+            // x - 0x30 sets its high bit (bytes from 0x80 set it in one of the
+            // two). Carries and borrows start only at a non-digit, so the
+            // lowest set bit marks the first non-digit.
+            let other =
+                (x.wrapping_add(ONES * 0x46) | x.wrapping_sub(ONES * 0x30) | x) & (ONES * 0x80);
+            if other != 0 {
+                self.i += (other.trailing_zeros() / 8) as usize;
+                return;
+            }
+            self.i += 8;
+        }
         while matches!(self.peek(), Some(b'0'..=b'9')) {
             self.i += 1;
         }
@@ -731,5 +749,51 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn numbers_of_every_grammar_form_are_stepped_over_exactly() {
+        let mut numbers = vec![];
+        for sign in ["", "-"] {
+            for int in 1..=19 {
+                let int: String = (0..int)
+                    .map(|n| char::from(b"1234567890"[n % 10]))
+                    .collect();
+                for int in ["0".to_string(), int] {
+                    for frac in ["", ".5", ".1234567", ".123456789", ".00000000000000000001"] {
+                        for exp in ["", "e5", "E+12", "e-123456789", "E0"] {
+                            numbers.push(format!("{sign}{int}{frac}{exp}"));
+                        }
+                    }
+                }
+            }
+        }
+        // Bytes just outside the digits ('/' and ':'), multi-byte text and the end of the input.
+        for number in &numbers {
+            assert!(serde_json::from_str::<Value>(number).is_ok(), "{number}");
+            for next in ["", ",", "}", "]", " ", "/", ":", "\"", "é", "a", ".", "e"] {
+                let text = format!("{number}{next}");
+                let mut s = scanner(&text);
+                let stepped = s.skip(0);
+                if (next == "." && !number.contains(['.', 'e', 'E']))
+                    || (next == "e" && !number.contains(['e', 'E']))
+                {
+                    // "1." and "1e" are not numbers.
+                    assert!(stepped.is_err(), "{text:?}");
+                } else {
+                    assert!(stepped.is_ok(), "{text:?}");
+                    assert_eq!(s.i, number.len(), "{text:?}");
+                }
+            }
+        }
+        for bad in [
+            "-", "--1", "+1", ".5", "-.5", "1.", "1.e5", "1e", "1e+", "1E-", "-a", "1.x",
+        ] {
+            assert!(scanner(bad).skip(0).is_err(), "{bad}");
+        }
+        // A leading zero ends the number; what follows is the caller's syntax error.
+        let mut s = scanner("0123");
+        assert!(s.skip(0).is_ok());
+        assert_eq!(s.i, 1);
     }
 }
