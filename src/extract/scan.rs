@@ -443,8 +443,7 @@ impl<'a> Scanner<'a> {
             // x - 0x30 sets its high bit (bytes from 0x80 set it in one of the
             // two). Carries and borrows start only at a non-digit, so the
             // lowest set bit marks the first non-digit.
-            let other =
-                (x.wrapping_add(ONES * 0x46) | x.wrapping_sub(ONES * 0x30) | x) & (ONES * 0x80);
+            let other = (x.wrapping_add(ONES * 0x46) | x.wrapping_sub(ONES * 0x30)) & (ONES * 0x80);
             if other != 0 {
                 self.i += (other.trailing_zeros() / 8) as usize;
                 return;
