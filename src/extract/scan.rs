@@ -31,7 +31,7 @@ type PageParts = (Option<Value>, Option<Vec<Record>>, Option<ColumnTable>);
 /// and capturing `fields.capture`; `None` when the body is not such a page or
 /// not valid JSON.
 pub(super) fn page(fields: &FieldSet, body: bytes::Bytes) -> Option<PageParts> {
-    let text = std::str::from_utf8(&body).ok()?;
+    let text = simdutf8::basic::from_utf8(&body).ok()?;
     let mut s = Scanner::new(text);
     // Spans are u32 offsets; a page that large is read without a capture.
     let capture =
@@ -215,7 +215,7 @@ impl<'a, 'f> Scanner<'a, 'f> {
     }
 
     /// After a member or element: `,` (then `false`) or the closing byte (then `true`).
-    #[inline]
+    #[inline(always)]
     fn after_member(&mut self, close: u8) -> R<bool> {
         self.ws();
         match self.peek() {
@@ -429,7 +429,7 @@ impl<'a, 'f> Scanner<'a, 'f> {
 
     /// An object key without its quotes; keys with escapes (and the private
     /// number key, which serde_json reads as a number) go to the serde path.
-    #[inline]
+    #[inline(always)]
     fn key(&mut self) -> R<&'a str> {
         if self.peek() != Some(b'"') {
             return Err(Bail);
@@ -438,7 +438,9 @@ impl<'a, 'f> Scanner<'a, 'f> {
         if self.string()? {
             return Err(Bail);
         }
-        let key = &self.text[start..self.i - 1];
+        // SAFETY: `text` is UTF-8 and both ends of the key are next to an
+        // ASCII quote, so they are char boundaries within it.
+        let key = unsafe { self.text.get_unchecked(start..self.i - 1) };
         if key.len() == NUMBER_TOKEN.len() && key == NUMBER_TOKEN {
             return Err(Bail);
         }
@@ -446,12 +448,23 @@ impl<'a, 'f> Scanner<'a, 'f> {
     }
 
     /// Steps over any valid value.
+    #[inline(always)]
     fn skip(&mut self, depth: usize) -> R<()> {
         if depth > MAX_DEPTH {
             return Err(Bail);
         }
+        // Most skipped values are strings and nulls: stepped over here, without a call.
         match self.peek() {
-            Some(b'"') => self.string().map(|_| ()),
+            Some(b'"') => self.string().map(drop),
+            Some(b'n') => self.literal(b"null"),
+            _ => self.skip_other(depth),
+        }
+    }
+
+    /// [`Self::skip`] for containers, numbers and booleans.
+    #[inline(never)]
+    fn skip_other(&mut self, depth: usize) -> R<()> {
+        match self.peek() {
             Some(b'{') => {
                 self.i += 1;
                 self.ws();
@@ -489,16 +502,43 @@ impl<'a, 'f> Scanner<'a, 'f> {
             }
             Some(b't') => self.literal(b"true"),
             Some(b'f') => self.literal(b"false"),
-            Some(b'n') => self.literal(b"null"),
             Some(b'-' | b'0'..=b'9') => self.number(),
             _ => Err(Bail),
         }
     }
 
     /// Steps over a string at the cursor (on its opening quote); says whether it has escapes.
-    #[inline]
+    ///
+    /// Inlined into every caller: a string without escapes that ends before
+    /// the last sixteen bytes of the input (every key, nearly every value)
+    /// costs one or two 16-byte blocks and no call.
+    #[inline(always)]
     fn string(&mut self) -> R<bool> {
-        self.i += 1;
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+        let mut at = self.i + 1;
+        #[cfg(target_arch = "x86_64")]
+        while let Some(block) = self.b.get(at..at + 16) {
+            let (specials, quotes) = specials16(block);
+            if specials != 0 {
+                // The lowest special byte decides: the closing quote ends the string.
+                if specials & specials.wrapping_neg() & quotes != 0 {
+                    self.i = at + specials.trailing_zeros() as usize + 1;
+                    return Ok(false);
+                }
+                at += specials.trailing_zeros() as usize;
+                break;
+            }
+            at += 16;
+        }
+        self.i = at;
+        self.string_rest()
+    }
+
+    /// The rest of a string from a cursor inside it (no escape before it):
+    /// escapes, control characters and the input's last bytes.
+    #[cold]
+    #[inline(never)]
+    fn string_rest(&mut self) -> R<bool> {
         let mut escaped = false;
         loop {
             self.skip_plain();
@@ -532,24 +572,10 @@ impl<'a, 'f> Scanner<'a, 'f> {
     #[cfg(target_arch = "x86_64")]
     #[inline]
     fn skip_plain(&mut self) {
-        use std::arch::x86_64::{
-            _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
-            _mm_set1_epi8,
-        };
-        while let Some(chunk) = self.b.get(self.i..self.i + 16) {
-            // SAFETY: SSE2 is part of the x86-64 baseline, so these intrinsics
-            // exist on every CPU this target runs on; `chunk` is sixteen
-            // readable bytes, and the unaligned load needs no alignment.
-            let hits = unsafe {
-                let x = _mm_loadu_si128(chunk.as_ptr().cast());
-                let quote = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'"' as i8));
-                let slash = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'\\' as i8));
-                // min(x, 0x1f) == x exactly for the bytes 0x00..=0x1f (unsigned).
-                let control = _mm_cmpeq_epi8(_mm_min_epu8(x, _mm_set1_epi8(0x1f)), x);
-                _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, slash), control))
-            };
-            if hits != 0 {
-                self.i += hits.trailing_zeros() as usize;
+        while let Some(block) = self.b.get(self.i..self.i + 16) {
+            let (specials, _) = specials16(block);
+            if specials != 0 {
+                self.i += specials.trailing_zeros() as usize;
                 return;
             }
             self.i += 16;
@@ -624,13 +650,29 @@ impl<'a, 'f> Scanner<'a, 'f> {
         Ok(())
     }
 
+    /// Moves past a run of ASCII digits, eight bytes at a time in a `u64`.
     #[inline]
     fn digits(&mut self) {
+        const ONES: u64 = u64::MAX / 255;
+        while let Some(chunk) = self.b.get(self.i..self.i + 8) {
+            let x = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+            // A byte is a digit (0x30..=0x39) when neither x + 0x46 nor
+            // x - 0x30 sets its high bit (bytes from 0x80 set it in one of the
+            // two). Carries and borrows start only at a non-digit, so the
+            // lowest set bit marks the first non-digit.
+            let other = (x.wrapping_add(ONES * 0x46) | x.wrapping_sub(ONES * 0x30)) & (ONES * 0x80);
+            if other != 0 {
+                self.i += (other.trailing_zeros() / 8) as usize;
+                return;
+            }
+            self.i += 8;
+        }
         while matches!(self.peek(), Some(b'0'..=b'9')) {
             self.i += 1;
         }
     }
 
+    #[inline(always)]
     fn literal(&mut self, word: &[u8]) -> R<()> {
         if self.b.get(self.i..self.i + word.len()) == Some(word) {
             self.i += word.len();
@@ -640,7 +682,7 @@ impl<'a, 'f> Scanner<'a, 'f> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn eat(&mut self, c: u8) -> R<()> {
         if self.peek() == Some(c) {
             self.i += 1;
@@ -650,13 +692,32 @@ impl<'a, 'f> Scanner<'a, 'f> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn peek(&self) -> Option<u8> {
         self.b.get(self.i).copied()
     }
 
-    #[inline]
+    /// Steps over whitespace. Compact JSON has none between tokens, so one
+    /// comparison (nothing at or below a space) usually settles it.
+    #[inline(always)]
     fn ws(&mut self) {
+        if matches!(self.peek(), Some(c) if c <= b' ') {
+            self.ws_run();
+        }
+    }
+
+    /// A run of whitespace at the cursor (indented JSON), sixteen bytes at a time.
+    #[inline(never)]
+    fn ws_run(&mut self) {
+        #[cfg(target_arch = "x86_64")]
+        while let Some(block) = self.b.get(self.i..self.i + 16) {
+            let other = !whitespace16(block) & 0xffff;
+            if other != 0 {
+                self.i += other.trailing_zeros() as usize;
+                return;
+            }
+            self.i += 16;
+        }
         while matches!(self.peek(), Some(b' ' | b'\n' | b'\r' | b'\t')) {
             self.i += 1;
         }
@@ -676,6 +737,54 @@ fn same_text(a: &[u8], b: &[u8]) -> bool {
         0..8 => a.iter().zip(b).all(|(x, y)| x == y),
         8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
         _ => a == b,
+    }
+}
+
+/// Bit masks of one 16-byte block (bit n for byte n): bytes that stop plain
+/// string text (`"`, `\` and control characters), and of those the quotes.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn specials16(block: &[u8]) -> (u32, u32) {
+    use std::arch::x86_64::{
+        _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
+        _mm_set1_epi8,
+    };
+    assert!(block.len() >= 16);
+    // SAFETY: SSE2 is part of the x86-64 baseline, so these intrinsics exist
+    // on every CPU this target runs on; `block` has sixteen readable bytes
+    // (checked above, and known to the callers' optimiser), and the
+    // unaligned load needs no alignment.
+    unsafe {
+        let x = _mm_loadu_si128(block.as_ptr().cast());
+        let quote = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'"' as i8));
+        let slash = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'\\' as i8));
+        // min(x, 0x1f) == x exactly for the bytes 0x00..=0x1f (unsigned).
+        let control = _mm_cmpeq_epi8(_mm_min_epu8(x, _mm_set1_epi8(0x1f)), x);
+        let specials = _mm_or_si128(_mm_or_si128(quote, slash), control);
+        (
+            _mm_movemask_epi8(specials) as u32,
+            _mm_movemask_epi8(quote) as u32,
+        )
+    }
+}
+
+/// Bit mask of the JSON whitespace bytes (space, `\n`, `\r`, `\t`) of one 16-byte block.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn whitespace16(block: &[u8]) -> u32 {
+    use std::arch::x86_64::{
+        _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+    };
+    assert!(block.len() >= 16);
+    // SAFETY: as in `specials16`.
+    unsafe {
+        let x = _mm_loadu_si128(block.as_ptr().cast());
+        let eq = |c: u8| _mm_cmpeq_epi8(x, _mm_set1_epi8(c as i8));
+        let ws = _mm_or_si128(
+            _mm_or_si128(eq(b' '), eq(b'\n')),
+            _mm_or_si128(eq(b'\r'), eq(b'\t')),
+        );
+        _mm_movemask_epi8(ws) as u32
     }
 }
 
@@ -781,5 +890,145 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    fn scanner(text: &str) -> Scanner<'_, 'static> {
+        Scanner::new(text)
+    }
+
+    /// What [`Scanner::string`] must do, one byte at a time: where the string
+    /// starting at `i` ends and whether it has escapes; `None` for an invalid one.
+    fn string_by_bytes(b: &[u8], mut i: usize) -> Option<(usize, bool)> {
+        i += 1;
+        let mut escaped = false;
+        loop {
+            match *b.get(i)? {
+                b'"' => return Some((i + 1, escaped)),
+                b'\\' => {
+                    escaped = true;
+                    match *b.get(i + 1)? {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => i += 2,
+                        b'u' if b.get(i + 2..i + 6)?.iter().all(u8::is_ascii_hexdigit) => i += 6,
+                        _ => return None,
+                    }
+                }
+                c if c < 0x20 => return None,
+                _ => i += 1,
+            }
+        }
+    }
+
+    #[test]
+    fn strings_ending_anywhere_in_a_block_or_near_the_end_of_the_input_are_stepped_over_exactly() {
+        // The closing quote at every position of the first three 16-byte
+        // blocks, with 0..20 bytes after it (so the block reaches past the end
+        // of the input or not), and an escape, a bad escape, a control
+        // character or multi-byte text at every position before it.
+        let inserts = [
+            "", "\\n", "\\u00e9", "\\\"", "\\x", "\\u12", "\u{1}", "\n", "é", "🍕",
+        ];
+        for len in 0..48 {
+            for insert in inserts {
+                for at in [0, len / 2, len] {
+                    let body = format!("{}{insert}{}", "a".repeat(at), "b".repeat(len - at));
+                    for tail in 0..20 {
+                        let text = format!("\"{body}\"{}", "x".repeat(tail));
+                        let mut s = scanner(&text);
+                        let got = s.string().ok().map(|escaped| (s.i, escaped));
+                        assert_eq!(got, string_by_bytes(text.as_bytes(), 0), "{text:?}");
+                    }
+                    // Cut off before its closing quote: never a string.
+                    let text = format!("\"{body}");
+                    assert!(scanner(&text).string().is_err(), "{text:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn whitespace_runs_of_any_length_are_stepped_over_up_to_the_next_token() {
+        for len in 0..40 {
+            let run: String = (0..len).map(|n| [' ', '\n', '\r', '\t'][n % 4]).collect();
+            // A vertical tab and a control character are not JSON whitespace.
+            for next in ["", "x", "{\"a\": 1}", "\u{b}", "\u{1f}", "é"] {
+                let text = format!("{run}{next}");
+                let mut s = scanner(&text);
+                s.ws();
+                assert_eq!(s.i, run.len(), "{text:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn values_are_skipped_exactly_compact_or_indented() {
+        let values = [
+            r#"{"a": [1, -0.5e+3, "x\"y", {"b": null}], "c": {}, "d": [], "e": true, "f": false}"#,
+            r#""a string longer than one sixteen-byte block, twice over: 🍕🍕🍕""#,
+            "0",
+            "-12.50",
+            "1E-7",
+            "null",
+        ];
+        for value in values {
+            let tree: Value = serde_json::from_str(value).unwrap();
+            for text in [
+                serde_json::to_string(&tree).unwrap(),
+                serde_json::to_string_pretty(&tree).unwrap(),
+                value.to_string(),
+            ] {
+                for tail in ["", ",", " ]"] {
+                    let input = format!("{text}{tail}");
+                    let mut s = scanner(&input);
+                    assert!(s.skip(0).is_ok(), "{input:?}");
+                    assert_eq!(s.i, text.len(), "{input:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn numbers_of_every_grammar_form_are_stepped_over_exactly() {
+        let mut numbers = vec![];
+        for sign in ["", "-"] {
+            for int in 1..=19 {
+                let int: String = (0..int)
+                    .map(|n| char::from(b"1234567890"[n % 10]))
+                    .collect();
+                for int in ["0".to_string(), int] {
+                    for frac in ["", ".5", ".1234567", ".123456789", ".00000000000000000001"] {
+                        for exp in ["", "e5", "E+12", "e-123456789", "E0"] {
+                            numbers.push(format!("{sign}{int}{frac}{exp}"));
+                        }
+                    }
+                }
+            }
+        }
+        // Bytes just outside the digits ('/' and ':'), multi-byte text and the end of the input.
+        for number in &numbers {
+            assert!(serde_json::from_str::<Value>(number).is_ok(), "{number}");
+            for next in ["", ",", "}", "]", " ", "/", ":", "\"", "é", "a", ".", "e"] {
+                let text = format!("{number}{next}");
+                let mut s = scanner(&text);
+                let stepped = s.skip(0);
+                if (next == "." && !number.contains(['.', 'e', 'E']))
+                    || (next == "e" && !number.contains(['e', 'E']))
+                {
+                    // "1." and "1e" are not numbers.
+                    assert!(stepped.is_err(), "{text:?}");
+                } else {
+                    assert!(stepped.is_ok(), "{text:?}");
+                    assert_eq!(s.i, number.len(), "{text:?}");
+                }
+            }
+        }
+        for bad in [
+            "-", "--1", "+1", ".5", "-.5", "1.", "1.e5", "1e", "1e+", "1E-", "-a", "1.x",
+        ] {
+            assert!(scanner(bad).skip(0).is_err(), "{bad}");
+        }
+        // A leading zero ends the number; what follows is the caller's syntax error.
+        let mut s = scanner("0123");
+        assert!(s.skip(0).is_ok());
+        assert_eq!(s.i, 1);
     }
 }
