@@ -18,8 +18,8 @@ use serde::Deserialize;
 
 use super::output::{FileCompression, Manifest, Output, file_name, stage_manifest};
 use super::{
-    Sink, SinkContext, SinkError, SinkOutput, fit_decimal_for_column, label, push_cell_bytes,
-    push_decimal,
+    Sink, SinkContext, SinkError, SinkOutput, column_mantissa, fit_decimal_for_column, label,
+    push_cell_bytes, push_decimal,
 };
 use crate::common::Problem;
 use crate::fsutil::StagedFile;
@@ -636,8 +636,14 @@ impl Sink for CsvSink {
                     // Printed at the column's scale so every value in the column lines up (`5` → `5.00`),
                     // except that a `scale = "currency"` cell keeps its currency's fewer digits (JPY `1200`).
                     (Cell::Decimal(d), ColumnType::Decimal { precision, scale }) => {
-                        let fitted = match fit_decimal_for_column(*d, precision, scale) {
-                            Ok(f) => f,
+                        let fitted = if d.scale() <= u32::from(scale) {
+                            // Fewer digits stay as they are; only whether they fit is checked.
+                            column_mantissa(d, precision, scale).map(|_| *d)
+                        } else {
+                            fit_decimal_for_column(*d, precision, scale)
+                        };
+                        match fitted {
+                            Ok(d) => push_decimal(buf, &d, point),
                             Err(m) => {
                                 buf.truncate(record);
                                 return Err(SinkError::new(
@@ -645,13 +651,7 @@ impl Sink for CsvSink {
                                     format!("column `{}`: {m}", column.name),
                                 ));
                             }
-                        };
-                        let d = if d.scale() < u32::from(scale) {
-                            *d
-                        } else {
-                            fitted
-                        };
-                        push_decimal(buf, &d, point);
+                        }
                     }
                     (Cell::Date(d), _) if config.date_format.is_some() => {
                         let f = config.date_format.as_deref().unwrap_or_default();

@@ -606,6 +606,30 @@ pub(crate) fn fit_decimal_for_column(
     Ok(d)
 }
 
+/// The mantissa of `d` at exactly `scale` decimal places within `precision`
+/// digits, as [`fit_decimal_for_column`] would give it, without building a
+/// rescaled `Decimal` when the value only gains trailing zeros.
+pub(crate) fn column_mantissa(
+    d: &rust_decimal::Decimal,
+    precision: u8,
+    scale: u8,
+) -> Result<i128, String> {
+    // 2^96: what a `Decimal` mantissa can hold; beyond it `rescale` cannot reach the scale.
+    const DECIMAL_MANTISSA_LIMIT: u128 = 1 << 96;
+    let (from, to) = (d.scale(), u32::from(scale));
+    if from <= to
+        && let Some(&factor) = POW10.get((to - from) as usize)
+        && let Some(m) = d.mantissa().checked_mul(factor as i128)
+        && m.unsigned_abs() < DECIMAL_MANTISSA_LIMIT
+        && POW10
+            .get(usize::from(precision))
+            .is_none_or(|&l| m.unsigned_abs() < l)
+    {
+        return Ok(m);
+    }
+    fit_decimal_for_column(*d, precision, scale).map(|f| f.mantissa())
+}
+
 /// A cell as text for text formats.
 ///
 /// Decimals print at their column scale (`12.30`, `-5.00`); timestamps as

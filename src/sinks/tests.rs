@@ -526,3 +526,27 @@ proptest::proptest! {
         proptest::prop_assert_eq!(String::from_utf8(actual).unwrap(), String::from_utf8(expected).unwrap());
     }
 }
+
+proptest::proptest! {
+    #[test]
+    fn column_mantissa_is_the_fitted_decimals_mantissa(
+        lo: u32,
+        mid: u32,
+        small in 0u32..100_000,
+        negative: bool,
+        from in 0u32..=28,
+        precision in 1u8..=38,
+        scale in 0u8..=28,
+    ) {
+        for d in [
+            Decimal::from_parts(lo, mid, 0, negative, from),
+            Decimal::from_parts(small, 0, 0, negative, from),
+            Decimal::from_parts(lo, mid, small, negative, from),
+        ] {
+            proptest::prop_assert_eq!(
+                column_mantissa(&d, precision, scale),
+                fit_decimal_for_column(d, precision, scale).map(|f| f.mantissa())
+            );
+        }
+    }
+}
