@@ -9,8 +9,7 @@
 //! amount stays `-5.00`. Each option can override its preset.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::io::Write;
+use std::io::{self, Write};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -19,13 +18,14 @@ use serde::Deserialize;
 
 use super::output::{FileCompression, Manifest, Output, file_name, stage_manifest};
 use super::{
-    Sink, SinkContext, SinkError, SinkOutput, fit_decimal_for_column, label, push_cell_text,
+    Sink, SinkContext, SinkError, SinkOutput, column_mantissa, fit_decimal_for_column, label,
+    push_cell_bytes, push_decimal,
 };
 use crate::common::Problem;
 use crate::fsutil::StagedFile;
 use crate::row::{Batch, Cell, ColumnType, Schema};
 
-/// Bytes the csv writer buffers before touching the file.
+/// Bytes of whole records buffered before they are written to the file.
 const BUFFER_BYTES: usize = 256 * 1024;
 
 /// The UTF-8 byte order mark, which makes Excel read the file as UTF-8.
@@ -387,6 +387,105 @@ impl CsvSinkConfig {
     }
 }
 
+/// RFC 4180 records appended to one buffer that goes to the output once full.
+///
+/// Quoting is decided by `csv_core` (the csv crate's engine, with the same
+/// delimiter, terminator and quote style), so the bytes are what the csv crate
+/// writes; cells are formatted in place instead of through a string per field.
+struct RecordWriter {
+    out: Output,
+    buf: Vec<u8>,
+    quoting: ::csv_core::Writer,
+    delimiter: u8,
+    terminator: &'static [u8],
+}
+
+impl std::fmt::Debug for RecordWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordWriter")
+            .field("buffered", &self.buf.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RecordWriter {
+    fn new(out: Output, config: &CsvSinkConfig) -> Self {
+        let (terminator, core_terminator): (&'static [u8], _) = match config.line_ending() {
+            LineEnding::Crlf => (b"\r\n", ::csv_core::Terminator::CRLF),
+            LineEnding::Lf => (b"\n", ::csv_core::Terminator::Any(b'\n')),
+        };
+        let style = match config.quote_style {
+            QuoteStyle::Necessary => ::csv_core::QuoteStyle::Necessary,
+            QuoteStyle::Always => ::csv_core::QuoteStyle::Always,
+            QuoteStyle::NonNumeric => ::csv_core::QuoteStyle::NonNumeric,
+        };
+        let delimiter = config.delimiter as u8;
+        Self {
+            out,
+            buf: Vec::with_capacity(BUFFER_BYTES + BUFFER_BYTES / 4),
+            quoting: ::csv_core::WriterBuilder::new()
+                .delimiter(delimiter)
+                .terminator(core_terminator)
+                .quote_style(style)
+                .build(),
+            delimiter,
+            terminator,
+        }
+    }
+
+    /// Writes the delimiter before field `i` (not the first) and returns where the field's text starts.
+    fn start_field(&mut self, i: usize) -> usize {
+        if i > 0 {
+            self.buf.push(self.delimiter);
+        }
+        self.buf.len()
+    }
+
+    /// Quotes the text from `start` if the quote style asks for it, doubling its quotes.
+    fn end_field(&mut self, start: usize) {
+        if !self.quoting.should_quote(&self.buf[start..]) {
+            return;
+        }
+        let end = self.buf.len();
+        let quotes = self.buf[start..].iter().filter(|&&b| b == b'"').count();
+        self.buf.resize(end + quotes + 2, 0);
+        // Moved right from the back so the text is shifted in place.
+        let mut to = self.buf.len() - 1;
+        self.buf[to] = b'"';
+        for from in (start..end).rev() {
+            let b = self.buf[from];
+            to -= 1;
+            self.buf[to] = b;
+            if b == b'"' {
+                to -= 1;
+                self.buf[to] = b'"';
+            }
+        }
+        self.buf[start] = b'"';
+    }
+
+    /// Ends the record that started at `start`, then writes the buffer out once it is full.
+    fn end_record(&mut self, start: usize) -> io::Result<()> {
+        if self.buf.len() == start {
+            // A record of one empty field is written `""`, or the line would read as no record at all.
+            self.buf.extend_from_slice(b"\"\"");
+        }
+        self.buf.extend_from_slice(self.terminator);
+        if self.buf.len() >= BUFFER_BYTES {
+            self.out.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Writes what is buffered and returns the output.
+    fn into_inner(mut self) -> io::Result<Output> {
+        self.out.write_all(&self.buf)?;
+        self.buf.clear();
+        Ok(self.out)
+    }
+}
+
 /// Writes rows as CSV to a staged temporary file.
 #[derive(Debug)]
 pub struct CsvSink {
@@ -395,10 +494,9 @@ pub struct CsvSink {
     config: CsvSinkConfig,
     ctx: SinkContext,
     // Both `Some` until finish/abort; taken there so Drop can clean up after a panic.
-    writer: Option<::csv::Writer<Output>>,
+    writer: Option<RecordWriter>,
     staged: Option<StagedFile>,
     rows: u64,
-    record: Vec<String>,
     /// Manifest totals: currency → column → sum (only when a manifest is asked for).
     totals: BTreeMap<String, BTreeMap<String, Decimal>>,
     currency_column: Option<usize>,
@@ -423,7 +521,8 @@ impl CsvSink {
             Some(c) => names.iter().position(|n| n == c),
             None => names.iter().position(|n| *n == "currency"),
         };
-        let (staged, mut file) = Output::create("csv", path, ctx, config.compression)?;
+        let (staged, mut file) =
+            Output::create("csv", path, ctx, config.compression, config.manifest)?;
         let mut sink = Self {
             label,
             schema,
@@ -432,7 +531,6 @@ impl CsvSink {
             writer: None,
             staged: Some(staged),
             rows: 0,
-            record: Vec::new(),
             totals: BTreeMap::new(),
             currency_column,
         };
@@ -443,34 +541,22 @@ impl CsvSink {
             sink.discard();
             return Err(err);
         }
-        let terminator = match config.line_ending() {
-            LineEnding::Crlf => ::csv::Terminator::CRLF,
-            LineEnding::Lf => ::csv::Terminator::Any(b'\n'),
-        };
-        let quote_style = match config.quote_style {
-            QuoteStyle::Necessary => ::csv::QuoteStyle::Necessary,
-            QuoteStyle::Always => ::csv::QuoteStyle::Always,
-            QuoteStyle::NonNumeric => ::csv::QuoteStyle::NonNumeric,
-        };
-        let mut writer = ::csv::WriterBuilder::new()
-            .delimiter(config.delimiter as u8)
-            .terminator(terminator)
-            .quote_style(quote_style)
-            .buffer_capacity(BUFFER_BYTES)
-            .from_writer(file);
+        let mut writer = RecordWriter::new(file, config);
         if config.header {
             // Written now so that a run with no rows still yields a file with a header.
             let protect = config.protects_formulas();
-            let names = sink.schema.columns.iter().map(|c| {
+            let record = writer.buf.len();
+            for (i, c) in sink.schema.columns.iter().enumerate() {
                 let name = config.header_names.get(&c.name).unwrap_or(&c.name);
+                let field = writer.start_field(i);
                 if protect && name.starts_with(FORMULA_STARTS) {
-                    format!("'{name}")
-                } else {
-                    name.clone()
+                    writer.buf.push(b'\'');
                 }
-            });
-            if let Err(e) = writer.write_record(names) {
-                let err = sink.csv_error(e);
+                writer.buf.extend_from_slice(name.as_bytes());
+                writer.end_field(field);
+            }
+            if let Err(e) = writer.end_record(record) {
+                let err = sink.io_error("cannot write", &e);
                 sink.discard();
                 return Err(err);
             }
@@ -488,13 +574,6 @@ impl CsvSink {
 
     fn io_error(&self, what: &str, e: &std::io::Error) -> SinkError {
         SinkError::io(&self.label, &format!("{what} {}", self.temp_display()), e)
-    }
-
-    fn csv_error(&self, e: ::csv::Error) -> SinkError {
-        match e.into_kind() {
-            ::csv::ErrorKind::Io(io) => self.io_error("cannot write", &io),
-            other => SinkError::new(&self.label, format!("cannot write CSV: {other:?}")),
-        }
     }
 
     fn discard(&mut self) {
@@ -528,6 +607,7 @@ impl Sink for CsvSink {
         let schema = self.schema.clone();
         let columns = &schema.columns;
         let protect = self.config.protects_formulas();
+        let point = self.config.decimal_separator as u8;
         for row in &batch.rows {
             if row.cells.len() != columns.len() {
                 return Err(SinkError::new(
@@ -539,56 +619,61 @@ impl Sink for CsvSink {
                     ),
                 ));
             }
-            // Field buffers are reused across rows to keep allocation out of the hot loop.
-            self.record.resize_with(columns.len(), String::new);
-            for ((cell, column), buf) in row.cells.iter().zip(columns).zip(&mut self.record) {
-                buf.clear();
+            let config = &self.config;
+            let Some(w) = self.writer.as_mut() else {
+                return Err(SinkError::new(
+                    &self.label,
+                    "write after finish or abort (a bug in the caller)",
+                ));
+            };
+            // Cells are formatted straight into the record buffer; no string per cell.
+            let record = w.buf.len();
+            for (i, (cell, column)) in row.cells.iter().zip(columns).enumerate() {
+                let field = w.start_field(i);
+                let buf = &mut w.buf;
                 match (cell, column.ty) {
-                    (Cell::Null, _) => buf.push_str(&self.config.null_text),
+                    (Cell::Null, _) => buf.extend_from_slice(config.null_text.as_bytes()),
                     // Printed at the column's scale so every value in the column lines up (`5` → `5.00`),
                     // except that a `scale = "currency"` cell keeps its currency's fewer digits (JPY `1200`).
                     (Cell::Decimal(d), ColumnType::Decimal { precision, scale }) => {
-                        let fitted = fit_decimal_for_column(*d, precision, scale).map_err(|m| {
-                            SinkError::new(&self.label, format!("column `{}`: {m}", column.name))
-                        })?;
-                        let d = if d.scale() < u32::from(scale) {
-                            *d
+                        let fitted = if d.scale() <= u32::from(scale) {
+                            // Fewer digits stay as they are; only whether they fit is checked.
+                            column_mantissa(d, precision, scale).map(|_| *d)
                         } else {
-                            fitted
+                            fit_decimal_for_column(*d, precision, scale)
                         };
-                        write!(buf, "{d}").expect("writing to a String cannot fail");
-                        if self.config.decimal_separator != '.'
-                            && let Some(dot) = buf.find('.')
-                        {
-                            buf.replace_range(dot..=dot, ",");
+                        match fitted {
+                            Ok(d) => push_decimal(buf, &d, point),
+                            Err(m) => {
+                                buf.truncate(record);
+                                return Err(SinkError::new(
+                                    &self.label,
+                                    format!("column `{}`: {m}", column.name),
+                                ));
+                            }
                         }
                     }
-                    (Cell::Date(d), _) if self.config.date_format.is_some() => {
-                        let f = self.config.date_format.as_deref().unwrap_or_default();
+                    (Cell::Date(d), _) if config.date_format.is_some() => {
+                        let f = config.date_format.as_deref().unwrap_or_default();
                         write!(buf, "{}", d.format(f)).expect("format checked at validation");
                     }
-                    (Cell::Timestamp(t), _) if self.config.timestamp_format.is_some() => {
-                        let f = self.config.timestamp_format.as_deref().unwrap_or_default();
+                    (Cell::Timestamp(t), _) if config.timestamp_format.is_some() => {
+                        let f = config.timestamp_format.as_deref().unwrap_or_default();
                         write!(buf, "{}", t.format(f)).expect("format checked at validation");
                     }
                     (Cell::Str(s), _) if protect && s.starts_with(FORMULA_STARTS) => {
-                        buf.push('\'');
-                        buf.push_str(s);
+                        buf.push(b'\'');
+                        buf.extend_from_slice(s.as_bytes());
                     }
-                    _ => push_cell_text(buf, cell),
+                    _ => push_cell_bytes(buf, cell),
                 }
+                w.end_field(field);
+            }
+            if let Err(e) = w.end_record(record) {
+                return Err(self.io_error("cannot write", &e));
             }
             if self.config.manifest {
                 self.add_to_totals(&row.cells);
-            }
-            let writer = self.writer.as_mut().ok_or_else(|| {
-                SinkError::new(
-                    &self.label,
-                    "write after finish or abort (a bug in the caller)",
-                )
-            })?;
-            if let Err(e) = writer.write_record(&self.record) {
-                return Err(self.csv_error(e));
             }
             self.rows += 1;
         }
@@ -601,7 +686,7 @@ impl Sink for CsvSink {
         })?;
         let result = writer
             .into_inner()
-            .map_err(|e| self.io_error("cannot flush", e.error()))
+            .map_err(|e| self.io_error("cannot flush", &e))
             .and_then(|out| {
                 let staged = self.staged.as_ref().expect("staged until finish");
                 out.finish(&staged.temp_path)
@@ -626,7 +711,10 @@ impl Sink for CsvSink {
                 },
                 rows: self.rows,
                 bytes: written.bytes,
-                sha256: written.sha256.clone(),
+                sha256: written
+                    .sha256
+                    .clone()
+                    .expect("the file is hashed when a manifest is asked for"),
                 totals: std::mem::take(&mut self.totals),
                 pipeline: self.ctx.pipeline.clone(),
                 run_id: self.ctx.run_id.clone(),

@@ -141,7 +141,8 @@ impl IifSink {
             &schema,
         )
         .map_err(|m| SinkError::new(&label, m))?;
-        let (staged, out) = Output::create("iif", path, ctx, FileCompression::None)?;
+        let (staged, out) =
+            Output::create("iif", path, ctx, FileCompression::None, config.manifest)?;
         let mut writer = BufWriter::new(out);
         if let Err(e) = writer.write_all(TRNS_HEADER.as_bytes()) {
             staged.discard();
@@ -305,7 +306,9 @@ impl Sink for IifSink {
                 compression: "none",
                 rows: self.transactions,
                 bytes: written.bytes,
-                sha256: written.sha256,
+                sha256: written
+                    .sha256
+                    .expect("the file is hashed when a manifest is asked for"),
                 totals,
                 pipeline: self.ctx.pipeline.clone(),
                 run_id: self.ctx.run_id.clone(),

@@ -567,12 +567,30 @@ fn stage(
         .map_err(|e| SinkError::io(&label, "cannot start the output file", &e))
 }
 
+/// 10^i for i in 0..=38, the largest precision a Decimal128 column has.
+const POW10: [u128; 39] = {
+    let mut table = [1u128; 39];
+    let mut i = 1;
+    while i < table.len() {
+        table[i] = table[i - 1] * 10;
+        i += 1;
+    }
+    table
+};
+
 /// `d` at exactly `scale` decimal places within `precision` digits; never rounds.
 pub(crate) fn fit_decimal_for_column(
     mut d: rust_decimal::Decimal,
     precision: u8,
     scale: u8,
 ) -> Result<rust_decimal::Decimal, String> {
+    let limit = POW10.get(usize::from(precision)).copied();
+    if d.scale() == u32::from(scale) {
+        // Already at the column's scale (nearly every value): only the digits need checking.
+        if limit.is_none_or(|l| d.mantissa().unsigned_abs() < l) {
+            return Ok(d);
+        }
+    }
     let original = d;
     d.rescale(u32::from(scale));
     if d != original || d.scale() != u32::from(scale) {
@@ -580,12 +598,36 @@ pub(crate) fn fit_decimal_for_column(
             "{original} cannot be written with exactly {scale} decimal places without rounding"
         ));
     }
-    if d.mantissa().unsigned_abs() >= 10u128.pow(u32::from(precision)) {
+    if limit.is_some_and(|l| d.mantissa().unsigned_abs() >= l) {
         return Err(format!(
             "{original} has more than {precision} digits (precision {precision}, scale {scale})"
         ));
     }
     Ok(d)
+}
+
+/// The mantissa of `d` at exactly `scale` decimal places within `precision`
+/// digits, as [`fit_decimal_for_column`] would give it, without building a
+/// rescaled `Decimal` when the value only gains trailing zeros.
+pub(crate) fn column_mantissa(
+    d: &rust_decimal::Decimal,
+    precision: u8,
+    scale: u8,
+) -> Result<i128, String> {
+    // 2^96: what a `Decimal` mantissa can hold; beyond it `rescale` cannot reach the scale.
+    const DECIMAL_MANTISSA_LIMIT: u128 = 1 << 96;
+    let (from, to) = (d.scale(), u32::from(scale));
+    if from <= to
+        && let Some(&factor) = POW10.get((to - from) as usize)
+        && let Some(m) = d.mantissa().checked_mul(factor as i128)
+        && m.unsigned_abs() < DECIMAL_MANTISSA_LIMIT
+        && POW10
+            .get(usize::from(precision))
+            .is_none_or(|&l| m.unsigned_abs() < l)
+    {
+        return Ok(m);
+    }
+    fit_decimal_for_column(*d, precision, scale).map(|f| f.mantissa())
 }
 
 /// A cell as text for text formats.
@@ -616,55 +658,177 @@ pub fn cell_text(cell: &Cell) -> std::borrow::Cow<'_, str> {
 }
 
 /// [`cell_text`] appended to `buf`, without a temporary string per number,
-/// date or timestamp (the CSV sink writes every cell of every row).
+/// date or timestamp.
 pub fn push_cell_text(buf: &mut String, cell: &Cell) {
-    use chrono::{Datelike, Timelike};
-    use std::fmt::Write;
+    let mut ascii = [0u8; ASCII_CELL_BYTES];
     match cell {
-        Cell::Null => {}
         Cell::Str(s) => buf.push_str(s),
-        Cell::Decimal(d) => write!(buf, "{d}").expect("writing to a String cannot fail"),
-        Cell::Int(i) => write!(buf, "{i}").expect("writing to a String cannot fail"),
-        Cell::Bool(b) => buf.push_str(if *b { "true" } else { "false" }),
-        // Four-digit years and no leap second: what `to_rfc3339_opts` prints
-        // (digits pushed directly: `write!` with widths costs more than the allocation).
-        Cell::Timestamp(t)
-            if (0..=9999).contains(&t.year()) && t.timestamp_subsec_nanos() < 1_000_000_000 =>
-        {
-            push_digits(buf, t.year() as u32, 4);
-            buf.push('-');
-            push_digits(buf, t.month(), 2);
-            buf.push('-');
-            push_digits(buf, t.day(), 2);
-            buf.push('T');
-            push_digits(buf, t.hour(), 2);
-            buf.push(':');
-            push_digits(buf, t.minute(), 2);
-            buf.push(':');
-            push_digits(buf, t.second(), 2);
-            let nanos = t.timestamp_subsec_nanos();
-            if nanos != 0 {
-                buf.push('.');
-                push_digits(buf, nanos / 1000, 6);
-            }
-            buf.push('Z');
-        }
-        Cell::Date(d) if (0..=9999).contains(&d.year()) => {
-            push_digits(buf, d.year() as u32, 4);
-            buf.push('-');
-            push_digits(buf, d.month(), 2);
-            buf.push('-');
-            push_digits(buf, d.day(), 2);
-        }
-        _ => buf.push_str(&cell_text(cell)),
+        _ => match ascii_cell(cell, &mut ascii) {
+            Some(text) => buf.push_str(std::str::from_utf8(text).expect("ASCII digits and signs")),
+            None => buf.push_str(&cell_text(cell)),
+        },
     }
 }
 
-/// `n` in exactly `width` decimal digits, zero-padded (`n` has at most `width` digits).
-fn push_digits(buf: &mut String, n: u32, width: u32) {
-    for place in (0..width).rev() {
-        buf.push(char::from(b'0' + (n / 10u32.pow(place) % 10) as u8));
+/// [`cell_text`] appended to `out` as UTF-8 bytes, without a temporary string
+/// (the CSV sink writes every cell of every row this way).
+pub fn push_cell_bytes(out: &mut Vec<u8>, cell: &Cell) {
+    match cell {
+        Cell::Str(s) => out.extend_from_slice(s.as_bytes()),
+        Cell::Decimal(d) => push_decimal(out, d, b'.'),
+        _ => {
+            let mut ascii = [0u8; ASCII_CELL_BYTES];
+            match ascii_cell(cell, &mut ascii) {
+                Some(text) => out.extend_from_slice(text),
+                None => out.extend_from_slice(cell_text(cell).as_bytes()),
+            }
+        }
     }
+}
+
+/// Room for the longest text [`ascii_cell`] writes: an `i64`, a decimal, an RFC 3339 instant.
+const ASCII_CELL_BYTES: usize = 48;
+
+/// The text [`cell_text`] gives a non-string cell, written into `out`; `None`
+/// for strings and for dates outside years 0..=9999 or on a leap second,
+/// which take chrono's own formatting.
+fn ascii_cell<'a>(cell: &Cell, out: &'a mut [u8; ASCII_CELL_BYTES]) -> Option<&'a [u8]> {
+    use chrono::{Datelike, Timelike};
+    let n = match cell {
+        Cell::Null => 0,
+        Cell::Str(_) => return None,
+        Cell::Bool(b) => {
+            let text: &[u8] = if *b { b"true" } else { b"false" };
+            out[..text.len()].copy_from_slice(text);
+            text.len()
+        }
+        Cell::Int(i) => {
+            let mut digits = [0u8; 20];
+            let at = u64_digits(i.unsigned_abs(), &mut digits);
+            let mut n = 0;
+            if *i < 0 {
+                out[0] = b'-';
+                n = 1;
+            }
+            let len = digits.len() - at;
+            out[n..n + len].copy_from_slice(&digits[at..]);
+            n + len
+        }
+        Cell::Decimal(d) => decimal_ascii(d, b'.', out),
+        // Four-digit years and no leap second: what `to_rfc3339_opts` prints.
+        Cell::Timestamp(t) => {
+            // Read through the naive UTC value once: the `DateTime` accessors add the offset on every call.
+            let (date, time) = (t.naive_utc().date(), t.naive_utc().time());
+            let nanos = time.nanosecond();
+            if !(0..=9999).contains(&date.year()) || nanos >= 1_000_000_000 {
+                return None;
+            }
+            put_date(out, date.year() as u32, date.month(), date.day());
+            let secs = time.num_seconds_from_midnight();
+            out[10] = b'T';
+            put_2(&mut out[11..], secs / 3600);
+            out[13] = b':';
+            put_2(&mut out[14..], secs / 60 % 60);
+            out[16] = b':';
+            put_2(&mut out[17..], secs % 60);
+            let mut n = 19;
+            if nanos != 0 {
+                let micros = nanos / 1000;
+                out[19] = b'.';
+                put_2(&mut out[20..], micros / 10_000);
+                put_2(&mut out[22..], micros / 100 % 100);
+                put_2(&mut out[24..], micros % 100);
+                n = 26;
+            }
+            out[n] = b'Z';
+            n + 1
+        }
+        Cell::Date(d) => {
+            if !(0..=9999).contains(&d.year()) {
+                return None;
+            }
+            put_date(out, d.year() as u32, d.month(), d.day());
+            10
+        }
+    };
+    Some(&out[..n])
+}
+
+/// `YYYY-MM-DD` into `out[..10]` (`year` has at most four digits).
+fn put_date(out: &mut [u8], year: u32, month: u32, day: u32) {
+    put_2(out, year / 100);
+    put_2(&mut out[2..], year % 100);
+    out[4] = b'-';
+    put_2(&mut out[5..], month);
+    out[7] = b'-';
+    put_2(&mut out[8..], day);
+}
+
+/// `n` (below 100) as two digits into `out[..2]`.
+fn put_2(out: &mut [u8], n: u32) {
+    out[0] = b'0' + (n / 10) as u8;
+    out[1] = b'0' + (n % 10) as u8;
+}
+
+/// The decimal digits of `n`, right-aligned in `digits`; returns where they start.
+fn u64_digits(mut n: u64, digits: &mut [u8; 20]) -> usize {
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return at;
+        }
+    }
+}
+
+/// Appends `d` exactly as `Decimal`'s `Display` prints it (every digit of its
+/// scale, `-` for any negative value including `-0`), with `point` as the
+/// decimal separator; no `String` and no 96-bit division per digit.
+pub fn push_decimal(out: &mut Vec<u8>, d: &rust_decimal::Decimal, point: u8) {
+    let mut ascii = [0u8; ASCII_CELL_BYTES];
+    let n = decimal_ascii(d, point, &mut ascii);
+    out.extend_from_slice(&ascii[..n]);
+}
+
+/// [`push_decimal`]'s text written into `out`; returns its length.
+fn decimal_ascii(d: &rust_decimal::Decimal, point: u8, out: &mut [u8; ASCII_CELL_BYTES]) -> usize {
+    let scale = d.scale() as usize;
+    let m = d.mantissa().unsigned_abs();
+    // A 96-bit mantissa has at most 29 digits and the scale is at most 28.
+    let mut digits = [b'0'; 40];
+    let mut at = digits.len();
+    if let Ok(small) = u64::try_from(m) {
+        let mut d20 = [0u8; 20];
+        let from = u64_digits(small, &mut d20);
+        at -= d20.len() - from;
+        digits[at..].copy_from_slice(&d20[from..]);
+    } else {
+        let mut n = m;
+        while n != 0 {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    }
+    // Zero-padded to at least one digit before the point (`0.05`, `0`).
+    at = at.min(digits.len() - (scale + 1));
+    let mut n = 0;
+    if d.is_sign_negative() {
+        out[0] = b'-';
+        n = 1;
+    }
+    let text = &digits[at..];
+    let whole = text.len() - scale;
+    out[n..n + whole].copy_from_slice(&text[..whole]);
+    n += whole;
+    if scale > 0 {
+        out[n] = point;
+        out[n + 1..n + 1 + scale].copy_from_slice(&text[whole..]);
+        n += 1 + scale;
+    }
+    n
 }
 
 #[cfg(test)]

@@ -25,18 +25,20 @@ pub enum FileCompression {
     Gzip,
 }
 
-/// Counts and hashes the bytes that reach the file.
+/// Counts the bytes that reach the file and hashes them when a manifest needs the digest.
 #[derive(Debug)]
 pub struct Hashed {
     file: File,
-    hasher: Sha256,
+    hasher: Option<Sha256>,
     bytes: u64,
 }
 
 impl Write for Hashed {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.file.write(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
         self.bytes += n as u64;
         Ok(n)
     }
@@ -76,22 +78,23 @@ impl Write for Output {
 pub struct Written {
     /// Bytes on disk (compressed, when gzip).
     pub bytes: u64,
-    /// Hex SHA-256 of the bytes on disk.
-    pub sha256: String,
+    /// Hex SHA-256 of the bytes on disk (when the output was created with `hash`).
+    pub sha256: Option<String>,
 }
 
 impl Output {
-    /// Starts the staged file for `path`.
+    /// Starts the staged file for `path`; `hash` computes the SHA-256 a manifest reports.
     pub fn create(
         kind: &str,
         path: &Path,
         ctx: &SinkContext,
         compression: FileCompression,
+        hash: bool,
     ) -> Result<(StagedFile, Output), SinkError> {
         let (staged, file) = stage(kind, path, ctx)?;
         let hashed = Hashed {
             file,
-            hasher: Sha256::new(),
+            hasher: hash.then(Sha256::new),
             bytes: 0,
         };
         let out = match compression {
@@ -114,7 +117,7 @@ impl Output {
         sync_file(&hashed.file, temp_path)?;
         Ok(Written {
             bytes: hashed.bytes,
-            sha256: hex(&hashed.hasher.finalize()),
+            sha256: hashed.hasher.map(|h| hex(&h.finalize())),
         })
     }
 }
@@ -168,7 +171,7 @@ pub fn stage_manifest(
     ctx: &SinkContext,
 ) -> Result<Companion, SinkError> {
     let path = manifest_path(&data.final_path);
-    let (staged, mut out) = Output::create(kind, &path, ctx, FileCompression::None)?;
+    let (staged, mut out) = Output::create(kind, &path, ctx, FileCompression::None, false)?;
     let mut text = serde_json::to_vec_pretty(manifest).expect("a manifest always serializes");
     text.push(b'\n');
     let written = out

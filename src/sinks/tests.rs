@@ -328,3 +328,225 @@ fn type_errors_inside_a_sink_table_name_the_inner_key() {
             .contains("`type`: expected a string")
     );
 }
+
+proptest::proptest! {
+    #[test]
+    fn push_decimal_prints_what_display_prints(
+        lo: u32,
+        mid: u32,
+        hi: u32,
+        small in 0u32..100_000,
+        negative: bool,
+        scale in 0u32..=28,
+    ) {
+        for d in [
+            Decimal::from_parts(lo, mid, hi, negative, scale),
+            Decimal::from_parts(small, 0, 0, negative, scale),
+            Decimal::from_parts(lo, mid, 0, negative, scale),
+        ] {
+            let mut out = b"x".to_vec();
+            push_decimal(&mut out, &d, b'.');
+            proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), format!("x{d}"));
+            let mut comma = Vec::new();
+            push_decimal(&mut comma, &d, b',');
+            proptest::prop_assert_eq!(String::from_utf8(comma).unwrap(), d.to_string().replace('.', ","));
+        }
+    }
+}
+
+#[test]
+fn push_cell_bytes_writes_what_cell_text_returns() {
+    let t = Utc.with_ymd_and_hms(2024, 3, 5, 10, 22, 33).unwrap();
+    let leap = NaiveDate::from_ymd_opt(2016, 12, 31)
+        .unwrap()
+        .and_hms_nano_opt(23, 59, 59, 1_500_000_000)
+        .unwrap()
+        .and_utc();
+    let d = |s| Cell::Decimal(Decimal::from_str(s).unwrap());
+    let cells = [
+        Cell::Null,
+        Cell::Str("a, \"b\" é".into()),
+        d("-0.050"),
+        d("-0.00"),
+        d("0"),
+        d("79228162514264337593543950335"),
+        d("-7.9228162514264337593543950335"),
+        d("0.0000000000000000000000000001"),
+        Cell::Int(i64::MIN),
+        Cell::Int(0),
+        Cell::Int(i64::MAX),
+        Cell::Bool(false),
+        Cell::Bool(true),
+        Cell::Timestamp(t),
+        Cell::Timestamp(t + chrono::Duration::nanoseconds(999)),
+        Cell::Timestamp(t + chrono::Duration::microseconds(123_456)),
+        Cell::Timestamp(t + chrono::Duration::microseconds(1)),
+        Cell::Timestamp(Utc.with_ymd_and_hms(1, 1, 1, 0, 0, 0).unwrap()),
+        Cell::Timestamp(Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap()),
+        Cell::Timestamp(Utc.with_ymd_and_hms(12345, 6, 7, 8, 9, 10).unwrap()),
+        Cell::Timestamp(Utc.with_ymd_and_hms(-44, 3, 15, 0, 0, 0).unwrap()),
+        Cell::Timestamp(leap),
+        Cell::Date(NaiveDate::from_ymd_opt(2024, 2, 29).unwrap()),
+        Cell::Date(NaiveDate::from_ymd_opt(0, 1, 2).unwrap()),
+        Cell::Date(NaiveDate::from_ymd_opt(10000, 1, 2).unwrap()),
+        Cell::Date(NaiveDate::from_ymd_opt(-3, 1, 2).unwrap()),
+    ];
+    for cell in cells {
+        let mut buf = b"x".to_vec();
+        push_cell_bytes(&mut buf, &cell);
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            format!("x{}", cell_text(&cell)),
+            "{cell:?}"
+        );
+        let mut text = String::from("x");
+        push_cell_text(&mut text, &cell);
+        assert_eq!(text, format!("x{}", cell_text(&cell)), "{cell:?}");
+    }
+}
+
+/// What the csv crate writes for `rows` with `config`'s delimiter, terminator,
+/// quote style and null text (cells as `cell_text`, decimals already at their column's scale).
+fn csv_crate_bytes(config: &CsvSinkConfig, header: &[&str], rows: &[crate::row::Row]) -> Vec<u8> {
+    let mut w = ::csv::WriterBuilder::new()
+        .delimiter(config.delimiter as u8)
+        .terminator(match config.line_ending() {
+            LineEnding::Crlf => ::csv::Terminator::CRLF,
+            LineEnding::Lf => ::csv::Terminator::Any(b'\n'),
+        })
+        .quote_style(match config.quote_style {
+            super::csv::QuoteStyle::Necessary => ::csv::QuoteStyle::Necessary,
+            super::csv::QuoteStyle::Always => ::csv::QuoteStyle::Always,
+            super::csv::QuoteStyle::NonNumeric => ::csv::QuoteStyle::NonNumeric,
+        })
+        .from_writer(Vec::new());
+    w.write_record(header).unwrap();
+    for row in rows {
+        w.write_record(row.cells.iter().map(|c| match c {
+            Cell::Null => config.null_text.clone(),
+            c => cell_text(c).into_owned(),
+        }))
+        .unwrap();
+    }
+    w.into_inner().unwrap()
+}
+
+/// Writes `rows` through the CSV sink and returns the file's bytes.
+fn csv_sink_bytes(config: &CsvSinkConfig, schema: Schema, rows: Vec<crate::row::Row>) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.csv");
+    let mut c = ctx();
+    c.output_dir = dir.path().to_path_buf();
+    let mut sink =
+        Box::new(super::csv::CsvSink::create(config, &path, &c, Arc::new(schema)).unwrap());
+    sink.write(&Batch { rows }).unwrap();
+    let out = sink.finish().unwrap();
+    let staged = out.staged.as_ref().unwrap();
+    let bytes = std::fs::read(&staged.temp_path).unwrap();
+    staged.discard();
+    bytes
+}
+
+fn text_strategy() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    prop_oneof![
+        proptest::string::string_regex("[a,;\"\r\n\t '=+@é.0-9eE-]{0,12}").unwrap(),
+        proptest::sample::select(vec![
+            "",
+            "1",
+            "-1.5",
+            "1e3",
+            "NaN",
+            "inf",
+            "-Infinity",
+            " 1",
+            "1 ",
+            "0x10",
+            "\"",
+            "\"\"",
+        ])
+        .prop_map(String::from),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+    #[test]
+    fn csv_sink_writes_the_bytes_the_csv_crate_writes(
+        texts in proptest::collection::vec(proptest::option::of(text_strategy()), 1..40),
+        style in 0usize..3,
+        lf: bool,
+        delimiter in proptest::sample::select(vec![',', ';', '\t', '|']),
+        null_text in proptest::sample::select(vec!["", "NULL", "a;b"]),
+        one_column: bool,
+    ) {
+        use crate::row::{Column, ColumnType, Row};
+        let mut config = CsvSinkConfig::new("x.csv");
+        config.quote_style = [
+            super::csv::QuoteStyle::Necessary,
+            super::csv::QuoteStyle::Always,
+            super::csv::QuoteStyle::NonNumeric,
+        ][style];
+        config.line_ending = Some(if lf { LineEnding::Lf } else { LineEnding::Crlf });
+        config.delimiter = delimiter;
+        config.null_text = null_text.to_string();
+        let col = |name: &str, ty| Column { name: name.into(), ty };
+        let money = ColumnType::Decimal { precision: 18, scale: 2 };
+        let mut columns = vec![col("text", ColumnType::String)];
+        if !one_column {
+            columns.extend([
+                col("a,\"b\"", money),
+                col("n", ColumnType::Integer),
+                col("ok", ColumnType::Bool),
+                col("at", ColumnType::Timestamp),
+                col("on", ColumnType::Date),
+            ]);
+        }
+        let rows: Vec<Row> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let mut cells = vec![t.clone().map_or(Cell::Null, |s| Cell::Str(s.into()))];
+                if !one_column {
+                    cells.extend([
+                        if i % 4 == 3 { Cell::Null } else { Cell::Decimal(Decimal::new(i as i64 * 137 - 300, 2)) },
+                        Cell::Int(i as i64 - 5),
+                        Cell::Bool(i % 2 == 0),
+                        Cell::Timestamp(Utc.timestamp_opt(1_700_000_000 + i as i64 * 3601, (i as u32 % 3) * 250_000_000).unwrap()),
+                        Cell::Date(NaiveDate::from_ymd_opt(2024, 1, 1).unwrap() + chrono::Days::new(i as u64)),
+                    ]);
+                }
+                Row { cells }
+            })
+            .collect();
+        let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+        let expected = csv_crate_bytes(&config, &names, &rows);
+        let schema = Schema { columns: columns.clone() };
+        let actual = csv_sink_bytes(&config, schema, rows);
+        proptest::prop_assert_eq!(String::from_utf8(actual).unwrap(), String::from_utf8(expected).unwrap());
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn column_mantissa_is_the_fitted_decimals_mantissa(
+        lo: u32,
+        mid: u32,
+        small in 0u32..100_000,
+        negative: bool,
+        from in 0u32..=28,
+        precision in 1u8..=38,
+        scale in 0u8..=28,
+    ) {
+        for d in [
+            Decimal::from_parts(lo, mid, 0, negative, from),
+            Decimal::from_parts(small, 0, 0, negative, from),
+            Decimal::from_parts(lo, mid, small, negative, from),
+        ] {
+            proptest::prop_assert_eq!(
+                column_mantissa(&d, precision, scale),
+                fit_decimal_for_column(d, precision, scale).map(|f| f.mantissa())
+            );
+        }
+    }
+}
