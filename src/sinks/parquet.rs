@@ -7,13 +7,7 @@
 //! by one row group's buffered pages: the writer closes a row group after
 //! `row_group_rows` rows or once it holds `row_group_bytes`, whichever comes
 //! first. Arrow arrays live only for the batch being encoded.
-//!
-//! A column whose values are nearly all distinct in the first batch (ids,
-//! amounts, creation instants) is written without a dictionary: there a
-//! dictionary costs a hash per value and makes the file no smaller. Other columns keep Parquet's
-//! dictionary encoding. Values and types are the same either way.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
@@ -27,7 +21,6 @@ use ::arrow::record_batch::RecordBatch;
 use ::parquet::arrow::ArrowWriter;
 use ::parquet::basic::{Compression as PqCompression, ZstdLevel};
 use ::parquet::file::properties::WriterProperties;
-use ::parquet::schema::types::ColumnPath;
 use chrono::{Datelike, NaiveDate};
 use serde::Deserialize;
 
@@ -44,12 +37,6 @@ pub const DEFAULT_ROW_GROUP_ROWS: usize = 65_536;
 pub const DEFAULT_ROW_GROUP_BYTES: usize = 8 * 1024 * 1024;
 /// zstd level unless configured: zstd's own default, a good size/speed balance.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
-/// Non-null values the first batch must hold before a column may be written
-/// without a dictionary; fewer say too little about the column.
-pub const UNIQUE_SAMPLE_MIN: usize = 64;
-/// Share of distinct values (in percent) among the first batch's non-null
-/// values from which a column is written without a dictionary.
-pub const UNIQUE_PERCENT_MIN: usize = 90;
 
 /// `[[sinks]] type = "parquet"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -186,14 +173,6 @@ impl ParquetSinkConfig {
     }
 
     fn writer_properties(&self) -> Result<WriterProperties, String> {
-        self.writer_properties_without_dictionary(&[])
-    }
-
-    /// The writer's properties, with dictionary encoding off for `plain` columns.
-    fn writer_properties_without_dictionary(
-        &self,
-        plain: &[&str],
-    ) -> Result<WriterProperties, String> {
         let compression = match self.compression {
             Compression::Zstd => {
                 let level = self.zstd_level.unwrap_or(DEFAULT_ZSTD_LEVEL);
@@ -202,16 +181,12 @@ impl ParquetSinkConfig {
             Compression::Snappy => PqCompression::SNAPPY,
             Compression::None => PqCompression::UNCOMPRESSED,
         };
-        let mut builder = WriterProperties::builder()
+        Ok(WriterProperties::builder()
             .set_compression(compression)
             .set_max_row_group_row_count(Some(self.row_group_rows))
             .set_max_row_group_bytes(Some(self.row_group_bytes.max(1)))
-            .set_created_by(format!("expense-sync {}", env!("CARGO_PKG_VERSION")));
-        for name in plain {
-            builder =
-                builder.set_column_dictionary_enabled(ColumnPath::from(name.to_string()), false);
-        }
-        Ok(builder.build())
+            .set_created_by(format!("expense-sync {}", env!("CARGO_PKG_VERSION")))
+            .build())
     }
 }
 
@@ -243,11 +218,7 @@ pub struct ParquetSink {
     label: String,
     schema: Arc<Schema>,
     arrow_schema: SchemaRef,
-    config: ParquetSinkConfig,
-    // The writer starts with the first batch, which decides the columns
-    // written without a dictionary; until then the file waits here.
-    file: Option<File>,
-    // `staged` is `Some` until finish/abort, taken there so Drop can clean up after a panic.
+    // Both `Some` until finish/abort; taken there so Drop can clean up after a panic.
     writer: Option<ArrowWriter<File>>,
     staged: Option<StagedFile>,
     rows: u64,
@@ -276,53 +247,32 @@ impl ParquetSink {
         if let Some(p) = config.validate("parquet").first() {
             return Err(SinkError::new(&label, p.message.clone()));
         }
-        // Checked now so that a bad setting fails before any row is read.
-        config
+        let props = config
             .writer_properties()
             .map_err(|m| SinkError::new(&label, m))?;
         let arrow_schema = arrow_schema(&schema);
         let (staged, file) = stage("parquet", path, ctx)?;
-        Ok(Self {
-            label,
-            schema,
-            arrow_schema,
-            config: config.clone(),
-            file: Some(file),
-            writer: None,
-            staged: Some(staged),
-            rows: 0,
-            flush_bytes: config.row_group_bytes.max(1),
-        })
-    }
-
-    /// The writer, started on the first call with dictionaries off for the
-    /// columns `first` shows to be unique.
-    fn writer(&mut self, first: Option<&Batch>) -> Result<&mut ArrowWriter<File>, SinkError> {
-        if let Some(file) = self.file.take() {
-            let plain = first.map_or_else(Vec::new, |b| unique_columns(&self.schema, b));
-            let props = self
-                .config
-                .writer_properties_without_dictionary(&plain)
-                .map_err(|m| SinkError::new(&self.label, m))?;
-            match ArrowWriter::try_new(file, self.arrow_schema.clone(), Some(props)) {
-                Ok(w) => self.writer = Some(w),
-                Err(e) => {
-                    return Err(SinkError::new(
-                        &self.label,
-                        format!(
-                            "cannot start the Parquet writer on {}: {e}",
-                            self.temp_display()
-                        ),
-                    ));
-                }
+        match ArrowWriter::try_new(file, arrow_schema.clone(), Some(props)) {
+            Ok(writer) => Ok(Self {
+                label,
+                schema,
+                arrow_schema,
+                writer: Some(writer),
+                staged: Some(staged),
+                rows: 0,
+                flush_bytes: config.row_group_bytes.max(1),
+            }),
+            Err(e) => {
+                staged.discard();
+                Err(SinkError::new(
+                    &label,
+                    format!(
+                        "cannot start the Parquet writer on {}: {e}",
+                        staged.temp_path.display()
+                    ),
+                ))
             }
         }
-        self.writer.as_mut().ok_or_else(|| {
-            SinkError::new(
-                &self.label,
-                "write after finish or abort (a bug in the caller)",
-            )
-        })
     }
 
     fn temp_display(&self) -> String {
@@ -370,7 +320,6 @@ impl ParquetSink {
 
     fn discard(&mut self) {
         self.writer = None;
-        self.file = None;
         if let Some(staged) = self.staged.take() {
             staged.discard();
         }
@@ -391,54 +340,6 @@ const UNIX_EPOCH_DAYS_FROM_CE: i32 = 719_163;
 fn date32(d: NaiveDate) -> i32 {
     // i32 days reach far beyond chrono's date range, so this cannot overflow.
     d.num_days_from_ce() - UNIX_EPOCH_DAYS_FROM_CE
-}
-
-/// Names of the columns whose non-null values in `batch` (at least
-/// [`UNIQUE_SAMPLE_MIN`]) are at least [`UNIQUE_PERCENT_MIN`]% distinct:
-/// keys, amounts and instants, where a dictionary cannot pay. Booleans never qualify.
-fn unique_columns<'s>(schema: &'s Schema, batch: &Batch) -> Vec<&'s str> {
-    fn mostly_distinct<T: std::hash::Hash + Eq>(values: impl Iterator<Item = Option<T>>) -> bool {
-        let mut seen = HashSet::new();
-        let mut non_null = 0;
-        for v in values.flatten() {
-            non_null += 1;
-            seen.insert(v);
-        }
-        non_null >= UNIQUE_SAMPLE_MIN && seen.len() * 100 >= non_null * UNIQUE_PERCENT_MIN
-    }
-    let rows = &batch.rows;
-    schema
-        .columns
-        .iter()
-        .enumerate()
-        .filter(|&(i, column)| {
-            let cells = rows.iter().filter_map(move |r| r.cells.get(i));
-            match column.ty {
-                ColumnType::Bool => false,
-                ColumnType::String => mostly_distinct(cells.map(|c| match c {
-                    Cell::Str(s) => Some(s.as_str()),
-                    _ => None,
-                })),
-                ColumnType::Decimal { .. } => mostly_distinct(cells.map(|c| match c {
-                    Cell::Decimal(d) => Some(d.normalize()),
-                    _ => None,
-                })),
-                ColumnType::Timestamp => mostly_distinct(cells.map(|c| match c {
-                    Cell::Timestamp(t) => Some(*t),
-                    _ => None,
-                })),
-                ColumnType::Date => mostly_distinct(cells.map(|c| match c {
-                    Cell::Date(d) => Some(*d),
-                    _ => None,
-                })),
-                ColumnType::Integer => mostly_distinct(cells.map(|c| match c {
-                    Cell::Int(v) => Some(*v),
-                    _ => None,
-                })),
-            }
-        })
-        .map(|(_, c)| c.name.as_str())
-        .collect()
 }
 
 fn build_array<'a>(
@@ -529,7 +430,6 @@ fn build_array<'a>(
 impl ParquetSink {
     /// Bytes the writer holds for the row group in progress (encoded and buffered pages, dictionaries).
     pub fn buffered_bytes(&self) -> usize {
-        // Before the first batch the writer has not started and holds nothing.
         self.writer.as_ref().map_or(0, |w| w.memory_size())
     }
 }
@@ -540,11 +440,16 @@ impl Sink for ParquetSink {
             return Ok(());
         }
         let record_batch = self.to_record_batch(batch)?;
-        let flush_bytes = self.flush_bytes;
-        let writer = self.writer(Some(batch))?;
+        let writer = self.writer.as_mut().ok_or_else(|| {
+            SinkError::new(
+                &self.label,
+                "write after finish or abort (a bug in the caller)",
+            )
+        })?;
         // The writer's own byte limit counts the estimated *encoded* size; what
         // it holds in memory (uncompressed page buffers, dictionaries) can be
         // several times more, and that is what `row_group_bytes` bounds.
+        let flush_bytes = self.flush_bytes;
         let written = writer.write(&record_batch).and_then(|()| {
             if writer.memory_size() >= flush_bytes {
                 writer.flush()
@@ -560,11 +465,6 @@ impl Sink for ParquetSink {
     }
 
     fn finish(mut self: Box<Self>) -> Result<SinkOutput, SinkError> {
-        // A run with no rows still gets a file with the schema.
-        if let Err(e) = self.writer(None) {
-            self.discard();
-            return Err(e);
-        }
         let writer = self.writer.take().ok_or_else(|| {
             SinkError::new(&self.label, "finish after abort (a bug in the caller)")
         })?;
@@ -712,61 +612,6 @@ mod tests {
             meta.num_row_groups()
         );
         staged.discard();
-    }
-
-    /// Which columns of the file at `path` have a dictionary page, by name.
-    fn dictionary_columns(path: &Path) -> Vec<(String, bool)> {
-        use ::parquet::file::reader::FileReader;
-        let reader =
-            ::parquet::file::reader::SerializedFileReader::new(File::open(path).unwrap()).unwrap();
-        let group = reader.metadata().row_group(0).clone();
-        group
-            .columns()
-            .iter()
-            .map(|c| {
-                (
-                    c.column_path().string(),
-                    c.dictionary_page_offset().is_some(),
-                )
-            })
-            .collect()
-    }
-
-    fn write_one(rows: Batch) -> Vec<(String, bool)> {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("x.parquet");
-        let config = ParquetSinkConfig::new(path.display().to_string());
-        let mut sink = Box::new(
-            ParquetSink::create(&config, &path, &context(dir.path()), expense_like_schema())
-                .unwrap(),
-        );
-        sink.write(&rows).unwrap();
-        let out = sink.finish().unwrap();
-        let staged = out.staged.as_ref().unwrap();
-        let columns = dictionary_columns(&staged.temp_path);
-        staged.discard();
-        columns
-    }
-
-    #[test]
-    fn columns_nearly_unique_in_the_first_batch_are_written_without_a_dictionary() {
-        // Rows 0..200: ids, amounts, instants and counts distinct; purposes repeat
-        // (three texts), so only `purpose` keeps its dictionary.
-        let mut rows = batch(0, 200);
-        for (i, row) in rows.rows.iter_mut().enumerate() {
-            row.cells[1] = Cell::Str(["lunch", "taxi", "hotel"][i % 3].into());
-        }
-        let dictionary = |name: &str, columns: &[(String, bool)]| {
-            columns.iter().find(|(n, _)| n == name).unwrap().1
-        };
-        let columns = write_one(rows);
-        assert!(dictionary("purpose", &columns), "{columns:?}");
-        for plain in ["id", "amount", "spent_at", "count"] {
-            assert!(!dictionary(plain, &columns), "{plain}: {columns:?}");
-        }
-        // Too few values to judge: every column keeps Parquet's default dictionary.
-        let columns = write_one(batch(0, UNIQUE_SAMPLE_MIN - 1));
-        assert!(columns.iter().all(|(_, d)| *d), "{columns:?}");
     }
 
     #[test]
