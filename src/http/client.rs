@@ -264,6 +264,8 @@ struct Inner {
     groups: super::ratelimit_groups::Groups,
     /// Tenants take turns on `limiter` (see [`super::fair`]).
     fair: super::fair::FairQueue,
+    /// Buffers response bodies are read into, used again page after page.
+    bodies: super::body::BodyPool,
 }
 
 /// The tenant a client handle makes requests for, with that tenant's own counters.
@@ -393,6 +395,7 @@ impl HttpClient {
                 clocks: Default::default(),
                 groups: Default::default(),
                 fair: Default::default(),
+                bodies: Default::default(),
             }),
             tenant: None,
         })
@@ -543,6 +546,16 @@ impl HttpClient {
         }
     }
 
+    /// The whole body, read into a pooled buffer (see [`super::body`]).
+    async fn read_body(&self, mut resp: reqwest::Response) -> reqwest::Result<bytes::Bytes> {
+        let pool = &self.inner.bodies;
+        let mut buf = pool.buffer(resp.content_length());
+        while let Some(chunk) = resp.chunk().await? {
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(pool.freeze(buf))
+    }
+
     async fn attempt(&self, req: &Request, attempt: u32) -> Attempt {
         self.inner.groups.wait_ready(&req.method, &req.url).await;
         match &self.tenant {
@@ -652,7 +665,7 @@ impl HttpClient {
             &headers,
             retry_after(&headers),
         );
-        let body = match resp.bytes().await {
+        let body = match self.read_body(resp).await {
             Ok(b) => b,
             Err(e) => {
                 self.bump(|s| &s.transport_errors);

@@ -2,6 +2,7 @@
 //! which applies the process-wide rate limiter, timeouts, the retry policy
 //! and error classification. Nothing else in the crate builds requests.
 
+mod body;
 mod client;
 mod clock;
 mod config;
