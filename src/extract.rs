@@ -733,6 +733,16 @@ mod tests {
         assert_eq!(r["a"].to_string(), "1.50");
     }
 
+    /// The records of `body` read with `fields`, and the page they came from
+    /// (every record passed on, with the captured values).
+    fn read_captured(fields: &FieldSet, body: &Bytes) -> (Vec<Value>, PageSource) {
+        let page = decode_page(fields, body).unwrap();
+        let data = page.data.unwrap();
+        let source =
+            PageSource::new(page.body, (0..data.len() as u32).collect()).with_columns(page.columns);
+        (data, source)
+    }
+
     #[test]
     fn captured_values_are_the_values_the_tree_holds_at_their_paths() {
         // Repeated keys (the last wins, also over a deeper capture), nulls,
@@ -754,11 +764,8 @@ mod tests {
         for (slot, p) in paths.iter().enumerate() {
             assert!(s.capture_path(&FieldPath::parse(p).unwrap(), slot));
         }
-        let page = decode_page(&s, &body).unwrap();
-        let data = page.data.unwrap();
+        let (data, source) = read_captured(&s, &body);
         let full: Value = serde_json::from_slice(&body).unwrap();
-        let source =
-            PageSource::new(page.body, (0..data.len() as u32).collect()).with_columns(page.columns);
         for (i, record) in full["data"].as_array().unwrap().iter().enumerate() {
             let cols = source.columns(i).expect("read with a capture");
             for (slot, p) in paths.iter().enumerate() {
@@ -813,11 +820,8 @@ mod tests {
         for (slot, p) in paths.iter().enumerate() {
             assert!(s.capture_path(&FieldPath::parse(p).unwrap(), slot));
         }
-        let page = decode_page(&s, &body).unwrap();
-        let data = page.data.unwrap();
+        let (data, source) = read_captured(&s, &body);
         let full: Value = serde_json::from_slice(&body).unwrap();
-        let source =
-            PageSource::new(page.body, (0..data.len() as u32).collect()).with_columns(page.columns);
         for (i, record) in full["data"].as_array().unwrap().iter().enumerate() {
             assert_eq!(
                 data[i],

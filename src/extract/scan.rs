@@ -161,10 +161,7 @@ impl<'a, 'f> Scanner<'a, 'f> {
             self.i += 1;
         } else {
             loop {
-                let key = self.key()?;
-                self.ws();
-                self.eat(b':')?;
-                self.ws();
+                let key = self.member_key()?;
                 match key {
                     "count" => {
                         let start = self.i;
@@ -281,10 +278,7 @@ impl<'a, 'f> Scanner<'a, 'f> {
         let shape = self.shape(Some(keys), capture);
         let mut j = 0;
         loop {
-            let key = self.key()?;
-            self.ws();
-            self.eat(b':')?;
-            self.ws();
+            let key = self.member_key()?;
             let (keep, below) = self.resolve(shape, j, key, || {
                 (
                     keys.get_key_value(key),
@@ -363,10 +357,7 @@ impl<'a, 'f> Scanner<'a, 'f> {
         let shape = self.shape(None, Some(capture));
         let mut j = 0;
         loop {
-            let key = self.key()?;
-            self.ws();
-            self.eat(b':')?;
-            self.ws();
+            let key = self.member_key()?;
             let (_, below) = self.resolve(shape, j, key, || (None, capture.children.get(key)));
             j += 1;
             match below {
@@ -425,6 +416,16 @@ impl<'a, 'f> Scanner<'a, 'f> {
             }
             _ => Err(Bail),
         }
+    }
+
+    /// A member's key and the `:` after it, the cursor left on the value.
+    #[inline(always)]
+    fn member_key(&mut self) -> R<&'a str> {
+        let key = self.key()?;
+        self.ws();
+        self.eat(b':')?;
+        self.ws();
+        Ok(key)
     }
 
     /// An object key without its quotes; keys with escapes (and the private
