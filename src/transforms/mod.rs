@@ -432,14 +432,8 @@ impl Projector {
 
     /// Adds every record field the columns read to `fields`.
     pub fn read_fields(&self, fields: &mut crate::extract::FieldSet) {
-        for col in &self.columns {
-            match &col.source {
-                Source::Path(p) => fields.add_path(p),
-                Source::CustomField(_) => fields.add_key("custom_fields"),
-            }
-            if let Some(p) = &col.currency {
-                fields.add_path(p);
-            }
+        for (path, _) in self.paths(fields) {
+            fields.add_path(path);
         }
     }
 
@@ -452,7 +446,23 @@ impl Projector {
         fields: &mut crate::extract::FieldSet,
         transforms: &Transforms,
     ) {
-        let mut paths: Vec<(&FieldPath, Option<usize>)> = Vec::new();
+        let mut captured = Vec::new();
+        for (path, slot) in self.paths(fields) {
+            let written = path.keys().next().is_some_and(|k| transforms.may_write(k));
+            match slot {
+                Some(slot) if !written && fields.capture_path(path, slot) => captured.push(slot),
+                _ => fields.add_path(path),
+            }
+        }
+        for slot in captured {
+            self.captured[slot] = true;
+        }
+    }
+
+    /// The paths the columns read (values and currencies) with their slots;
+    /// custom-field columns read the record's `custom_fields`, added to `fields` here.
+    fn paths(&self, fields: &mut crate::extract::FieldSet) -> Vec<(&FieldPath, Option<usize>)> {
+        let mut paths = Vec::new();
         for (col, slots) in self.columns.iter().zip(&self.lookups.columns) {
             match &col.source {
                 Source::Path(p) => paths.push((p, slots.value)),
@@ -462,17 +472,7 @@ impl Projector {
                 paths.push((p, slots.currency));
             }
         }
-        for (path, slot) in paths {
-            let written = path.keys().next().is_some_and(|k| transforms.may_write(k));
-            match slot {
-                Some(slot) if !written => {
-                    if fields.capture_path(path, slot) {
-                        self.captured[slot] = true;
-                    }
-                }
-                _ => fields.add_path(path),
-            }
-        }
+        paths
     }
 
     /// Turns one record into a row, or says which column's value is unusable and why.
