@@ -5,6 +5,7 @@
 
 pub mod connection;
 pub mod duration;
+pub mod instant;
 pub mod keys;
 mod secret;
 

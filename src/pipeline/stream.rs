@@ -59,7 +59,7 @@ impl Dedup {
 /// The record's cursor text and the instant it names.
 fn cursor_of<'r>(record: &'r serde_json::Value, cursor: &str) -> Option<(&'r str, DateTime<Utc>)> {
     let text = record.get(cursor)?.as_str()?;
-    let at = DateTime::parse_from_rfc3339(text).ok()?.with_timezone(&Utc);
+    let at = crate::common::instant::parse_rfc3339(text)?;
     Some((text, at))
 }
 

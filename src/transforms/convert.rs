@@ -245,13 +245,22 @@ pub(crate) fn minor_units(code: &str) -> Option<u32> {
         "VUV", "XAF", "XOF", "XPF",
     ];
     const THREE: &[&str] = &["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"];
-    if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_alphabetic()) {
+    let &[a, b, c] = code.as_bytes() else {
+        return None;
+    };
+    if ![a, b, c].iter().all(u8::is_ascii_alphabetic) {
         return None;
     }
-    let upper = code.to_ascii_uppercase();
-    Some(if ZERO.contains(&upper.as_str()) {
+    // Uppercased on the stack: this runs for every amount of every record.
+    let upper = [
+        a.to_ascii_uppercase(),
+        b.to_ascii_uppercase(),
+        c.to_ascii_uppercase(),
+    ];
+    let upper = std::str::from_utf8(&upper).expect("ASCII letters");
+    Some(if ZERO.contains(&upper) {
         0
-    } else if THREE.contains(&upper.as_str()) {
+    } else if THREE.contains(&upper) {
         3
     } else {
         2
@@ -375,60 +384,9 @@ pub(crate) fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc).trunc_subsecs(6))
 }
 
-/// The common shape `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, read without
-/// chrono's general parser (a record has five or six timestamps); `None`
-/// for anything else, which chrono then decides.
+/// The common RFC 3339 shape read without chrono, to the microsecond.
 fn common_timestamp(b: &[u8]) -> Option<DateTime<Utc>> {
-    fn num(b: &[u8]) -> Option<u32> {
-        b.iter().try_fold(0u32, |n, &c| {
-            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
-        })
-    }
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b'T'
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
-    }
-    let date = NaiveDate::from_ymd_opt(
-        i32::try_from(num(&b[0..4])?).ok()?,
-        num(&b[5..7])?,
-        num(&b[8..10])?,
-    )?;
-    let (h, m, sec) = (num(&b[11..13])?, num(&b[14..16])?, num(&b[17..19])?);
-    let mut rest = &b[19..];
-    let mut nanos = 0u32;
-    if let Some(frac) = rest.strip_prefix(b".") {
-        let digits = frac.iter().take_while(|c| c.is_ascii_digit()).count();
-        if digits == 0 || digits > 9 {
-            return None;
-        }
-        nanos = num(&frac[..digits])? * 10u32.pow(9 - digits as u32);
-        rest = &frac[digits..];
-    }
-    let offset_secs = match rest {
-        b"Z" => 0,
-        [sign @ (b'+' | b'-'), oh @ .., b':', m1, m2] if oh.len() == 2 => {
-            let (oh, om) = (num(oh)?, num(&[*m1, *m2])?);
-            if oh > 23 || om > 59 {
-                return None;
-            }
-            let secs = i64::from(oh * 3600 + om * 60);
-            if *sign == b'-' { -secs } else { secs }
-        }
-        _ => return None,
-    };
-    // Leap seconds (60) and other out-of-range fields are left to chrono.
-    let time = chrono::NaiveTime::from_hms_nano_opt(h, m, sec, nanos - nanos % 1000)?;
-    let local = date.and_time(time);
-    if offset_secs == 0 {
-        return Some(local.and_utc());
-    }
-    let utc = local.checked_sub_signed(chrono::Duration::seconds(offset_secs))?;
-    Some(utc.and_utc())
+    crate::common::instant::common_shape(b, crate::common::instant::Precision::Micros)
 }
 
 /// Converts an RFC 3339 string to a UTC instant.

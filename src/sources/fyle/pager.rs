@@ -30,50 +30,63 @@ struct Key {
     text: String,
     /// The id as a filter literal (`txAbC…` or `42`).
     id_literal: String,
-    /// The id as JSON text: what "already delivered" is remembered by.
+    /// The id as JSON text, as errors quote it.
     id_json: String,
 }
 
 impl Key {
     fn of(record: &Record, cursor_field: &str) -> Result<Key, FyleError> {
-        // Only for the errors: building it for every record cost an allocation each.
-        let rid = || record_id(record);
-        let text = record
-            .get(cursor_field)
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
-                FyleError::Protocol(format!(
-                    "record {} has no `{cursor_field}` timestamp to page by; \
-                     set source.cursor_field to a timestamp every record has",
-                    rid()
-                ))
-            })?
-            .to_string();
-        let at = DateTime::parse_from_rfc3339(&text)
-            .map_err(|e| {
-                FyleError::Protocol(format!(
-                    "record {}: `{cursor_field}` = `{text}` is not an RFC 3339 timestamp ({e})",
-                    rid()
-                ))
-            })?
-            .with_timezone(&Utc);
-        let id = record.get("id");
+        let (text, at) = instant_of(record, cursor_field)?;
+        let id = id_of(record, text)?;
         let id_literal = match id {
-            Some(Value::String(s)) => literal(s),
-            Some(Value::Number(n)) => n.to_string(),
-            _ => {
-                return Err(FyleError::Protocol(format!(
-                    "a record without an `id` was returned (cursor {text}); cannot page past it"
-                )));
-            }
+            Value::String(s) => literal(s),
+            other => other.to_string(),
         };
-        let id_json = id.map(Value::to_string).unwrap_or_default();
         Ok(Key {
             at,
-            text,
+            text: text.to_string(),
             id_literal,
-            id_json,
+            id_json: id.to_string(),
         })
+    }
+}
+
+/// A record's cursor text and the instant it names.
+fn instant_of<'r>(
+    record: &'r Record,
+    cursor_field: &str,
+) -> Result<(&'r str, DateTime<Utc>), FyleError> {
+    // Only for the errors: building it for every record cost an allocation each.
+    let rid = || record_id(record);
+    let text = record
+        .get(cursor_field)
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            FyleError::Protocol(format!(
+                "record {} has no `{cursor_field}` timestamp to page by; \
+                 set source.cursor_field to a timestamp every record has",
+                rid()
+            ))
+        })?;
+    let at = crate::common::instant::parse_rfc3339(text).ok_or_else(|| {
+        let reason = DateTime::parse_from_rfc3339(text)
+            .err()
+            .map_or_else(String::new, |e| format!(" ({e})"));
+        FyleError::Protocol(format!(
+            "record {}: `{cursor_field}` = `{text}` is not an RFC 3339 timestamp{reason}",
+            rid()
+        ))
+    })?;
+    Ok((text, at))
+}
+
+/// A record's id, which paging past it needs (a text or a number).
+fn id_of<'r>(record: &'r Record, cursor_text: &str) -> Result<&'r Value, FyleError> {
+    match record.get("id") {
+        Some(id @ (Value::String(_) | Value::Number(_))) => Ok(id),
+        _ => Err(FyleError::Protocol(format!(
+            "a record without an `id` was returned (cursor {cursor_text}); cannot page past it"
+        ))),
     }
 }
 
@@ -108,6 +121,67 @@ impl TieIds {
     fn len(&self) -> usize {
         self.current.len() + self.previous.len()
     }
+}
+
+/// Which records of a page are new, in the server's order after `seek`, and
+/// how many repeat one delivered at the same instant; an error when the page
+/// is not in cursor order.
+///
+/// An id is remembered only once a second record shares its instant, or at
+/// the end of the page (the next page may repeat it): most records have an
+/// instant of their own, and remembering each cost an allocation.
+fn fresh_records(
+    data: &[Record],
+    cursor: &str,
+    path: &str,
+    seek: Option<&Key>,
+    tie: &mut TieIds,
+) -> Result<(Vec<bool>, u64), FyleError> {
+    let mut keep = Vec::with_capacity(data.len());
+    let mut duplicates = 0;
+    let mut prev = seek.map(|k| k.at);
+    let mut unremembered: Option<&Record> = None;
+    // What "already delivered" is remembered by: the id as JSON text, so a
+    // numeric id and a text id never collide.
+    let id_text = |record: &Record| record.get("id").map(Value::to_string).unwrap_or_default();
+    tie.next_page();
+    for (i, record) in data.iter().enumerate() {
+        let (text, at) = instant_of(record, cursor)?;
+        id_of(record, text)?;
+        // Instants compare the same under every collation, so this check
+        // is safe where comparing ids would not be.
+        if let Some(p) = prev
+            && at < p
+        {
+            let prev_text = match i {
+                0 => seek.map(|k| k.text.clone()).unwrap_or_default(),
+                _ => instant_of(&data[i - 1], cursor)?.0.to_string(),
+            };
+            return Err(FyleError::Protocol(format!(
+                "GET {path} returned record {} with {cursor} = {text} after one with {prev_text}; \
+                 the server does not order by `{cursor}.asc,id.asc` or ignores the seek \
+                 filter, so paging cannot be trusted to see every record",
+                Key::of(record, cursor)?.id_json,
+            )));
+        }
+        let fresh = if prev.is_none_or(|p| at > p) {
+            tie.clear();
+            unremembered = Some(record);
+            true
+        } else {
+            if let Some(r) = unremembered.take() {
+                tie.insert(&id_text(r));
+            }
+            tie.insert(&id_text(record))
+        };
+        prev = Some(at);
+        duplicates += u64::from(!fresh);
+        keep.push(fresh);
+    }
+    if let Some(r) = unremembered {
+        tie.insert(&id_text(r));
+    }
+    Ok((keep, duplicates))
 }
 
 /// Formats an instant the way Fyle writes timestamps.
@@ -343,34 +417,17 @@ async fn fetch_slice(
             None => "from the start of the slice".to_string(),
         };
         let before = seek.clone();
+        let (keep, duplicates) = fresh_records(&data, cursor, &path, seek.as_ref(), &mut tie)?;
+        // The next page starts after the last record returned, repeated or not.
+        if let Some(last) = data.last() {
+            seek = Some(Key::of(last, cursor)?);
+        }
         let mut records = Vec::with_capacity(data.len());
         let mut positions = Vec::with_capacity(data.len());
-        let mut duplicates = 0;
-        tie.next_page();
-        for (position, record) in data.into_iter().enumerate() {
-            let key = Key::of(&record, cursor)?;
-            // Instants compare the same under every collation, so this check
-            // is safe where comparing ids would not be.
-            if let Some(prev) = &seek
-                && key.at < prev.at
-            {
-                return Err(FyleError::Protocol(format!(
-                    "GET {path} returned record {} with {cursor} = {} after one with {}; \
-                     the server does not order by `{cursor}.asc,id.asc` or ignores the seek \
-                     filter, so paging cannot be trusted to see every record",
-                    key.id_json, key.text, prev.text
-                )));
-            }
-            if seek.as_ref().is_none_or(|prev| key.at > prev.at) {
-                tie.clear();
-            }
-            let fresh = tie.insert(&key.id_json);
-            seek = Some(key);
+        for (position, (record, fresh)) in data.into_iter().zip(keep).enumerate() {
             if fresh {
                 records.push(record);
                 positions.push(position as u32);
-            } else {
-                duplicates += 1;
             }
         }
         let delivered = records.len() as u64;
@@ -500,6 +557,35 @@ mod tests {
         }
         tie.clear();
         assert_eq!(tie.len(), 0);
+    }
+
+    #[test]
+    fn repeats_at_one_instant_are_caught_within_a_page_and_across_the_next() {
+        let rec = |id: &str, at: &str| json!({"id": id, "updated_at": at});
+        let (t1, t2) = ("2024-01-01T00:00:00Z", "2024-01-01T00:00:01+00:00");
+        let mut tie = TieIds::default();
+        let page1 = [rec("a", t1), rec("b", t1), rec("a", t1), rec("c", t2)];
+        let (keep, dups) = fresh_records(&page1, "updated_at", "p", None, &mut tie).unwrap();
+        assert_eq!(keep, [true, true, false, true]);
+        assert_eq!(dups, 1);
+        // A server treating `gt` as `gte` repeats the last record, alone at its instant.
+        let seek = Key::of(&page1[3], "updated_at").unwrap();
+        let page2 = [rec("c", t2), rec("d", t2)];
+        let (keep, _) = fresh_records(&page2, "updated_at", "p", Some(&seek), &mut tie).unwrap();
+        assert_eq!(keep, [false, true]);
+        // The same instant written with another offset is the same instant.
+        let seek = Key::of(&page2[1], "updated_at").unwrap();
+        let page3 = [rec("d", "2024-01-01T01:00:01+01:00"), rec("e", t2)];
+        let (keep, _) = fresh_records(&page3, "updated_at", "p", Some(&seek), &mut tie).unwrap();
+        assert_eq!(keep, [false, true]);
+        let back = [rec("f", t1)];
+        let e = fresh_records(&back, "updated_at", "p", Some(&seek), &mut tie).unwrap_err();
+        assert!(
+            e.to_string().contains(&format!(
+                "record \"f\" with updated_at = {t1} after one with {t2}"
+            )),
+            "{e}"
+        );
     }
 
     #[test]
