@@ -487,7 +487,9 @@ impl Projector {
         record: &Record,
         columns: Option<Columns<'_>>,
     ) -> Result<Row, RecordError> {
-        let mut found = vec![Found::Missing; self.lookups.slots];
+        // On the stack for the usual few dozen columns: this runs once per record.
+        let mut found: smallvec::SmallVec<[Found<'_>; 64]> =
+            smallvec::smallvec![Found::Missing; self.lookups.slots];
         match columns {
             Some(cols) => {
                 let mut rest = false;
