@@ -657,7 +657,10 @@ fn found_value(found: Found<'_>) -> Result<Option<std::borrow::Cow<'_, Value>>, 
 /// The text of a JSON string without escapes, the string's content.
 fn plain_string(raw: &str) -> Option<&str> {
     let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
-    (!inner.contains('\\')).then_some(inner)
+    // Without an early exit the loop is vectorised; captured strings are
+    // short, where `contains` (memchr) cost more in its setup than in its search.
+    let escaped = inner.bytes().fold(false, |seen, b| seen | (b == b'\\'));
+    (!escaped).then_some(inner)
 }
 
 /// Converts captured JSON text directly when that is plainly the same as
