@@ -20,9 +20,10 @@ use ::arrow::array::{BooleanBufferBuilder, NullBufferBuilder};
 use ::arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use ::arrow::datatypes::{DataType, Field, Schema as ArrowSchema, SchemaRef, TimeUnit};
 use ::arrow::record_batch::RecordBatch;
-use ::parquet::arrow::ArrowWriter;
+use ::parquet::arrow::{ArrowSchemaConverter, ArrowWriter};
 use ::parquet::basic::{Compression as PqCompression, ZstdLevel};
 use ::parquet::file::properties::WriterProperties;
+use ::parquet::schema::types::ColumnPath;
 use chrono::{Datelike, NaiveDate};
 use serde::Deserialize;
 
@@ -223,12 +224,23 @@ pub struct ParquetSink {
     schema: Arc<Schema>,
     arrow_schema: SchemaRef,
     // Both `Some` until finish/abort; taken there so Drop can clean up after a panic.
-    writer: Option<ArrowWriter<File>>,
+    writer: Option<Writer>,
     staged: Option<StagedFile>,
     rows: u64,
     /// `row_group_bytes`: the writer's buffered bytes that close a row group.
     flush_bytes: usize,
     pending: PendingRows,
+}
+
+/// The Parquet writer, started once the first chunk of rows shows which
+/// columns are worth a dictionary.
+enum Writer {
+    /// The file is open (and has passed the schema check); nothing written yet.
+    Waiting {
+        file: File,
+        props: WriterProperties,
+    },
+    Writing(ArrowWriter<File>),
 }
 
 impl std::fmt::Debug for ParquetSink {
@@ -256,28 +268,55 @@ impl ParquetSink {
             .writer_properties()
             .map_err(|m| SinkError::new(&label, m))?;
         let arrow_schema = arrow_schema(&schema);
+        // What starting the writer would reject, rejected before any row is fetched.
+        if let Err(e) = ArrowSchemaConverter::new().convert(&arrow_schema) {
+            return Err(SinkError::new(
+                &label,
+                format!("cannot write these columns as Parquet: {e}"),
+            ));
+        }
         let (staged, file) = stage("parquet", path, ctx)?;
-        match ArrowWriter::try_new(file, arrow_schema.clone(), Some(props)) {
-            Ok(writer) => Ok(Self {
-                label,
-                arrow_schema,
-                writer: Some(writer),
-                staged: Some(staged),
-                rows: 0,
-                flush_bytes: config.row_group_bytes.max(1),
-                pending: PendingRows::new(&schema),
-                schema,
-            }),
-            Err(e) => {
-                staged.discard();
-                Err(SinkError::new(
-                    &label,
-                    format!(
-                        "cannot start the Parquet writer on {}: {e}",
-                        staged.temp_path.display()
-                    ),
-                ))
+        Ok(Self {
+            label,
+            arrow_schema,
+            writer: Some(Writer::Waiting { file, props }),
+            staged: Some(staged),
+            rows: 0,
+            flush_bytes: config.row_group_bytes.max(1),
+            pending: PendingRows::new(&schema),
+            schema,
+        })
+    }
+
+    /// The started writer; the first call starts it, with no dictionary for
+    /// the columns whose pending values are mostly distinct.
+    fn started(&mut self) -> Result<&mut ArrowWriter<File>, SinkError> {
+        if let Some(Writer::Waiting { .. }) = self.writer {
+            let Some(Writer::Waiting { file, props }) = self.writer.take() else {
+                unreachable!("matched above")
+            };
+            let mut builder = props.into_builder();
+            for (column, pending) in self.schema.columns.iter().zip(&self.pending.columns) {
+                if pending.mostly_distinct() {
+                    builder = builder.set_column_dictionary_enabled(
+                        ColumnPath::from(column.name.as_str()),
+                        false,
+                    );
+                }
             }
+            match ArrowWriter::try_new(file, self.arrow_schema.clone(), Some(builder.build())) {
+                Ok(w) => self.writer = Some(Writer::Writing(w)),
+                Err(e) => {
+                    return Err(self.parquet_error("cannot start the Parquet writer on", e));
+                }
+            }
+        }
+        match self.writer.as_mut() {
+            Some(Writer::Writing(w)) => Ok(w),
+            _ => Err(SinkError::new(
+                &self.label,
+                "write after finish or abort (a bug in the caller)",
+            )),
         }
     }
 
@@ -306,16 +345,14 @@ impl ParquetSink {
         }
         // What the next chunk will hold, about: the row group closes now if it would not fit beside it.
         let chunk_bytes = self.pending.bytes();
+        self.started()?;
         let record_batch = self
             .pending
             .take_batch(&self.arrow_schema)
             .map_err(|m| SinkError::new(&self.label, m))?;
-        let writer = self.writer.as_mut().ok_or_else(|| {
-            SinkError::new(
-                &self.label,
-                "write after finish or abort (a bug in the caller)",
-            )
-        })?;
+        let Some(Writer::Writing(writer)) = self.writer.as_mut() else {
+            unreachable!("started above")
+        };
         // The writer's own byte limit counts the estimated *encoded* size; what
         // it holds in memory (uncompressed page buffers, dictionaries) can be
         // several times more, and that is what `row_group_bytes` bounds.
@@ -401,6 +438,9 @@ enum PendingValues {
 /// Rows handed to the Parquet writer per call (a chunk ends at the first
 /// incoming batch that reaches it).
 const WRITE_ROWS: usize = 2048;
+/// Non-null values of a column in the first chunk needed to judge whether it
+/// is worth a dictionary; with fewer it gets one, as Parquet writers do by default.
+const DICTIONARY_SAMPLE: usize = 256;
 /// Text bytes that make the pending rows go to the writer before [`WRITE_ROWS`].
 const WRITE_TEXT_BYTES: usize = 8 * 1024 * 1024;
 
@@ -531,6 +571,38 @@ impl PendingColumn {
         Ok(0)
     }
 
+    /// Whether most of the pending values differ from each other (ids,
+    /// creation instants): a dictionary would then hold nearly every value a
+    /// second time, cost a hash per value, and leave the file bigger than
+    /// plain values under zstd. Too few values to tell: no.
+    fn mostly_distinct(&self) -> bool {
+        let n = self.nulls.len();
+        let valid = |i: &usize| self.nulls.is_valid(*i);
+        let present = (0..n).filter(valid).count();
+        if present < DICTIONARY_SAMPLE {
+            return false;
+        }
+        let limit = present / 2;
+        match &self.values {
+            PendingValues::Str { ends, bytes } => more_distinct_than(
+                (0..n).filter(valid).map(|i| {
+                    let start = if i == 0 { 0 } else { ends[i - 1] as usize };
+                    &bytes[start..ends[i] as usize]
+                }),
+                limit,
+            ),
+            PendingValues::Decimal { values, .. } => {
+                more_distinct_than((0..n).filter(valid).map(|i| values[i]), limit)
+            }
+            PendingValues::Timestamp(v) | PendingValues::Int(v) => {
+                more_distinct_than((0..n).filter(valid).map(|i| v[i]), limit)
+            }
+            PendingValues::Date(v) => more_distinct_than((0..n).filter(valid).map(|i| v[i]), limit),
+            // Parquet writes booleans bit-packed, never with a dictionary.
+            PendingValues::Bool(_) => false,
+        }
+    }
+
     /// Drops every value after the first `len`.
     fn truncate(&mut self, len: usize) {
         match &mut self.values {
@@ -594,6 +666,23 @@ impl PendingColumn {
         };
         values + self.nulls.allocated_size()
     }
+}
+
+/// Whether `values` holds more than `limit` distinct values.
+fn more_distinct_than<T: std::hash::Hash + Eq>(
+    values: impl Iterator<Item = T>,
+    limit: usize,
+) -> bool {
+    let mut seen = std::collections::HashSet::with_capacity_and_hasher(
+        limit + 1,
+        foldhash::fast::RandomState::default(),
+    );
+    for v in values {
+        if seen.insert(v) && seen.len() > limit {
+            return true;
+        }
+    }
+    false
 }
 
 /// Appends cell `i` of every row to a fixed-width column; `value` gives the
@@ -691,7 +780,11 @@ impl ParquetSink {
     /// Bytes held for the row group in progress: the writer's encoded and
     /// buffered pages and dictionaries, and the rows not yet handed to it.
     pub fn buffered_bytes(&self) -> usize {
-        self.writer.as_ref().map_or(0, |w| w.memory_size()) + self.pending.bytes()
+        let writer = match &self.writer {
+            Some(Writer::Writing(w)) => w.memory_size(),
+            _ => 0,
+        };
+        writer + self.pending.bytes()
     }
 }
 
@@ -731,11 +824,17 @@ impl Sink for ParquetSink {
                 "finish after abort (a bug in the caller)",
             ));
         }
-        if let Err(e) = self.write_pending() {
+        // A run with no rows still gets a file (schema, no row groups).
+        if let Err(e) = self
+            .write_pending()
+            .and_then(|()| self.started().map(|_| ()))
+        {
             self.discard();
             return Err(e);
         }
-        let writer = self.writer.take().expect("checked above");
+        let Some(Writer::Writing(writer)) = self.writer.take() else {
+            unreachable!("started above")
+        };
         let result = writer
             .into_inner()
             .map_err(|e| self.parquet_error("cannot finish", e))
@@ -777,7 +876,6 @@ impl Drop for ParquetSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ::parquet::schema::types::ColumnPath;
 
     fn expense_like_schema() -> Arc<Schema> {
         let col = |name: &str, ty| Column {
@@ -1130,5 +1228,74 @@ mod tests {
             left.is_empty(),
             "nothing at the final path either: {left:?}"
         );
+    }
+
+    #[test]
+    fn mostly_distinct_columns_are_written_without_a_dictionary() {
+        use ::parquet::file::reader::FileReader;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.parquet");
+        let config = ParquetSinkConfig::new(path.display().to_string());
+        let mut sink = Box::new(
+            ParquetSink::create(&config, &path, &context(dir.path()), expense_like_schema())
+                .unwrap(),
+        );
+        let mut rows = Vec::new();
+        for page in 0..20 {
+            let mut b = batch(page * 200, 200);
+            // `purpose` repeats five values; `id`, `amount`, `spent_at` and `count` never repeat.
+            for (i, row) in b.rows.iter_mut().enumerate() {
+                row.cells[1] = Cell::Str(format!("purpose {}", i % 5).into());
+            }
+            sink.write(&b).unwrap();
+            rows.extend(b.rows);
+        }
+        let out = sink.finish().unwrap();
+        let staged = out.staged.as_ref().unwrap();
+        let reader = ::parquet::file::reader::SerializedFileReader::new(
+            File::open(&staged.temp_path).unwrap(),
+        )
+        .unwrap();
+        let group = reader.metadata().row_group(0);
+        let with_dictionary: Vec<_> = group
+            .columns()
+            .iter()
+            .filter(|c| c.dictionary_page_offset().is_some())
+            .map(|c| c.column_path().string())
+            .collect();
+        assert_eq!(with_dictionary, ["purpose"]);
+        // Statistics stay: row-group min/max of a column without a dictionary.
+        let id = group.column(0).statistics().unwrap();
+        assert_eq!(id.min_bytes_opt().unwrap(), b"tx000000000000");
+        assert_eq!(id.max_bytes_opt().unwrap(), b"tx000000003999");
+        assert_eq!(read_back(&staged.temp_path), rows);
+        staged.discard();
+    }
+
+    #[test]
+    fn a_small_file_keeps_dictionaries() {
+        use ::parquet::file::reader::FileReader;
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = all_types_sink(dir.path());
+        sink.write(&Batch {
+            rows: (0..DICTIONARY_SAMPLE - 1).map(all_types_row).collect(),
+        })
+        .unwrap();
+        let out = sink.finish().unwrap();
+        let staged = out.staged.as_ref().unwrap();
+        let reader = ::parquet::file::reader::SerializedFileReader::new(
+            File::open(&staged.temp_path).unwrap(),
+        )
+        .unwrap();
+        let group = reader.metadata().row_group(0);
+        // Too few values to judge: every column but the boolean one has its dictionary.
+        let without: Vec<_> = group
+            .columns()
+            .iter()
+            .filter(|c| c.dictionary_page_offset().is_none())
+            .map(|c| c.column_path().string())
+            .collect();
+        assert_eq!(without, ["flag"]);
+        staged.discard();
     }
 }
