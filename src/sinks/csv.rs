@@ -398,6 +398,11 @@ struct RecordWriter {
     quoting: ::csv_core::Writer,
     delimiter: u8,
     terminator: &'static [u8],
+    /// `quote_style = "necessary"`: a record is written whole and checked in
+    /// one pass ([`RecordWriter::end_plain_record`]) instead of field by field.
+    by_record: bool,
+    /// Where each field of the record being written starts, from the record's start.
+    starts: Vec<usize>,
 }
 
 impl std::fmt::Debug for RecordWriter {
@@ -430,7 +435,31 @@ impl RecordWriter {
                 .build(),
             delimiter,
             terminator,
+            by_record: config.quote_style == QuoteStyle::Necessary,
+            starts: Vec::new(),
         }
+    }
+
+    /// Ends a record written with no quoting (fields from `starts`): if a field
+    /// holds the delimiter, a quote, CR or LF after all, the record is written
+    /// again field by field, quoting what needs it. Nearly every record holds
+    /// none, and one pass over it is far cheaper than one per field.
+    fn end_plain_record(&mut self, record: usize) -> io::Result<()> {
+        let fields = self.starts.len();
+        let (delimiters, others) = special_bytes(&self.buf[record..], self.delimiter);
+        if others || delimiters + 1 != fields.max(1) {
+            let raw = self.buf.split_off(record);
+            let starts = std::mem::take(&mut self.starts);
+            for (i, &from) in starts.iter().enumerate() {
+                // The next field starts after the delimiter that ends this one.
+                let to = starts.get(i + 1).map_or(raw.len(), |next| next - 1);
+                let field = self.start_field(i);
+                self.buf.extend_from_slice(&raw[from..to]);
+                self.end_field(field);
+            }
+            self.starts = starts;
+        }
+        self.end_record(record)
     }
 
     /// Writes the delimiter before field `i` (not the first) and returns where the field's text starts.
@@ -483,6 +512,57 @@ impl RecordWriter {
         self.out.write_all(&self.buf)?;
         self.buf.clear();
         Ok(self.out)
+    }
+}
+
+/// How many `delimiter` bytes `text` holds, and whether it holds a quote, CR or LF.
+fn special_bytes(text: &[u8], delimiter: u8) -> (usize, bool) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut blocks = text.chunks_exact(16);
+        let (mut delimiters, mut others) = (0, 0);
+        for block in &mut blocks {
+            let (d, o) = special_bytes16(block, delimiter);
+            delimiters += d.count_ones() as usize;
+            others |= o;
+        }
+        let (d, o) = special_bytes_scalar(blocks.remainder(), delimiter);
+        (delimiters + d, others != 0 || o)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    special_bytes_scalar(text, delimiter)
+}
+
+/// [`special_bytes`] a byte at a time.
+fn special_bytes_scalar(text: &[u8], delimiter: u8) -> (usize, bool) {
+    let delimiters = text.iter().filter(|&&b| b == delimiter).count();
+    (
+        delimiters,
+        text.iter().any(|&b| matches!(b, b'"' | b'\r' | b'\n')),
+    )
+}
+
+/// Bit masks of one 16-byte block (bit n for byte n): its delimiters, and its quotes, CRs and LFs.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn special_bytes16(block: &[u8], delimiter: u8) -> (u32, u32) {
+    use std::arch::x86_64::{
+        _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+    };
+    assert!(block.len() >= 16);
+    // SAFETY: SSE2 is part of the x86-64 baseline, so these intrinsics exist
+    // on every CPU this target runs on; `block` has sixteen readable bytes
+    // (checked above), and the unaligned load needs no alignment.
+    unsafe {
+        let x = _mm_loadu_si128(block.as_ptr().cast());
+        let delimiters = _mm_cmpeq_epi8(x, _mm_set1_epi8(delimiter as i8));
+        let quote = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'"' as i8));
+        let cr = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'\r' as i8));
+        let lf = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'\n' as i8));
+        (
+            _mm_movemask_epi8(delimiters) as u32,
+            _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, cr), lf)) as u32,
+        )
     }
 }
 
@@ -628,8 +708,13 @@ impl Sink for CsvSink {
             };
             // Cells are formatted straight into the record buffer; no string per cell.
             let record = w.buf.len();
+            let by_record = w.by_record;
+            w.starts.clear();
             for (i, (cell, column)) in row.cells.iter().zip(columns).enumerate() {
                 let field = w.start_field(i);
+                if by_record {
+                    w.starts.push(field - record);
+                }
                 let buf = &mut w.buf;
                 match (cell, column.ty) {
                     (Cell::Null, _) => buf.extend_from_slice(config.null_text.as_bytes()),
@@ -667,9 +752,16 @@ impl Sink for CsvSink {
                     }
                     _ => push_cell_bytes(buf, cell),
                 }
-                w.end_field(field);
+                if !by_record {
+                    w.end_field(field);
+                }
             }
-            if let Err(e) = w.end_record(record) {
+            let ended = if by_record {
+                w.end_plain_record(record)
+            } else {
+                w.end_record(record)
+            };
+            if let Err(e) = ended {
                 return Err(self.io_error("cannot write", &e));
             }
             if self.config.manifest {
