@@ -403,6 +403,8 @@ struct RecordWriter {
     by_record: bool,
     /// Where each field of the record being written starts, from the record's start.
     starts: Vec<usize>,
+    /// Fields of the record being ended that need quotes (scratch space).
+    to_quote: Vec<usize>,
 }
 
 impl std::fmt::Debug for RecordWriter {
@@ -437,27 +439,41 @@ impl RecordWriter {
             terminator,
             by_record: config.quote_style == QuoteStyle::Necessary,
             starts: Vec::new(),
+            to_quote: Vec::new(),
         }
     }
 
-    /// Ends a record written with no quoting (fields from `starts`): if a field
-    /// holds the delimiter, a quote, CR or LF after all, the record is written
-    /// again field by field, quoting what needs it. Nearly every record holds
-    /// none, and one pass over it is far cheaper than one per field.
+    /// Ends a record written with no quoting (fields from `starts`), then
+    /// quotes the fields that hold the delimiter, a quote, CR or LF. Most
+    /// records hold none, and one pass over the record tells, far cheaper
+    /// than a pass per field; otherwise the special bytes' positions name
+    /// the fields to quote.
     fn end_plain_record(&mut self, record: usize) -> io::Result<()> {
         let fields = self.starts.len();
         let (delimiters, others) = special_bytes(&self.buf[record..], self.delimiter);
         if others || delimiters + 1 != fields.max(1) {
-            let raw = self.buf.split_off(record);
-            let starts = std::mem::take(&mut self.starts);
-            for (i, &from) in starts.iter().enumerate() {
-                // The next field starts after the delimiter that ends this one.
-                let to = starts.get(i + 1).map_or(raw.len(), |next| next - 1);
-                let field = self.start_field(i);
-                self.buf.extend_from_slice(&raw[from..to]);
-                self.end_field(field);
+            let (buf, starts, to_quote) = (&self.buf, &self.starts, &mut self.to_quote);
+            to_quote.clear();
+            let mut field = 0;
+            special_positions(&buf[record..], self.delimiter, |at| {
+                while field + 1 < fields && starts[field + 1] <= at {
+                    field += 1;
+                }
+                // The delimiter written between this field and the next is no reason to quote.
+                let separator = field + 1 < fields && starts[field + 1] == at + 1;
+                if !separator && to_quote.last() != Some(&field) {
+                    to_quote.push(field);
+                }
+            });
+            // From the back, so that quoting a field moves none still to quote.
+            for k in (0..self.to_quote.len()).rev() {
+                let field = self.to_quote[k];
+                let end = self
+                    .starts
+                    .get(field + 1)
+                    .map_or(self.buf.len(), |next| record + next - 1);
+                self.quote(record + self.starts[field], end);
             }
-            self.starts = starts;
         }
         self.end_record(record)
     }
@@ -472,14 +488,20 @@ impl RecordWriter {
 
     /// Quotes the text from `start` if the quote style asks for it, doubling its quotes.
     fn end_field(&mut self, start: usize) {
-        if !self.quoting.should_quote(&self.buf[start..]) {
-            return;
+        if self.quoting.should_quote(&self.buf[start..]) {
+            self.quote(start, self.buf.len());
         }
-        let end = self.buf.len();
-        let quotes = self.buf[start..].iter().filter(|&&b| b == b'"').count();
-        self.buf.resize(end + quotes + 2, 0);
+    }
+
+    /// Quotes the field at `start..end` in place, doubling its quotes; what follows it moves right.
+    fn quote(&mut self, start: usize, end: usize) {
+        let len = self.buf.len();
+        let quotes = self.buf[start..end].iter().filter(|&&b| b == b'"').count();
+        let grow = quotes + 2;
+        self.buf.resize(len + grow, 0);
+        self.buf.copy_within(end..len, end + grow);
         // Moved right from the back so the text is shifted in place.
-        let mut to = self.buf.len() - 1;
+        let mut to = end + grow - 1;
         self.buf[to] = b'"';
         for from in (start..end).rev() {
             let b = self.buf[from];
@@ -531,6 +553,36 @@ fn special_bytes(text: &[u8], delimiter: u8) -> (usize, bool) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     special_bytes_scalar(text, delimiter)
+}
+
+/// Calls `found` with the position of every delimiter, quote, CR and LF in `text`, in order.
+fn special_positions(text: &[u8], delimiter: u8, mut found: impl FnMut(usize)) {
+    let special = |b: u8| b == delimiter || matches!(b, b'"' | b'\r' | b'\n');
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut blocks = text.chunks_exact(16);
+        let mut at = 0;
+        for block in &mut blocks {
+            let (d, o) = special_bytes16(block, delimiter);
+            let mut mask = d | o;
+            while mask != 0 {
+                found(at + mask.trailing_zeros() as usize);
+                mask &= mask - 1;
+            }
+            at += 16;
+        }
+        for (i, &b) in blocks.remainder().iter().enumerate() {
+            if special(b) {
+                found(at + i);
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    for (i, &b) in text.iter().enumerate() {
+        if special(b) {
+            found(i);
+        }
+    }
 }
 
 /// [`special_bytes`] a byte at a time.
