@@ -398,6 +398,13 @@ struct RecordWriter {
     quoting: ::csv_core::Writer,
     delimiter: u8,
     terminator: &'static [u8],
+    /// `quote_style = "necessary"`: a record is written whole and checked in
+    /// one pass ([`RecordWriter::end_plain_record`]) instead of field by field.
+    by_record: bool,
+    /// Where each field of the record being written starts, from the record's start.
+    starts: Vec<usize>,
+    /// Fields of the record being ended that need quotes (scratch space).
+    to_quote: Vec<usize>,
 }
 
 impl std::fmt::Debug for RecordWriter {
@@ -430,7 +437,45 @@ impl RecordWriter {
                 .build(),
             delimiter,
             terminator,
+            by_record: config.quote_style == QuoteStyle::Necessary,
+            starts: Vec::new(),
+            to_quote: Vec::new(),
         }
+    }
+
+    /// Ends a record written with no quoting (fields from `starts`), then
+    /// quotes the fields that hold the delimiter, a quote, CR or LF. Most
+    /// records hold none, and one pass over the record tells, far cheaper
+    /// than a pass per field; otherwise the special bytes' positions name
+    /// the fields to quote.
+    fn end_plain_record(&mut self, record: usize) -> io::Result<()> {
+        let fields = self.starts.len();
+        let (delimiters, others) = special_bytes(&self.buf[record..], self.delimiter);
+        if others || delimiters + 1 != fields.max(1) {
+            let (buf, starts, to_quote) = (&self.buf, &self.starts, &mut self.to_quote);
+            to_quote.clear();
+            let mut field = 0;
+            special_positions(&buf[record..], self.delimiter, |at| {
+                while field + 1 < fields && starts[field + 1] <= at {
+                    field += 1;
+                }
+                // The delimiter written between this field and the next is no reason to quote.
+                let separator = field + 1 < fields && starts[field + 1] == at + 1;
+                if !separator && to_quote.last() != Some(&field) {
+                    to_quote.push(field);
+                }
+            });
+            // From the back, so that quoting a field moves none still to quote.
+            for k in (0..self.to_quote.len()).rev() {
+                let field = self.to_quote[k];
+                let end = self
+                    .starts
+                    .get(field + 1)
+                    .map_or(self.buf.len(), |next| record + next - 1);
+                self.quote(record + self.starts[field], end);
+            }
+        }
+        self.end_record(record)
     }
 
     /// Writes the delimiter before field `i` (not the first) and returns where the field's text starts.
@@ -443,14 +488,20 @@ impl RecordWriter {
 
     /// Quotes the text from `start` if the quote style asks for it, doubling its quotes.
     fn end_field(&mut self, start: usize) {
-        if !self.quoting.should_quote(&self.buf[start..]) {
-            return;
+        if self.quoting.should_quote(&self.buf[start..]) {
+            self.quote(start, self.buf.len());
         }
-        let end = self.buf.len();
-        let quotes = self.buf[start..].iter().filter(|&&b| b == b'"').count();
-        self.buf.resize(end + quotes + 2, 0);
+    }
+
+    /// Quotes the field at `start..end` in place, doubling its quotes; what follows it moves right.
+    fn quote(&mut self, start: usize, end: usize) {
+        let len = self.buf.len();
+        let quotes = self.buf[start..end].iter().filter(|&&b| b == b'"').count();
+        let grow = quotes + 2;
+        self.buf.resize(len + grow, 0);
+        self.buf.copy_within(end..len, end + grow);
         // Moved right from the back so the text is shifted in place.
-        let mut to = self.buf.len() - 1;
+        let mut to = end + grow - 1;
         self.buf[to] = b'"';
         for from in (start..end).rev() {
             let b = self.buf[from];
@@ -483,6 +534,87 @@ impl RecordWriter {
         self.out.write_all(&self.buf)?;
         self.buf.clear();
         Ok(self.out)
+    }
+}
+
+/// How many `delimiter` bytes `text` holds, and whether it holds a quote, CR or LF.
+fn special_bytes(text: &[u8], delimiter: u8) -> (usize, bool) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut blocks = text.chunks_exact(16);
+        let (mut delimiters, mut others) = (0, 0);
+        for block in &mut blocks {
+            let (d, o) = special_bytes16(block, delimiter);
+            delimiters += d.count_ones() as usize;
+            others |= o;
+        }
+        let (d, o) = special_bytes_scalar(blocks.remainder(), delimiter);
+        (delimiters + d, others != 0 || o)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    special_bytes_scalar(text, delimiter)
+}
+
+/// Calls `found` with the position of every delimiter, quote, CR and LF in `text`, in order.
+fn special_positions(text: &[u8], delimiter: u8, mut found: impl FnMut(usize)) {
+    let special = |b: u8| b == delimiter || matches!(b, b'"' | b'\r' | b'\n');
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut blocks = text.chunks_exact(16);
+        let mut at = 0;
+        for block in &mut blocks {
+            let (d, o) = special_bytes16(block, delimiter);
+            let mut mask = d | o;
+            while mask != 0 {
+                found(at + mask.trailing_zeros() as usize);
+                mask &= mask - 1;
+            }
+            at += 16;
+        }
+        for (i, &b) in blocks.remainder().iter().enumerate() {
+            if special(b) {
+                found(at + i);
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    for (i, &b) in text.iter().enumerate() {
+        if special(b) {
+            found(i);
+        }
+    }
+}
+
+/// [`special_bytes`] a byte at a time.
+fn special_bytes_scalar(text: &[u8], delimiter: u8) -> (usize, bool) {
+    let delimiters = text.iter().filter(|&&b| b == delimiter).count();
+    (
+        delimiters,
+        text.iter().any(|&b| matches!(b, b'"' | b'\r' | b'\n')),
+    )
+}
+
+/// Bit masks of one 16-byte block (bit n for byte n): its delimiters, and its quotes, CRs and LFs.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn special_bytes16(block: &[u8], delimiter: u8) -> (u32, u32) {
+    use std::arch::x86_64::{
+        _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+    };
+    assert!(block.len() >= 16);
+    // SAFETY: SSE2 is part of the x86-64 baseline, so these intrinsics exist
+    // on every CPU this target runs on; `block` has sixteen readable bytes
+    // (checked above), and the unaligned load needs no alignment.
+    unsafe {
+        let x = _mm_loadu_si128(block.as_ptr().cast());
+        let delimiters = _mm_cmpeq_epi8(x, _mm_set1_epi8(delimiter as i8));
+        let quote = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'"' as i8));
+        let cr = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'\r' as i8));
+        let lf = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'\n' as i8));
+        (
+            _mm_movemask_epi8(delimiters) as u32,
+            _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, cr), lf)) as u32,
+        )
     }
 }
 
@@ -620,6 +752,7 @@ impl Sink for CsvSink {
                 ));
             }
             let config = &self.config;
+            let null_text = config.null_text.as_bytes();
             let Some(w) = self.writer.as_mut() else {
                 return Err(SinkError::new(
                     &self.label,
@@ -628,14 +761,32 @@ impl Sink for CsvSink {
             };
             // Cells are formatted straight into the record buffer; no string per cell.
             let record = w.buf.len();
+            let by_record = w.by_record;
+            w.starts.clear();
             for (i, (cell, column)) in row.cells.iter().zip(columns).enumerate() {
                 let field = w.start_field(i);
+                if by_record {
+                    w.starts.push(field - record);
+                }
                 let buf = &mut w.buf;
-                match (cell, column.ty) {
-                    (Cell::Null, _) => buf.extend_from_slice(config.null_text.as_bytes()),
+                // Matched on the cell first: text and nulls, most cells, are decided in one step.
+                match cell {
+                    Cell::Str(s) => {
+                        if protect && s.starts_with(FORMULA_STARTS) {
+                            buf.push(b'\'');
+                        }
+                        buf.extend_from_slice(s.as_bytes());
+                    }
+                    Cell::Null => {
+                        if !null_text.is_empty() {
+                            buf.extend_from_slice(null_text);
+                        }
+                    }
                     // Printed at the column's scale so every value in the column lines up (`5` → `5.00`),
                     // except that a `scale = "currency"` cell keeps its currency's fewer digits (JPY `1200`).
-                    (Cell::Decimal(d), ColumnType::Decimal { precision, scale }) => {
+                    Cell::Decimal(d)
+                        if let ColumnType::Decimal { precision, scale } = column.ty =>
+                    {
                         let fitted = if d.scale() <= u32::from(scale) {
                             // Fewer digits stay as they are; only whether they fit is checked.
                             column_mantissa(d, precision, scale).map(|_| *d)
@@ -653,23 +804,24 @@ impl Sink for CsvSink {
                             }
                         }
                     }
-                    (Cell::Date(d), _) if config.date_format.is_some() => {
-                        let f = config.date_format.as_deref().unwrap_or_default();
+                    Cell::Date(d) if let Some(f) = &config.date_format => {
                         write!(buf, "{}", d.format(f)).expect("format checked at validation");
                     }
-                    (Cell::Timestamp(t), _) if config.timestamp_format.is_some() => {
-                        let f = config.timestamp_format.as_deref().unwrap_or_default();
+                    Cell::Timestamp(t) if let Some(f) = &config.timestamp_format => {
                         write!(buf, "{}", t.format(f)).expect("format checked at validation");
-                    }
-                    (Cell::Str(s), _) if protect && s.starts_with(FORMULA_STARTS) => {
-                        buf.push(b'\'');
-                        buf.extend_from_slice(s.as_bytes());
                     }
                     _ => push_cell_bytes(buf, cell),
                 }
-                w.end_field(field);
+                if !by_record {
+                    w.end_field(field);
+                }
             }
-            if let Err(e) = w.end_record(record) {
+            let ended = if by_record {
+                w.end_plain_record(record)
+            } else {
+                w.end_record(record)
+            };
+            if let Err(e) = ended {
                 return Err(self.io_error("cannot write", &e));
             }
             if self.config.manifest {

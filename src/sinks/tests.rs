@@ -419,7 +419,7 @@ fn csv_sink_bytes(config: &CsvSinkConfig, schema: Schema, rows: Vec<crate::row::
 fn text_strategy() -> impl proptest::strategy::Strategy<Value = String> {
     use proptest::prelude::*;
     prop_oneof![
-        proptest::string::string_regex("[a,;\"\r\n\t '=+@é.0-9eE-]{0,12}").unwrap(),
+        proptest::string::string_regex("[a,;\"\r\n\t '=+@é.0-9eE:T|-]{0,40}").unwrap(),
         proptest::sample::select(vec![
             "",
             "1",
@@ -439,13 +439,14 @@ fn text_strategy() -> impl proptest::strategy::Strategy<Value = String> {
 }
 
 proptest::proptest! {
-    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
     #[test]
     fn csv_sink_writes_the_bytes_the_csv_crate_writes(
         texts in proptest::collection::vec(proptest::option::of(text_strategy()), 1..40),
         style in 0usize..3,
         lf: bool,
-        delimiter in proptest::sample::select(vec![',', ';', '\t', '|']),
+        // Also bytes that numbers, dates and timestamps are written with.
+        delimiter in proptest::sample::select(vec![',', ';', '\t', '|', '-', ':', 'T', '0', 'e']),
         null_text in proptest::sample::select(vec!["", "NULL", "a;b"]),
         one_column: bool,
     ) {
