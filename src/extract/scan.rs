@@ -21,9 +21,9 @@ const MAX_DEPTH: usize = 120;
 
 /// `HEAD_MASK[n]` keeps the first `n` bytes of a little-endian `u128` (a
 /// table: a variable 128-bit shift costs a dozen instructions).
-const HEAD_MASK: [u128; 16] = {
-    let mut masks = [0u128; 16];
-    let mut n = 1;
+const HEAD_MASK: [u128; 17] = {
+    let mut masks = [u128::MAX; 17];
+    let mut n = 0;
     while n < 16 {
         masks[n] = (1u128 << (8 * n)) - 1;
         n += 1;
@@ -31,10 +31,17 @@ const HEAD_MASK: [u128; 16] = {
     masks
 };
 
+/// Keys up to this long are predicted with their quotes and the `:` after
+/// them in one 16-byte comparison.
+const SHORT_KEY: usize = 13;
+
 /// Why the fast path gave up; the serde path takes over.
 struct Bail;
 
 type R<T> = Result<T, Bail>;
+
+/// What a key resolves to: the kept key and what to keep of its value, the capture below it.
+type Resolved<'f> = (Option<(&'f String, &'f Need)>, Option<&'f Capture>);
 
 /// What [`page`] reads: `count`, the records, and their captured values.
 type PageParts = (Option<Value>, Option<Vec<Record>>, Option<ColumnTable>);
@@ -78,6 +85,9 @@ struct Seen<'f> {
     /// The key's first sixteen bytes (zeros after its end): most keys are
     /// shorter, and compare in one step.
     head: u128,
+    /// A short key as compact JSON has it before its value, `"key":`
+    /// (zeros after), for [`Scanner::predicted`].
+    quoted: u128,
     /// The key's text in the page.
     start: u32,
     len: u32,
@@ -144,8 +154,8 @@ impl<'a, 'f> Scanner<'a, 'f> {
         seen: &mut Vec<Seen<'f>>,
         j: usize,
         key: Key,
-        look: impl FnOnce(&str) -> (Option<(&'f String, &'f Need)>, Option<&'f Capture>),
-    ) -> (Option<(&'f String, &'f Need)>, Option<&'f Capture>) {
+        look: impl FnOnce(&str) -> Resolved<'f>,
+    ) -> Resolved<'f> {
         if let Some(s) = seen.get(j)
             && s.head == key.head
             && s.len as usize == key.len
@@ -157,8 +167,14 @@ impl<'a, 'f> Scanner<'a, 'f> {
         // ASCII quote, so they are char boundaries within it.
         let text = unsafe { self.text.get_unchecked(key.start..key.start + key.len) };
         let (keep, below) = look(text);
+        let quoted = if key.len <= SHORT_KEY {
+            Self::quoted(key.head, key.len)
+        } else {
+            0
+        };
         let entry = Seen {
             head: key.head,
+            quoted,
             start: key.start as u32,
             len: key.len as u32,
             keep,
@@ -170,6 +186,72 @@ impl<'a, 'f> Scanner<'a, 'f> {
             seen.push(entry);
         }
         (keep, below)
+    }
+
+    /// The key at the cursor and what it resolves to, when it is the key the
+    /// previous record had at this place (`seen`): read by comparing bytes,
+    /// not scanned. That key was read and checked then (no escape, control
+    /// character or quote inside, not the private number key), so the same
+    /// bytes between quotes are a key as valid. The cursor is left on the value.
+    #[inline(always)]
+    fn predicted(&mut self, seen: Option<&Seen<'f>>) -> Option<Resolved<'f>> {
+        let s = seen?;
+        self.known_key(s.quoted, s.start, s.len)
+            .then_some((s.keep, s.below))
+    }
+
+    /// Whether the bytes at the cursor are a key read before: `len` bytes
+    /// at `start` in the page, or for a short key `quoted` (`"key":`); if
+    /// so the cursor is moved past the key and its `:` to the value.
+    #[inline(always)]
+    fn known_key(&mut self, quoted: u128, start: u32, len: u32) -> bool {
+        let n = len as usize;
+        let at = self.i;
+        if n <= SHORT_KEY {
+            // `"key":` and whatever follows, compared up to the colon.
+            let Some(block) = self.b.get(at..at + 16) else {
+                return false;
+            };
+            let x = u128::from_le_bytes(block.try_into().expect("16 bytes"));
+            if x & HEAD_MASK[n + 3] != quoted {
+                return false;
+            }
+            self.i = at + n + 3;
+            self.ws();
+            true
+        } else {
+            // (A never-matching entry has `len` u32::MAX: no such slice.)
+            let Some(text) = self.b.get(at..at + n + 2) else {
+                return false;
+            };
+            if text[0] != b'"' || text[n + 1] != b'"' || !self.same_bytes(at + 1, start as usize, n)
+            {
+                return false;
+            }
+            self.i = at + n + 2;
+            self.colon().is_ok()
+        }
+    }
+
+    /// `"key":` of a key of at most [`SHORT_KEY`] bytes whose first bytes are `head` (zeros after).
+    fn quoted(head: u128, len: usize) -> u128 {
+        u128::from(b'"')
+            | head << 8
+            | u128::from(b'"') << (8 * (len + 1))
+            | u128::from(b':') << (8 * (len + 2))
+    }
+
+    /// Whether the `n` bytes (at least eight, within the page) at `a` and `b` are equal.
+    #[inline(always)]
+    fn same_bytes(&self, a: usize, b: usize, n: usize) -> bool {
+        let w8 = |at: usize| u64::from_le_bytes(self.b[at..at + 8].try_into().expect("8 bytes"));
+        let w16 =
+            |at: usize| u128::from_le_bytes(self.b[at..at + 16].try_into().expect("16 bytes"));
+        match n {
+            8..16 => w8(a) == w8(b) && w8(a + n - 8) == w8(b + n - 8),
+            16..=32 => w16(a) == w16(b) && w16(a + n - 16) == w16(b + n - 16),
+            _ => self.b[a..a + n] == self.b[b..b + n],
+        }
     }
 
     /// Whether the `len` bytes at `a` and `b` (two keys of at least 16 bytes
@@ -250,14 +332,18 @@ impl<'a, 'f> Scanner<'a, 'f> {
         }
     }
 
-    /// After a member or element: `,` (then `false`) or the closing byte (then `true`).
+    /// After a member or element: `,` (then `false`, whitespace after it
+    /// left to the next key or value) or the closing byte (then `true`).
     #[inline(always)]
     fn after_member(&mut self, close: u8) -> R<bool> {
-        self.ws();
-        match self.peek() {
+        let mut next = self.peek();
+        if matches!(next, Some(c) if c <= b' ') {
+            self.ws_run();
+            next = self.peek();
+        }
+        match next {
             Some(b',') => {
                 self.i += 1;
-                self.ws();
                 Ok(false)
             }
             Some(c) if c == close => {
@@ -318,18 +404,24 @@ impl<'a, 'f> Scanner<'a, 'f> {
         // The memo is taken while the object is read (an error drops the scanner).
         let mut seen = std::mem::take(&mut self.shapes[shape].seen);
         let mut j = 0;
+        let mut met = 0;
         loop {
-            let key = self.key_head()?;
-            self.colon()?;
-            let (keep, below) = self.resolve(&mut seen, j, key, |key| {
-                (
-                    keys.get_key_value(key),
-                    capture.and_then(|c| c.children.get(key)),
-                )
-            });
+            let (keep, below) = match self.predicted(seen.get(j)) {
+                Some(known) => known,
+                None => {
+                    let key = self.key_head()?;
+                    self.colon()?;
+                    self.resolve(&mut seen, j, key, |key| {
+                        (
+                            keys.get_key_value(key),
+                            capture.and_then(|c| c.children.get(key)),
+                        )
+                    })
+                }
+            };
             j += 1;
             if let Some(c) = below {
-                self.uncapture(c);
+                self.uncapture(c, &mut met);
             }
             match (keep, below) {
                 (Some((k, need)), None) => {
@@ -400,15 +492,20 @@ impl<'a, 'f> Scanner<'a, 'f> {
         let shape = self.shape(None, Some(capture));
         let mut seen = std::mem::take(&mut self.shapes[shape].seen);
         let mut j = 0;
+        let mut met = 0;
         loop {
-            let key = self.key_head()?;
-            self.colon()?;
-            let (_, below) =
-                self.resolve(&mut seen, j, key, |key| (None, capture.children.get(key)));
+            let (_, below) = match self.predicted(seen.get(j)) {
+                Some(known) => known,
+                None => {
+                    let key = self.key_head()?;
+                    self.colon()?;
+                    self.resolve(&mut seen, j, key, |key| (None, capture.children.get(key)))
+                }
+            };
             j += 1;
             match below {
                 Some(c) => {
-                    self.uncapture(c);
+                    self.uncapture(c, &mut met);
                     self.capture(c, depth + 1)?;
                 }
                 None => self.skip(depth + 1)?,
@@ -432,9 +529,21 @@ impl<'a, 'f> Scanner<'a, 'f> {
         }
     }
 
-    /// Forgets what an earlier occurrence of the same key captured: the last one wins, as in the tree.
-    #[inline]
-    fn uncapture(&mut self, capture: &Capture) {
+    /// Forgets what an earlier occurrence of the same key in this object
+    /// captured: the last one wins, as in the tree. `met` marks the object's
+    /// captured keys read so far by their first slot (the keys of one object
+    /// capture disjoint slots, each slot being captured at one path); a key
+    /// met for the first time has nothing to forget, as its slots are still
+    /// empty.
+    #[inline(always)]
+    fn uncapture(&mut self, capture: &Capture, met: &mut u64) {
+        if let Some(&slot) = capture.below.first()
+            && slot < 64
+            && *met & 1 << slot == 0
+        {
+            *met |= 1 << slot;
+            return;
+        }
         if let Some(cols) = self.cols.as_mut() {
             for &slot in &capture.below {
                 cols.set(self.row, slot, Span::default());
@@ -478,9 +587,7 @@ impl<'a, 'f> Scanner<'a, 'f> {
     /// string scan after it when longer); any other goes through [`Self::key`].
     #[inline(always)]
     fn key_head(&mut self) -> R<Key> {
-        if self.peek() != Some(b'"') {
-            return Err(Bail);
-        }
+        self.at_quote()?;
         let start = self.i + 1;
         #[cfg(target_arch = "x86_64")]
         if let Some(block) = self.b.get(start..start + 16) {
@@ -528,9 +635,7 @@ impl<'a, 'f> Scanner<'a, 'f> {
     /// number key, which serde_json reads as a number) go to the serde path.
     #[inline(always)]
     fn key(&mut self) -> R<&'a str> {
-        if self.peek() != Some(b'"') {
-            return Err(Bail);
-        }
+        self.at_quote()?;
         let start = self.i + 1;
         if self.string()? {
             return Err(Bail);
@@ -611,6 +716,15 @@ impl<'a, 'f> Scanner<'a, 'f> {
                 Some(b't') => self.literal(b"true")?,
                 Some(b'f') => self.literal(b"false")?,
                 Some(b'-' | b'0'..=b'9') => self.number()?,
+                // Whitespace after a `,` in a list (`ws_run` stops at any other byte).
+                Some(c) if c <= b' ' && open > 0 => {
+                    let at = self.i;
+                    self.ws_run();
+                    if self.i == at {
+                        return Err(Bail);
+                    }
+                    continue;
+                }
                 _ => return Err(Bail),
             }
             // After a value: close the containers that end here, up to the next value.
@@ -618,23 +732,20 @@ impl<'a, 'f> Scanner<'a, 'f> {
                 if open == 0 {
                     return Ok(());
                 }
-                self.ws();
-                match self.peek() {
+                let mut next = self.peek();
+                if matches!(next, Some(c) if c <= b' ') {
+                    self.ws_run();
+                    next = self.peek();
+                }
+                match next {
                     Some(b',') => {
                         self.i += 1;
-                        self.ws();
                         if object {
                             self.skipped_key()?;
                         }
                         break;
                     }
-                    Some(b'}') if object => {
-                        self.i += 1;
-                        open -= 1;
-                        object = outer & 1 != 0;
-                        outer >>= 1;
-                    }
-                    Some(b']') if !object => {
+                    Some(c) if c == if object { b'}' } else { b']' } => {
                         self.i += 1;
                         open -= 1;
                         object = outer & 1 != 0;
@@ -646,12 +757,22 @@ impl<'a, 'f> Scanner<'a, 'f> {
         }
     }
 
+    /// Steps over whitespace (usually none) to the `"` opening a key.
+    #[inline(always)]
+    fn at_quote(&mut self) -> R<()> {
+        if self.peek() != Some(b'"') {
+            self.ws();
+            if self.peek() != Some(b'"') {
+                return Err(Bail);
+            }
+        }
+        Ok(())
+    }
+
     /// A skipped object's key and the `:` after it, the cursor left on the value.
     #[inline(always)]
     fn skipped_key(&mut self) -> R<()> {
-        if self.peek() != Some(b'"') {
-            return Err(Bail);
-        }
+        self.at_quote()?;
         self.string()?;
         self.colon()
     }
@@ -1294,16 +1415,61 @@ mod tests {
                 .enumerate()
                 .map(|(n, k)| format!(r#"{{"x":{n},"{k}":{n}}}"#))
                 .collect();
-            let body = format!(r#"{{"data":[{}]}}"#, records.join(","));
-            for wanted in &keys {
-                let want = [wanted.as_str(), "x"];
-                let fast = fast_records(&want, body.as_bytes());
-                assert!(fast.is_some(), "{body}");
-                assert_eq!(
-                    fast,
-                    serde_records(&want, body.as_bytes()),
-                    "{wanted:?} in {body}"
-                );
+            let compact = format!(r#"{{"data":[{}]}}"#, records.join(","));
+            let tree: Value = serde_json::from_str(&compact).unwrap();
+            // Compact, indented, and with spaces before the colons.
+            for body in [
+                compact.clone(),
+                serde_json::to_string_pretty(&tree).unwrap(),
+                compact.replace("\":", "\" :"),
+            ] {
+                for wanted in &keys {
+                    let want = [wanted.as_str(), "x"];
+                    let fast = fast_records(&want, body.as_bytes());
+                    assert!(fast.is_some(), "{body}");
+                    assert_eq!(
+                        fast,
+                        serde_records(&want, body.as_bytes()),
+                        "{wanted:?} in {body}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_captured_key_met_again_in_its_object_forgets_what_it_captured_the_first_time() {
+        let records = [
+            r#"{"e":{"user":{"email":"a"},"code":1},"e":{"code":2}}"#,
+            r#"{"e":{"code":1,"code":2},"am":1}"#,
+            r#"{"am":1,"e":{"user":{"email":"a"}},"am":2}"#,
+            r#"{"e":{"user":{"email":"a"},"user":null}}"#,
+            r#"{"e":{"user":{"email":"a"}},"x":{"code":3}}"#,
+            r#"{"e":{"user":{"email":"a","email":"b"},"code":1,"user":{"x":1}},"am":[1]}"#,
+        ];
+        let body = format!(r#"{{"data":[{}]}}"#, records.join(","));
+        let paths = ["e.code", "e.user.email", "am"];
+        // Slots below and past the 64 the repeat check marks in a bit set.
+        for base in [0, 61, 64, 100] {
+            let mut set = FieldSet::nothing();
+            for (n, p) in paths.iter().enumerate() {
+                assert!(set.capture_path(&FieldPath::parse(p).unwrap(), base + n));
+            }
+            let (_, _, cols) = page(&set, bytes::Bytes::from(body.clone())).expect("fast path");
+            let cols = cols.expect("captured");
+            for (i, text) in records.iter().enumerate() {
+                let record: Value = serde_json::from_str(text).unwrap();
+                for (n, p) in paths.iter().enumerate() {
+                    let span = cols.spans[i * cols.slots + base + n];
+                    let got = (span.end > span.start).then(|| {
+                        serde_json::from_slice::<Value>(
+                            &body.as_bytes()[span.start as usize..span.end as usize],
+                        )
+                        .unwrap()
+                    });
+                    let want = FieldPath::parse(p).unwrap().lookup(&record).cloned();
+                    assert_eq!(got, want, "{text}: {p} in slot {}", base + n);
+                }
             }
         }
     }
