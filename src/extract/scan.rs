@@ -32,8 +32,8 @@ const HEAD_MASK: [u128; 17] = {
 };
 
 /// Keys up to this long are predicted with their quotes and the `:` after
-/// them in one 16-byte comparison.
-const SHORT_KEY: usize = 13;
+/// them in one 32-byte comparison (two 16-byte words).
+const SHORT_KEY: usize = 29;
 
 /// Why the fast path gave up; the serde path takes over.
 struct Bail;
@@ -86,8 +86,8 @@ struct Seen<'f> {
     /// shorter, and compare in one step.
     head: u128,
     /// A short key as compact JSON has it before its value, `"key":`
-    /// (zeros after), for [`Scanner::predicted`].
-    quoted: u128,
+    /// (zeros after), as two 16-byte words for [`Scanner::predicted`].
+    quoted: (u128, u128),
     /// The key's text in the page.
     start: u32,
     len: u32,
@@ -167,11 +167,7 @@ impl<'a, 'f> Scanner<'a, 'f> {
         // ASCII quote, so they are char boundaries within it.
         let text = unsafe { self.text.get_unchecked(key.start..key.start + key.len) };
         let (keep, below) = look(text);
-        let quoted = if key.len <= SHORT_KEY {
-            Self::quoted(key.head, key.len)
-        } else {
-            0
-        };
+        let quoted = Self::quoted(text.as_bytes());
         let entry = Seen {
             head: key.head,
             quoted,
@@ -204,16 +200,26 @@ impl<'a, 'f> Scanner<'a, 'f> {
     /// at `start` in the page, or for a short key `quoted` (`"key":`); if
     /// so the cursor is moved past the key and its `:` to the value.
     #[inline(always)]
-    fn known_key(&mut self, quoted: u128, start: u32, len: u32) -> bool {
+    fn known_key(&mut self, quoted: (u128, u128), start: u32, len: u32) -> bool {
         let n = len as usize;
         let at = self.i;
         if n <= SHORT_KEY {
-            // `"key":` and whatever follows, compared up to the colon.
-            let Some(block) = self.b.get(at..at + 16) else {
-                return false;
+            // `"key":` and whatever follows, compared up to the colon: one
+            // word for most keys, two for the rest.
+            let word = |at: usize| {
+                self.b
+                    .get(at..at + 16)
+                    .map(|w| u128::from_le_bytes(w.try_into().expect("16 bytes")))
             };
-            let x = u128::from_le_bytes(block.try_into().expect("16 bytes"));
-            if x & HEAD_MASK[n + 3] != quoted {
+            let m = n + 3;
+            let same = if m <= 16 {
+                word(at).is_some_and(|lo| lo & HEAD_MASK[m] == quoted.0)
+            } else {
+                word(at + 16).is_some_and(|hi| {
+                    hi & HEAD_MASK[m - 16] == quoted.1 && word(at) == Some(quoted.0)
+                })
+            };
+            if !same {
                 return false;
             }
             self.i = at + n + 3;
@@ -233,12 +239,22 @@ impl<'a, 'f> Scanner<'a, 'f> {
         }
     }
 
-    /// `"key":` of a key of at most [`SHORT_KEY`] bytes whose first bytes are `head` (zeros after).
-    fn quoted(head: u128, len: usize) -> u128 {
-        u128::from(b'"')
-            | head << 8
-            | u128::from(b'"') << (8 * (len + 1))
-            | u128::from(b':') << (8 * (len + 2))
+    /// `"key":` (zeros after) as two 16-byte words, for a key of at most
+    /// [`SHORT_KEY`] bytes; zeros for a longer one (compared otherwise).
+    fn quoted(key: &[u8]) -> (u128, u128) {
+        let n = key.len();
+        if n > SHORT_KEY {
+            return (0, 0);
+        }
+        let mut quoted = [0u8; 32];
+        quoted[0] = b'"';
+        quoted[1..=n].copy_from_slice(key);
+        quoted[n + 1] = b'"';
+        quoted[n + 2] = b':';
+        let word = |k: usize| {
+            u128::from_le_bytes(quoted[16 * k..16 * k + 16].try_into().expect("16 bytes"))
+        };
+        (word(0), word(1))
     }
 
     /// Whether the `n` bytes (at least eight, within the page) at `a` and `b` are equal.
@@ -1497,7 +1513,7 @@ mod tests {
 
     #[test]
     fn a_page_cut_off_or_with_one_byte_changed_anywhere_is_read_as_serde_reads_it_or_left_to_it() {
-        let record = r#"{"id":"tx1","amount":12.30,"is_reimbursable_with_a_long_key_name":true,"employee":{"user":{"email":"a@b","full_name":"A \"B\""},"code":"E1","department":{"name":"Ops"}},"locations":[{"city":"Pune","lat":18.5},{}],"n":null}"#;
+        let record = r#"{"id":"tx1","amount":12.30,"is_reimbursable_with_a_long_key_name":true,"report_last_paid_at":null,"employee":{"user":{"email":"a@b","full_name":"A \"B\""},"code":"E1","department":{"name":"Ops"}},"locations":[{"city":"Pune","lat":18.5},{}],"n":null}"#;
         let body = format!(r#"{{"count":2,"offset":0,"data":[{record},{record}]}}"#);
         let keys = [
             "id",
@@ -1505,6 +1521,7 @@ mod tests {
             "employee",
             "n",
             "is_reimbursable_with_a_long_key_name",
+            "report_last_paid_at",
         ];
         assert_eq!(
             fast_records(&keys, body.as_bytes()),
