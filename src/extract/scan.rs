@@ -19,10 +19,29 @@ use crate::record::Record;
 /// Nesting deeper than serde_json's own limit goes to the serde path (which rejects it).
 const MAX_DEPTH: usize = 120;
 
+/// `HEAD_MASK[n]` keeps the first `n` bytes of a little-endian `u128` (a
+/// table: a variable 128-bit shift costs a dozen instructions).
+const HEAD_MASK: [u128; 17] = {
+    let mut masks = [u128::MAX; 17];
+    let mut n = 0;
+    while n < 16 {
+        masks[n] = (1u128 << (8 * n)) - 1;
+        n += 1;
+    }
+    masks
+};
+
+/// Keys up to this long are predicted with their quotes and the `:` after
+/// them in one 32-byte comparison (two 16-byte words).
+const SHORT_KEY: usize = 29;
+
 /// Why the fast path gave up; the serde path takes over.
 struct Bail;
 
 type R<T> = Result<T, Bail>;
+
+/// What a key resolves to: the kept key and what to keep of its value, the capture below it.
+type Resolved<'f> = (Option<(&'f String, &'f Need)>, Option<&'f Capture>);
 
 /// What [`page`] reads: `count`, the records, and their captured values.
 type PageParts = (Option<Value>, Option<Vec<Record>>, Option<ColumnTable>);
@@ -63,11 +82,25 @@ struct Shape<'f> {
 
 #[derive(Clone, Copy)]
 struct Seen<'f> {
+    /// The key's first sixteen bytes (zeros after its end): most keys are
+    /// shorter, and compare in one step.
+    head: u128,
+    /// A short key as compact JSON has it before its value, `"key":`
+    /// (zeros after), as two 16-byte words for [`Scanner::predicted`].
+    quoted: (u128, u128),
     /// The key's text in the page.
     start: u32,
     len: u32,
     keep: Option<(&'f String, &'f Need)>,
     below: Option<&'f Capture>,
+}
+
+/// An object key's place in the page and its first sixteen bytes (zeros after its end).
+#[derive(Clone, Copy)]
+struct Key {
+    start: usize,
+    len: usize,
+    head: u128,
 }
 
 struct Scanner<'a, 'f> {
@@ -112,31 +145,34 @@ impl<'a, 'f> Scanner<'a, 'f> {
         }
     }
 
-    /// What `key` (the `j`-th of an object of `shape`) resolves to: what the
-    /// previous record's `j`-th key resolved to when it is the same text, else `look()`.
-    #[inline]
+    /// What `key` (the `j`-th of an object whose memo is `seen`) resolves
+    /// to: what the previous record's `j`-th key resolved to when it is the
+    /// same text, else `look(key text)`.
+    #[inline(always)]
     fn resolve(
-        &mut self,
-        shape: usize,
+        &self,
+        seen: &mut Vec<Seen<'f>>,
         j: usize,
-        key: &str,
-        look: impl FnOnce() -> (Option<(&'f String, &'f Need)>, Option<&'f Capture>),
-    ) -> (Option<(&'f String, &'f Need)>, Option<&'f Capture>) {
-        let start = key.as_ptr() as usize - self.b.as_ptr() as usize;
-        let seen = &mut self.shapes[shape].seen;
+        key: Key,
+        look: impl FnOnce(&str) -> Resolved<'f>,
+    ) -> Resolved<'f> {
         if let Some(s) = seen.get(j)
-            && s.len as usize == key.len()
-            && same_text(
-                &self.b[s.start as usize..s.start as usize + key.len()],
-                key.as_bytes(),
-            )
+            && s.head == key.head
+            && s.len as usize == key.len
+            && (key.len <= 16 || self.same_tail(s.start as usize, key.start, key.len))
         {
             return (s.keep, s.below);
         }
-        let (keep, below) = look();
+        // SAFETY: `text` is UTF-8 and both ends of the key are next to an
+        // ASCII quote, so they are char boundaries within it.
+        let text = unsafe { self.text.get_unchecked(key.start..key.start + key.len) };
+        let (keep, below) = look(text);
+        let quoted = Self::quoted(text.as_bytes());
         let entry = Seen {
-            start: start as u32,
-            len: key.len() as u32,
+            head: key.head,
+            quoted,
+            start: key.start as u32,
+            len: key.len as u32,
             keep,
             below,
         };
@@ -146,6 +182,107 @@ impl<'a, 'f> Scanner<'a, 'f> {
             seen.push(entry);
         }
         (keep, below)
+    }
+
+    /// The key at the cursor and what it resolves to, when it is the key the
+    /// previous record had at this place (`seen`): read by comparing bytes,
+    /// not scanned. That key was read and checked then (no escape, control
+    /// character or quote inside, not the private number key), so the same
+    /// bytes between quotes are a key as valid. The cursor is left on the value.
+    #[inline(always)]
+    fn predicted(&mut self, seen: Option<&Seen<'f>>) -> Option<Resolved<'f>> {
+        let s = seen?;
+        self.known_key(s.quoted, s.start, s.len)
+            .then_some((s.keep, s.below))
+    }
+
+    /// Whether the bytes at the cursor are a key read before: `len` bytes
+    /// at `start` in the page, or for a short key `quoted` (`"key":`); if
+    /// so the cursor is moved past the key and its `:` to the value.
+    #[inline(always)]
+    fn known_key(&mut self, quoted: (u128, u128), start: u32, len: u32) -> bool {
+        let n = len as usize;
+        let at = self.i;
+        if n <= SHORT_KEY {
+            // `"key":` and whatever follows, compared up to the colon: one
+            // word for most keys, two for the rest.
+            let word = |at: usize| {
+                self.b
+                    .get(at..at + 16)
+                    .map(|w| u128::from_le_bytes(w.try_into().expect("16 bytes")))
+            };
+            let m = n + 3;
+            let same = if m <= 16 {
+                word(at).is_some_and(|lo| lo & HEAD_MASK[m] == quoted.0)
+            } else {
+                word(at + 16).is_some_and(|hi| {
+                    hi & HEAD_MASK[m - 16] == quoted.1 && word(at) == Some(quoted.0)
+                })
+            };
+            if !same {
+                return false;
+            }
+            self.i = at + n + 3;
+            self.ws();
+            true
+        } else {
+            // (A never-matching entry has `len` u32::MAX: no such slice.)
+            let Some(text) = self.b.get(at..at + n + 2) else {
+                return false;
+            };
+            if text[0] != b'"' || text[n + 1] != b'"' || !self.same_bytes(at + 1, start as usize, n)
+            {
+                return false;
+            }
+            self.i = at + n + 2;
+            self.colon().is_ok()
+        }
+    }
+
+    /// `"key":` (zeros after) as two 16-byte words, for a key of at most
+    /// [`SHORT_KEY`] bytes; zeros for a longer one (compared otherwise).
+    fn quoted(key: &[u8]) -> (u128, u128) {
+        let n = key.len();
+        if n > SHORT_KEY {
+            return (0, 0);
+        }
+        let mut quoted = [0u8; 32];
+        quoted[0] = b'"';
+        quoted[1..=n].copy_from_slice(key);
+        quoted[n + 1] = b'"';
+        quoted[n + 2] = b':';
+        let word = |k: usize| {
+            u128::from_le_bytes(quoted[16 * k..16 * k + 16].try_into().expect("16 bytes"))
+        };
+        (word(0), word(1))
+    }
+
+    /// Whether the `n` bytes (at least eight, within the page) at `a` and `b` are equal.
+    #[inline(always)]
+    fn same_bytes(&self, a: usize, b: usize, n: usize) -> bool {
+        let w8 = |at: usize| u64::from_le_bytes(self.b[at..at + 8].try_into().expect("8 bytes"));
+        let w16 =
+            |at: usize| u128::from_le_bytes(self.b[at..at + 16].try_into().expect("16 bytes"));
+        match n {
+            8..16 => w8(a) == w8(b) && w8(a + n - 8) == w8(b + n - 8),
+            16..=32 => w16(a) == w16(b) && w16(a + n - 16) == w16(b + n - 16),
+            _ => self.b[a..a + n] == self.b[b..b + n],
+        }
+    }
+
+    /// Whether the `len` bytes at `a` and `b` (two keys of at least 16 bytes
+    /// whose first 16 are equal) are equal: their last sixteen bytes settle
+    /// keys up to 32 bytes long.
+    #[inline]
+    fn same_tail(&self, a: usize, b: usize, len: usize) -> bool {
+        let last16 = |at: usize| {
+            u128::from_le_bytes(
+                self.b[at + len - 16..at + len]
+                    .try_into()
+                    .expect("16 bytes"),
+            )
+        };
+        last16(a) == last16(b) && (len <= 32 || self.b[a + 16..a + len] == self.b[b + 16..b + len])
     }
 
     fn page(
@@ -211,14 +348,18 @@ impl<'a, 'f> Scanner<'a, 'f> {
         }
     }
 
-    /// After a member or element: `,` (then `false`) or the closing byte (then `true`).
+    /// After a member or element: `,` (then `false`, whitespace after it
+    /// left to the next key or value) or the closing byte (then `true`).
     #[inline(always)]
     fn after_member(&mut self, close: u8) -> R<bool> {
-        self.ws();
-        match self.peek() {
+        let mut next = self.peek();
+        if matches!(next, Some(c) if c <= b' ') {
+            self.ws_run();
+            next = self.peek();
+        }
+        match next {
             Some(b',') => {
                 self.i += 1;
-                self.ws();
                 Ok(false)
             }
             Some(c) if c == close => {
@@ -276,18 +417,27 @@ impl<'a, 'f> Scanner<'a, 'f> {
             return Ok(Value::Object(out));
         }
         let shape = self.shape(Some(keys), capture);
+        // The memo is taken while the object is read (an error drops the scanner).
+        let mut seen = std::mem::take(&mut self.shapes[shape].seen);
         let mut j = 0;
+        let mut met = 0;
         loop {
-            let key = self.member_key()?;
-            let (keep, below) = self.resolve(shape, j, key, || {
-                (
-                    keys.get_key_value(key),
-                    capture.and_then(|c| c.children.get(key)),
-                )
-            });
+            let (keep, below) = match self.predicted(seen.get(j)) {
+                Some(known) => known,
+                None => {
+                    let key = self.key_head()?;
+                    self.colon()?;
+                    self.resolve(&mut seen, j, key, |key| {
+                        (
+                            keys.get_key_value(key),
+                            capture.and_then(|c| c.children.get(key)),
+                        )
+                    })
+                }
+            };
             j += 1;
             if let Some(c) = below {
-                self.uncapture(c);
+                self.uncapture(c, &mut met);
             }
             match (keep, below) {
                 (Some((k, need)), None) => {
@@ -302,6 +452,7 @@ impl<'a, 'f> Scanner<'a, 'f> {
                 (None, None) => self.skip(depth + 1)?,
             }
             if self.after_member(b'}')? {
+                self.shapes[shape].seen = seen;
                 return Ok(Value::Object(out));
             }
         }
@@ -355,19 +506,28 @@ impl<'a, 'f> Scanner<'a, 'f> {
             return Ok(());
         }
         let shape = self.shape(None, Some(capture));
+        let mut seen = std::mem::take(&mut self.shapes[shape].seen);
         let mut j = 0;
+        let mut met = 0;
         loop {
-            let key = self.member_key()?;
-            let (_, below) = self.resolve(shape, j, key, || (None, capture.children.get(key)));
+            let (_, below) = match self.predicted(seen.get(j)) {
+                Some(known) => known,
+                None => {
+                    let key = self.key_head()?;
+                    self.colon()?;
+                    self.resolve(&mut seen, j, key, |key| (None, capture.children.get(key)))
+                }
+            };
             j += 1;
             match below {
                 Some(c) => {
-                    self.uncapture(c);
+                    self.uncapture(c, &mut met);
                     self.capture(c, depth + 1)?;
                 }
                 None => self.skip(depth + 1)?,
             }
             if self.after_member(b'}')? {
+                self.shapes[shape].seen = seen;
                 return Ok(());
             }
         }
@@ -385,9 +545,21 @@ impl<'a, 'f> Scanner<'a, 'f> {
         }
     }
 
-    /// Forgets what an earlier occurrence of the same key captured: the last one wins, as in the tree.
-    #[inline]
-    fn uncapture(&mut self, capture: &Capture) {
+    /// Forgets what an earlier occurrence of the same key in this object
+    /// captured: the last one wins, as in the tree. `met` marks the object's
+    /// captured keys read so far by their first slot (the keys of one object
+    /// capture disjoint slots, each slot being captured at one path); a key
+    /// met for the first time has nothing to forget, as its slots are still
+    /// empty.
+    #[inline(always)]
+    fn uncapture(&mut self, capture: &Capture, met: &mut u64) {
+        if let Some(&slot) = capture.below.first()
+            && slot < 64
+            && *met & 1 << slot == 0
+        {
+            *met |= 1 << slot;
+            return;
+        }
         if let Some(cols) = self.cols.as_mut() {
             for &slot in &capture.below {
                 cols.set(self.row, slot, Span::default());
@@ -422,19 +594,64 @@ impl<'a, 'f> Scanner<'a, 'f> {
     #[inline(always)]
     fn member_key(&mut self) -> R<&'a str> {
         let key = self.key()?;
-        self.ws();
-        self.eat(b':')?;
-        self.ws();
+        self.colon()?;
         Ok(key)
+    }
+
+    /// An object key at the cursor, the cursor left after its closing quote.
+    /// A key without escapes is read from its first 16-byte block (and the
+    /// string scan after it when longer); any other goes through [`Self::key`].
+    #[inline(always)]
+    fn key_head(&mut self) -> R<Key> {
+        self.at_quote()?;
+        let start = self.i + 1;
+        #[cfg(target_arch = "x86_64")]
+        if let Some(block) = self.b.get(start..start + 16) {
+            let (specials, quotes) = specials16(block);
+            let bytes = u128::from_le_bytes(block.try_into().expect("16 bytes"));
+            if specials == 0 {
+                // Sixteen plain bytes: the rest as any string's, as if it
+                // started just before them (`string` reads from `i + 1`).
+                self.i = start + 15;
+                if self.string()? {
+                    return Err(Bail);
+                }
+                let len = self.i - 1 - start;
+                if len == NUMBER_TOKEN.len()
+                    && &self.b[start..start + len] == NUMBER_TOKEN.as_bytes()
+                {
+                    return Err(Bail);
+                }
+                return Ok(Key {
+                    start,
+                    len,
+                    head: bytes,
+                });
+            }
+            // The lowest special byte is the closing quote: no escape, no control character.
+            if specials & specials.wrapping_neg() & quotes != 0 {
+                let len = specials.trailing_zeros() as usize;
+                self.i = start + len + 1;
+                let head = bytes & HEAD_MASK[len & 15];
+                return Ok(Key { start, len, head });
+            }
+        }
+        let key = self.key()?;
+        let mut first = [0u8; 16];
+        let n = key.len().min(16);
+        first[..n].copy_from_slice(&key.as_bytes()[..n]);
+        Ok(Key {
+            start,
+            len: key.len(),
+            head: u128::from_le_bytes(first),
+        })
     }
 
     /// An object key without its quotes; keys with escapes (and the private
     /// number key, which serde_json reads as a number) go to the serde path.
     #[inline(always)]
     fn key(&mut self) -> R<&'a str> {
-        if self.peek() != Some(b'"') {
-            return Err(Bail);
-        }
+        self.at_quote()?;
         let start = self.i + 1;
         if self.string()? {
             return Err(Bail);
@@ -466,46 +683,127 @@ impl<'a, 'f> Scanner<'a, 'f> {
     #[inline(never)]
     fn skip_other(&mut self, depth: usize) -> R<()> {
         match self.peek() {
-            Some(b'{') => {
-                self.i += 1;
-                self.ws();
-                if self.peek() == Some(b'}') {
-                    self.i += 1;
-                    return Ok(());
-                }
-                loop {
-                    if self.peek() != Some(b'"') {
-                        return Err(Bail);
-                    }
-                    self.string()?;
-                    self.ws();
-                    self.eat(b':')?;
-                    self.ws();
-                    self.skip(depth + 1)?;
-                    if self.after_member(b'}')? {
-                        return Ok(());
-                    }
-                }
-            }
-            Some(b'[') => {
-                self.i += 1;
-                self.ws();
-                if self.peek() == Some(b']') {
-                    self.i += 1;
-                    return Ok(());
-                }
-                loop {
-                    self.skip(depth + 1)?;
-                    if self.after_member(b']')? {
-                        return Ok(());
-                    }
-                }
-            }
+            Some(b'{' | b'[') => self.skip_container(depth),
             Some(b't') => self.literal(b"true"),
             Some(b'f') => self.literal(b"false"),
             Some(b'-' | b'0'..=b'9') => self.number(),
             _ => Err(Bail),
         }
+    }
+
+    /// Steps over the object or array at the cursor (at `depth`) in one loop:
+    /// a big skipped container (an employee, a list of locations) costs a
+    /// call, not a call per nested value. Accepts exactly what the recursive
+    /// grammar (`skip` of every member) accepts, depth limit included.
+    fn skip_container(&mut self, depth: usize) -> R<()> {
+        // Whether the innermost open container is an object, and below it
+        // one bit per enclosing open container (innermost lowest). At most
+        // MAX_DEPTH + 1 levels are open (checked on opening), fewer than 128.
+        let mut object = false;
+        let mut outer: u128 = 0;
+        let mut open: usize = 0;
+        loop {
+            // On a value, whitespace before it stepped over.
+            match self.peek() {
+                Some(c @ (b'{' | b'[')) => {
+                    self.i += 1;
+                    self.ws();
+                    if self.peek() == Some(c + 2) {
+                        // `{}` or `[]` (`}` and `]` are two past `{` and `[`).
+                        self.i += 1;
+                    } else {
+                        // Its members are values one level deeper.
+                        if depth + open >= MAX_DEPTH {
+                            return Err(Bail);
+                        }
+                        outer = outer << 1 | u128::from(object);
+                        object = c == b'{';
+                        open += 1;
+                        if object {
+                            self.skipped_key()?;
+                        }
+                        continue;
+                    }
+                }
+                Some(b'"') => {
+                    self.string()?;
+                }
+                Some(b'n') => self.literal(b"null")?,
+                Some(b't') => self.literal(b"true")?,
+                Some(b'f') => self.literal(b"false")?,
+                Some(b'-' | b'0'..=b'9') => self.number()?,
+                // Whitespace after a `,` in a list (`ws_run` stops at any other byte).
+                Some(c) if c <= b' ' && open > 0 => {
+                    let at = self.i;
+                    self.ws_run();
+                    if self.i == at {
+                        return Err(Bail);
+                    }
+                    continue;
+                }
+                _ => return Err(Bail),
+            }
+            // After a value: close the containers that end here, up to the next value.
+            loop {
+                if open == 0 {
+                    return Ok(());
+                }
+                let mut next = self.peek();
+                if matches!(next, Some(c) if c <= b' ') {
+                    self.ws_run();
+                    next = self.peek();
+                }
+                match next {
+                    Some(b',') => {
+                        self.i += 1;
+                        if object {
+                            self.skipped_key()?;
+                        }
+                        break;
+                    }
+                    Some(c) if c == if object { b'}' } else { b']' } => {
+                        self.i += 1;
+                        open -= 1;
+                        object = outer & 1 != 0;
+                        outer >>= 1;
+                    }
+                    _ => return Err(Bail),
+                }
+            }
+        }
+    }
+
+    /// Steps over whitespace (usually none) to the `"` opening a key.
+    #[inline(always)]
+    fn at_quote(&mut self) -> R<()> {
+        if self.peek() != Some(b'"') {
+            self.ws();
+            if self.peek() != Some(b'"') {
+                return Err(Bail);
+            }
+        }
+        Ok(())
+    }
+
+    /// A skipped object's key and the `:` after it, the cursor left on the value.
+    #[inline(always)]
+    fn skipped_key(&mut self) -> R<()> {
+        self.at_quote()?;
+        self.string()?;
+        self.colon()
+    }
+
+    /// The `:` after a key (usually right after it), the cursor left on the value.
+    #[inline(always)]
+    fn colon(&mut self) -> R<()> {
+        if self.peek() == Some(b':') {
+            self.i += 1;
+        } else {
+            self.ws();
+            self.eat(b':')?;
+        }
+        self.ws();
+        Ok(())
     }
 
     /// Steps over a string at the cursor (on its opening quote); says whether it has escapes.
@@ -725,22 +1023,6 @@ impl<'a, 'f> Scanner<'a, 'f> {
     }
 }
 
-/// `a == b` for two keys of the same length, inline: most keys are shorter
-/// than 17 bytes, where a call to `memcmp` costs more than the comparison.
-#[inline]
-fn same_text(a: &[u8], b: &[u8]) -> bool {
-    let n = a.len();
-    if n != b.len() {
-        return false;
-    }
-    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("8 bytes"));
-    match n {
-        0..8 => a.iter().zip(b).all(|(x, y)| x == y),
-        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
-        _ => a == b,
-    }
-}
-
 /// Bit masks of one 16-byte block (bit n for byte n): bytes that stop plain
 /// string text (`"`, `\` and control characters), and of those the quotes.
 #[cfg(target_arch = "x86_64")]
@@ -843,21 +1125,6 @@ mod tests {
                 s.skip_plain();
                 assert_eq!(s.i, plain.len(), "{filler:?} × {len} to the end");
             }
-        }
-    }
-
-    #[test]
-    fn key_texts_compare_equal_exactly_when_every_byte_is_equal() {
-        let base: Vec<u8> = (0..40u8).map(|i| b'a' + i % 26).collect();
-        for n in 0..40 {
-            let a = &base[..n];
-            assert!(same_text(a, a), "{n}");
-            for at in 0..n {
-                let mut b = a.to_vec();
-                b[at] ^= 0x20;
-                assert!(!same_text(a, &b), "{n} bytes, differing at {at}");
-            }
-            assert!(!same_text(a, &base[..n + 1]), "{n} against {}", n + 1);
         }
     }
 
@@ -982,6 +1249,303 @@ mod tests {
                     let mut s = scanner(&input);
                     assert!(s.skip(0).is_ok(), "{input:?}");
                     assert_eq!(s.i, text.len(), "{input:?}");
+                }
+            }
+        }
+    }
+
+    /// The container grammar as [`Scanner::skip`] read it before
+    /// `skip_container` (one call per nested value): the reference it must match.
+    fn skip_by_recursion(s: &mut Scanner<'_, '_>, depth: usize) -> R<()> {
+        if depth > MAX_DEPTH {
+            return Err(Bail);
+        }
+        let close = match s.peek() {
+            Some(b'{') => b'}',
+            Some(b'[') => b']',
+            Some(b'"') => return s.string().map(drop),
+            Some(b'n') => return s.literal(b"null"),
+            Some(b't') => return s.literal(b"true"),
+            Some(b'f') => return s.literal(b"false"),
+            Some(b'-' | b'0'..=b'9') => return s.number(),
+            _ => return Err(Bail),
+        };
+        s.i += 1;
+        s.ws();
+        if s.peek() == Some(close) {
+            s.i += 1;
+            return Ok(());
+        }
+        loop {
+            if close == b'}' {
+                if s.peek() != Some(b'"') {
+                    return Err(Bail);
+                }
+                s.string()?;
+                s.ws();
+                s.eat(b':')?;
+                s.ws();
+            }
+            skip_by_recursion(s, depth + 1)?;
+            s.ws();
+            match s.peek() {
+                Some(b',') => {
+                    s.i += 1;
+                    s.ws();
+                }
+                Some(c) if c == close => {
+                    s.i += 1;
+                    return Ok(());
+                }
+                _ => return Err(Bail),
+            }
+        }
+    }
+
+    /// Where `skip` and the reference stop on `text` from `depth` (`None`: rejected).
+    fn skips(text: &str, depth: usize) -> (Option<usize>, Option<usize>) {
+        let mut s = scanner(text);
+        let fast = s.skip(depth).ok().map(|()| s.i);
+        let mut r = scanner(text);
+        let slow = skip_by_recursion(&mut r, depth).ok().map(|()| r.i);
+        (fast, slow)
+    }
+
+    #[test]
+    fn skipped_containers_are_accepted_and_ended_exactly_where_the_recursive_grammar_does() {
+        let docs = [
+            r#"{"a":[1,-0.5e+3,"x\"y",{"b":null}],"c":{},"d":[],"e":true,"f":false,"g":"\u00e9\n","h":[[],[{}],[[1]]]}"#,
+            r#"{"id":"ouGmQIHr43OW","user":{"id":"ushGq9nCu9UD","email":"priya.smith@acme-sim.example"},"level":{"id":"lvl00000001","band":"IC"},"custom_fields":[{"id":311001,"name":"Region","value":"EMEA"}],"mobile":null,"n":[0,-0,1E5,2.50e-3]}"#,
+            r#"[{"k":"a string longer than one block with an escape \t here and \\ there 🍕","l":[true,false,null]},[],{}]"#,
+        ];
+        // Bytes that make or break the grammar, put in place of every byte in turn.
+        let hostile = [
+            b'"', b'\\', b',', b':', b'[', b']', b'{', b'}', b' ', b'\n', 0x01, 0x1f, b'0', b'-',
+            b'.', b'e', b'n', b'u', b'/', b'x',
+        ];
+        for doc in docs {
+            let tree: Value = serde_json::from_str(doc).unwrap();
+            for text in [
+                doc.to_string(),
+                serde_json::to_string_pretty(&tree).unwrap(),
+            ] {
+                let mut cases = vec![text.clone()];
+                // Cut off anywhere.
+                cases.extend((0..text.len()).filter_map(|k| text.get(..k).map(str::to_string)));
+                // One byte replaced anywhere (ASCII bytes only, so the text stays UTF-8).
+                for at in (0..text.len()).filter(|&at| text.as_bytes()[at].is_ascii()) {
+                    for &h in &hostile {
+                        let mut b = text.clone().into_bytes();
+                        b[at] = h;
+                        cases.push(String::from_utf8(b).unwrap());
+                    }
+                }
+                for case in &cases {
+                    let (fast, slow) = skips(case, 0);
+                    assert_eq!(fast, slow, "{case:?}");
+                    // And serde_json agrees on what is one whole value.
+                    let whole = fast.is_some_and(|end| case[end..].trim().is_empty());
+                    let serde = serde_json::from_str::<serde::de::IgnoredAny>(case).is_ok();
+                    assert_eq!(whole, serde, "{case:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn nesting_is_limited_at_the_same_depth_as_before_from_any_starting_depth() {
+        for start in [
+            0,
+            1,
+            60,
+            MAX_DEPTH - 2,
+            MAX_DEPTH - 1,
+            MAX_DEPTH,
+            MAX_DEPTH + 1,
+        ] {
+            for n in 1..=(MAX_DEPTH + 5) {
+                for (open, inner, close) in [
+                    ("[", "", "]"),
+                    ("[", "1", "]"),
+                    ("{\"k\":", "null", "}"),
+                    ("[{\"k\": ", "\"v\"", "}]"),
+                ] {
+                    let text = format!("{}{inner}{}", open.repeat(n), close.repeat(n));
+                    let (fast, slow) = skips(&text, start);
+                    assert_eq!(fast, slow, "{n} × {open:?} {inner:?} from depth {start}");
+                }
+            }
+        }
+    }
+
+    /// What the serde path builds of `body`'s records keeping `keys`.
+    fn serde_records(keys: &[&str], body: &[u8]) -> Option<Vec<Value>> {
+        let mut set = FieldSet::nothing();
+        for k in keys {
+            set.add_key(k);
+        }
+        let full: Value = serde_json::from_slice(body).ok()?;
+        let data = full.get("data")?.as_array()?;
+        Some(data.iter().map(|r| set.prune(r)).collect())
+    }
+
+    fn fast_records(keys: &[&str], body: &[u8]) -> Option<Vec<Value>> {
+        let mut set = FieldSet::nothing();
+        for k in keys {
+            set.add_key(k);
+        }
+        page(&set, bytes::Bytes::copy_from_slice(body)).and_then(|(_, data, _)| data)
+    }
+
+    #[test]
+    fn keys_of_every_length_are_told_apart_from_the_key_the_previous_record_had_at_their_place() {
+        // Keys around the 16-byte block and the 32-byte tail compare; each
+        // record's second key differs from the previous record's in one byte
+        // (first, 15th, 16th, middle, last), in length only, or not at all.
+        for len in 0..45usize {
+            let base: String = (0..len)
+                .map(|n| char::from(b'a' + (n % 26) as u8))
+                .collect();
+            let mut keys = vec![base.clone(), base.clone()];
+            for at in [
+                0,
+                15,
+                16,
+                len / 2,
+                len.saturating_sub(16),
+                len.saturating_sub(1),
+            ] {
+                if at < len {
+                    let mut k = base.clone().into_bytes();
+                    k[at] = b'Z';
+                    keys.push(String::from_utf8(k).unwrap());
+                    keys.push(base.clone());
+                }
+            }
+            keys.push(format!("{base}q"));
+            if len > 0 {
+                keys.push(base[..len - 1].to_string());
+            }
+            let records: Vec<String> = keys
+                .iter()
+                .enumerate()
+                .map(|(n, k)| format!(r#"{{"x":{n},"{k}":{n}}}"#))
+                .collect();
+            let compact = format!(r#"{{"data":[{}]}}"#, records.join(","));
+            let tree: Value = serde_json::from_str(&compact).unwrap();
+            // Compact, indented, and with spaces before the colons.
+            for body in [
+                compact.clone(),
+                serde_json::to_string_pretty(&tree).unwrap(),
+                compact.replace("\":", "\" :"),
+            ] {
+                for wanted in &keys {
+                    let want = [wanted.as_str(), "x"];
+                    let fast = fast_records(&want, body.as_bytes());
+                    assert!(fast.is_some(), "{body}");
+                    assert_eq!(
+                        fast,
+                        serde_records(&want, body.as_bytes()),
+                        "{wanted:?} in {body}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_captured_key_met_again_in_its_object_forgets_what_it_captured_the_first_time() {
+        let records = [
+            r#"{"e":{"user":{"email":"a"},"code":1},"e":{"code":2}}"#,
+            r#"{"e":{"code":1,"code":2},"am":1}"#,
+            r#"{"am":1,"e":{"user":{"email":"a"}},"am":2}"#,
+            r#"{"e":{"user":{"email":"a"},"user":null}}"#,
+            r#"{"e":{"user":{"email":"a"}},"x":{"code":3}}"#,
+            r#"{"e":{"user":{"email":"a","email":"b"},"code":1,"user":{"x":1}},"am":[1]}"#,
+        ];
+        let body = format!(r#"{{"data":[{}]}}"#, records.join(","));
+        let paths = ["e.code", "e.user.email", "am"];
+        // Slots below and past the 64 the repeat check marks in a bit set.
+        for base in [0, 61, 64, 100] {
+            let mut set = FieldSet::nothing();
+            for (n, p) in paths.iter().enumerate() {
+                assert!(set.capture_path(&FieldPath::parse(p).unwrap(), base + n));
+            }
+            let (_, _, cols) = page(&set, bytes::Bytes::from(body.clone())).expect("fast path");
+            let cols = cols.expect("captured");
+            for (i, text) in records.iter().enumerate() {
+                let record: Value = serde_json::from_str(text).unwrap();
+                for (n, p) in paths.iter().enumerate() {
+                    let span = cols.spans[i * cols.slots + base + n];
+                    let got = (span.end > span.start).then(|| {
+                        serde_json::from_slice::<Value>(
+                            &body.as_bytes()[span.start as usize..span.end as usize],
+                        )
+                        .unwrap()
+                    });
+                    let want = FieldPath::parse(p).unwrap().lookup(&record).cloned();
+                    assert_eq!(got, want, "{text}: {p} in slot {}", base + n);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn keys_with_an_escape_or_control_character_anywhere_are_left_to_serde() {
+        for len in 1..40usize {
+            for at in 0..len {
+                for special in ["\\n", "\\u0061", "\\\"", "\u{1}", "\\x"] {
+                    let key: String = (0..len)
+                        .map(|n| {
+                            if n == at {
+                                special.to_string()
+                            } else {
+                                "k".to_string()
+                            }
+                        })
+                        .collect();
+                    let body = format!(r#"{{"data":[{{"{key}":1,"id":2}}]}}"#);
+                    assert!(fast_records(&["id"], body.as_bytes()).is_none(), "{body}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_page_cut_off_or_with_one_byte_changed_anywhere_is_read_as_serde_reads_it_or_left_to_it() {
+        let record = r#"{"id":"tx1","amount":12.30,"is_reimbursable_with_a_long_key_name":true,"report_last_paid_at":null,"employee":{"user":{"email":"a@b","full_name":"A \"B\""},"code":"E1","department":{"name":"Ops"}},"locations":[{"city":"Pune","lat":18.5},{}],"n":null}"#;
+        let body = format!(r#"{{"count":2,"offset":0,"data":[{record},{record}]}}"#);
+        let keys = [
+            "id",
+            "amount",
+            "employee",
+            "n",
+            "is_reimbursable_with_a_long_key_name",
+            "report_last_paid_at",
+        ];
+        assert_eq!(
+            fast_records(&keys, body.as_bytes()),
+            serde_records(&keys, body.as_bytes())
+        );
+        for k in 0..body.len() {
+            assert!(
+                fast_records(&keys, &body.as_bytes()[..k]).is_none(),
+                "cut at {k}"
+            );
+        }
+        for at in 0..body.len() {
+            for h in [
+                b'"', b'\\', b',', b':', b'[', b']', b'{', b'}', b' ', 0x01, b'0', b'x',
+            ] {
+                let mut b = body.clone().into_bytes();
+                b[at] = h;
+                if let Some(fast) = fast_records(&keys, &b) {
+                    assert_eq!(
+                        Some(fast),
+                        serde_records(&keys, &b),
+                        "{}",
+                        String::from_utf8_lossy(&b)
+                    );
                 }
             }
         }
