@@ -3,8 +3,11 @@
 //! serde_json's visitor machinery costs more than the reading itself on a page
 //! where most bytes are skipped: every key goes through a visitor and UTF-8
 //! validation, every skipped value through `IgnoredAny`. This reader validates
-//! the page's UTF-8 once, walks the JSON grammar strictly over bytes (eight at
-//! a time inside strings), and builds only the wanted values. Anything unusual
+//! the page's UTF-8 once, walks the JSON grammar strictly over bytes (sixteen
+//! at a time inside strings), and builds only the wanted values. The records
+//! of a page share their shape, so a key is first compared, as bytes, with
+//! `"key":` of the key the previous record had at its place, and scanned only
+//! when it differs. Anything unusual
 //! — a syntax error, a number or a value under [`Need::All`] that is not a
 //! plain scalar, the private number key — hands the page back (`None`) to the
 //! serde path, which then reports the error or builds the value exactly as
