@@ -1232,7 +1232,6 @@ mod tests {
 
     #[test]
     fn mostly_distinct_columns_are_written_without_a_dictionary() {
-        use ::parquet::file::reader::FileReader;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d.parquet");
         let config = ParquetSinkConfig::new(path.display().to_string());
@@ -1252,17 +1251,7 @@ mod tests {
         }
         let out = sink.finish().unwrap();
         let staged = out.staged.as_ref().unwrap();
-        let reader = ::parquet::file::reader::SerializedFileReader::new(
-            File::open(&staged.temp_path).unwrap(),
-        )
-        .unwrap();
-        let group = reader.metadata().row_group(0);
-        let with_dictionary: Vec<_> = group
-            .columns()
-            .iter()
-            .filter(|c| c.dictionary_page_offset().is_some())
-            .map(|c| c.column_path().string())
-            .collect();
+        let (group, with_dictionary) = first_group_dictionaries(&staged.temp_path, true);
         assert_eq!(with_dictionary, ["purpose"]);
         // Statistics stay: row-group min/max of a column without a dictionary.
         let id = group.column(0).statistics().unwrap();
@@ -1274,7 +1263,6 @@ mod tests {
 
     #[test]
     fn a_small_file_keeps_dictionaries() {
-        use ::parquet::file::reader::FileReader;
         let dir = tempfile::tempdir().unwrap();
         let mut sink = all_types_sink(dir.path());
         sink.write(&Batch {
@@ -1283,19 +1271,28 @@ mod tests {
         .unwrap();
         let out = sink.finish().unwrap();
         let staged = out.staged.as_ref().unwrap();
-        let reader = ::parquet::file::reader::SerializedFileReader::new(
-            File::open(&staged.temp_path).unwrap(),
-        )
-        .unwrap();
-        let group = reader.metadata().row_group(0);
         // Too few values to judge: every column but the boolean one has its dictionary.
-        let without: Vec<_> = group
-            .columns()
-            .iter()
-            .filter(|c| c.dictionary_page_offset().is_none())
-            .map(|c| c.column_path().string())
-            .collect();
+        let (_, without) = first_group_dictionaries(&staged.temp_path, false);
         assert_eq!(without, ["flag"]);
         staged.discard();
+    }
+
+    /// The first row group of a Parquet file and the columns in it that
+    /// have (`with` true) or have not a dictionary page.
+    fn first_group_dictionaries(
+        path: &Path,
+        with: bool,
+    ) -> (::parquet::file::metadata::RowGroupMetaData, Vec<String>) {
+        use ::parquet::file::reader::FileReader;
+        let reader =
+            ::parquet::file::reader::SerializedFileReader::new(File::open(path).unwrap()).unwrap();
+        let group = reader.metadata().row_group(0).clone();
+        let names = group
+            .columns()
+            .iter()
+            .filter(|c| c.dictionary_page_offset().is_some() == with)
+            .map(|c| c.column_path().string())
+            .collect();
+        (group, names)
     }
 }
