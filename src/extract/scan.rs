@@ -355,12 +355,7 @@ impl<'a, 'f> Scanner<'a, 'f> {
     /// left to the next key or value) or the closing byte (then `true`).
     #[inline(always)]
     fn after_member(&mut self, close: u8) -> R<bool> {
-        let mut next = self.peek();
-        if matches!(next, Some(c) if c <= b' ') {
-            self.ws_run();
-            next = self.peek();
-        }
-        match next {
+        match self.peek_past_ws() {
             Some(b',') => {
                 self.i += 1;
                 Ok(false)
@@ -751,12 +746,7 @@ impl<'a, 'f> Scanner<'a, 'f> {
                 if open == 0 {
                     return Ok(());
                 }
-                let mut next = self.peek();
-                if matches!(next, Some(c) if c <= b' ') {
-                    self.ws_run();
-                    next = self.peek();
-                }
-                match next {
+                match self.peek_past_ws() {
                     Some(b',') => {
                         self.i += 1;
                         if object {
@@ -1006,6 +996,18 @@ impl<'a, 'f> Scanner<'a, 'f> {
         if matches!(self.peek(), Some(c) if c <= b' ') {
             self.ws_run();
         }
+    }
+
+    /// Steps over whitespace and returns the byte after it, read once when
+    /// there is none (compact JSON).
+    #[inline(always)]
+    fn peek_past_ws(&mut self) -> Option<u8> {
+        let next = self.peek();
+        if matches!(next, Some(c) if c <= b' ') {
+            self.ws_run();
+            return self.peek();
+        }
+        next
     }
 
     /// A run of whitespace at the cursor (indented JSON), sixteen bytes at a time.
