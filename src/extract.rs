@@ -15,9 +15,10 @@
 /// Key lookups happen for every key of every record: a fast non-DoS-resistant
 /// hash is fine for keys chosen by the pipeline file.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -47,6 +48,8 @@ pub struct FieldSet {
     capture: Capture,
     /// Slots per record in a [`Columns`] table (one past the largest captured slot).
     slots: usize,
+    /// Top-level keys captured for [`RecordRef`] (`id`, the cursor), with their slots.
+    keys: Arc<Vec<(String, usize)>>,
 }
 
 /// Captured paths: a slot where a path ends, the keys that go further.
@@ -157,6 +160,7 @@ impl FieldSet {
             full: Need::All,
             capture: Capture::default(),
             slots: 0,
+            keys: Arc::default(),
         }
     }
 
@@ -167,6 +171,7 @@ impl FieldSet {
             full: Need::Keys(Keys::default()),
             capture: Capture::default(),
             slots: 0,
+            keys: Arc::default(),
         }
     }
 
@@ -203,6 +208,27 @@ impl FieldSet {
         node.slot = Some(slot);
         self.slots = self.slots.max(slot + 1);
         true
+    }
+
+    /// Reads the top-level field `key` through [`RecordRef`]: captured from
+    /// the page (in the slot a column already captures it in, or a slot of its
+    /// own) so that it need not be built into the record, or kept in the
+    /// record when it cannot be captured.
+    pub fn capture_key(&mut self, key: &str) {
+        if self.keys.iter().any(|(k, _)| k == key) {
+            return;
+        }
+        let slot = match self.capture.children.get(key).and_then(|c| c.slot) {
+            Some(slot) => slot,
+            None => {
+                let slot = self.slots;
+                if !self.capture_path(&FieldPath::key(key), slot) {
+                    return;
+                }
+                slot
+            }
+        };
+        Arc::make_mut(&mut self.keys).push((key.to_string(), slot));
     }
 
     /// Keeps the whole top-level field `key`.
@@ -576,15 +602,18 @@ pub struct ColumnTable {
     body: Bytes,
     slots: usize,
     spans: Vec<Span>,
+    /// The top-level keys captured for [`RecordRef`], with their slots.
+    keys: Arc<Vec<(String, usize)>>,
 }
 
 impl ColumnTable {
     /// A table for the page `body`, which must be the text the scanner validated and reads.
-    pub(in crate::extract) fn new(body: Bytes, slots: usize, records: usize) -> Self {
+    pub(in crate::extract) fn new(body: Bytes, fields: &FieldSet, records: usize) -> Self {
         Self {
             body,
-            slots,
-            spans: Vec::with_capacity(slots * records),
+            slots: fields.slots,
+            spans: Vec::with_capacity(fields.slots * records),
+            keys: fields.keys.clone(),
         }
     }
 
@@ -598,6 +627,16 @@ impl ColumnTable {
     pub(in crate::extract) fn set(&mut self, at: usize, slot: usize, span: Span) {
         self.spans[at + slot] = span;
     }
+
+    /// The captured values of the page's `i`-th `data` element.
+    pub fn record(&self, i: usize) -> Option<Columns<'_>> {
+        let at = i.checked_mul(self.slots)?;
+        Some(Columns {
+            body: &self.body,
+            spans: self.spans.get(at..at + self.slots)?,
+            keys: &self.keys,
+        })
+    }
 }
 
 /// One record's captured values: the JSON text of each slot's value, as sent.
@@ -605,6 +644,7 @@ impl ColumnTable {
 pub struct Columns<'a> {
     body: &'a [u8],
     spans: &'a [Span],
+    keys: &'a [(String, usize)],
 }
 
 impl<'a> Columns<'a> {
@@ -622,6 +662,102 @@ impl<'a> Columns<'a> {
         // ASCII byte of JSON's grammar, so it is UTF-8 on its own. Checking again
         // cost ~3% of a run.
         Some(unsafe { std::str::from_utf8_unchecked(bytes) })
+    }
+
+    /// The JSON text of the top-level field `key` when it was captured
+    /// ([`FieldSet::capture_key`]): `Some(None)` when the record has none.
+    fn key(&self, key: &str) -> Option<Option<&'a str>> {
+        let (_, slot) = self.keys.iter().find(|(k, _)| k == key)?;
+        Some(self.get(*slot))
+    }
+}
+
+/// A record as a run reads it: its tree, and the values captured from its
+/// page, where the top-level fields read through [`FieldSet::capture_key`]
+/// are found when the tree does not hold them.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordRef<'a> {
+    tree: &'a Record,
+    columns: Option<Columns<'a>>,
+}
+
+/// A record's `id`: a text or a number (as its JSON text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordId<'a> {
+    /// A JSON string.
+    Text(Cow<'a, str>),
+    /// A JSON number, exactly as written.
+    Number(&'a str),
+}
+
+/// A top-level field: in the tree, or JSON text captured from the page.
+enum Top<'a> {
+    Tree(&'a Value),
+    Text(&'a str),
+}
+
+impl<'a> RecordRef<'a> {
+    /// The record `tree`, with `columns` when its page was read with a capture.
+    pub fn new(tree: &'a Record, columns: Option<Columns<'a>>) -> Self {
+        Self { tree, columns }
+    }
+
+    /// The top-level field `key`, `None` when missing or null.
+    fn top(&self, key: &str) -> Option<Top<'a>> {
+        match self.columns.and_then(|c| c.key(key)) {
+            Some(text) => text.filter(|t| *t != "null").map(Top::Text),
+            None => self.tree.get(key).filter(|v| !v.is_null()).map(Top::Tree),
+        }
+    }
+
+    /// The top-level field `key` when it is a string.
+    pub fn str(&self, key: &str) -> Option<Cow<'a, str>> {
+        match self.top(key)? {
+            Top::Tree(v) => v.as_str().map(Cow::Borrowed),
+            Top::Text(t) => json_string(t),
+        }
+    }
+
+    /// The record's `id` when it is a text or a number.
+    pub fn id(&self) -> Option<RecordId<'a>> {
+        match self.top("id")? {
+            Top::Tree(Value::String(s)) => Some(RecordId::Text(Cow::Borrowed(s))),
+            Top::Tree(Value::Number(n)) => Some(RecordId::Number(n.as_str())),
+            Top::Tree(_) => None,
+            Top::Text(t) if t.starts_with('"') => json_string(t).map(RecordId::Text),
+            Top::Text(t)
+                if t.starts_with(['-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9']) =>
+            {
+                Some(RecordId::Number(t))
+            }
+            Top::Text(_) => None,
+        }
+    }
+
+    /// The record's `id` as text, for messages and de-duplication (what
+    /// [`crate::record::record_id`] says of the tree).
+    pub fn id_text(&self) -> String {
+        match self.id() {
+            Some(RecordId::Text(s)) => s.into_owned(),
+            Some(RecordId::Number(n)) => n.to_string(),
+            None => match self.top("id") {
+                Some(Top::Tree(v)) => v.to_string(),
+                // An object, a list or a boolean: compact, as the tree prints it.
+                Some(Top::Text(t)) => serde_json::from_str::<Value>(t)
+                    .map_or_else(|_| t.to_string(), |v| v.to_string()),
+                None => "<no id>".to_string(),
+            },
+        }
+    }
+}
+
+/// The text of a captured JSON string (`None` when the JSON text is not a string).
+fn json_string(text: &str) -> Option<Cow<'_, str>> {
+    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+    if inner.contains('\\') {
+        serde_json::from_str::<String>(text).ok().map(Cow::Owned)
+    } else {
+        Some(Cow::Borrowed(inner))
     }
 }
 
@@ -656,12 +792,9 @@ impl PageSource {
 
     /// The captured values of the `i`-th record passed on, when the page was read with a capture.
     pub fn columns(&self, i: usize) -> Option<Columns<'_>> {
-        let table = self.columns.as_ref()?;
-        let at = *self.positions.get(i)? as usize * table.slots;
-        Some(Columns {
-            body: &table.body,
-            spans: table.spans.get(at..at + table.slots)?,
-        })
+        self.columns
+            .as_ref()?
+            .record(*self.positions.get(i)? as usize)
     }
 
     /// The JSON text of the `i`-th record passed on, exactly as the server sent it.

@@ -95,6 +95,14 @@ impl FieldPath {
         })
     }
 
+    /// The path of the top-level field `key`, whatever characters it holds.
+    pub fn key(key: &str) -> Self {
+        Self {
+            text: key.to_string(),
+            segments: vec![Segment::Key(key.to_string())],
+        }
+    }
+
     /// The path as written.
     pub fn as_str(&self) -> &str {
         &self.text

@@ -59,9 +59,15 @@ pub(super) fn page(fields: &FieldSet, body: bytes::Bytes) -> Option<PageParts> {
     let capture =
         (fields.slots > 0 && u32::try_from(body.len()).is_ok()).then_some(&fields.capture);
     if capture.is_some() {
-        s.cols = Some(ColumnTable::new(body.clone(), fields.slots, 200));
+        s.cols = Some(ColumnTable::new(body.clone(), fields, 200));
     }
-    let (count, data) = s.page(&fields.root, capture).ok()?;
+    // Without a capture the captured fields are built into the records, as the serde path does.
+    let need = if capture.is_some() {
+        &fields.root
+    } else {
+        &fields.full
+    };
+    let (count, data) = s.page(need, capture).ok()?;
     Some((count, data, s.cols))
 }
 

@@ -195,12 +195,13 @@ impl<'a> Run<'a> {
             })?;
         // Parse only what the run reads: columns, transforms, the cursor and `id`
         // (de-duplication, paging and the after-commit hook use those two).
-        // The columns' values are read from the page as slices, not built into records.
+        // The columns' values, the cursor and `id` are read from the page as
+        // slices, not built into records: a plain export builds no tree at all.
         let mut fields = crate::extract::FieldSet::nothing();
         projector.capture_fields(&mut fields, &transforms);
         transforms.read_fields(&mut fields);
-        fields.add_key(source.cursor());
-        fields.add_key("id");
+        fields.capture_key(source.cursor());
+        fields.capture_key("id");
         source.read_only(fields);
         // Authenticate before touching the disk: bad credentials must leave nothing behind.
         let auth = tokio::select! {

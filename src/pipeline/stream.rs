@@ -1,6 +1,7 @@
 //! Stage 2 of a run: de-duplicate, transform and project records into rows
 //! for the sinks; records that cannot be projected are quarantined.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use tracing::info;
 
 use super::RunSummary;
 use crate::error::Error;
+use crate::extract::RecordRef;
 use crate::fsutil::StagedFile;
 use crate::row::Batch;
 use crate::sinks::SinkContext;
@@ -35,7 +37,7 @@ pub(super) struct Dedup {
 }
 
 impl Dedup {
-    fn is_delivered(&self, record: &serde_json::Value) -> bool {
+    fn is_delivered(&self, record: &RecordRef<'_>) -> bool {
         if self.seen.is_empty() {
             return false;
         }
@@ -45,7 +47,7 @@ impl Dedup {
         }
     }
 
-    fn remember(&mut self, record: &serde_json::Value) {
+    fn remember(&mut self, record: &RecordRef<'_>) {
         let Some(from) = self.keep_from else { return };
         // Most records lie before the lookback: their version is not built at all.
         if let Some((text, at)) = cursor_of(record, &self.cursor_field)
@@ -57,20 +59,20 @@ impl Dedup {
 }
 
 /// The record's cursor text and the instant it names.
-fn cursor_of<'r>(record: &'r serde_json::Value, cursor: &str) -> Option<(&'r str, DateTime<Utc>)> {
-    let text = record.get(cursor)?.as_str()?;
-    let at = crate::common::instant::parse_rfc3339(text)?;
+fn cursor_of<'r>(record: &RecordRef<'r>, cursor: &str) -> Option<(Cow<'r, str>, DateTime<Utc>)> {
+    let text = record.str(cursor)?;
+    let at = crate::common::instant::parse_rfc3339(&text)?;
     Some((text, at))
 }
 
-fn version(record: &serde_json::Value, cursor_text: &str) -> Version {
+fn version(record: &RecordRef<'_>, cursor_text: Cow<'_, str>) -> Version {
     Version {
-        id: crate::record::record_id(record),
-        cursor: cursor_text.to_string(),
+        id: record.id_text(),
+        cursor: cursor_text.into_owned(),
     }
 }
 
-fn version_of(record: &serde_json::Value, cursor: &str) -> Option<(Version, DateTime<Utc>)> {
+fn version_of(record: &RecordRef<'_>, cursor: &str) -> Option<(Version, DateTime<Utc>)> {
     cursor_of(record, cursor).map(|(text, at)| (version(record, text), at))
 }
 
@@ -108,24 +110,27 @@ impl TransformStage {
                 Vec::with_capacity(if self.versions { page.records.len() } else { 0 });
             let source = page.source;
             for (i, mut record) in page.records.into_iter().enumerate() {
-                let record = &mut record;
-                if self.dedup.is_delivered(record) {
-                    summary.duplicates_skipped += 1;
-                    continue;
-                }
-                // Remembered from the source version, before transforms add fields.
-                self.dedup.remember(record);
-                let version = self
-                    .versions
-                    .then(|| version_of(record, &self.dedup.cursor_field).map(|(v, _)| v));
-                if self.transforms.apply(record, &mut self.report) != Verdict::Keep {
-                    continue;
-                }
                 let columns = source.as_ref().and_then(|s| s.columns(i));
-                match self.projector.project_with(record, columns) {
+                // Read as the source sent it, before transforms change the record.
+                let (version, id) = {
+                    let sent = RecordRef::new(&record, columns);
+                    if self.dedup.is_delivered(&sent) {
+                        summary.duplicates_skipped += 1;
+                        continue;
+                    }
+                    self.dedup.remember(&sent);
+                    let version = self
+                        .versions
+                        .then(|| version_of(&sent, &self.dedup.cursor_field).map(|(v, _)| v));
+                    (version, self.exported.is_some().then(|| sent.id_text()))
+                };
+                if self.transforms.apply(&mut record, &mut self.report) != Verdict::Keep {
+                    continue;
+                }
+                match self.projector.project_with(&record, columns) {
                     Ok(row) => {
-                        if let Some(ids) = self.exported.as_mut() {
-                            ids.push(&crate::record::record_id(record)).map_err(|e| {
+                        if let (Some(ids), Some(id)) = (self.exported.as_mut(), id) {
+                            ids.push(&id).map_err(|e| {
                                 Error::Sink(format!(
                                     "the exported-ids spool (temporary directory): {e}"
                                 ))
@@ -140,7 +145,7 @@ impl TransformStage {
                         summary.quarantined += 1;
                         let original = source.as_ref().and_then(|s| s.original(i));
                         self.quarantine
-                            .add(&e, record, original)
+                            .add(&e, &record, original)
                             .map_err(|io| Error::Sink(format!("quarantine file: {io}")))?;
                     }
                 }

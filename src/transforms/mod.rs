@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::common::Problem;
 use crate::extract::Columns;
-use crate::record::{FieldPath, Record, record_id};
+use crate::record::{FieldPath, Record};
 use crate::row::{Cell, Column, ColumnType, Row, Schema};
 
 pub use steps::{TransformReport, TransformSpec, Transforms, Verdict};
@@ -527,7 +527,7 @@ impl Projector {
                     let currency = col.currency.as_ref().map(|p| at(slots.currency, p));
                     let (cell, denoised) =
                         convert_found(value, col, currency).map_err(|reason| RecordError {
-                            record_id: record_id(record),
+                            record_id: crate::extract::RecordRef::new(record, columns).id_text(),
                             column: col.name.clone(),
                             reason,
                         })?;

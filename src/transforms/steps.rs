@@ -481,6 +481,10 @@ impl Transforms {
 
     /// Adds every record field the transforms read to `fields`.
     pub fn read_fields(&self, fields: &mut crate::extract::FieldSet) {
+        // A transform's message about a record names its `id`.
+        if !self.steps.is_empty() {
+            fields.add_key("id");
+        }
         for step in &self.steps {
             match step {
                 Step::Filter { field, .. }

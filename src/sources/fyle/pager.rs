@@ -6,6 +6,7 @@
 //! upper bound keeps records that change mid-run out of this run (they are
 //! in the next window) instead of chasing them.
 
+use std::borrow::Cow;
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
@@ -16,8 +17,7 @@ use tokio::sync::{Notify, mpsc};
 use tracing::debug;
 
 use super::{FyleClient, FyleError, FyleSourceConfig};
-use crate::extract::{FieldSet, PageSource, decode_page};
-use crate::record::{Record, record_id};
+use crate::extract::{FieldSet, PageSource, RecordId, RecordRef, decode_page};
 pub use crate::sources::{Page, PagerStats, Window};
 
 /// The position of a record in the server's (cursor, id) order, as the
@@ -35,59 +35,53 @@ struct Key {
 }
 
 impl Key {
-    fn of(record: &Record, cursor_field: &str) -> Result<Key, FyleError> {
+    fn of(record: &RecordRef<'_>, cursor_field: &str) -> Result<Key, FyleError> {
         let (text, at) = instant_of(record, cursor_field)?;
-        let id = id_of(record, text)?;
-        let id_literal = match id {
-            Value::String(s) => literal(s),
-            other => other.to_string(),
+        let id = id_of(record, &text)?;
+        let (id_literal, id_json) = match id {
+            RecordId::Text(s) => (literal(&s), Value::String(s.into_owned()).to_string()),
+            RecordId::Number(n) => (n.to_string(), n.to_string()),
         };
         Ok(Key {
             at,
-            text: text.to_string(),
+            text: text.into_owned(),
             id_literal,
-            id_json: id.to_string(),
+            id_json,
         })
     }
 }
 
 /// A record's cursor text and the instant it names.
 fn instant_of<'r>(
-    record: &'r Record,
+    record: &RecordRef<'r>,
     cursor_field: &str,
-) -> Result<(&'r str, DateTime<Utc>), FyleError> {
-    // Only for the errors: building it for every record cost an allocation each.
-    let rid = || record_id(record);
-    let text = record
-        .get(cursor_field)
-        .and_then(Value::as_str)
-        .ok_or_else(|| {
-            FyleError::Protocol(format!(
-                "record {} has no `{cursor_field}` timestamp to page by; \
-                 set source.cursor_field to a timestamp every record has",
-                rid()
-            ))
-        })?;
-    let at = crate::common::instant::parse_rfc3339(text).ok_or_else(|| {
-        let reason = DateTime::parse_from_rfc3339(text)
+) -> Result<(Cow<'r, str>, DateTime<Utc>), FyleError> {
+    let text = record.str(cursor_field).ok_or_else(|| {
+        FyleError::Protocol(format!(
+            "record {} has no `{cursor_field}` timestamp to page by; \
+             set source.cursor_field to a timestamp every record has",
+            record.id_text()
+        ))
+    })?;
+    let at = crate::common::instant::parse_rfc3339(&text).ok_or_else(|| {
+        let reason = DateTime::parse_from_rfc3339(&text)
             .err()
             .map_or_else(String::new, |e| format!(" ({e})"));
         FyleError::Protocol(format!(
             "record {}: `{cursor_field}` = `{text}` is not an RFC 3339 timestamp{reason}",
-            rid()
+            record.id_text()
         ))
     })?;
     Ok((text, at))
 }
 
 /// A record's id, which paging past it needs (a text or a number).
-fn id_of<'r>(record: &'r Record, cursor_text: &str) -> Result<&'r Value, FyleError> {
-    match record.get("id") {
-        Some(id @ (Value::String(_) | Value::Number(_))) => Ok(id),
-        _ => Err(FyleError::Protocol(format!(
+fn id_of<'r>(record: &RecordRef<'r>, cursor_text: &str) -> Result<RecordId<'r>, FyleError> {
+    record.id().ok_or_else(|| {
+        FyleError::Protocol(format!(
             "a record without an `id` was returned (cursor {cursor_text}); cannot page past it"
-        ))),
-    }
+        ))
+    })
 }
 
 /// Ids delivered at one cursor instant, kept for the current page and the
@@ -131,7 +125,7 @@ impl TieIds {
 /// the end of the page (the next page may repeat it): most records have an
 /// instant of their own, and remembering each cost an allocation.
 fn fresh_records(
-    data: &[Record],
+    data: &[RecordRef<'_>],
     cursor: &str,
     path: &str,
     seek: Option<&Key>,
@@ -140,15 +134,14 @@ fn fresh_records(
     let mut keep = Vec::with_capacity(data.len());
     let mut duplicates = 0;
     let mut prev = seek.map(|k| k.at);
-    let mut unremembered: Option<&Record> = None;
+    let mut unremembered: Option<RecordId<'_>> = None;
     // What "already delivered" is remembered by: the id's text tagged with its
     // kind, so a numeric id and a text id never collide (not JSON: printing
     // it through serde_json's formatter cost more than the rest of the check).
-    let id_text = |record: &Record| {
-        let (kind, text) = match record.get("id") {
-            Some(Value::String(s)) => ('s', s.as_str()),
-            Some(Value::Number(n)) => ('n', n.as_str()),
-            _ => ('-', ""),
+    let id_text = |id: RecordId<'_>| {
+        let (kind, text) = match &id {
+            RecordId::Text(s) => ('s', s.as_ref()),
+            RecordId::Number(n) => ('n', *n),
         };
         let mut key = String::with_capacity(1 + text.len());
         key.push(kind);
@@ -158,7 +151,7 @@ fn fresh_records(
     tie.next_page();
     for (i, record) in data.iter().enumerate() {
         let (text, at) = instant_of(record, cursor)?;
-        id_of(record, text)?;
+        let id = id_of(record, &text)?;
         // Instants compare the same under every collation, so this check
         // is safe where comparing ids would not be.
         if let Some(p) = prev
@@ -166,7 +159,7 @@ fn fresh_records(
         {
             let prev_text = match i {
                 0 => seek.map(|k| k.text.clone()).unwrap_or_default(),
-                _ => instant_of(&data[i - 1], cursor)?.0.to_string(),
+                _ => instant_of(&data[i - 1], cursor)?.0.into_owned(),
             };
             return Err(FyleError::Protocol(format!(
                 "GET {path} returned record {} with {cursor} = {text} after one with {prev_text}; \
@@ -177,13 +170,13 @@ fn fresh_records(
         }
         let fresh = if prev.is_none_or(|p| at > p) {
             tie.clear();
-            unremembered = Some(record);
+            unremembered = Some(id);
             true
         } else {
             if let Some(r) = unremembered.take() {
                 tie.insert(id_text(r));
             }
-            tie.insert(id_text(record))
+            tie.insert(id_text(id))
         };
         prev = Some(at);
         duplicates += u64::from(!fresh);
@@ -428,11 +421,18 @@ async fn fetch_slice(
             None => "from the start of the slice".to_string(),
         };
         let before = seek.clone();
-        let (keep, duplicates) = fresh_records(&data, cursor, &path, seek.as_ref(), &mut tie)?;
-        // The next page starts after the last record returned, repeated or not.
-        if let Some(last) = data.last() {
-            seek = Some(Key::of(last, cursor)?);
-        }
+        let (keep, duplicates) = {
+            let table = page.columns.as_ref();
+            let refs: Vec<RecordRef<'_>> = (data.iter().enumerate())
+                .map(|(i, r)| RecordRef::new(r, table.and_then(|t| t.record(i))))
+                .collect();
+            let fresh = fresh_records(&refs, cursor, &path, seek.as_ref(), &mut tie)?;
+            // The next page starts after the last record returned, repeated or not.
+            if let Some(last) = refs.last() {
+                seek = Some(Key::of(last, cursor)?);
+            }
+            fresh
+        };
         let mut records = Vec::with_capacity(data.len());
         let mut positions = Vec::with_capacity(data.len());
         for (position, (record, fresh)) in data.into_iter().zip(keep).enumerate() {
@@ -526,26 +526,52 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Runs `check` on `records` read as the pager reads them: built into
+    /// the tree (a page parsed whole), and captured from a page of their
+    /// JSON text with no tree at all (the fast path).
+    fn both_ways(records: &[Value], mut check: impl FnMut(&[RecordRef<'_>])) {
+        let tree: Vec<RecordRef<'_>> = records.iter().map(|r| RecordRef::new(r, None)).collect();
+        check(&tree);
+        let mut fields = FieldSet::nothing();
+        fields.capture_key("updated_at");
+        fields.capture_key("id");
+        let texts: Vec<String> = records.iter().map(Value::to_string).collect();
+        let body = bytes::Bytes::from(format!("{{\"data\": [{}]}}", texts.join(",")));
+        let page = decode_page(&fields, &body).expect("a valid page");
+        let table = page.columns.as_ref().expect("read with a capture");
+        let data = page.data.expect("a data list");
+        let captured: Vec<RecordRef<'_>> = (data.iter().enumerate())
+            .map(|(i, r)| {
+                assert_eq!(r, &json!({}), "nothing is built into the record");
+                RecordRef::new(r, table.record(i))
+            })
+            .collect();
+        check(&captured);
+    }
+
     #[test]
     fn keys_keep_the_cursor_text_and_the_id_as_sent() {
-        let k = Key::of(
-            &json!({"id": "txAbC", "updated_at": "2024-01-01T00:00:00.000001+00:00"}),
-            "updated_at",
-        )
-        .unwrap();
-        assert_eq!(k.text, "2024-01-01T00:00:00.000001+00:00");
-        assert_eq!(k.id_literal, "txAbC");
-        assert_eq!(k.id_json, "\"txAbC\"");
-        let n = Key::of(
-            &json!({"id": 10, "updated_at": "2024-01-01T00:00:00Z"}),
-            "updated_at",
-        )
-        .unwrap();
-        assert_eq!(n.id_literal, "10");
-        assert_ne!(
-            n.id_json, "\"10\"",
-            "a numeric id and a text id never collide"
-        );
+        let records = [
+            json!({"id": "txAbC", "updated_at": "2024-01-01T00:00:00.000001+00:00"}),
+            json!({"id": 10, "updated_at": "2024-01-01T00:00:00Z"}),
+            json!({"id": "tx\"q\\é", "updated_at": "2024-01-01T00:00:00Z"}),
+        ];
+        both_ways(&records, |r| {
+            let k = Key::of(&r[0], "updated_at").unwrap();
+            assert_eq!(k.text, "2024-01-01T00:00:00.000001+00:00");
+            assert_eq!(k.id_literal, "txAbC");
+            assert_eq!(k.id_json, "\"txAbC\"");
+            let n = Key::of(&r[1], "updated_at").unwrap();
+            assert_eq!(n.id_literal, "10");
+            assert_ne!(
+                n.id_json, "\"10\"",
+                "a numeric id and a text id never collide"
+            );
+            // Escapes are read as the text they stand for.
+            let e = Key::of(&r[2], "updated_at").unwrap();
+            assert_eq!(e.id_literal, literal("tx\"q\\é"));
+            assert_eq!(e.id_json, r#""tx\"q\\é""#);
+        });
     }
 
     #[test]
@@ -574,44 +600,80 @@ mod tests {
     fn repeats_at_one_instant_are_caught_within_a_page_and_across_the_next() {
         let rec = |id: &str, at: &str| json!({"id": id, "updated_at": at});
         let (t1, t2) = ("2024-01-01T00:00:00Z", "2024-01-01T00:00:01+00:00");
-        let mut tie = TieIds::default();
         let page1 = [rec("a", t1), rec("b", t1), rec("a", t1), rec("c", t2)];
-        let (keep, dups) = fresh_records(&page1, "updated_at", "p", None, &mut tie).unwrap();
-        assert_eq!(keep, [true, true, false, true]);
-        assert_eq!(dups, 1);
-        // A server treating `gt` as `gte` repeats the last record, alone at its instant.
-        let seek = Key::of(&page1[3], "updated_at").unwrap();
         let page2 = [rec("c", t2), rec("d", t2)];
-        let (keep, _) = fresh_records(&page2, "updated_at", "p", Some(&seek), &mut tie).unwrap();
-        assert_eq!(keep, [false, true]);
         // The same instant written with another offset is the same instant.
-        let seek = Key::of(&page2[1], "updated_at").unwrap();
         let page3 = [rec("d", "2024-01-01T01:00:01+01:00"), rec("e", t2)];
-        let (keep, _) = fresh_records(&page3, "updated_at", "p", Some(&seek), &mut tie).unwrap();
-        assert_eq!(keep, [false, true]);
         // A numeric id and a text id with the same digits are two records.
-        let seek = Key::of(&page3[1], "updated_at").unwrap();
         let mixed = [
             json!({"id": "10", "updated_at": t2}),
             json!({"id": 10, "updated_at": t2}),
             json!({"id": 10, "updated_at": t2}),
         ];
-        let (keep, _) = fresh_records(&mixed, "updated_at", "p", Some(&seek), &mut tie).unwrap();
-        assert_eq!(keep, [true, true, false]);
         let back = [rec("f", t1)];
-        let e = fresh_records(&back, "updated_at", "p", Some(&seek), &mut tie).unwrap_err();
-        assert!(
-            e.to_string().contains(&format!(
-                "record \"f\" with updated_at = {t1} after one with {t2}"
-            )),
-            "{e}"
-        );
+        let pages = [&page1[..], &page2, &page3, &mixed, &back].concat();
+        both_ways(&pages, |all| {
+            let (page1, rest) = all.split_at(4);
+            let (page2, rest) = rest.split_at(2);
+            let (page3, rest) = rest.split_at(2);
+            let (mixed, back) = rest.split_at(3);
+            let mut tie = TieIds::default();
+            let (keep, dups) = fresh_records(page1, "updated_at", "p", None, &mut tie).unwrap();
+            assert_eq!(keep, [true, true, false, true]);
+            assert_eq!(dups, 1);
+            // A server treating `gt` as `gte` repeats the last record, alone at its instant.
+            let seek = Key::of(&page1[3], "updated_at").unwrap();
+            let (keep, _) = fresh_records(page2, "updated_at", "p", Some(&seek), &mut tie).unwrap();
+            assert_eq!(keep, [false, true]);
+            let seek = Key::of(&page2[1], "updated_at").unwrap();
+            let (keep, _) = fresh_records(page3, "updated_at", "p", Some(&seek), &mut tie).unwrap();
+            assert_eq!(keep, [false, true]);
+            let seek = Key::of(&page3[1], "updated_at").unwrap();
+            let (keep, _) = fresh_records(mixed, "updated_at", "p", Some(&seek), &mut tie).unwrap();
+            assert_eq!(keep, [true, true, false]);
+            let e = fresh_records(back, "updated_at", "p", Some(&seek), &mut tie).unwrap_err();
+            assert!(
+                e.to_string().contains(&format!(
+                    "record \"f\" with updated_at = {t1} after one with {t2}"
+                )),
+                "{e}"
+            );
+        });
     }
 
     #[test]
-    fn missing_cursor_is_explained() {
-        let e = Key::of(&json!({"id": "tx1"}), "updated_at").unwrap_err();
-        assert!(e.to_string().contains("record tx1 has no `updated_at`"));
+    fn missing_cursor_or_id_is_explained() {
+        let records = [
+            json!({"id": "tx1"}),
+            json!({"id": "tx2", "updated_at": null}),
+            json!({"id": "tx3", "updated_at": 1700000000}),
+            json!({"updated_at": "2024-01-01T00:00:00Z"}),
+            json!({"id": null, "updated_at": "2024-01-01T00:00:00Z"}),
+            json!({"id": true, "updated_at": "2024-01-01T00:00:00Z"}),
+            json!({"id": "tx7", "updated_at": "yesterday"}),
+        ];
+        both_ways(&records, |r| {
+            let error = |i: usize| Key::of(&r[i], "updated_at").unwrap_err().to_string();
+            for (i, id) in ["tx1", "tx2", "tx3"].iter().enumerate() {
+                assert!(
+                    error(i).contains(&format!("record {id} has no `updated_at`")),
+                    "{}",
+                    error(i)
+                );
+            }
+            for i in [3, 4, 5] {
+                assert!(
+                    error(i).contains("a record without an `id`"),
+                    "{}",
+                    error(i)
+                );
+            }
+            assert!(
+                error(6).contains("record tx7: `updated_at` = `yesterday` is not an RFC 3339"),
+                "{}",
+                error(6)
+            );
+        });
     }
 
     #[test]
