@@ -63,6 +63,25 @@ pub enum Cell {
     Date(NaiveDate),
 }
 
+/// The most heap capacity a text cell keeps when it is given a new value:
+/// enough for emails, names and purposes, so a reused row allocates nothing
+/// for them, while one huge value is not kept alive in a row that is reused.
+const KEPT_TEXT_CAPACITY: usize = 256;
+
+impl Cell {
+    /// Makes this cell the text `s`, reusing its string's heap memory when it has some.
+    pub fn set_str(&mut self, s: &str) {
+        match self {
+            // Inline text is rebuilt instead: cheaper than editing it in place.
+            Cell::Str(old) if old.is_heap_allocated() && old.capacity() <= KEPT_TEXT_CAPACITY => {
+                old.clear();
+                old.push_str(s);
+            }
+            _ => *self = Cell::Str(s.into()),
+        }
+    }
+}
+
 /// One output row; `cells[i]` belongs to `schema.columns[i]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {

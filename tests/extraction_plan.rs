@@ -10,6 +10,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use expense_sync::extract::{Columns, FieldSet, PageSource, RecordRef, decode_page};
+use expense_sync::row::Row;
 use expense_sync::simulator::{Faults, SimConfig, Simulator};
 use expense_sync::sources::fyle::default_columns;
 use expense_sync::transforms::{
@@ -219,6 +220,42 @@ fn page_outcomes(plan: &Plan, texts: &[String]) -> (Vec<String>, bool) {
         .map(|(i, record)| outcome_with(plan, record, source.columns(i)))
         .collect();
     (outcomes, captured)
+}
+
+/// Each record of `texts`, read as one page, projected into the one row the
+/// records before it went into (as the runner reuses rows, quarantined
+/// records included) equals its projection into a new row.
+fn assert_reused_row_is_fresh(plan: &Plan, texts: &[String]) {
+    let body = Bytes::from(format!(
+        "{{\"count\": {}, \"data\": [{}]}}",
+        texts.len(),
+        texts.join(",\n")
+    ));
+    let page = decode_page(&plan.fields, &body).expect("valid page");
+    let data = page.data.expect("a data list");
+    let positions = (0..data.len() as u32).collect();
+    let source = PageSource::new(page.body, positions).with_columns(page.columns);
+    let mut row = Row { cells: Vec::new() };
+    for (i, (mut record, text)) in data.into_iter().zip(texts).enumerate() {
+        let mut report = TransformReport::default();
+        if plan.transforms.apply(&mut record, &mut report) != Verdict::Keep {
+            continue;
+        }
+        let fresh = plan
+            .projector
+            .project_with(&record, source.columns(i))
+            .map_err(|e| e.to_string());
+        let reused = plan
+            .projector
+            .project_into(&record, source.columns(i), &mut row)
+            .map(|()| row.clone())
+            .map_err(|e| e.to_string());
+        assert_eq!(
+            format!("{reused:?}"),
+            format!("{fresh:?}"),
+            "reused row disagrees on {text}"
+        );
+    }
 }
 
 /// Rows from captured page values equal the full tree's, record by record.
@@ -474,6 +511,13 @@ proptest! {
             .map(|r| if pretty { serde_json::to_string_pretty(r).unwrap() } else { r.to_string() })
             .collect();
         assert_same_rows_from_page(&captured_plan(t), &texts);
+    }
+
+    #[test]
+    fn a_row_reused_for_the_next_record_holds_what_a_new_row_would(records in prop::collection::vec(record().boxed(), 1..8), t in any::<bool>()) {
+        let texts: Vec<String> = records.iter().map(Value::to_string).collect();
+        assert_reused_row_is_fresh(&plan(t), &texts);
+        assert_reused_row_is_fresh(&captured_plan(t), &texts);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::OutputSummary;
-use super::stream::{Dedup, Quarantine, TransformStage, Versioned, take_records};
+use super::stream::{Dedup, Quarantine, TransformStage, Versioned, batch_pool, take_records};
 use super::{
     Plan, RunOptions, RunSummary, interrupted_before_commit, output_exists, plan_run, progress,
     selection, window,
@@ -373,14 +373,17 @@ impl<'a> Run<'a> {
         let mut sink_txs = Vec::new();
         let mut workers = Vec::new();
         let versions = planned.sinks.iter().any(|s| s.wants_versions());
+        let (give_back, returned) = batch_pool();
         for mut sink in std::mem::take(&mut planned.sinks) {
             let (tx, mut rx) = mpsc::channel::<Arc<Versioned>>(BATCH_BUFFER);
             sink_txs.push(tx);
+            let give_back = give_back.clone();
             workers.push(tokio::task::spawn_blocking(move || {
                 while let Some(v) = rx.blocking_recv() {
                     if let Err(e) = sink.write_versions(&v.batch, &v.versions) {
                         return (sink, Err(e));
                     }
+                    give_back.done(v);
                 }
                 (sink, Ok(()))
             }));
@@ -414,7 +417,10 @@ impl<'a> Run<'a> {
                     ))
                 })?,
             versions,
+            returned,
+            spare: None,
         };
+        drop(give_back);
         let page_rx = match opts.limit {
             Some(n) => take_records(page_rx, n),
             None => page_rx,

@@ -14,16 +14,46 @@ use super::RunSummary;
 use crate::error::Error;
 use crate::extract::RecordRef;
 use crate::fsutil::StagedFile;
-use crate::row::Batch;
+use crate::row::{Batch, Row};
 use crate::sinks::SinkContext;
 use crate::sources::Page;
 use crate::state::Version;
 use crate::transforms::{Projector, TransformReport, Transforms, Verdict};
 
 /// Rows for the sinks with the source version of each (for pushes' per-record keys).
+#[derive(Default)]
 pub(super) struct Versioned {
     pub(super) batch: Batch,
     pub(super) versions: Vec<Option<Version>>,
+}
+
+/// At most this many batches the sinks are done with wait to be filled again:
+/// about as many as can be in flight (being filled, queued for a sink, being
+/// written), so a run keeps about the memory it had when every batch was new.
+pub(super) const RETURNED_BATCHES: usize = 4;
+
+/// The sinks' end of the batch pool: a batch goes back to the transform
+/// stage, to be filled with the next page, once every sink has written it.
+/// Rows are then built into memory of the stage's own thread instead of
+/// being allocated there and freed on a sink's.
+#[derive(Clone)]
+pub(super) struct ReturnBatches(std::sync::mpsc::SyncSender<Versioned>);
+
+impl ReturnBatches {
+    /// Called by each sink after writing `batch`; the last one hands it back.
+    pub(super) fn done(&self, batch: Arc<Versioned>) {
+        // Exactly one of the holders' calls gets the batch (`Arc::into_inner`).
+        if let Some(batch) = Arc::into_inner(batch) {
+            // The pool is full or the stage has finished: the batch is dropped.
+            let _ = self.0.try_send(batch);
+        }
+    }
+}
+
+/// A pool of up to [`RETURNED_BATCHES`] batches: the sinks' end and the transform stage's.
+pub(super) fn batch_pool() -> (ReturnBatches, std::sync::mpsc::Receiver<Versioned>) {
+    let (tx, rx) = std::sync::mpsc::sync_channel(RETURNED_BATCHES);
+    (ReturnBatches(tx), rx)
 }
 
 /// Everything the transform stage needs to know about de-duplication.
@@ -88,6 +118,10 @@ pub(super) struct TransformStage {
     /// Whether a sink reads each row's source version ([`crate::sinks::Sink::wants_versions`]);
     /// building them costs two strings and a timestamp parse per record.
     pub(super) versions: bool,
+    /// Batches the sinks are done with ([`batch_pool`]).
+    pub(super) returned: std::sync::mpsc::Receiver<Versioned>,
+    /// A batch no row went into (every record of its page skipped), kept for the next page.
+    pub(super) spare: Option<Versioned>,
 }
 
 impl TransformStage {
@@ -103,11 +137,17 @@ impl TransformStage {
                 info!(total, "records to export");
             }
             summary.records_in += page.records.len() as u64;
-            let mut batch = Batch {
-                rows: Vec::with_capacity(page.records.len()),
-            };
-            let mut versions =
-                Vec::with_capacity(if self.versions { page.records.len() } else { 0 });
+            let mut filled = self.empty_batch();
+            let Versioned { batch, versions } = &mut filled;
+            // Room for the page: `reserve` counts from the rows kept from the last one.
+            batch
+                .rows
+                .reserve(page.records.len().saturating_sub(batch.rows.len()));
+            if self.versions {
+                versions.reserve(page.records.len());
+            }
+            // Rows `..used` hold this page's records; the ones after, earlier pages'.
+            let mut used = 0;
             let source = page.source;
             for (i, mut record) in page.records.into_iter().enumerate() {
                 let columns = source.as_ref().and_then(|s| s.columns(i));
@@ -127,8 +167,15 @@ impl TransformStage {
                 if self.transforms.apply(&mut record, &mut self.report) != Verdict::Keep {
                     continue;
                 }
-                match self.projector.project_with(&record, columns) {
-                    Ok(row) => {
+                if used == batch.rows.len() {
+                    batch.rows.push(Row { cells: Vec::new() });
+                }
+                // A quarantined record leaves `used` as it is: the next record overwrites its row.
+                match self
+                    .projector
+                    .project_into(&record, columns, &mut batch.rows[used])
+                {
+                    Ok(()) => {
                         if let (Some(ids), Some(id)) = (self.exported.as_mut(), id) {
                             ids.push(&id).map_err(|e| {
                                 Error::Sink(format!(
@@ -136,7 +183,7 @@ impl TransformStage {
                                 ))
                             })?;
                         }
-                        batch.rows.push(row);
+                        used += 1;
                         if let Some(version) = version {
                             versions.push(version);
                         }
@@ -150,20 +197,42 @@ impl TransformStage {
                     }
                 }
             }
-            summary.records_out += batch.rows.len() as u64;
+            batch.rows.truncate(used);
+            summary.records_out += used as u64;
             summary.amounts_normalised = self.projector.amounts_normalised();
-            if batch.rows.is_empty() {
+            if used == 0 {
+                self.spare = Some(filled);
                 continue;
             }
-            let batch = Arc::new(Versioned { batch, versions });
-            for tx in sinks {
+            // The last sink gets the stage's own handle, so none is left here
+            // and the last sink done with the batch can hand it back.
+            let filled = Arc::new(filled);
+            let Some((last, others)) = sinks.split_last() else {
+                continue;
+            };
+            for tx in others {
                 // A closed channel means that sink failed; its error is collected by the caller.
-                if tx.send(batch.clone()).await.is_err() {
+                if tx.send(filled.clone()).await.is_err() {
                     return Ok(());
                 }
             }
+            if last.send(filled).await.is_err() {
+                return Ok(());
+            }
         }
         Ok(())
+    }
+
+    /// A batch to fill: one the sinks handed back, or else a new one. Its
+    /// rows are the previous page's, to be overwritten; its versions are cleared.
+    fn empty_batch(&mut self) -> Versioned {
+        let mut batch = self
+            .spare
+            .take()
+            .or_else(|| self.returned.try_recv().ok())
+            .unwrap_or_default();
+        batch.versions.clear();
+        batch
     }
 }
 
@@ -273,5 +342,126 @@ impl Quarantine {
         if let Some((staged, _)) = self.file {
             staged.discard();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::transforms::ColumnSpec;
+
+    fn stage(
+        dir: &std::path::Path,
+        returned: std::sync::mpsc::Receiver<Versioned>,
+    ) -> TransformStage {
+        let ctx = SinkContext {
+            pipeline: "p".into(),
+            run_id: "r".into(),
+            started_at: Utc::now(),
+            output_dir: dir.to_path_buf(),
+            window_start: None,
+            window_end: None,
+        };
+        let columns = [
+            ColumnSpec::path("id", "id"),
+            ColumnSpec::path("purpose", "purpose"),
+            ColumnSpec::path("amount", "amount").decimal(2),
+        ];
+        TransformStage {
+            transforms: Transforms::default(),
+            projector: Projector::new(&columns).expect("columns"),
+            report: TransformReport::default(),
+            quarantine: Quarantine::new(&ctx),
+            dedup: Dedup {
+                cursor_field: "updated_at".into(),
+                seen: HashSet::new(),
+                keep_from: None,
+                kept: BTreeSet::new(),
+            },
+            exported: None,
+            versions: true,
+            returned,
+            spare: None,
+        }
+    }
+
+    fn record(id: &str, purpose: Option<&str>, amount: &str) -> serde_json::Value {
+        json!({"id": id, "updated_at": "2024-03-05T10:00:00Z", "purpose": purpose,
+               "amount": serde_json::from_str::<serde_json::Value>(amount).unwrap()})
+    }
+
+    /// What a sink saw of one batch: where its rows are, the rows, their versions' ids.
+    type Seen = (usize, String, Vec<String>);
+
+    #[tokio::test]
+    async fn a_batch_the_sinks_hand_back_is_refilled_with_the_next_pages_rows_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (give_back, returned) = batch_pool();
+        let mut stage = stage(dir.path(), returned);
+        let long = "a purpose far longer than twenty-four bytes";
+        let pages = vec![
+            vec![
+                record("a1", Some(long), "1.5"),
+                record("a2", Some("short"), "2"),
+                record("a3", Some(long), "3"),
+            ],
+            // Fewer rows: the first one quarantined (three decimals), a null where text was.
+            vec![record("b1", Some("x"), "1.234"), record("b2", None, "5")],
+            vec![record("c1", Some("y"), "6")],
+        ];
+        let expected: Vec<(String, Vec<String>)> = pages
+            .iter()
+            .map(|page| {
+                let (mut rows, mut ids) = (Vec::new(), Vec::new());
+                for r in page {
+                    if let Ok(row) = stage.projector.project(r) {
+                        rows.push(row);
+                        ids.push(r["id"].as_str().unwrap().to_string());
+                    }
+                }
+                (format!("{rows:?}"), ids)
+            })
+            .collect();
+        let (page_tx, page_rx) = mpsc::channel(1);
+        let (mut sink_txs, mut sink_rxs) = (Vec::new(), Vec::new());
+        for _ in 0..2 {
+            let (tx, rx) = mpsc::channel::<Arc<Versioned>>(1);
+            sink_txs.push(tx);
+            sink_rxs.push(rx);
+        }
+        let sinks = async {
+            let mut seen: Vec<Seen> = Vec::new();
+            for page in pages {
+                page_tx.send(Page::new(page, None)).await.unwrap();
+                // Both sinks write the batch and hand it back before the next page comes.
+                for rx in &mut sink_rxs {
+                    let v = rx.recv().await.expect("a batch for every sink");
+                    let ids = v.versions.iter().map(|v| v.as_ref().unwrap().id.clone());
+                    let rows = format!("{:?}", v.batch.rows);
+                    seen.push((v.batch.rows.as_ptr() as usize, rows, ids.collect()));
+                    give_back.done(v);
+                }
+            }
+            drop(page_tx);
+            seen
+        };
+        let mut summary = RunSummary::new("p", "r", Utc::now());
+        let (ran, seen) = tokio::join!(stage.run(page_rx, &sink_txs, &mut summary), sinks);
+        ran.unwrap();
+        assert_eq!((summary.records_out, summary.quarantined), (5, 1));
+        for (page, (rows, ids)) in expected.iter().enumerate() {
+            for sink in 0..2 {
+                let (_, got_rows, got_ids) = &seen[page * 2 + sink];
+                assert_eq!(got_rows, rows, "page {page}, sink {sink}: rows");
+                assert_eq!(got_ids, ids, "page {page}, sink {sink}: versions");
+            }
+        }
+        assert!(
+            seen.iter().all(|s| s.0 == seen[0].0),
+            "every page was built in the first page's batch: {:?}",
+            seen.iter().map(|s| s.0).collect::<Vec<_>>()
+        );
     }
 }

@@ -29,12 +29,13 @@ pub(crate) fn quote(value: &Value) -> String {
 }
 
 /// Text for a `string` column: scalars as written, scalar lists joined, structures as JSON.
-pub(crate) fn to_string_cell(value: &Value) -> Cell {
+/// Written into `out`, whose string memory a scalar reuses (see [`Cell::set_str`]).
+pub(crate) fn set_string_cell(value: &Value, out: &mut Cell) {
     match value {
-        Value::Null => Cell::Null,
-        Value::String(s) => Cell::Str(s.as_str().into()),
-        Value::Number(n) => Cell::Str(n.as_str().into()),
-        Value::Bool(b) => Cell::Str(if *b { "true" } else { "false" }.into()),
+        Value::Null => *out = Cell::Null,
+        Value::String(s) => out.set_str(s),
+        Value::Number(n) => out.set_str(n.as_str()),
+        Value::Bool(b) => out.set_str(if *b { "true" } else { "false" }),
         Value::Array(items) if items.iter().all(is_scalar) => {
             // Nulls inside a list carry no information for a reader of the joined text.
             let parts: Vec<String> = items
@@ -45,9 +46,9 @@ pub(crate) fn to_string_cell(value: &Value) -> Cell {
                     other => other.to_string(),
                 })
                 .collect();
-            Cell::Str(parts.join(", ").into())
+            *out = Cell::Str(parts.join(", ").into());
         }
-        other => Cell::Str(other.to_string().into()),
+        other => *out = Cell::Str(other.to_string().into()),
     }
 }
 

@@ -487,6 +487,23 @@ impl Projector {
         record: &Record,
         columns: Option<Columns<'_>>,
     ) -> Result<Row, RecordError> {
+        let mut row = Row {
+            cells: Vec::with_capacity(self.columns.len()),
+        };
+        self.project_into(record, columns, &mut row)?;
+        Ok(row)
+    }
+
+    /// [`Projector::project_with`] into `row`, a row of an earlier record
+    /// whose memory (its cells, their text) is reused. On success `row` holds
+    /// exactly this record's cells; after an error its cells are unspecified
+    /// and it is only fit to be projected into again.
+    pub fn project_into(
+        &self,
+        record: &Record,
+        columns: Option<Columns<'_>>,
+        row: &mut Row,
+    ) -> Result<(), RecordError> {
         // On the stack for the usual few dozen columns: this runs once per record.
         let mut found: smallvec::SmallVec<[Found<'_>; 64]> =
             smallvec::smallvec![Found::Missing; self.lookups.slots];
@@ -512,35 +529,40 @@ impl Projector {
             Some(s) => found[s],
             None => path.lookup(record).map_or(Found::Missing, Found::Tree),
         };
-        let mut cells = Vec::with_capacity(self.columns.len());
+        // Every cell is written below: one per column, each overwritten in place.
+        row.cells.resize(self.columns.len(), Cell::Null);
         let mut normalised = 0;
-        for (col, slots) in self.columns.iter().zip(&self.lookups.columns) {
+        for ((col, slots), cell) in self
+            .columns
+            .iter()
+            .zip(&self.lookups.columns)
+            .zip(row.cells.iter_mut())
+        {
             let value = match &col.source {
                 Source::Path(p) => at(slots.value, p),
                 Source::CustomField(name) => {
                     custom_field(record, name).map_or(Found::Missing, Found::Tree)
                 }
             };
-            let cell = match value {
-                Found::Missing => Cell::Null,
+            match value {
+                Found::Missing => *cell = Cell::Null,
                 value => {
                     let currency = col.currency.as_ref().map(|p| at(slots.currency, p));
-                    let (cell, denoised) =
-                        convert_found(value, col, currency).map_err(|reason| RecordError {
+                    let denoised = convert_found(value, col, currency, cell).map_err(|reason| {
+                        RecordError {
                             record_id: crate::extract::RecordRef::new(record, columns).id_text(),
                             column: col.name.clone(),
                             reason,
-                        })?;
+                        }
+                    })?;
                     normalised += u64::from(denoised);
-                    cell
                 }
-            };
-            cells.push(cell);
+            }
         }
         if normalised > 0 {
             self.normalised.fetch_add(normalised, Ordering::Relaxed);
         }
-        Ok(Row { cells })
+        Ok(())
     }
 }
 
@@ -620,7 +642,8 @@ impl PathNode {
     }
 }
 
-/// One found value as the column's cell. Captured text is converted directly
+/// One found value as the column's cell, written into `out`; the flag says
+/// whether float noise was removed. Captured text is converted directly
 /// in the common cases (a plain string, a number, a bool); anything else is
 /// parsed into a value and converted as a record's value is, so both ways
 /// give the same cell or the same error.
@@ -628,9 +651,10 @@ fn convert_found(
     value: Found<'_>,
     col: &Compiled,
     currency: Option<Found<'_>>,
-) -> Result<(Cell, bool), String> {
+    out: &mut Cell,
+) -> Result<bool, String> {
     if let Found::Raw(raw) = value
-        && let Some(done) = convert_raw(raw, col, currency)
+        && let Some(done) = convert_raw(raw, col, currency, out)
     {
         return done;
     }
@@ -638,8 +662,11 @@ fn convert_found(
     let currency = currency.map(found_value).transpose()?;
     let currency = currency.as_ref().map(|c| c.as_deref());
     match &value {
-        Some(v) => convert(v, col, currency),
-        None => Ok((Cell::Null, false)),
+        Some(v) => convert(v, col, currency, out),
+        None => {
+            *out = Cell::Null;
+            Ok(false)
+        }
     }
 }
 
@@ -663,9 +690,34 @@ fn plain_string(raw: &str) -> Option<&str> {
     (!escaped).then_some(inner)
 }
 
-/// Converts captured JSON text directly when that is plainly the same as
-/// converting its value; `None` leaves it to the general way.
+/// Converts captured JSON text directly into `out` when that is plainly the
+/// same as converting its value; `None` (with `out` untouched) leaves it to
+/// the general way.
 fn convert_raw(
+    raw: &str,
+    col: &Compiled,
+    currency: Option<Found<'_>>,
+    out: &mut Cell,
+) -> Option<Result<bool, String>> {
+    if col.ty == ColumnType::String {
+        let text = match raw.as_bytes().first()? {
+            b'"' => plain_string(raw)?,
+            // A number's or bool's text is exactly what serde_json (arbitrary_precision) prints.
+            b'-' | b'0'..=b'9' | b't' | b'f' => raw,
+            _ => return None,
+        };
+        out.set_str(text);
+        return Some(Ok(false));
+    }
+    let done = raw_cell(raw, col, currency)?;
+    Some(done.map(|(cell, denoised)| {
+        *out = cell;
+        denoised
+    }))
+}
+
+/// [`convert_raw`] for the columns other than `string`.
+fn raw_cell(
     raw: &str,
     col: &Compiled,
     currency: Option<Found<'_>>,
@@ -676,16 +728,13 @@ fn convert_raw(
         b'"' => {
             let s = plain_string(raw)?;
             match col.ty {
-                ColumnType::String => ok(Cell::Str(s.into())),
                 ColumnType::Timestamp => ok(Cell::Timestamp(convert::parse_timestamp(s)?)),
                 ColumnType::Date => ok(Cell::Date(convert::date_of(s)?)),
                 ColumnType::Bool => ok(Cell::Bool(convert::bool_of(s)?)),
-                ColumnType::Decimal { .. } | ColumnType::Integer => None,
+                ColumnType::String | ColumnType::Decimal { .. } | ColumnType::Integer => None,
             }
         }
         b'-' | b'0'..=b'9' => match col.ty {
-            // A number's text is exactly what serde_json (arbitrary_precision) prints.
-            ColumnType::String => ok(Cell::Str(raw.into())),
             ColumnType::Integer => Some(convert::number_to_integer(raw).map(|c| (c, false))),
             ColumnType::Decimal { precision, scale } => match currency {
                 None => Some(convert::number_to_decimal(
@@ -712,14 +761,10 @@ fn convert_raw(
             },
             _ => None,
         },
-        b't' | b'f' => {
-            let b = raw == "true";
-            match col.ty {
-                ColumnType::String => ok(Cell::Str(raw.into())),
-                ColumnType::Bool => ok(Cell::Bool(b)),
-                _ => None,
-            }
-        }
+        b't' | b'f' => match col.ty {
+            ColumnType::Bool => ok(Cell::Bool(raw == "true")),
+            _ => None,
+        },
         _ => None,
     }
 }
@@ -735,24 +780,30 @@ fn custom_field<'a>(record: &'a Value, name: &str) -> Option<&'a Value> {
         .filter(|v| !v.is_null())
 }
 
-/// One value as the column's cell; the flag says whether float noise was removed.
+/// One value as the column's cell, written into `out`; the flag says whether
+/// float noise was removed.
 fn convert(
     value: &Value,
     col: &Compiled,
     currency: Option<Option<&Value>>,
-) -> Result<(Cell, bool), String> {
-    let plain = |r: Result<Cell, String>| r.map(|c| (c, false));
-    match col.ty {
-        ColumnType::String => Ok((convert::to_string_cell(value), false)),
+    out: &mut Cell,
+) -> Result<bool, String> {
+    let (cell, denoised) = match col.ty {
+        ColumnType::String => {
+            convert::set_string_cell(value, out);
+            return Ok(false);
+        }
         ColumnType::Decimal { precision, scale } => match currency {
-            Some(currency) => convert::to_money(value, currency, precision, scale, col.rounding),
-            None => convert::to_decimal(value, precision, scale, col.rounding),
+            Some(currency) => convert::to_money(value, currency, precision, scale, col.rounding)?,
+            None => convert::to_decimal(value, precision, scale, col.rounding)?,
         },
-        ColumnType::Timestamp => plain(convert::to_timestamp(value)),
-        ColumnType::Date => plain(convert::to_date(value)),
-        ColumnType::Bool => plain(convert::to_bool(value)),
-        ColumnType::Integer => plain(convert::to_integer(value)),
-    }
+        ColumnType::Timestamp => (convert::to_timestamp(value)?, false),
+        ColumnType::Date => (convert::to_date(value)?, false),
+        ColumnType::Bool => (convert::to_bool(value)?, false),
+        ColumnType::Integer => (convert::to_integer(value)?, false),
+    };
+    *out = cell;
+    Ok(denoised)
 }
 
 #[cfg(test)]

@@ -497,3 +497,78 @@ fn currency_scale_columns_are_checked_and_store_three_places() {
         .unwrap_err();
     assert!(err.to_string().contains("0 to 28"), "{err}");
 }
+
+#[test]
+fn a_reused_row_holds_exactly_what_a_fresh_projection_of_the_new_record_holds() {
+    let p = Projector::new(&spec(
+        r#"
+        [[columns]]
+        name = "id"
+        path = "id"
+        [[columns]]
+        name = "email"
+        path = "employee.user.email"
+        [[columns]]
+        name = "tags"
+        path = "tags"
+        [[columns]]
+        name = "amount"
+        path = "amount"
+        type = "decimal"
+        [[columns]]
+        name = "spent"
+        path = "spent_at"
+        type = "timestamp"
+        [[columns]]
+        name = "cost_code"
+        custom_field = "Cost Code"
+        "#,
+    ))
+    .unwrap();
+    let long = "a.very.long.email.address@example-company.com";
+    let records = [
+        // Every column set, long texts on the heap.
+        json!({"id": "tx1", "employee": {"user": {"email": long}}, "tags": ["x", "y"],
+               "amount": 12.5, "spent_at": "2024-03-05T10:00:00Z",
+               "custom_fields": [{"name": "Cost Code", "value": "CC-0000000000000000000000001"}]}),
+        // Short text where long text was, nulls and missing values where values were.
+        json!({"id": "tx2", "employee": {"user": {"email": "a@b.c"}}, "tags": null, "amount": 1}),
+        // Quarantined half-way (three decimals in a two-place column).
+        json!({"id": "tx3", "employee": {"user": {"email": long}}, "amount": 1.234,
+               "spent_at": "2024-03-05T10:00:00Z"}),
+        // A number and a bool into text columns, nothing else.
+        json!({"id": 7, "employee": {"user": {"email": true}}}),
+        json!({"id": "tx5", "employee": {"user": {"email": long}}, "tags": "one",
+               "custom_fields": [{"name": "Cost Code", "value": "short"}]}),
+    ];
+    let mut row = Row { cells: Vec::new() };
+    for record in &records {
+        let fresh = p.project(record).map_err(|e| e.to_string());
+        let reused = p
+            .project_into(record, None, &mut row)
+            .map(|()| row.clone())
+            .map_err(|e| e.to_string());
+        assert_eq!(
+            format!("{reused:?}"),
+            format!("{fresh:?}"),
+            "record {record}"
+        );
+    }
+}
+
+#[test]
+fn a_text_cell_given_new_text_keeps_its_memory_unless_it_is_large() {
+    let long = "x".repeat(40);
+    let mut cell = Cell::Str(long.as_str().into());
+    let Cell::Str(s) = &cell else { unreachable!() };
+    let before = s.as_ptr();
+    cell.set_str("short");
+    cell.set_str(&"y".repeat(30));
+    assert!(matches!(&cell, Cell::Str(s) if s.as_ptr() == before && s.as_str() == "y".repeat(30)));
+    let mut huge = Cell::Str("z".repeat(10_000).into());
+    huge.set_str("small again");
+    assert!(matches!(&huge, Cell::Str(s) if !s.is_heap_allocated() && s.as_str() == "small again"));
+    let mut null = Cell::Null;
+    null.set_str("text");
+    assert_eq!(null, Cell::Str("text".into()));
+}
