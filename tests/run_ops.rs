@@ -476,3 +476,47 @@ async fn progress_on_a_terminal_is_one_live_line_redrawn_below_the_log_lines() {
     assert_eq!(summary["records_out"], 600);
     sim.shutdown().await;
 }
+
+/// Fyle's export status goes on the expenses the server sent, whatever a
+/// transform made of a record's `id` before the sinks saw it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_write_back_marks_the_expenses_as_sent_when_a_transform_rewrites_their_id() {
+    let sim = Simulator::start(SimConfig {
+        seed: 9,
+        expenses: 120,
+        rate_limit: None,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rw.toml");
+    let pipeline = incremental_pipeline(&sim, "rw")
+        + "\n[[transforms]]\ntype = \"derive\"\ntarget = \"id\"\ntemplate = \"ERP-{id}\"\n"
+        + "\n[writeback]\nurl = \"https://erp.example.com/bills?expense={id}\"\nbatch_size = 50\n";
+    std::fs::write(&file, pipeline).unwrap();
+    let o = run_bin(
+        &["run", file.to_str().unwrap(), "--output-dir", "out"],
+        dir.path(),
+        &sim,
+    )
+    .await;
+    assert!(o.status.success(), "{}", text(&o));
+    let s = summary_of(&o);
+    assert_eq!(s["records_out"], 120, "{s}");
+    assert_eq!(s["writeback"]["complete"], 120, "{s}");
+    let csv = std::fs::read_to_string(&csv_files(&dir.path().join("out"))[0]).unwrap();
+    assert!(
+        csv.contains("ERP-tx"),
+        "the transform rewrote the column: {csv}"
+    );
+    for (id, e) in truth_by_id(&sim) {
+        let summary = &e["accounting_export_summary"];
+        assert_eq!(summary["state"], "COMPLETE", "{id}: {summary}");
+        assert_eq!(
+            summary["url"],
+            format!("https://erp.example.com/bills?expense={id}")
+        );
+    }
+    sim.shutdown().await;
+}
