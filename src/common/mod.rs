@@ -7,6 +7,7 @@ pub mod connection;
 pub mod duration;
 pub mod instant;
 pub mod keys;
+pub mod prefetch;
 mod secret;
 
 pub use secret::SecretRef;

@@ -151,6 +151,9 @@ impl TransformStage {
             let source = page.source;
             for (i, mut record) in page.records.into_iter().enumerate() {
                 let columns = source.as_ref().and_then(|s| s.columns(i));
+                if let Some(next) = source.as_ref().and_then(|s| s.columns(i + 1)) {
+                    next.prefetch();
+                }
                 // Read as the source sent it, before transforms change the record.
                 let (version, id) = {
                     let sent = RecordRef::new(&record, columns);
