@@ -7,7 +7,10 @@
 //! a page is read in one pass that builds only those fields and skips the rest
 //! without allocating. The records stay ordinary [`Record`]s, so transforms and
 //! projection work unchanged on a small record; values keep their exact JSON
-//! text (numbers never pass through `f64`).
+//! text (numbers never pass through `f64`). What the columns, the cursor and
+//! `id` read is captured as byte ranges of the page ([`Columns`]) instead of
+//! built, so a pipeline without transforms builds no tree at all: its record
+//! is an empty object, read through [`RecordRef`].
 //!
 //! The page's bytes are kept alongside ([`PageSource`]) so that a record which
 //! must be quarantined is written as the server sent it, not as the pruned tree.
