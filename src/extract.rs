@@ -734,7 +734,32 @@ impl<'a> RecordRef<'a> {
 
     /// The record's `id` when it is a text or a number.
     pub fn id(&self) -> Option<RecordId<'a>> {
-        match self.top("id")? {
+        self.top("id")?.as_id()
+    }
+
+    /// The record's `id` as text, for messages, de-duplication and the
+    /// write-back: a text as it reads, anything else as compact JSON.
+    pub fn id_text(&self) -> String {
+        match self.top("id") {
+            None => "<no id>".to_string(),
+            Some(top) => match top.as_id() {
+                Some(RecordId::Text(s)) => s.into_owned(),
+                Some(RecordId::Number(n)) => n.to_string(),
+                // An object, a list or a boolean: compact, as the tree prints it.
+                None => match top {
+                    Top::Tree(v) => v.to_string(),
+                    Top::Text(t) => serde_json::from_str::<Value>(t)
+                        .map_or_else(|_| t.to_string(), |v| v.to_string()),
+                },
+            },
+        }
+    }
+}
+
+impl<'a> Top<'a> {
+    /// The value as an id, when it is a text or a number.
+    fn as_id(&self) -> Option<RecordId<'a>> {
+        match *self {
             Top::Tree(Value::String(s)) => Some(RecordId::Text(Cow::Borrowed(s))),
             Top::Tree(Value::Number(n)) => Some(RecordId::Number(n.as_str())),
             Top::Tree(_) => None,
@@ -747,31 +772,24 @@ impl<'a> RecordRef<'a> {
             Top::Text(_) => None,
         }
     }
-
-    /// The record's `id` as text, for messages and de-duplication (what
-    /// [`crate::record::record_id`] says of the tree).
-    pub fn id_text(&self) -> String {
-        match self.id() {
-            Some(RecordId::Text(s)) => s.into_owned(),
-            Some(RecordId::Number(n)) => n.to_string(),
-            None => match self.top("id") {
-                Some(Top::Tree(v)) => v.to_string(),
-                // An object, a list or a boolean: compact, as the tree prints it.
-                Some(Top::Text(t)) => serde_json::from_str::<Value>(t)
-                    .map_or_else(|_| t.to_string(), |v| v.to_string()),
-                None => "<no id>".to_string(),
-            },
-        }
-    }
 }
 
-/// The text of a captured JSON string (`None` when the JSON text is not a string).
+/// The content of a JSON string's text without escapes (`None` when it is
+/// not a string or has escapes).
+pub(crate) fn plain_string(raw: &str) -> Option<&str> {
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    // Without an early exit the loop is vectorised; captured strings are
+    // short, where `contains` (memchr) cost more in its setup than in its search.
+    let escaped = inner.bytes().fold(false, |seen, b| seen | (b == b'\\'));
+    (!escaped).then_some(inner)
+}
+
+/// The content of a captured JSON string's text, escapes read (`None` when it is not a string).
 fn json_string(text: &str) -> Option<Cow<'_, str>> {
-    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
-    if inner.contains('\\') {
-        serde_json::from_str::<String>(text).ok().map(Cow::Owned)
-    } else {
-        Some(Cow::Borrowed(inner))
+    match plain_string(text) {
+        Some(plain) => Some(Cow::Borrowed(plain)),
+        None if text.starts_with('"') => serde_json::from_str::<String>(text).ok().map(Cow::Owned),
+        None => None,
     }
 }
 

@@ -146,15 +146,6 @@ impl std::fmt::Display for FieldPath {
     }
 }
 
-/// The record's `id` as text, for error messages and de-duplication.
-pub fn record_id(record: &Value) -> String {
-    match record.get("id") {
-        Some(Value::String(s)) => s.clone(),
-        Some(v) if !v.is_null() => v.to_string(),
-        _ => "<no id>".to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -489,6 +489,13 @@ proptest! {
             let (got, want) = (RecordRef::new(record, columns), RecordRef::new(&full, None));
             prop_assert_eq!(got.id(), want.id(), "{}", text);
             prop_assert_eq!(got.id_text(), want.id_text(), "{}", text);
+            // What messages and the write-back have always called a record's id.
+            let named = match full.get("id") {
+                Some(Value::String(s)) => s.clone(),
+                Some(v) if !v.is_null() => v.to_string(),
+                _ => "<no id>".to_string(),
+            };
+            prop_assert_eq!(want.id_text(), named, "{}", text);
             prop_assert_eq!(got.str("updated_at"), want.str("updated_at"), "{}", text);
             if !t && table.is_some() {
                 let built: Vec<&String> = record.as_object().unwrap().keys().collect();

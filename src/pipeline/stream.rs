@@ -12,8 +12,9 @@ use tracing::info;
 
 use super::RunSummary;
 use crate::error::Error;
-use crate::extract::RecordRef;
+use crate::extract::{PageSource, RecordRef};
 use crate::fsutil::StagedFile;
+use crate::record::Record;
 use crate::row::{Batch, Row};
 use crate::sinks::SinkContext;
 use crate::sources::Page;
@@ -136,94 +137,96 @@ impl TransformStage {
             if let Some(total) = page.total {
                 info!(total, "records to export");
             }
-            summary.records_in += page.records.len() as u64;
-            let mut filled = self.empty_batch();
-            let Versioned { batch, versions } = &mut filled;
-            // Room for the page: `reserve` counts from the rows kept from the last one.
-            batch
-                .rows
-                .reserve(page.records.len().saturating_sub(batch.rows.len()));
-            if self.versions {
-                versions.reserve(page.records.len());
-            }
-            // Rows `..used` hold this page's records; the ones after, earlier pages'.
-            let mut used = 0;
-            let source = page.source;
-            for (i, mut record) in page.records.into_iter().enumerate() {
-                let columns = source.as_ref().and_then(|s| s.columns(i));
-                if let Some(next) = source.as_ref().and_then(|s| s.columns(i + 1)) {
-                    next.prefetch();
-                }
-                // Read as the source sent it, before transforms change the record.
-                let (version, id) = {
-                    let sent = RecordRef::new(&record, columns);
-                    if self.dedup.is_delivered(&sent) {
-                        summary.duplicates_skipped += 1;
-                        continue;
-                    }
-                    self.dedup.remember(&sent);
-                    let version = self
-                        .versions
-                        .then(|| version_of(&sent, &self.dedup.cursor_field).map(|(v, _)| v));
-                    (version, self.exported.is_some().then(|| sent.id_text()))
-                };
-                if self.transforms.apply(&mut record, &mut self.report) != Verdict::Keep {
-                    continue;
-                }
-                if used == batch.rows.len() {
-                    batch.rows.push(Row { cells: Vec::new() });
-                }
-                // A quarantined record leaves `used` as it is: the next record overwrites its row.
-                match self
-                    .projector
-                    .project_into(&record, columns, &mut batch.rows[used])
-                {
-                    Ok(()) => {
-                        if let (Some(ids), Some(id)) = (self.exported.as_mut(), id) {
-                            ids.push(&id).map_err(|e| {
-                                Error::Sink(format!(
-                                    "the exported-ids spool (temporary directory): {e}"
-                                ))
-                            })?;
-                        }
-                        used += 1;
-                        if let Some(version) = version {
-                            versions.push(version);
-                        }
-                    }
-                    Err(e) => {
-                        summary.quarantined += 1;
-                        let original = source.as_ref().and_then(|s| s.original(i));
-                        self.quarantine
-                            .add(&e, &record, original)
-                            .map_err(|io| Error::Sink(format!("quarantine file: {io}")))?;
-                    }
-                }
-            }
-            batch.rows.truncate(used);
-            summary.records_out += used as u64;
-            summary.amounts_normalised = self.projector.amounts_normalised();
-            if used == 0 {
+            let filled = self.fill(page, summary)?;
+            if filled.batch.rows.is_empty() {
                 self.spare = Some(filled);
                 continue;
             }
-            // The last sink gets the stage's own handle, so none is left here
-            // and the last sink done with the batch can hand it back.
-            let filled = Arc::new(filled);
-            let Some((last, others)) = sinks.split_last() else {
-                continue;
-            };
-            for tx in others {
-                // A closed channel means that sink failed; its error is collected by the caller.
-                if tx.send(filled.clone()).await.is_err() {
-                    return Ok(());
-                }
-            }
-            if last.send(filled).await.is_err() {
+            if !hand_to_sinks(filled, sinks).await {
                 return Ok(());
             }
         }
         Ok(())
+    }
+
+    /// The rows of one page's records, in a batch from the pool.
+    fn fill(&mut self, page: Page, summary: &mut RunSummary) -> Result<Versioned, Error> {
+        summary.records_in += page.records.len() as u64;
+        let mut filled = self.empty_batch();
+        let Versioned { batch, versions } = &mut filled;
+        // Room for the page: `reserve` counts from the rows kept from the last one.
+        batch
+            .rows
+            .reserve(page.records.len().saturating_sub(batch.rows.len()));
+        if self.versions {
+            versions.reserve(page.records.len());
+        }
+        // Rows `..used` hold this page's records; the ones after, earlier pages'.
+        let mut used = 0;
+        let source = page.source.as_ref();
+        for (i, record) in page.records.into_iter().enumerate() {
+            if let Some(next) = source.and_then(|s| s.columns(i + 1)) {
+                next.prefetch();
+            }
+            if used == batch.rows.len() {
+                batch.rows.push(Row { cells: Vec::new() });
+            }
+            // A record that makes no row leaves `used` as it is: the next one overwrites it.
+            if let Taken::Row(version) =
+                self.take(record, source, i, &mut batch.rows[used], summary)?
+            {
+                used += 1;
+                if self.versions {
+                    versions.push(version);
+                }
+            }
+        }
+        batch.rows.truncate(used);
+        summary.records_out += used as u64;
+        summary.amounts_normalised = self.projector.amounts_normalised();
+        Ok(filled)
+    }
+
+    /// De-duplicates, transforms and projects the `i`-th record of a page into `row`.
+    fn take(
+        &mut self,
+        mut record: Record,
+        source: Option<&PageSource>,
+        i: usize,
+        row: &mut Row,
+        summary: &mut RunSummary,
+    ) -> Result<Taken, Error> {
+        let columns = source.and_then(|s| s.columns(i));
+        // Read as the source sent it, before transforms change the record.
+        let (version, id) = {
+            let sent = RecordRef::new(&record, columns);
+            if self.dedup.is_delivered(&sent) {
+                summary.duplicates_skipped += 1;
+                return Ok(Taken::Nothing);
+            }
+            self.dedup.remember(&sent);
+            let version = self
+                .versions
+                .then(|| version_of(&sent, &self.dedup.cursor_field).map(|(v, _)| v));
+            (version, self.exported.is_some().then(|| sent.id_text()))
+        };
+        if self.transforms.apply(&mut record, &mut self.report) != Verdict::Keep {
+            return Ok(Taken::Nothing);
+        }
+        if let Err(e) = self.projector.project_into(&record, columns, row) {
+            summary.quarantined += 1;
+            let original = source.and_then(|s| s.original(i));
+            self.quarantine
+                .add(&e, &record, original)
+                .map_err(|io| Error::Sink(format!("quarantine file: {io}")))?;
+            return Ok(Taken::Nothing);
+        }
+        if let (Some(ids), Some(id)) = (self.exported.as_mut(), id) {
+            ids.push(&id).map_err(|e| {
+                Error::Sink(format!("the exported-ids spool (temporary directory): {e}"))
+            })?;
+        }
+        Ok(Taken::Row(version.flatten()))
     }
 
     /// A batch to fill: one the sinks handed back, or else a new one. Its
@@ -237,6 +240,30 @@ impl TransformStage {
         batch.versions.clear();
         batch
     }
+}
+
+/// What became of one record.
+enum Taken {
+    /// Its row was written; its source version (`None` when it has none or no sink reads versions).
+    Row(Option<Version>),
+    /// Delivered before, filtered out or quarantined: no row.
+    Nothing,
+}
+
+/// Hands a batch to every sink; `false` when a sink has stopped (its error
+/// is collected by the caller). The last sink gets the stage's own handle,
+/// so none is left here and the last sink done with the batch can hand it back.
+async fn hand_to_sinks(filled: Versioned, sinks: &[mpsc::Sender<Arc<Versioned>>]) -> bool {
+    let filled = Arc::new(filled);
+    let Some((last, others)) = sinks.split_last() else {
+        return true;
+    };
+    for tx in others {
+        if tx.send(filled.clone()).await.is_err() {
+            return false;
+        }
+    }
+    last.send(filled).await.is_ok()
 }
 
 /// Passes on pages until `limit` records went through, then closes the

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::common::Problem;
-use crate::extract::Columns;
+use crate::extract::{Columns, plain_string};
 use crate::record::{FieldPath, Record};
 use crate::row::{Cell, Column, ColumnType, Row, Schema};
 
@@ -679,15 +679,6 @@ fn found_value(found: Found<'_>) -> Result<Option<std::borrow::Cow<'_, Value>>, 
             serde_json::from_str(raw).map_err(|e| format!("unreadable value: {e}"))?,
         )),
     })
-}
-
-/// The text of a JSON string without escapes, the string's content.
-fn plain_string(raw: &str) -> Option<&str> {
-    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
-    // Without an early exit the loop is vectorised; captured strings are
-    // short, where `contains` (memchr) cost more in its setup than in its search.
-    let escaped = inner.bytes().fold(false, |seen, b| seen | (b == b'\\'));
-    (!escaped).then_some(inner)
 }
 
 /// Converts captured JSON text directly into `out` when that is plainly the

@@ -534,7 +534,8 @@ impl Transforms {
                             report.skipped += 1;
                             if report.skipped_records.len() < MAX_LISTED_SKIPS {
                                 report.skipped_records.push(SkippedRecord {
-                                    record_id: crate::record::record_id(record),
+                                    record_id: crate::extract::RecordRef::new(record, None)
+                                        .id_text(),
                                     reason: format!(
                                         "transforms[{index}]: no mapping for `{field}` = {}",
                                         key.as_deref()
